@@ -1,0 +1,74 @@
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import After, Limit, SessionDep, SettingsDep, StoreDep
+from service.api.multipart import PartData, PartStart, stream_parts
+from service.domain import datasets
+from service.domain.datasets import DatasetPublic, DatasetUpload
+from service.domain.schemas import ListOf
+from service.errors import ApiError
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": ".txt, .txt.gz, .jsonl or .jsonl.gz"},
+                   "name": {"type": "string", "maxLength": 255}}}}}}}
+
+
+@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_BODY,
+             responses={413: {"description": "upload too large"}})
+async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep,
+                         store: StoreDep) -> DatasetPublic:
+    """Upload a corpus, streamed to storage and checked on the way (never held in memory)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise ApiError(413, "payload_too_large",
+                       f"upload exceeds the limit of {settings.max_upload_bytes} bytes", "file")
+    upload: DatasetUpload | None = None
+    current: str | None = None
+    name = bytearray()
+    try:
+        async for event in stream_parts(request):
+            if isinstance(event, PartStart):
+                current = event.name
+                if current == "file":
+                    if upload is not None:
+                        raise ApiError(422, "invalid_request", "file: send one file", "file")
+                    upload = await run_in_threadpool(
+                        DatasetUpload, filename=event.filename or "", store=store,
+                        settings=settings)
+            elif current == "file" and upload is not None:
+                await run_in_threadpool(upload.write, event.data)
+            elif current == "name":
+                name += event.data
+                if len(name) > 1024:
+                    raise ApiError(422, "invalid_request", "name: too long", "name")
+    except BaseException:
+        if upload is not None:
+            await run_in_threadpool(upload.abort)
+        raise
+    if upload is None:
+        raise ApiError(422, "invalid_request", "file: the form has no 'file' part", "file")
+    text_name = name.decode("utf-8", "replace").strip()[:255] or None
+    row = await run_in_threadpool(upload.commit, session=session, name=text_name)
+    session.commit()
+    return DatasetPublic.of(row)
+
+
+@router.get("", response_model=ListOf[DatasetPublic])
+def list_datasets(session: SessionDep, limit: Limit = 20, after: After = None) -> ListOf:
+    rows, more = datasets.list_(session=session, limit=limit, after=after)
+    return ListOf[DatasetPublic](data=[DatasetPublic.of(r) for r in rows], has_more=more)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
+    return DatasetPublic.of(datasets.get(session=session, dataset_id=dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response)
+def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> Response:
+    datasets.delete(session=session, store=store, dataset_id=dataset_id)
+    return Response(status_code=204)

@@ -1,0 +1,83 @@
+"""Streams a multipart/form-data request body part by part, never holding it whole.
+
+Starlette's form parser spools a whole file before the route sees it, so a size limit
+could only be checked afterwards; this parser lets the route refuse at the limit.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.errors import ApiError
+
+
+@dataclass
+class PartStart:
+    name: str
+    filename: str | None
+
+
+@dataclass
+class PartData:
+    data: bytes
+
+
+@dataclass
+class _State:
+    events: list[PartStart | PartData] = field(default_factory=list)
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    disposition: bytes = b""
+
+
+def _boundary(request: Request) -> bytes:
+    ctype, options = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or not options.get(b"boundary"):
+        raise ApiError(415, "unsupported_media_type",
+                       "send the corpus as multipart/form-data with a 'file' part")
+    return options[b"boundary"]
+
+
+async def stream_parts(request: Request) -> AsyncIterator[PartStart | PartData]:
+    """Yield PartStart when a part begins, then PartData chunks of its body."""
+    state = _State()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state.header_field += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        if bytes(state.header_field).lower() == b"content-disposition":
+            state.disposition = bytes(state.header_value)
+        state.header_field.clear()
+        state.header_value.clear()
+
+    def on_headers_finished() -> None:
+        _, opts = parse_options_header(state.disposition)
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        filename = opts.get(b"filename")
+        state.events.append(PartStart(name, filename.decode("utf-8", "replace")
+                                      if filename is not None else None))
+        state.disposition = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state.events.append(PartData(data[start:end]))
+
+    parser = MultipartParser(_boundary(request), {
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+    })
+    async for chunk in request.stream():
+        try:
+            parser.write(chunk)
+        except Exception:  # the parser's errors carry no user-facing detail worth more
+            raise ApiError(400, "invalid_multipart", "malformed multipart/form-data body") from None
+        events, state.events = state.events, []
+        for event in events:
+            yield event
+    parser.finalize()

@@ -1,0 +1,85 @@
+"""`cloze`: run the API, a worker, migrations, or everything at once on the embedded default."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from service.settings import get_settings
+
+app = typer.Typer(help="Cloze: pretrain, fine-tune and serve Transformer language models.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _alembic_config():  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    return cfg
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (alembic upgrade head)."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(), "head")
+
+
+@app.command()
+def api(host: str | None = None, port: int | None = None) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run("service.api.app:app", host=host or settings.host, port=port or settings.port,
+                log_level="info")
+
+
+def _worker_argv(concurrency: int) -> list[str]:
+    settings = get_settings()
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", settings.train_queue, "--concurrency", str(concurrency),
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+
+
+@app.command()
+def worker(concurrency: int = typer.Option(1, help="jobs at once; 1 per CPU box or GPU")) -> None:
+    """Run a Celery worker that trains jobs from the queue."""
+    argv = _worker_argv(concurrency)
+    os.execv(argv[0], argv)
+
+
+@app.command()
+def up(host: str | None = None, port: int | None = None) -> None:
+    """Everything on one machine: migrate, start a worker process, serve the API."""
+    settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    migrate()
+    worker_proc = subprocess.Popen(_worker_argv(1), cwd=ROOT)
+    console.print(f"[bold]Cloze[/bold] data in {settings.home}")
+    console.print(f"  database  {settings.database_url}")
+    console.print(f"  storage   {settings.storage_url}")
+    console.print(f"  broker    {settings.broker_url}")
+    console.print(f"  worker    pid {worker_proc.pid}")
+    console.print(f"[bold green]Cloze is running at http://{host}:{port}[/bold green] "
+                  f"(API docs at http://{host}:{port}/docs)")
+    try:
+        api(host=host, port=port)
+    finally:
+        worker_proc.send_signal(signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_proc.kill()
+
+
+if __name__ == "__main__":
+    app()

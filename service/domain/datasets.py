@@ -1,0 +1,99 @@
+"""Datasets: uploaded corpora, streamed to object storage and checked on the way."""
+
+from typing import Literal
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
+from service.domain.ids import new_id
+from service.domain.pagination import newest_first
+from service.domain.schemas import Timestamp
+from service.domain.tables import DatasetRow, JobRow
+from service.errors import ApiError, not_found
+from service.settings import Settings
+from service.storage import ObjectStore
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    format: str
+    bytes: int
+    sha256: str
+    documents: int
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, row: DatasetRow) -> "DatasetPublic":
+        return cls(id=row.id, name=row.name, format=row.format, bytes=row.bytes,
+                   sha256=row.sha256, documents=row.documents, created_at=row.created_at)
+
+
+class DatasetUpload:
+    """Receives one uploaded file chunk by chunk: checks it and writes it to storage."""
+
+    def __init__(self, *, filename: str, store: ObjectStore, settings: Settings) -> None:
+        try:
+            self.format = format_of(filename)
+        except CorpusRejected as exc:
+            raise ApiError(exc.status, exc.code, exc.message, "file") from None
+        self.id = new_id("ds")
+        self.filename = filename
+        self.key = f"datasets/{self.id}/corpus.{self.format}"
+        self.store = store
+        self.inspector = CorpusInspector(
+            self.format, max_bytes=settings.max_upload_bytes,
+            max_uncompressed=settings.max_uncompressed_bytes,
+            max_line_bytes=settings.max_jsonl_line_bytes)
+        self._out = store.open_write(self.key)
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.inspector.feed(chunk)
+        except CorpusRejected as exc:
+            self.abort()
+            raise ApiError(exc.status, exc.code, exc.message, "file") from None
+        self._out.write(chunk)
+
+    def abort(self) -> None:
+        self._out.close()
+        self.store.delete(self.key)
+
+    def commit(self, *, session: Session, name: str | None) -> DatasetRow:
+        try:
+            self.inspector.finish()
+        except CorpusRejected as exc:
+            self.abort()
+            raise ApiError(exc.status, exc.code, exc.message, "file") from None
+        self._out.close()
+        row = DatasetRow(id=self.id, name=name or self.filename, format=self.format,
+                         bytes=self.inspector.bytes, sha256=self.inspector.sha256,
+                         documents=self.inspector.documents, storage_key=self.key)
+        session.add(row)
+        session.flush()
+        return row
+
+
+def get(*, session: Session, dataset_id: str) -> DatasetRow:
+    row = session.get(DatasetRow, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+def list_(*, session: Session, limit: int, after: str | None) -> tuple[list[DatasetRow], bool]:
+    return newest_first(session, select(DatasetRow), DatasetRow, limit=limit, after=after)
+
+
+def delete(*, session: Session, store: ObjectStore, dataset_id: str) -> None:
+    row = get(session=session, dataset_id=dataset_id)
+    busy = session.scalar(select(JobRow.id).where(
+        JobRow.dataset_id == dataset_id, JobRow.status.in_(("queued", "running"))).limit(1))
+    if busy:
+        raise ApiError(409, "conflict", f"dataset {dataset_id} is in use by job {busy}")
+    session.delete(row)
+    session.commit()  # the record goes first: a failed commit must not lose the file
+    store.delete_prefix(f"datasets/{dataset_id}")

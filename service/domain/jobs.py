@@ -1,0 +1,194 @@
+"""Jobs: a typed spec, a row that is the record of the run, and its curve, events, checkpoints."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.domain import datasets
+from service.domain.ids import new_id
+from service.domain.pagination import newest_first
+from service.domain.schemas import Timestamp
+from service.domain.specs import JobCreate
+from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
+from service.errors import ApiError, not_found
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+    tokens_seen: int
+    tokens_per_second: float | None
+    eta_seconds: float | None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    type: str
+    name: str
+    status: JobStatus
+    dataset_id: str
+    spec: dict[str, Any]
+    progress: Progress
+    train_loss: float | None
+    eval_loss: float | None
+    model_id: str | None
+    attempts: int
+    cancel_requested: bool
+    error: JobError | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+
+    @classmethod
+    def of(cls, row: JobRow) -> "JobPublic":
+        eta = None
+        if row.status == "running" and row.tokens_per_second:
+            hp = row.spec["hyperparameters"]
+            tokens_left = (row.total_steps - row.step) * hp["batch_size"] * hp["sequence_length"]
+            eta = round(tokens_left / row.tokens_per_second, 1)
+        error = JobError(code=row.error_code, message=row.error_message or "") \
+            if row.error_code else None
+        return cls(
+            id=row.id, type=row.type, name=row.name, status=row.status,  # type: ignore[arg-type]
+            dataset_id=row.dataset_id, spec=row.spec,
+            progress=Progress(step=row.step, total_steps=row.total_steps,
+                              tokens_seen=row.tokens_seen,
+                              tokens_per_second=row.tokens_per_second, eta_seconds=eta),
+            train_loss=row.train_loss, eval_loss=row.eval_loss, model_id=row.model_id,
+            attempts=row.attempts, cancel_requested=row.cancel_requested, error=error,
+            created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
+
+
+class MetricPoint(BaseModel):
+    step: int
+    train_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    tokens_seen: int | None = None
+    eval_loss: float | None = None
+    perplexity: float | None = None
+    accuracy: float | None = None
+
+    @classmethod
+    def of(cls, row: MetricRow) -> "MetricPoint":
+        return cls(step=row.step, train_loss=row.train_loss, learning_rate=row.learning_rate,
+                   grad_norm=row.grad_norm, tokens_per_second=row.tokens_per_second,
+                   tokens_seen=row.tokens_seen, eval_loss=row.eval_loss,
+                   perplexity=row.perplexity, accuracy=row.accuracy)
+
+
+class EventPublic(BaseModel):
+    id: int
+    level: str
+    message: str
+    created_at: Timestamp
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["checkpoint"] = "checkpoint"
+    job_id: str
+    step: int
+    bytes: int
+    sha256: str
+    metrics: dict[str, Any]
+    created_at: Timestamp
+
+
+def create(*, session: Session, job_in: JobCreate) -> JobRow:
+    if (problem := job_in.inconsistency()) is not None:
+        param, message = problem
+        raise ApiError(422, "invalid_request", f"{param}: {message}", param)
+    if session.get(datasets.DatasetRow, job_in.dataset_id) is None:
+        raise ApiError(422, "invalid_request",
+                       f"dataset_id: no dataset with id {job_in.dataset_id!r}", "dataset_id")
+    job_id = new_id("job")
+    spec = job_in.model_dump(mode="json")
+    hp = job_in.hyperparameters
+    name = job_in.name or f"{job_in.model.architecture}-{job_in.model.size}-{job_in.objective}"
+    spec["name"] = name
+    row = JobRow(id=job_id, type=job_in.type, name=name, status="queued", spec=spec,
+                 dataset_id=job_in.dataset_id, total_steps=hp.max_steps)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get(*, session: Session, job_id: str) -> JobRow:
+    row = session.get(JobRow, job_id)
+    if row is None:
+        raise not_found("job", job_id)
+    return row
+
+
+def list_(*, session: Session, limit: int, after: str | None,
+          status: str | None = None) -> tuple[list[JobRow], bool]:
+    stmt = select(JobRow)
+    if status:
+        stmt = stmt.where(JobRow.status == status)
+    return newest_first(session, stmt, JobRow, limit=limit, after=after)
+
+
+def cancel(*, session: Session, job_id: str) -> JobRow:
+    """Cancel cooperatively: a queued job never starts; a running one stops at its next step.
+
+    Both updates are conditional on the status, so a cancel racing completion leaves the
+    one terminal state that committed first.
+    """
+    get(session=session, job_id=job_id)
+    now = utcnow()
+    session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
+                    .values(status="cancelled", cancel_requested=True, finished_at=now))
+    session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                    .values(cancel_requested=True))
+    session.flush()
+    row = get(session=session, job_id=job_id)
+    session.refresh(row)
+    return row
+
+
+def metrics(*, session: Session, job_id: str, since_step: int | None,
+            max_points: int | None) -> list[MetricRow]:
+    get(session=session, job_id=job_id)
+    stmt = select(MetricRow).where(MetricRow.job_id == job_id).order_by(MetricRow.step)
+    if since_step is not None:
+        stmt = stmt.where(MetricRow.step > since_step)
+    rows = list(session.scalars(stmt))
+    if max_points and len(rows) > max_points:
+        # Keep every eval point and the last point; thin the train-only points evenly.
+        stride = -(-len(rows) // max_points)
+        rows = [r for i, r in enumerate(rows)
+                if i % stride == 0 or r.eval_loss is not None or i == len(rows) - 1]
+    return rows
+
+
+def events(*, session: Session, job_id: str, limit: int, after: int | None) -> list[EventRow]:
+    get(session=session, job_id=job_id)
+    stmt = select(EventRow).where(EventRow.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(EventRow.id > after)
+    return list(session.scalars(stmt.order_by(EventRow.id).limit(limit)))
+
+
+def checkpoints(*, session: Session, job_id: str) -> list[CheckpointRow]:
+    get(session=session, job_id=job_id)
+    return list(session.scalars(
+        select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.step)))
+
+
+def mark_enqueue_failed(*, session: Session, job_id: str) -> None:
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(
+        status="failed", finished_at=utcnow(), error_code="broker_unavailable",
+        error_message="the job could not be queued: the broker is unavailable"))

@@ -1,0 +1,89 @@
+"""Typed job specifications. The API validates them; the worker reads the stored dump."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The BERT miniatures (Turc et al. 2019): layers, hidden size. Heads = hidden/64, FFN = 4x.
+SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "tiny": (2, 128), "mini": (4, 256), "small": (4, 512), "medium": (8, 512), "base": (12, 768),
+}
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    # A misspelt field is an error the user wants to hear about, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    architecture: Literal["bert"] = "bert"
+    size: Literal["tiny", "mini", "small", "medium", "base"] = "mini"
+    hidden_size: int | None = Field(default=None, ge=16, le=4096)
+    num_layers: int | None = Field(default=None, ge=1, le=48)
+    num_heads: int | None = Field(default=None, ge=1, le=64)
+    intermediate_size: int | None = Field(default=None, ge=16, le=16384)
+    max_position_embeddings: int = Field(default=512, ge=16, le=8192)
+
+    def resolved(self) -> tuple[int, int, int, int]:
+        """(layers, hidden, heads, intermediate) after applying explicit overrides."""
+        layers, hidden = SIZE_PRESETS[self.size]
+        layers = self.num_layers or layers
+        hidden = self.hidden_size or hidden
+        heads = self.num_heads or max(1, hidden // 64)
+        return layers, hidden, heads, self.intermediate_size or 4 * hidden
+
+
+
+class TokenizerSpec(Strict):
+    type: Literal["wordpiece"] = "wordpiece"
+    # Below a few hundred entries there is no room for the alphabet plus the specials.
+    vocab_size: int = Field(default=8192, ge=256, le=262_144)
+    lowercase: bool = True
+
+
+class PretrainHyperparameters(Strict):
+    max_steps: int = Field(default=1000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+    sequence_length: int = Field(default=128, ge=8, le=8192)
+    learning_rate: Finite = Field(default=5e-4, gt=0, le=1.0)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: Finite = Field(default=0.01, ge=0, le=1.0)
+    mask_probability: Finite = Field(default=0.15, gt=0, lt=1.0)
+    max_grad_norm: Finite = Field(default=1.0, gt=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class PretrainJobCreate(Strict):
+    type: Literal["pretrain"] = "pretrain"
+    objective: Literal["mlm"] = "mlm"
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    dataset_id: str = Field(min_length=1, max_length=64)
+    validation_fraction: Finite = Field(default=0.02, gt=0, le=0.5)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    hyperparameters: PretrainHyperparameters = Field(default_factory=PretrainHyperparameters)
+    log_every: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=100, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1)
+
+    def inconsistency(self) -> tuple[str, str] | None:
+        """(param, message) for the first rule that spans several fields, else None."""
+        hp, model = self.hyperparameters, self.model
+        _, hidden, heads, _ = model.resolved()
+        if hidden % heads:
+            return ("model.num_heads",
+                    f"hidden size {hidden} is not a multiple of the number of heads {heads}")
+        if hp.sequence_length > model.max_position_embeddings:
+            return ("hyperparameters.sequence_length",
+                    f"sequence_length {hp.sequence_length} exceeds the model's "
+                    f"max_position_embeddings {model.max_position_embeddings}")
+        if hp.warmup_steps > hp.max_steps:
+            return ("hyperparameters.warmup_steps",
+                    f"warmup_steps {hp.warmup_steps} exceeds max_steps {hp.max_steps}")
+        return None
+
+
+# Becomes a union discriminated by "type" once fine-tuning jobs exist.
+JobCreate = PretrainJobCreate

@@ -1,0 +1,69 @@
+"""One error shape on every route: {"error": {"code", "message", "param"}}."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("cloze.api")
+
+
+class ApiError(Exception):
+    """An error the client caused (or a dependency that is down), with its HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param = status, code, message, param
+        self.headers = headers
+
+
+def not_found(kind: str, id_: str) -> ApiError:
+    return ApiError(404, "not_found", f"no {kind} with id {id_!r}")
+
+
+def error_body(code: str, message: str, param: str | None = None) -> dict[str, object]:
+    return {"error": {"code": code, "message": message, "param": param}}
+
+
+def _param(loc: tuple[object, ...]) -> str | None:
+    # Drop the request part ("body", "query") and pydantic's union tags so the
+    # param reads like the field the user wrote: "hyperparameters.learning_rate".
+    parts = [str(p) for p in loc[1:] if not (isinstance(p, str) and p in {"pretrain"})]
+    return ".".join(parts) or (str(loc[0]) if loc else None)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _param(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid request"))
+        message = f"{param}: {msg}" if param else msg
+        return JSONResponse(error_body("invalid_request", message, param), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database unavailable: %s", exc.__class__.__name__)
+        return JSONResponse(error_body("service_unavailable", "the database is unavailable"),
+                            503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        # Never send a stack trace or a path to the client; the log has it.
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal_error", "internal server error"), 500)

@@ -1,0 +1,73 @@
+"""Every setting of the service and its workers, read once from CLOZE_* environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLOZE_", env_file=".env", extra="ignore")
+
+    # Where the embedded default keeps its database, objects and broker queue.
+    home: Path = Field(default=Path("~/.cloze"))
+
+    # Empty means the embedded default under `home`: SQLite, a local object directory and
+    # kombu's filesystem transport (a real Celery broker with no server to run).
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    # For S3-compatible stores (MinIO): the endpoint; credentials come from the usual
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables, as boto and s3fs expect.
+    s3_endpoint_url: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # The queue of training jobs; each holds a CPU or GPU for hours: run its workers with
+    # concurrency 1 per device.
+    train_queue: str = "train"
+    # Celery over Redis redelivers an unacknowledged message after this many seconds, even
+    # while it is still running (celery#5935): keep it above the longest job.
+    visibility_timeout_s: int = Field(default=24 * 3600, ge=60)
+
+    # Limits on what a client may send.
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
+    max_uncompressed_bytes: int = Field(default=20 * 1024**3, ge=1)
+    max_jsonl_line_bytes: int = Field(default=16 * 1024**2, ge=1024)
+    max_inference_inputs: int = Field(default=64, ge=1)
+    max_inference_chars: int = Field(default=20_000, ge=1)
+    max_top_k: int = Field(default=100, ge=1)
+
+    # Inference keeps this many models loaded; older ones are dropped first.
+    max_loaded_models: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> "Settings":
+        self.home = self.home.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'cloze.db'}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if not self.storage_url:
+            self.storage_url = f"file://{self.home / 'objects'}"
+        if self.database_url.startswith(("postgresql://", "postgres://")):
+            # psycopg 3 is the driver we ship.
+            self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+        return self
+
+    @property
+    def broker_dir(self) -> Path:
+        """Queue folder of the filesystem broker (embedded default only)."""
+        return self.home / "broker"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of exported models that inference has loaded."""
+        return self.home / "cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,89 @@
+"""The engine's Reporter, backed by the database and object storage."""
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from service.db import session_scope
+from service.domain.ids import new_id
+from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
+from service.storage import ObjectStore
+
+log = logging.getLogger("cloze.worker")
+
+# How often should_stop() reads the cancel flag: a query per training step would cost
+# more than a tiny model's step; a second is "within a few steps" for any model.
+CANCEL_POLL_S = 1.0
+
+
+class DbReporter:
+    def __init__(self, job_id: str, store: ObjectStore) -> None:
+        self.job_id, self.store = job_id, store
+        self._last_poll = 0.0
+        self._stop = False
+        self._latest: dict[str, Any] = {}
+
+    def event(self, level: str, message: str) -> None:
+        log.log(logging.getLevelName(level.upper()), "%s: %s", self.job_id, message)
+        with session_scope() as s:
+            s.add(EventRow(job_id=self.job_id, level=level, message=message))
+
+    def _point(self, step: int, fields: dict[str, Any], job: dict[str, Any]) -> None:
+        """Write one metric row per (job, step), merging train and eval fields."""
+        self._latest.update(fields)
+        with session_scope() as s:
+            row = s.scalar(select(MetricRow).where(MetricRow.job_id == self.job_id,
+                                                   MetricRow.step == step))
+            if row is None:
+                s.add(MetricRow(job_id=self.job_id, step=step, **fields))
+            else:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+            s.execute(update(JobRow).where(JobRow.id == self.job_id)
+                      .values(heartbeat_at=utcnow(), **job))
+
+    def log(self, point: dict[str, Any]) -> None:
+        fields = {k: point.get(k) for k in ("train_loss", "learning_rate", "grad_norm",
+                                            "tokens_per_second", "tokens_seen")}
+        self._point(point["step"], fields, {
+            "step": point["step"], "tokens_seen": point["tokens_seen"],
+            "tokens_per_second": point["tokens_per_second"], "train_loss": point["train_loss"]})
+
+    def eval(self, point: dict[str, Any]) -> None:
+        fields = {k: point.get(k) for k in ("eval_loss", "perplexity", "accuracy")}
+        self._point(point["step"], fields, {"eval_loss": point["eval_loss"]})
+
+    def checkpoint(self, step: int, directory: str) -> None:
+        prefix = f"jobs/{self.job_id}/checkpoints/step-{step:08d}"
+        src = Path(directory)
+        # The manifest goes last: a checkpoint without one is incomplete and never used.
+        size = 0
+        for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != "manifest.json"):
+            self.store.put_file(path, f"{prefix}/{path.relative_to(src).as_posix()}")
+            size += path.stat().st_size
+        manifest = src / "manifest.json"
+        self.store.put_file(manifest, f"{prefix}/manifest.json")
+        size += manifest.stat().st_size
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        with session_scope() as s:
+            s.add(CheckpointRow(id=new_id("ckpt"), job_id=self.job_id, step=step,
+                                storage_prefix=prefix, bytes=size, sha256=digest,
+                                metrics=dict(self._latest)))
+        shutil.rmtree(src, ignore_errors=True)
+        self.event("info", f"checkpoint saved at step {step} ({size / 1e6:.1f} MB)")
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_poll >= CANCEL_POLL_S:
+            self._last_poll = now
+            with session_scope() as s:
+                self._stop = bool(s.scalar(select(JobRow.cancel_requested)
+                                           .where(JobRow.id == self.job_id)))
+                s.execute(update(JobRow).where(JobRow.id == self.job_id)
+                          .values(heartbeat_at=utcnow()))
+        return self._stop
