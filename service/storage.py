@@ -99,7 +99,10 @@ class ObjectStore:
 
     def check(self) -> None:
         """Raise if the store cannot be reached (used by /health)."""
-        self.fs.ls(self.root, detail=False)
+        # An S3 prefix "exists" only once something is written under it; the bucket must.
+        top = self.root.split("/", 1)[0] if self.url.startswith("s3://") else self.root
+        self.fs.invalidate_cache()
+        self.fs.ls(top, detail=False)
 
 
 @lru_cache

@@ -4,6 +4,7 @@ The database is the record of a job. Celery may deliver a message twice; the cla
 is a conditional UPDATE, so only one delivery ever trains.
 """
 
+import json
 import logging
 import tarfile
 import tempfile
@@ -102,15 +103,20 @@ def _publish(job_id: str, spec: dict[str, Any], result: Any, store: ObjectStore,
     archive_key = f"models/{model_id}/{model_id}.tar.gz"
     store.put_file(archive, archive_key)
     details = {
-        "num_parameters": result.num_parameters, "vocab_size": result.vocab_size,
-        "steps": result.steps, "tokens_seen": result.tokens_seen,
+        "num_parameters": result.num_parameters, "tokenizer": result.tokenizer_info,
+        "corpus": result.corpus_info, "steps": result.steps, "tokens_seen": result.tokens_seen,
         "final_eval": result.final_eval, "objective": spec.get("objective"),
-        "model": spec.get("model"), "tokenizer": spec.get("tokenizer"),
-        "sequence_length": spec["hyperparameters"]["sequence_length"],
+        "model": spec.get("model"), "sequence_length": spec["hyperparameters"]["sequence_length"],
     }
     with session_scope() as s:
         s.add(ModelRow(id=model_id, name=spec.get("name") or model_id, job_id=job_id,
                        task="fill-mask", architecture=spec["model"]["architecture"],
-                       mask_token=result.mask_token, storage_prefix=prefix,
+                       mask_token=_mask_token(export), storage_prefix=prefix,
                        archive_key=archive_key, bytes=archive.stat().st_size, details=details))
     return model_id
+
+
+def _mask_token(export: Path) -> str | None:
+    config = json.loads((export / "tokenizer_config.json").read_text())
+    token = config.get("mask_token")
+    return token.get("content") if isinstance(token, dict) else token

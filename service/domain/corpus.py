@@ -79,9 +79,10 @@ class CorpusInspector:
         try:
             text = self._utf8.decode(data)
         except UnicodeDecodeError as exc:
+            line = self.line_no + data.count(b"\n", 0, max(exc.start, 0))
             raise CorpusRejected(
                 422, "invalid_encoding",
-                f"line {self.line_no} is not valid UTF-8 ({exc.reason}); save the file as UTF-8",
+                f"line {line} is not valid UTF-8 ({exc.reason}); save the file as UTF-8",
             ) from None
         self._text(text)
 

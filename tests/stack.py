@@ -1,0 +1,104 @@
+"""Starts the real service processes (API, Celery worker) for end-to-end tests."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CLOZE = [sys.executable, "-m", "service.cli"]
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    """A running Cloze: either `cloze up` (embedded) or `cloze api` + `cloze worker`."""
+
+    def __init__(self, home: Path, env: dict[str, str], *, embedded: bool) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "CLOZE_HOME": str(home), "CLOZE_PORT": str(self.port),
+                    "PYTHONUNBUFFERED": "1", **env}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        home.mkdir(parents=True, exist_ok=True)
+        if embedded:
+            self._spawn("up", ["up"])
+        else:
+            subprocess.run([*CLOZE, "migrate"], env=self.env, check=True, cwd=ROOT)
+            self._spawn("worker", ["worker"])
+            self._spawn("api", ["api"])
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+        self._wait_healthy()
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        self.procs[name] = subprocess.Popen([*CLOZE, *args], env=self.env, cwd=ROOT,
+                                            stdout=log, stderr=subprocess.STDOUT)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}"
+                         for p in sorted(self.home.glob("*.log")))
+
+    def _wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited early\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the service did not become healthy\n{self.logs()}")
+
+    def pid(self, name: str) -> int:
+        return self.procs[name].pid
+
+    def upload(self, path: Path | str, content: bytes | None = None,
+               name: str | None = None) -> httpx.Response:
+        filename = Path(path).name
+        body = content if content is not None else Path(path).read_bytes()
+        data = {"name": name} if name else None
+        return self.client.post("/v1/datasets", files={"file": (filename, body)}, data=data)
+
+    def wait_job(self, job_id: str, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in TERMINAL:
+                return job
+            time.sleep(1)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s\n{self.logs()}")
+
+    def stop(self) -> None:
+        self.client.close()
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def corpus_slice(path: Path, size: int) -> bytes:
+    """The first `size` bytes of a corpus, cut at a line end (gz files are decompressed)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read(size)
+    return data[: data.rfind(b"\n") + 1]

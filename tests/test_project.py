@@ -1,0 +1,120 @@
+"""Checks on the project's shape: the compose file, the import direction, migrations."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_file_is_consistent_with_settings():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"api", "worker", "postgres", "redis", "minio"} <= set(services)
+    fields = {f"CLOZE_{name.upper()}" for name in Settings.model_fields}
+    for name in ("api", "worker", "migrate"):
+        env = services[name]["environment"]
+        unknown = {k for k in env if k.startswith("CLOZE_")} - fields
+        assert not unknown, f"{name} sets variables no setting reads: {unknown}"
+        # every variable must parse into a valid Settings
+        saved = dict(os.environ)
+        try:
+            os.environ.update({k: str(v) for k, v in env.items()})
+            settings = Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        db = urlparse(settings.database_url)
+        assert db.hostname in services and db.port == 5432
+        pg = services[db.hostname]["environment"]
+        assert (db.username, db.password, db.path.lstrip("/")) == (
+            pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
+        assert urlparse(settings.broker_url).hostname in services
+        assert settings.storage_url.startswith("s3://")
+        assert urlparse(settings.s3_endpoint_url).hostname in services
+        assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == \
+            services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+        for dep in services[name].get("depends_on", {}):
+            assert dep in services
+    bucket = settings.storage_url.split("/")[2]
+    assert f"local/{bucket}" in " ".join(services["createbucket"]["entrypoint"])
+    assert "noeviction" in services["redis"]["command"]
+    assert services["worker"]["command"][:2] == ["cloze", "worker"]
+    assert services["api"]["command"][:2] == ["cloze", "api"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] if a.name.split(".")[0] != "workers" else a.name
+                      for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_service_never_imports_workers():
+    for path in (ROOT / "service").rglob("*.py"):
+        bad = [m for m in _imports(path) if m == "workers" or m.startswith("workers.")]
+        assert not bad, f"{path} imports {bad}"
+
+
+def test_engine_imports_only_training_libraries():
+    allowed = {"torch", "transformers", "tokenizers", "numpy", "safetensors"}
+    for path in (ROOT / "workers" / "engine").rglob("*.py"):
+        for module in _imports(path):
+            top = module.split(".")[0]
+            if top == "workers":
+                assert module.startswith("workers.engine"), f"{path} imports {module}"
+            elif top not in allowed:
+                assert top in sys.stdlib_module_names or top == "__future__", \
+                    f"{path} imports {module}"
+
+
+def _migrate(url: str, home: Path) -> None:
+    env = {**os.environ, "CLOZE_DATABASE_URL": url, "CLOZE_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True,
+                   cwd=ROOT, capture_output=True)
+
+
+def _schema_diff(url: str) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from service.db import make_engine
+    from service.domain.tables import Base
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    return diff
+
+
+def test_migrations_on_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    _migrate(url, tmp_path)
+    _migrate(url, tmp_path)  # running it again is harmless
+    assert _schema_diff(url) == []
+
+
+def test_migrations_on_postgres(postgres_url, tmp_path):
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    _migrate(url, tmp_path)
+    assert _schema_diff(url) == []
+
+
+@pytest.mark.parametrize("script", ["scripts/install", "scripts/serve", "scripts/test", ".ci/run"])
+def test_scripts_are_valid_bash(script):
+    subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
