@@ -18,10 +18,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem://"):
         # kombu's filesystem transport: a real broker that is only a folder, for the
         # embedded default. Producer and consumer share the one folder.
-        folder = settings.broker_dir / "queue"
+        folder, control = settings.broker_dir / "queue", settings.broker_dir / "control"
         folder.mkdir(parents=True, exist_ok=True)
+        control.mkdir(parents=True, exist_ok=True)
         transport = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-                     "store_processed": False}
+                     "control_folder": str(control), "store_processed": False}
     else:
         # Redis redelivers unacked messages after this; it must exceed the longest job
         # and be set for the broker and the result backend alike (celery#7651).

@@ -1,0 +1,96 @@
+"""Shared fixtures for engine tests: corpus slices read in place and a recording reporter."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers.engine import PretrainConfig
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+EN_TRAIN = DATA / "en" / "pretrain" / "train.txt.gz"
+ZH_TRAIN = DATA / "zh" / "pretrain" / "train.txt"
+
+
+class RecordingReporter:
+    """Keeps everything the engine reports; stops once `stop_after_logs` log points arrived."""
+
+    def __init__(self, stop_after_logs: int | None = None) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.logs: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.checkpoints: list[tuple[int, str]] = []
+        self.stop_after_logs = stop_after_logs
+
+    def event(self, level: str, message: str) -> None:
+        self.events.append((level, message))
+
+    def log(self, point: dict[str, Any]) -> None:
+        self.logs.append(point)
+
+    def eval(self, point: dict[str, Any]) -> None:
+        self.evals.append(point)
+
+    def checkpoint(self, step: int, directory: str) -> None:
+        self.checkpoints.append((step, directory))
+
+    def should_stop(self) -> bool:
+        return self.stop_after_logs is not None and len(self.logs) >= self.stop_after_logs
+
+
+def _slice(path: Path, limit: int, out: Path) -> Path:
+    """Copy whole lines from the start of a corpus until about `limit` bytes, into tmp."""
+    if not path.exists():
+        pytest.skip(f"corpus not found at {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    size = 0
+    with opener(path, "rb") as src, out.open("wb") as dst:
+        for line in src:
+            dst.write(line)
+            size += len(line)
+            if size >= limit:
+                break
+    return out
+
+
+@pytest.fixture(scope="session")
+def en_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 300 KB of the English pretraining corpus, as plain text."""
+    return _slice(EN_TRAIN, 300_000, tmp_path_factory.mktemp("en") / "en.txt")
+
+
+@pytest.fixture(scope="session")
+def zh_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 200 KB of the Chinese pretraining corpus, as plain text."""
+    return _slice(ZH_TRAIN, 200_000, tmp_path_factory.mktemp("zh") / "zh.txt")
+
+
+def tiny_config(**hyperparameters: Any) -> PretrainConfig:
+    """A model and run small enough to train in seconds on a laptop CPU."""
+    hp = {"max_steps": 50, "batch_size": 16, "sequence_length": 64, "learning_rate": 1e-3,
+          "warmup_steps": 5, **hyperparameters}
+    return PretrainConfig.from_spec({
+        "type": "pretrain", "objective": "mlm", "name": "test", "dataset_id": "ds_test",
+        "model": {"architecture": "bert", "size": "tiny"},
+        "tokenizer": {"type": "wordpiece", "vocab_size": 2000, "lowercase": True},
+        "hyperparameters": hp,
+        "log_every": 10, "eval_every": 10, "checkpoint_every": 25,
+    })
+
+
+@pytest.fixture
+def reporter() -> RecordingReporter:
+    return RecordingReporter()
+
+
+@pytest.fixture(scope="session")
+def make_reporter() -> type[RecordingReporter]:
+    return RecordingReporter
+
+
+@pytest.fixture(scope="session")
+def make_config():
+    return tiny_config
