@@ -53,7 +53,6 @@ def pretrain_and_serve(stack: Stack, tmp_path: Path, filename: str, corpus: byte
         if p["step"] % 5 == 0:
             assert {"train_loss", "learning_rate", "grad_norm", "tokens_per_second"} <= set(p)
     evals = [p for p in curve if "eval_loss" in p]
-    print("eval curve:", [(p["step"], round(p["eval_loss"], 3), round(p["accuracy"], 3)) for p in evals])
     assert [p["step"] for p in evals] == list(range(10, 121, 10))
     assert all({"perplexity", "accuracy"} <= set(p) for p in evals)
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.3, evals
