@@ -38,7 +38,8 @@ def test_cancel_running_job_stops_within_a_few_steps(pg_redis_stack: Stack, data
     assert steps[-1] - asked_at < 200, (asked_at, steps[-1])
     assert stack.client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     # the worker is free again: the next job runs
-    small = {**LONG_JOB, "hyperparameters": {**LONG_JOB["hyperparameters"], "max_steps": 5, "warmup_steps": 1}}
+    small = {**LONG_JOB, "hyperparameters": {**LONG_JOB["hyperparameters"], "max_steps": 5,
+                                             "warmup_steps": 1}}
     nxt = stack.client.post("/v1/jobs", json={"dataset_id": ds["id"], **small}).json()
     assert stack.wait_job(nxt["id"], timeout=120)["status"] == "succeeded"
 

@@ -1,4 +1,4 @@
-"""The Celery application of the workers: `celery -A workers.celery_app worker` (or `cloze worker`)."""
+"""The workers' Celery app: `celery -A workers.celery_app worker`, or `cloze worker`."""
 
 from celery import Celery
 

@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import After, Limit, SessionDep, SettingsDep, StoreDep
-from service.api.multipart import PartData, PartStart, stream_parts
+from service.api.multipart import PartStart, stream_parts
 from service.domain import datasets
 from service.domain.datasets import DatasetPublic, DatasetUpload
 from service.domain.schemas import ListOf
