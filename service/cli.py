@@ -38,8 +38,11 @@ def api(host: str | None = None, port: int | None = None) -> None:
     """Serve the HTTP API with uvicorn."""
     import uvicorn
 
+    if host:  # the app decides from the host whether API keys are required
+        os.environ["CLOZE_HOST"] = host
+        get_settings.cache_clear()
     settings = get_settings()
-    uvicorn.run("service.api.app:app", host=host or settings.host, port=port or settings.port,
+    uvicorn.run("service.api.app:app", host=settings.host, port=port or settings.port,
                 log_level="info")
 
 
@@ -69,6 +72,11 @@ def up(host: str | None = None, port: int | None = None) -> None:
     console.print(f"  storage   {settings.storage_url}")
     console.print(f"  broker    {settings.broker_url}")
     console.print(f"  worker    pid {worker_proc.pid}")
+    os.environ["CLOZE_HOST"] = host
+    get_settings.cache_clear()
+    if not get_settings().api_keys_required:
+        console.print("  api keys  not required: listening on loopback only "
+                      "(CLOZE_REQUIRE_API_KEYS=true to require them)")
     console.print(f"[bold green]Cloze is running at http://{host}:{port}[/bold green] "
                   f"(API docs at http://{host}:{port}/docs)")
     try:
@@ -79,6 +87,51 @@ def up(host: str | None = None, port: int | None = None) -> None:
             worker_proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker_proc.kill()
+
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(owner: str = typer.Option(..., help="who owns what this key creates"),
+                name: str = typer.Option("", help="a label for the key"),
+                admin: bool = typer.Option(False, help="sees every owner's objects")) -> None:
+    """Create a key; its secret is printed once and never stored."""
+    from service.db import session_scope
+    from service.domain import keys
+
+    with session_scope() as session:
+        row, secret = keys.create(session=session, owner=owner, name=name, admin=admin)
+    console.print(f"created {row.id} for owner {owner!r}{' (admin)' if admin else ''}; "
+                  "the secret is shown only now:")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from service.db import session_scope
+    from service.domain import keys
+
+    with session_scope() as session:
+        for row in keys.list_(session=session):
+            state = "revoked" if row.revoked_at else "active"
+            print(f"{row.id}\t{row.owner}\t{row.prefix}...\t{'admin' if row.is_admin else ''}"
+                  f"\t{state}\t{row.name}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (key_...)."""
+    from service.db import session_scope
+    from service.domain import keys
+
+    with session_scope() as session:
+        if not keys.revoke(session=session, key_id=key_id):
+            console.print(f"no active key {key_id}")
+            raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,35 @@
 """One error shape on every route: {"error": {"code", "message", "param"}}."""
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("cloze.api")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# Documented on every route, so clients (and schemathesis) know the one error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in {
+        400: "malformed request", 401: "missing or invalid API key", 404: "not found",
+        409: "conflict", 413: "too large", 415: "unsupported media type",
+        422: "invalid request", 429: "rate limited", 503: "a dependency is unavailable",
+    }.items()}
 
 
 class ApiError(Exception):

@@ -32,6 +32,19 @@ class Settings(BaseSettings):
     # while it is still running (celery#5935): keep it above the longest job.
     visibility_timeout_s: int = Field(default=24 * 3600, ge=60)
 
+    # Fault tolerance. A running job writes a heartbeat every heartbeat_interval_s; the
+    # reaper (in the API process) re-queues one whose heartbeat is older than
+    # heartbeat_timeout_s (its worker died) and re-sends queued jobs whose message may have
+    # been lost (a broker restart without persistence) after requeue_after_s.
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=90.0, gt=0)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
+    requeue_after_s: float = Field(default=600.0, gt=0)
+    # Attempts per job before it is failed; errors that cannot heal are never retried.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    # How long a worker keeps retrying database writes while the database is down.
+    db_retry_s: float = Field(default=120.0, ge=0)
+
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_uncompressed_bytes: int = Field(default=20 * 1024**3, ge=1)
@@ -39,6 +52,16 @@ class Settings(BaseSettings):
     max_inference_inputs: int = Field(default=64, ge=1)
     max_inference_chars: int = Field(default=20_000, ge=1)
     max_top_k: int = Field(default=100, ge=1)
+
+    # API keys. None: required unless the API listens on loopback only (the embedded
+    # default, used by one person on their own machine).
+    require_api_keys: bool | None = None
+    # Requests per minute per key (or per client address without a key); 0 turns it off.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # Jobs a key may have queued or running at once.
+    max_active_jobs: int = Field(default=4, ge=1)
+    # Browser origins allowed to call the API (CORS); none by default.
+    cors_origins: list[str] = Field(default_factory=list)
 
     # Inference keeps this many models loaded; older ones are dropped first.
     max_loaded_models: int = Field(default=4, ge=1)
@@ -56,6 +79,15 @@ class Settings(BaseSettings):
             # psycopg 3 is the driver we ship.
             self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
         return self
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host in {"127.0.0.1", "localhost", "::1"}
+
+    @property
+    def api_keys_required(self) -> bool:
+        return self.require_api_keys if self.require_api_keys is not None \
+            else not self.loopback_only
 
     @property
     def broker_dir(self) -> Path:

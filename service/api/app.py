@@ -1,19 +1,43 @@
 """The FastAPI application: routes only speak HTTP; the domain does the work."""
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from service import errors
+from service import errors, reaper
 from service.api import datasets, health, jobs, models
+from service.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    stop = reaper.start()
+    yield
+    stop.set()
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Cloze", version="0.1.0",
+    settings = get_settings()
+    app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan,
                   description="Pretrain, fine-tune and serve Transformer language models.")
     errors.install(app)
-    for module in (health, datasets, jobs, models):
-        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
+    app.include_router(health.router)
+    for module in (datasets, jobs, models):
+        app.include_router(module.router, responses=errors.ERROR_RESPONSES)
+    log = logging.getLogger("cloze.api")
+    if settings.api_keys_required:
+        log.info("API keys are required (Authorization: Bearer ...)")
+    else:
+        log.warning("API keys are NOT required: listening on loopback (%s) only; anyone on "
+                    "this machine can use the API. Set CLOZE_REQUIRE_API_KEYS=true to "
+                    "require them.", settings.host)
     return app
 
 

@@ -1,9 +1,18 @@
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import After, Limit, SessionDep, SettingsDep, StoreDep
+from service.api.deps import (
+    After,
+    CallerDep,
+    IdempotencyKey,
+    Limit,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.api.multipart import PartStart, stream_parts
-from service.domain import datasets
+from service.domain import datasets, idempotency
 from service.domain.datasets import DatasetPublic, DatasetUpload
 from service.domain.schemas import ListOf
 from service.errors import ApiError
@@ -17,15 +26,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
                    "name": {"type": "string", "maxLength": 255}}}}}}}
 
 
-@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_BODY,
-             responses={413: {"description": "upload too large"}})
-async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep,
-                         store: StoreDep) -> DatasetPublic:
-    """Upload a corpus, streamed to storage and checked on the way (never held in memory)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
-        raise ApiError(413, "payload_too_large",
-                       f"upload exceeds the limit of {settings.max_upload_bytes} bytes", "file")
+async def _receive(request: Request, store, settings) -> tuple[DatasetUpload, str | None]:  # type: ignore[no-untyped-def]
+    """Stream the multipart body into storage, part by part; returns the upload and name."""
     upload: DatasetUpload | None = None
     current: str | None = None
     name = bytearray()
@@ -45,30 +47,62 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
                 name += event.data
                 if len(name) > 1024:
                     raise ApiError(422, "invalid_request", "name: too long", "name")
+        if upload is None:
+            raise ApiError(422, "invalid_request", "file: the form has no 'file' part", "file")
+        await run_in_threadpool(upload.finish)
     except BaseException:
         if upload is not None:
             await run_in_threadpool(upload.abort)
         raise
-    if upload is None:
-        raise ApiError(422, "invalid_request", "file: the form has no 'file' part", "file")
-    text_name = name.decode("utf-8", "replace").strip()[:255] or None
-    row = await run_in_threadpool(upload.commit, session=session, name=text_name)
+    return upload, name.decode("utf-8", "replace").strip()[:255] or None
+
+
+@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_BODY,
+             responses={413: {"description": "upload too large"}})
+async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep,
+                         store: StoreDep, caller: CallerDep,
+                         idempotency_key: IdempotencyKey = None) -> DatasetPublic | JSONResponse:
+    """Upload a corpus, streamed to storage and checked on the way (never held in memory)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise ApiError(413, "payload_too_large",
+                       f"upload exceeds the limit of {settings.max_upload_bytes} bytes", "file")
+    upload, name = await _receive(request, store, settings)
+    route = "POST /v1/datasets"
+    fingerprint = idempotency.fingerprint(upload.inspector.sha256, upload.filename, name or "")
+    try:
+        first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
+                                   route=route, request_sha256=fingerprint)
+    except ApiError:
+        await run_in_threadpool(upload.abort)
+        raise
+    if first is not None:  # a retry: keep the first dataset, drop this copy
+        await run_in_threadpool(upload.abort)
+        return JSONResponse(first[1], first[0])
+    row = upload.record(session=session, owner=caller.owner, name=name)
+    public = DatasetPublic.of(row)
+    idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
+                         request_sha256=fingerprint, status_code=201,
+                         response=public.model_dump(mode="json"))
     session.commit()
-    return DatasetPublic.of(row)
+    return public
 
 
 @router.get("", response_model=ListOf[DatasetPublic])
-def list_datasets(session: SessionDep, limit: Limit = 20, after: After = None) -> ListOf:
-    rows, more = datasets.list_(session=session, limit=limit, after=after)
+def list_datasets(session: SessionDep, caller: CallerDep, limit: Limit = 20,
+                  after: After = None) -> ListOf:
+    rows, more = datasets.list_(session=session, scope=caller.scope, limit=limit, after=after)
     return ListOf[DatasetPublic](data=[DatasetPublic.of(r) for r in rows], has_more=more)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetPublic:
-    return DatasetPublic.of(datasets.get(session=session, dataset_id=dataset_id))
+def get_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetPublic:
+    return DatasetPublic.of(datasets.get(session=session, dataset_id=dataset_id,
+                                         scope=caller.scope))
 
 
 @router.delete("/{dataset_id}", status_code=204, response_class=Response)
-def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> Response:
-    datasets.delete(session=session, store=store, dataset_id=dataset_id)
+def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep,
+                   caller: CallerDep) -> Response:
+    datasets.delete(session=session, store=store, dataset_id=dataset_id, scope=caller.scope)
     return Response(status_code=204)

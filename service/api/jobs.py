@@ -1,10 +1,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import After, Limit, SessionDep
-from service.domain import jobs
+from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
+from service.domain import idempotency, jobs
 from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, JobStatus, MetricPoint
 from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
@@ -15,61 +16,81 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=202, response_model=JobPublic)
-async def create_job(job_in: JobCreate, session: SessionDep) -> JobPublic:
+async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
+                     settings: SettingsDep, idempotency_key: IdempotencyKey = None
+                     ) -> JobPublic | JSONResponse:
     """Validate the spec, record the job as queued, then hand its id to the training queue."""
-    row = jobs.create(session=session, job_in=job_in)
+    route = "POST /v1/jobs"
+    fingerprint = idempotency.fingerprint(job_in.model_dump_json())
+    first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
+                               route=route, request_sha256=fingerprint)
+    if first is not None:
+        return JSONResponse(first[1], first[0])
+    row = jobs.create(session=session, job_in=job_in, owner=caller.owner,
+                      max_active=settings.max_active_jobs)
+    idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
+                         request_sha256=fingerprint, status_code=202,
+                         response=JobPublic.of(row).model_dump(mode="json"))
     session.commit()  # the worker must find the row when the message arrives
     try:
         await run_in_threadpool(enqueue_training, row.id)
     except Exception:
-        jobs.mark_enqueue_failed(session=session, job_id=row.id)
+        # Nothing half-made stays behind: the client is told to retry, and a retry with
+        # the same Idempotency-Key creates the job afresh.
+        session.delete(row)
+        idempotency.forget(session=session, owner=caller.owner, key=idempotency_key)
         session.commit()
         raise ApiError(503, "service_unavailable", "the job queue is unavailable; retry later",
                        headers={"Retry-After": "5"}) from None
+    jobs.mark_enqueued(session=session, job_id=row.id)
+    session.commit()
     return JobPublic.of(row)
 
 
 @router.get("", response_model=ListOf[JobPublic])
-def list_jobs(session: SessionDep, limit: Limit = 20, after: After = None,
+def list_jobs(session: SessionDep, caller: CallerDep, limit: Limit = 20, after: After = None,
               status: JobStatus | None = None) -> ListOf:
-    rows, more = jobs.list_(session=session, limit=limit, after=after, status=status)
+    rows, more = jobs.list_(session=session, scope=caller.scope, limit=limit, after=after,
+                            status=status)
     return ListOf[JobPublic](data=[JobPublic.of(r) for r in rows], has_more=more)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
-    return JobPublic.of(jobs.get(session=session, job_id=job_id))
+def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+    return JobPublic.of(jobs.get(session=session, job_id=job_id, scope=caller.scope))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
-    row = jobs.cancel(session=session, job_id=job_id)
+def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+    row = jobs.cancel(session=session, job_id=job_id, scope=caller.scope)
     session.commit()
     return JobPublic.of(row)
 
 
 @router.get("/{job_id}/metrics", response_model=ListOf[MetricPoint],
             response_model_exclude_none=True)
-def job_metrics(job_id: str, session: SessionDep,
+def job_metrics(job_id: str, session: SessionDep, caller: CallerDep,
                 since_step: Annotated[int | None, Query(ge=0)] = None,
                 max_points: Annotated[int | None, Query(ge=2, le=100_000)] = None) -> ListOf:
-    rows = jobs.metrics(session=session, job_id=job_id, since_step=since_step,
-                        max_points=max_points)
+    rows = jobs.metrics(session=session, job_id=job_id, scope=caller.scope,
+                        since_step=since_step, max_points=max_points)
     return ListOf[MetricPoint](data=[MetricPoint.of(r) for r in rows])
 
 
 @router.get("/{job_id}/events", response_model=ListOf[EventPublic])
-def job_events(job_id: str, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+def job_events(job_id: str, session: SessionDep, caller: CallerDep,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                after: Annotated[int | None, Query(ge=0)] = None) -> ListOf:
-    rows = jobs.events(session=session, job_id=job_id, limit=limit + 1, after=after)
+    rows = jobs.events(session=session, job_id=job_id, scope=caller.scope, limit=limit + 1,
+                       after=after)
     data = [EventPublic(id=r.id, level=r.level, message=r.message, created_at=r.created_at)
             for r in rows[:limit]]
     return ListOf[EventPublic](data=data, has_more=len(rows) > limit)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListOf[CheckpointPublic])
-def job_checkpoints(job_id: str, session: SessionDep) -> ListOf:
-    rows = jobs.checkpoints(session=session, job_id=job_id)
+def job_checkpoints(job_id: str, session: SessionDep, caller: CallerDep) -> ListOf:
+    rows = jobs.checkpoints(session=session, job_id=job_id, scope=caller.scope)
     return ListOf[CheckpointPublic](data=[CheckpointPublic(
         id=r.id, job_id=r.job_id, step=r.step, bytes=r.bytes, sha256=r.sha256,
         metrics=r.metrics, created_at=r.created_at) for r in rows])

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
 from service.domain.ids import new_id
-from service.domain.pagination import newest_first
+from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.tables import DatasetRow, JobRow
 from service.errors import ApiError, not_found
@@ -62,34 +62,41 @@ class DatasetUpload:
         self._out.close()
         self.store.delete(self.key)
 
-    def commit(self, *, session: Session, name: str | None) -> DatasetRow:
+    def finish(self) -> None:
+        """The last chunk was written: check the whole file, then close the object."""
         try:
             self.inspector.finish()
         except CorpusRejected as exc:
             self.abort()
             raise ApiError(exc.status, exc.code, exc.message, "file") from None
         self._out.close()
-        row = DatasetRow(id=self.id, name=name or self.filename, format=self.format,
-                         bytes=self.inspector.bytes, sha256=self.inspector.sha256,
-                         documents=self.inspector.documents, storage_key=self.key)
+
+    def record(self, *, session: Session, owner: str, name: str | None) -> DatasetRow:
+        row = DatasetRow(id=self.id, owner=owner, name=name or self.filename,
+                         format=self.format, bytes=self.inspector.bytes,
+                         sha256=self.inspector.sha256, documents=self.inspector.documents,
+                         storage_key=self.key)
         session.add(row)
         session.flush()
         return row
 
 
-def get(*, session: Session, dataset_id: str) -> DatasetRow:
+def get(*, session: Session, dataset_id: str, scope: str | None) -> DatasetRow:
+    """The dataset if `scope` may see it; another owner's id is as unknown as a made-up one."""
     row = session.get(DatasetRow, dataset_id)
-    if row is None:
+    if row is None or (scope is not None and row.owner != scope):
         raise not_found("dataset", dataset_id)
     return row
 
 
-def list_(*, session: Session, limit: int, after: str | None) -> tuple[list[DatasetRow], bool]:
-    return newest_first(session, select(DatasetRow), DatasetRow, limit=limit, after=after)
+def list_(*, session: Session, scope: str | None, limit: int, after: str | None
+          ) -> tuple[list[DatasetRow], bool]:
+    return newest_first(session, owned(select(DatasetRow), DatasetRow, scope), DatasetRow,
+                        limit=limit, after=after)
 
 
-def delete(*, session: Session, store: ObjectStore, dataset_id: str) -> None:
-    row = get(session=session, dataset_id=dataset_id)
+def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str | None) -> None:
+    row = get(session=session, dataset_id=dataset_id, scope=scope)
     busy = session.scalar(select(JobRow.id).where(
         JobRow.dataset_id == dataset_id, JobRow.status.in_(("queued", "running"))).limit(1))
     if busy:

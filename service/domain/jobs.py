@@ -1,14 +1,15 @@
 """Jobs: a typed spec, a row that is the record of the run, and its curve, events, checkpoints."""
 
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.domain import datasets
 from service.domain.ids import new_id
-from service.domain.pagination import newest_first
+from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.specs import JobCreate
 from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
@@ -107,61 +108,69 @@ class CheckpointPublic(BaseModel):
     created_at: Timestamp
 
 
-def create(*, session: Session, job_in: JobCreate) -> JobRow:
+def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -> JobRow:
     if (problem := job_in.inconsistency()) is not None:
         param, message = problem
         raise ApiError(422, "invalid_request", f"{param}: {message}", param)
-    if session.get(datasets.DatasetRow, job_in.dataset_id) is None:
+    dataset = session.get(datasets.DatasetRow, job_in.dataset_id)
+    if dataset is None or dataset.owner != owner:
         raise ApiError(422, "invalid_request",
                        f"dataset_id: no dataset with id {job_in.dataset_id!r}", "dataset_id")
+    active = session.scalar(select(func.count()).select_from(JobRow).where(
+        JobRow.owner == owner, JobRow.status.in_(("queued", "running"))))
+    if active and active >= max_active:
+        raise ApiError(429, "too_many_jobs",
+                       f"you already have {active} jobs queued or running (the limit is "
+                       f"{max_active}); wait for one to finish or cancel one",
+                       headers={"Retry-After": "60"})
     job_id = new_id("job")
     spec = job_in.model_dump(mode="json")
     hp = job_in.hyperparameters
     name = job_in.name or f"{job_in.model.architecture}-{job_in.model.size}-{job_in.objective}"
     spec["name"] = name
-    row = JobRow(id=job_id, type=job_in.type, name=name, status="queued", spec=spec,
+    row = JobRow(id=job_id, owner=owner, type=job_in.type, name=name, status="queued", spec=spec,
                  dataset_id=job_in.dataset_id, total_steps=hp.max_steps)
     session.add(row)
     session.flush()
     return row
 
 
-def get(*, session: Session, job_id: str) -> JobRow:
+def get(*, session: Session, job_id: str, scope: str | None) -> JobRow:
     row = session.get(JobRow, job_id)
-    if row is None:
+    if row is None or (scope is not None and row.owner != scope):
         raise not_found("job", job_id)
     return row
 
 
-def list_(*, session: Session, limit: int, after: str | None,
+def list_(*, session: Session, scope: str | None, limit: int, after: str | None,
           status: str | None = None) -> tuple[list[JobRow], bool]:
-    stmt = select(JobRow)
+    stmt = owned(select(JobRow), JobRow, scope)
     if status:
         stmt = stmt.where(JobRow.status == status)
     return newest_first(session, stmt, JobRow, limit=limit, after=after)
 
 
-def cancel(*, session: Session, job_id: str) -> JobRow:
+def cancel(*, session: Session, job_id: str, scope: str | None) -> JobRow:
     """Cancel cooperatively: a queued job never starts; a running one stops at its next step.
 
     Both updates are conditional on the status, so a cancel racing completion leaves the
     one terminal state that committed first.
     """
-    get(session=session, job_id=job_id)
+    get(session=session, job_id=job_id, scope=scope)
     now = utcnow()
     session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
                     .values(status="cancelled", cancel_requested=True, finished_at=now))
     session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
                     .values(cancel_requested=True))
     session.flush()
-    row = get(session=session, job_id=job_id)
+    row = get(session=session, job_id=job_id, scope=scope)
     session.refresh(row)
     return row
 
 
-def metrics(*, session: Session, job_id: str, since_step: int | None,
+def metrics(*, session: Session, job_id: str, scope: str | None, since_step: int | None,
             max_points: int | None) -> list[MetricRow]:
-    get(session=session, job_id=job_id)
+    get(session=session, job_id=job_id, scope=scope)
     stmt = select(MetricRow).where(MetricRow.job_id == job_id).order_by(MetricRow.step)
     if since_step is not None:
         stmt = stmt.where(MetricRow.step > since_step)
@@ -174,21 +183,52 @@ def metrics(*, session: Session, job_id: str, since_step: int | None,
     return rows
 
 
-def events(*, session: Session, job_id: str, limit: int, after: int | None) -> list[EventRow]:
-    get(session=session, job_id=job_id)
+def events(*, session: Session, job_id: str, scope: str | None, limit: int,
+           after: int | None) -> list[EventRow]:
+    get(session=session, job_id=job_id, scope=scope)
     stmt = select(EventRow).where(EventRow.job_id == job_id)
     if after is not None:
         stmt = stmt.where(EventRow.id > after)
     return list(session.scalars(stmt.order_by(EventRow.id).limit(limit)))
 
 
-def checkpoints(*, session: Session, job_id: str) -> list[CheckpointRow]:
-    get(session=session, job_id=job_id)
+def checkpoints(*, session: Session, job_id: str, scope: str | None) -> list[CheckpointRow]:
+    get(session=session, job_id=job_id, scope=scope)
     return list(session.scalars(
         select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.step)))
 
 
-def mark_enqueue_failed(*, session: Session, job_id: str) -> None:
-    session.execute(update(JobRow).where(JobRow.id == job_id).values(
-        status="failed", finished_at=utcnow(), error_code="broker_unavailable",
-        error_message="the job could not be queued: the broker is unavailable"))
+def mark_enqueued(*, session: Session, job_id: str) -> None:
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=utcnow()))
+
+
+def reap(*, session: Session, heartbeat_timeout_s: float, requeue_after_s: float) -> list[str]:
+    """Jobs to send to the queue again: running ones whose worker died (stale heartbeat) go
+    back to queued, and queued ones whose message may have been lost are re-sent.
+
+    Every change is conditional, so several API processes reaping at once agree, and a
+    duplicate message is harmless: the worker's claim lets only one delivery train.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=heartbeat_timeout_s)
+    orphans = session.scalars(select(JobRow.id).where(
+        JobRow.status == "running", JobRow.heartbeat_at < stale)).all()
+    revived = []
+    for job_id in orphans:
+        moved = session.execute(update(JobRow).where(
+            JobRow.id == job_id, JobRow.status == "running", JobRow.heartbeat_at < stale)
+            .values(status="queued", enqueued_at=now))
+        if moved.rowcount:
+            session.add(EventRow(job_id=job_id, level="warning", message=(
+                f"no heartbeat for {heartbeat_timeout_s:.0f} s: the worker died; "
+                "re-queued to resume from the last checkpoint")))
+            revived.append(job_id)
+    lost = now - timedelta(seconds=requeue_after_s)
+    for job_id in session.scalars(select(JobRow.id).where(
+            JobRow.status == "queued", JobRow.enqueued_at < lost)).all():
+        if session.execute(update(JobRow).where(
+                JobRow.id == job_id, JobRow.status == "queued", JobRow.enqueued_at < lost)
+                .values(enqueued_at=now)).rowcount:
+            revived.append(job_id)
+    session.commit()
+    return revived

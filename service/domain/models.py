@@ -6,7 +6,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.domain.pagination import newest_first
+from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.tables import ModelRow
 from service.errors import not_found
@@ -31,12 +31,14 @@ class ModelPublic(BaseModel):
                    details=row.details, created_at=row.created_at)
 
 
-def get(*, session: Session, model_id: str) -> ModelRow:
+def get(*, session: Session, model_id: str, scope: str | None) -> ModelRow:
     row = session.get(ModelRow, model_id)
-    if row is None:
+    if row is None or (scope is not None and row.owner != scope):
         raise not_found("model", model_id)
     return row
 
 
-def list_(*, session: Session, limit: int, after: str | None) -> tuple[list[ModelRow], bool]:
-    return newest_first(session, select(ModelRow), ModelRow, limit=limit, after=after)
+def list_(*, session: Session, scope: str | None, limit: int, after: str | None
+          ) -> tuple[list[ModelRow], bool]:
+    return newest_first(session, owned(select(ModelRow), ModelRow, scope), ModelRow,
+                        limit=limit, after=after)

@@ -20,3 +20,8 @@ def newest_first(session: Session, stmt: Select[Any], table: Any, *, limit: int,
     rows = list(session.scalars(
         stmt.order_by(table.created_at.desc(), table.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def owned(stmt: Select[Any], table: Any, scope: str | None) -> Select[Any]:
+    """Restrict a query to one owner's rows; scope None (an admin) sees every owner's."""
+    return stmt if scope is None else stmt.where(table.owner == scope)

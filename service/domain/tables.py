@@ -18,6 +18,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The owner of everything made without an API key (the embedded default on loopback).
+LOCAL_OWNER = "local"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -31,6 +34,7 @@ class DatasetRow(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
     name: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(16))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -44,6 +48,7 @@ class JobRow(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
     type: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -53,6 +58,7 @@ class JobRow(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     step: Mapped[int] = mapped_column(Integer, default=0)
@@ -114,6 +120,7 @@ class ModelRow(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
     name: Mapped[str] = mapped_column(String(255))
     job_id: Mapped[str | None] = mapped_column(String(40))
     task: Mapped[str] = mapped_column(String(32))
@@ -124,3 +131,34 @@ class ModelRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     details: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ApiKeyRow(Base):
+    """An API key: only its SHA-256 is stored; the secret is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class IdempotencyRow(Base):
+    """The first answer to a create carrying an Idempotency-Key, replayed on retries."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_owner_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    route: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,38 @@
+"""The reaper: a thread in each API process that re-queues jobs whose worker died."""
+
+import logging
+import threading
+
+from service.db import session_scope
+from service.domain import jobs
+from service.queue import enqueue_training
+from service.settings import get_settings
+
+log = logging.getLogger("cloze.reaper")
+
+
+def reap_once() -> list[str]:
+    settings = get_settings()
+    with session_scope() as session:
+        revived = jobs.reap(session=session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                            requeue_after_s=settings.requeue_after_s)
+    for job_id in revived:
+        enqueue_training(job_id)
+        log.warning("re-queued %s", job_id)
+    return revived
+
+
+def start() -> threading.Event:
+    """Run reap_once every reaper_interval_s until the returned event is set."""
+    stop = threading.Event()
+    interval = get_settings().reaper_interval_s
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                reap_once()
+            except Exception as exc:  # a database or broker outage: try again next round
+                log.warning("reaper round failed: %s", exc.__class__.__name__)
+
+    threading.Thread(target=loop, name="cloze-reaper", daemon=True).start()
+    return stop
