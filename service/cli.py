@@ -60,6 +60,16 @@ def worker(concurrency: int = typer.Option(1, help="jobs at once; 1 per CPU box 
     os.execv(argv[0], argv)
 
 
+def _redact(url: str) -> str:
+    """A URL without its password, fit for a terminal or a log."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
 @app.command()
 def up(host: str | None = None, port: int | None = None) -> None:
     """Everything on one machine: migrate, start a worker process, serve the API."""
@@ -68,9 +78,9 @@ def up(host: str | None = None, port: int | None = None) -> None:
     migrate()
     worker_proc = subprocess.Popen(_worker_argv(1), cwd=ROOT)
     console.print(f"[bold]Cloze[/bold] data in {settings.home}")
-    console.print(f"  database  {settings.database_url}")
+    console.print(f"  database  {_redact(settings.database_url)}")
     console.print(f"  storage   {settings.storage_url}")
-    console.print(f"  broker    {settings.broker_url}")
+    console.print(f"  broker    {_redact(settings.broker_url)}")
     console.print(f"  worker    pid {worker_proc.pid}")
     os.environ["CLOZE_HOST"] = host
     get_settings.cache_clear()

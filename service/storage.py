@@ -65,11 +65,18 @@ class ObjectStore:
         with self.open_read(key) as src, open(local, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
 
-    def put_dir(self, local_dir: str | os.PathLike[str], prefix: str) -> int:
-        """Upload every file under local_dir to prefix/; returns the bytes written."""
+    def put_dir(self, local_dir: str | os.PathLike[str], prefix: str,
+                last: str | None = None) -> int:
+        """Upload every file under local_dir to prefix/; returns the bytes written.
+
+        `last` names a file uploaded after all others: a manifest whose presence says the
+        set is complete, so a reader never trusts a torn upload.
+        """
         total = 0
         base = Path(local_dir)
-        for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        files = sorted(p for p in base.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.relative_to(base).as_posix() == last)  # stable: last last
+        for path in files:
             self.put_file(path, f"{prefix}/{path.relative_to(base).as_posix()}")
             total += path.stat().st_size
         return total

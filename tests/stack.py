@@ -1,6 +1,7 @@
 """Starts the real service processes (API, Celery worker) for end-to-end tests."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -42,9 +43,20 @@ class Stack:
         self._wait_healthy()
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        # A session of its own, so a test can kill -9 the process with all its children.
         self.procs[name] = subprocess.Popen([*CLOZE, *args], env=self.env, cwd=ROOT,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def kill(self, name: str) -> None:
+        """kill -9 a process and its children (a Celery worker and its pool), as a crash."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def start_worker(self) -> None:
+        self._spawn("worker", ["worker"])
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}"
@@ -86,7 +98,8 @@ class Stack:
     def stop(self) -> None:
         self.client.close()
         for proc in self.procs.values():
-            proc.terminate()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=30)

@@ -28,7 +28,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(open_stack, tm
         [*cli, "run", f"{open_stack.url}/openapi.json",
          "--checks", "not_a_server_error,response_schema_conformance",
          "--max-examples", "30", "--seed", "1", "--request-timeout", "60"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     out = result.stdout + result.stderr
     summary = re.search(r"(\d+) generated, (\d+) passed", out)
     assert result.returncode == 0 and summary, out[-4000:]

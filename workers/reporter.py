@@ -1,20 +1,48 @@
 """The engine's Reporter, backed by the database and object storage."""
 
+import functools
 import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from service.db import session_scope
 from service.domain.ids import new_id
 from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
+from service.settings import get_settings
 from service.storage import ObjectStore
 
 log = logging.getLogger("cloze.worker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def with_db_retry(fn: Callable[P, R]) -> Callable[P, R]:
+    """Retry a database write while the database is down (a restart, a failover), for up to
+    db_retry_s, so a blip costs a pause, not the job or its metric rows."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        deadline = time.monotonic() + get_settings().db_retry_s
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("database unavailable; retrying %s in %.1f s", fn.__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
 
 # How often should_stop() reads the cancel flag: a query per training step would cost
 # more than a tiny model's step; a second is "within a few steps" for any model.
@@ -28,11 +56,13 @@ class DbReporter:
         self._stop = False
         self._latest: dict[str, Any] = {}
 
+    @with_db_retry
     def event(self, level: str, message: str) -> None:
         log.log(logging.getLevelName(level.upper()), "%s: %s", self.job_id, message)
         with session_scope() as s:
             s.add(EventRow(job_id=self.job_id, level=level, message=message))
 
+    @with_db_retry
     def _point(self, step: int, fields: dict[str, Any], job: dict[str, Any]) -> None:
         """Write one metric row per (job, step), merging train and eval fields."""
         self._latest.update(fields)
@@ -62,21 +92,20 @@ class DbReporter:
         prefix = f"jobs/{self.job_id}/checkpoints/step-{step:08d}"
         src = Path(directory)
         # The manifest goes last: a checkpoint without one is incomplete and never used.
-        size = 0
-        for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name != "manifest.json"):
-            self.store.put_file(path, f"{prefix}/{path.relative_to(src).as_posix()}")
-            size += path.stat().st_size
-        manifest = src / "manifest.json"
-        self.store.put_file(manifest, f"{prefix}/manifest.json")
-        size += manifest.stat().st_size
-        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        size = self.store.put_dir(src, prefix, last="manifest.json")
+        digest = hashlib.sha256((src / "manifest.json").read_bytes()).hexdigest()
+        self._record_checkpoint(step, prefix, size, digest)
+        shutil.rmtree(src, ignore_errors=True)
+        self.event("info", f"checkpoint saved at step {step} ({size / 1e6:.1f} MB)")
+
+    @with_db_retry
+    def _record_checkpoint(self, step: int, prefix: str, size: int, digest: str) -> None:
         with session_scope() as s:
             s.add(CheckpointRow(id=new_id("ckpt"), job_id=self.job_id, step=step,
                                 storage_prefix=prefix, bytes=size, sha256=digest,
                                 metrics=dict(self._latest)))
-        shutil.rmtree(src, ignore_errors=True)
-        self.event("info", f"checkpoint saved at step {step} ({size / 1e6:.1f} MB)")
 
+    @with_db_retry
     def should_stop(self) -> bool:
         now = time.monotonic()
         if not self._stop and now - self._last_poll >= CANCEL_POLL_S:

@@ -1,65 +1,156 @@
-"""Runs one job: claim the row, fetch the corpus, train, publish the model, record the end.
+"""Runs one attempt of a job: claim the row, get the data, train (resuming if an earlier
+attempt left a checkpoint), publish the model, record the end.
 
-The database is the record of a job. Celery may deliver a message twice; the claim below
-is a conditional UPDATE, so only one delivery ever trains.
+The database is the record of a job. Celery over Redis delivers at least once; the claim
+below is a conditional UPDATE, so only one delivery ever trains, and the attempt counter
+stops a job that kills its worker every time from looping forever.
 """
 
 import json
 import logging
+import shutil
 import tarfile
 import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 
 from service.db import session_scope
 from service.domain.ids import new_id
-from service.domain.tables import DatasetRow, JobRow, ModelRow, utcnow
+from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow, utcnow
+from service.queue import enqueue_training
+from service.settings import get_settings
 from service.storage import ObjectStore, get_store
-from workers.engine import ConfigError, CorpusError, EngineError, PretrainConfig, run_pretraining
-from workers.reporter import DbReporter
+from workers.capacity import too_big
+from workers.engine import (
+    ConfigError,
+    CorpusError,
+    EngineError,
+    PretrainConfig,
+    data_key,
+    prepare_data,
+    run_pretraining,
+    verify_checkpoint,
+)
+from workers.reporter import DbReporter, with_db_retry
 
 log = logging.getLogger("cloze.worker")
 
 
-def claim(job_id: str) -> bool:
-    """Move the job from queued to running; False if another delivery already did."""
+class Permanent(Exception):
+    """A failure another attempt cannot heal: bad data, bad config, too big for a worker."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class Attempt:
+    job_id: str
+    number: int
+    owner: str
+    spec: dict[str, Any]
+    dataset_id: str
+    dataset_format: str
+    dataset_key: str
+
+
+def claim(job_id: str) -> Attempt | None:
+    """Move the job from queued to running as a new attempt; None if this delivery is a
+    duplicate (already running or finished) or the job has used up its attempts."""
+    max_attempts = get_settings().max_attempts
     with session_scope() as s:
         now = utcnow()
         claimed = s.execute(
-            update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
+            update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued",
+                                 JobRow.attempts < max_attempts)
             .values(status="running", started_at=now, heartbeat_at=now,
                     attempts=JobRow.attempts + 1))
-        return claimed.rowcount == 1
+        if claimed.rowcount != 1:
+            gave_up = s.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued",
+                                     JobRow.attempts >= max_attempts)
+                .values(status="failed", finished_at=now, error_code="too_many_attempts",
+                        error_message=f"gave up after {max_attempts} attempts: the worker "
+                                      "running it stopped each time (crashed or was killed)"))
+            if gave_up.rowcount:
+                log.error("%s: failed after %d attempts", job_id, max_attempts)
+            return None
+        job = s.get(JobRow, job_id)
+        dataset = s.get(DatasetRow, job.dataset_id) if job else None
+        if job is None or dataset is None:
+            return None
+        return Attempt(job_id=job_id, number=job.attempts, owner=job.owner, spec=dict(job.spec),
+                       dataset_id=dataset.id, dataset_format=dataset.format,
+                       dataset_key=dataset.storage_key)
 
 
-def finish(job_id: str, status: str, **values: Any) -> None:
+@with_db_retry
+def finish(job_id: str, status: str, **values: Any) -> bool:
     """Record the end; conditional on `running` so exactly one terminal state wins."""
     with session_scope() as s:
+        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                         .values(status=status, finished_at=utcnow(), **values)).rowcount == 1
+
+
+@with_db_retry
+def _requeue(job_id: str) -> None:
+    with session_scope() as s:
         s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                  .values(status=status, finished_at=utcnow(), **values))
+                  .values(status="queued", enqueued_at=utcnow()))
+    enqueue_training(job_id)
+
+
+class Heartbeat(threading.Thread):
+    """Writes the attempt's heartbeat while it lives; the reaper re-queues it if it stops."""
+
+    def __init__(self, job_id: str, interval: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.job_id, self.interval = job_id, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                with session_scope() as s:
+                    s.execute(update(JobRow).where(JobRow.id == self.job_id,
+                                                   JobRow.status == "running")
+                              .values(heartbeat_at=utcnow()))
+            except Exception:  # the database is down: the next beat tries again
+                log.warning("%s: heartbeat failed", self.job_id)
 
 
 def run_job(job_id: str) -> None:
-    if not claim(job_id):
-        log.info("%s: not queued any more (a duplicate delivery or cancelled); skipping", job_id)
+    attempt = claim(job_id)
+    if attempt is None:
+        log.info("%s: not claimable (a duplicate delivery, cancelled or finished); skipping",
+                 job_id)
         return
+    settings = get_settings()
     store = get_store()
     reporter = DbReporter(job_id, store)
+    heartbeat = Heartbeat(job_id, settings.heartbeat_interval_s)
+    heartbeat.start()
     try:
         with tempfile.TemporaryDirectory(prefix=f"cloze-{job_id}-") as work:
-            _train(job_id, store, reporter, Path(work))
-    except CorpusError as exc:
-        _fail(job_id, reporter, "bad_data", str(exc))
-    except ConfigError as exc:
-        _fail(job_id, reporter, "bad_config", str(exc))
-    except EngineError as exc:
-        _fail(job_id, reporter, "training_error", str(exc))
+            _attempt(attempt, store, reporter, Path(work))
+    except Permanent as exc:
+        _fail(job_id, reporter, exc.code, exc.message)
     except Exception as exc:
-        log.exception("%s: unexpected failure", job_id)
-        _fail(job_id, reporter, "internal_error",
-              f"the job failed unexpectedly ({exc.__class__.__name__}); see the worker log")
+        log.exception("%s: attempt %d failed", job_id, attempt.number)
+        message = f"attempt {attempt.number} failed ({exc.__class__.__name__})"
+        if attempt.number < settings.max_attempts:
+            reporter.event("warning", f"{message}; retrying from the last checkpoint")
+            _requeue(job_id)
+        else:
+            _fail(job_id, reporter, "internal_error",
+                  f"{message}; gave up after {attempt.number} attempts (see the worker log)")
+    finally:
+        heartbeat.stopped.set()
 
 
 def _fail(job_id: str, reporter: DbReporter, code: str, message: str) -> None:
@@ -67,32 +158,109 @@ def _fail(job_id: str, reporter: DbReporter, code: str, message: str) -> None:
     finish(job_id, "failed", error_code=code, error_message=message)
 
 
-def _train(job_id: str, store: ObjectStore, reporter: DbReporter, work: Path) -> None:
-    with session_scope() as s:
-        job = s.get(JobRow, job_id)
-        assert job is not None
-        spec = dict(job.spec)
-        dataset = s.get(DatasetRow, job.dataset_id)
-        if dataset is None:
-            raise CorpusError(f"dataset {job.dataset_id} no longer exists")
-        fmt, key, name = dataset.format, dataset.storage_key, dataset.name
-    config = PretrainConfig.from_spec(spec)
-    corpus = work / f"corpus.{fmt}"
-    reporter.event("info", f"downloading dataset {name!r}")
-    store.get_file(key, corpus)
-    result = run_pretraining(config, str(corpus), fmt, str(work / "run"), reporter)
+def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path) -> None:
+    try:
+        config = PretrainConfig.from_spec(attempt.spec)
+        if (reason := too_big(attempt.spec)) is not None:
+            raise Permanent("too_big", reason)
+        resume_from = _resume_point(attempt, store, reporter, work / "resume")
+        data_dir = _prepared_data(attempt, config, store, reporter, work)
+        result = run_pretraining(config, str(data_dir), str(work / "run"), reporter,
+                                 resume_from=resume_from)
+    except (CorpusError, ConfigError) as exc:
+        raise Permanent("bad_data" if isinstance(exc, CorpusError) else "bad_config",
+                        str(exc)) from None
+    except MemoryError:
+        raise Permanent("out_of_memory", "the job ran out of memory on its worker; use a "
+                        "smaller model, batch_size or micro_batch_size") from None
+    except EngineError as exc:  # e.g. divergence: the same run would diverge again
+        raise Permanent("training_error", str(exc)) from None
+    except Exception as exc:
+        if exc.__class__.__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA)
+            raise Permanent("out_of_memory", "the job ran out of GPU memory; use a smaller "
+                            "model, batch_size or micro_batch_size") from None
+        raise
     if result.stopped or result.export_dir is None:
         reporter.event("info", f"cancelled at step {result.steps}")
-        finish(job_id, "cancelled")
+        finish(attempt.job_id, "cancelled")
         return
-    model_id = _publish(job_id, spec, result, store, work)
-    reporter.event("info", f"model {model_id} is ready")
-    finish(job_id, "succeeded", model_id=model_id)
+    model_id = _publish(attempt, result, store, work)
+    if finish(attempt.job_id, "succeeded", model_id=model_id):
+        reporter.event("info", f"model {model_id} is ready")
+    else:  # the reaper gave the job to another attempt meanwhile: that one's model counts
+        with session_scope() as s:
+            s.execute(delete(ModelRow).where(ModelRow.id == model_id))
+        store.delete_prefix(f"models/{model_id}")
 
 
-def _publish(job_id: str, spec: dict[str, Any], result: Any, store: ObjectStore,
-             work: Path) -> str:
+def _prepared_data(attempt: Attempt, config: PretrainConfig, store: ObjectStore,
+                   reporter: DbReporter, work: Path) -> Path:
+    """Token shards for this dataset and tokenizer, made once and reused by later jobs."""
+    prefix = f"tokenized/{attempt.dataset_id}/{data_key(config)}"
+    local = work / "data"
+    if store.exists(f"{prefix}/meta.json"):  # meta.json is written last: the set is whole
+        reporter.event("info", "reusing tokenized data from an earlier job on this dataset "
+                               f"({prefix}); skipping tokenization")
+        store.get_dir(prefix, local)
+        return local
+    corpus = work / f"corpus.{attempt.dataset_format}"
+    reporter.event("info", "downloading the dataset")
+    store.get_file(attempt.dataset_key, corpus)
+    prepare_data(config, str(corpus), attempt.dataset_format, str(local), reporter)
+    corpus.unlink()
+    store.put_dir(local, prefix, last="meta.json")
+    return local
+
+
+def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
+                  local: Path) -> str | None:
+    """The newest checkpoint of an earlier attempt that verifies, downloaded; None if none.
+
+    Checkpoints that fail verification are dropped (the previous one is tried), torn
+    uploads with no record are removed, and metric rows past the resume point are deleted
+    so the curve continues with exactly one row per step.
+    """
+    if attempt.number == 1:
+        return None
+    with session_scope() as s:
+        rows = s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == attempt.job_id)
+                         .order_by(CheckpointRow.step.desc())).all()
+        known = [(r.id, r.step, r.storage_prefix) for r in rows]
+    recorded = {p for _, _, p in known}
+    root = f"jobs/{attempt.job_id}/checkpoints"
+    for name in {rel.split("/", 1)[0] for rel in store.list(root)}:
+        if f"{root}/{name}" not in recorded:
+            store.delete_prefix(f"{root}/{name}")  # a torn upload from a dead attempt
+    resume_step, resume_dir = 0, None
+    for ckpt_id, step, prefix in known:
+        target = local / f"step-{step}"
+        store.get_dir(prefix, target)
+        if verify_checkpoint(str(target)):
+            resume_step, resume_dir = step, str(target)
+            break
+        reporter.event("warning", f"checkpoint at step {step} failed verification (missing "
+                                  "or corrupted files); using the previous one")
+        shutil.rmtree(target, ignore_errors=True)
+        store.delete_prefix(prefix)
+        with session_scope() as s:
+            s.execute(delete(CheckpointRow).where(CheckpointRow.id == ckpt_id))
+    with session_scope() as s:
+        s.execute(delete(MetricRow).where(MetricRow.job_id == attempt.job_id,
+                                          MetricRow.step > resume_step))
+        s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == attempt.job_id,
+                                              CheckpointRow.step > resume_step))
+    if resume_dir:
+        reporter.event("info", f"attempt {attempt.number}: resuming from the checkpoint at "
+                               f"step {resume_step}")
+    else:
+        reporter.event("info", f"attempt {attempt.number}: no usable checkpoint; "
+                               "starting from the beginning")
+    return resume_dir
+
+
+def _publish(attempt: Attempt, result: Any, store: ObjectStore, work: Path) -> str:
     """Store the export as files (for serving) and as one archive (for download)."""
+    spec = attempt.spec
     model_id = new_id("m")
     prefix = f"models/{model_id}/files"
     export = Path(result.export_dir)
@@ -109,8 +277,9 @@ def _publish(job_id: str, spec: dict[str, Any], result: Any, store: ObjectStore,
         "model": spec.get("model"), "sequence_length": spec["hyperparameters"]["sequence_length"],
     }
     with session_scope() as s:
-        s.add(ModelRow(id=model_id, name=spec.get("name") or model_id, job_id=job_id,
-                       task="fill-mask", architecture=spec["model"]["architecture"],
+        s.add(ModelRow(id=model_id, owner=attempt.owner, name=spec.get("name") or model_id,
+                       job_id=attempt.job_id, task="fill-mask",
+                       architecture=spec["model"]["architecture"],
                        mask_token=_mask_token(export), storage_prefix=prefix,
                        archive_key=archive_key, bytes=archive.stat().st_size, details=details))
     return model_id

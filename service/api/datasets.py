@@ -16,6 +16,8 @@ from service.domain import datasets, idempotency
 from service.domain.datasets import DatasetPublic, DatasetUpload
 from service.domain.schemas import ListOf
 from service.errors import ApiError
+from service.settings import Settings
+from service.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -26,7 +28,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
                    "name": {"type": "string", "maxLength": 255}}}}}}}
 
 
-async def _receive(request: Request, store, settings) -> tuple[DatasetUpload, str | None]:  # type: ignore[no-untyped-def]
+async def _receive(request: Request, store: ObjectStore, settings: Settings
+                   ) -> tuple[DatasetUpload, str | None]:
     """Stream the multipart body into storage, part by part; returns the upload and name."""
     upload: DatasetUpload | None = None
     current: str | None = None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from workers.engine import PretrainConfig
+from workers.engine import PretrainConfig, prepare_data
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 EN_TRAIN = DATA / "en" / "pretrain" / "train.txt.gz"
@@ -70,15 +70,28 @@ def zh_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(**hyperparameters: Any) -> PretrainConfig:
     """A model and run small enough to train in seconds on a laptop CPU."""
+    return PretrainConfig.from_spec(tiny_spec(**hyperparameters))
+
+
+def tiny_spec(**hyperparameters: Any) -> dict[str, Any]:
+    """The job spec of tiny_config, for tests that go through from_spec themselves."""
     hp = {"max_steps": 50, "batch_size": 16, "sequence_length": 64, "learning_rate": 1e-3,
           "warmup_steps": 5, **hyperparameters}
-    return PretrainConfig.from_spec({
+    return {
         "type": "pretrain", "objective": "mlm", "name": "test", "dataset_id": "ds_test",
         "model": {"architecture": "bert", "size": "tiny"},
         "tokenizer": {"type": "wordpiece", "vocab_size": 2000, "lowercase": True},
         "hyperparameters": hp,
         "log_every": 10, "eval_every": 10, "checkpoint_every": 25,
-    })
+    }
+
+
+@pytest.fixture(scope="session")
+def en_data(en_corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The English slice prepared once (tiny_config's tokenizer and sequence settings)."""
+    out = tmp_path_factory.mktemp("en-data")
+    prepare_data(tiny_config(), str(en_corpus), "txt", str(out), RecordingReporter())
+    return out
 
 
 @pytest.fixture

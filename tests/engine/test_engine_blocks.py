@@ -1,4 +1,4 @@
-"""Packing into [CLS] ... [SEP] blocks, the validation split and the batch sampler."""
+"""Packing into [CLS] ... [SEP] blocks, sharded block reads and the batch sampler."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from tokenizers import Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from workers.engine.blocks import BlockSampler, encode_corpus, pack_blocks, split_blocks
+from workers.engine.blocks import BlockPacker, BlockSampler, ShardedBlocks, encode_batches
 
 CLS, SEP, PAD = 2, 3, 0
 
 
-def test_pack_blocks_exact_length_no_padding():
+def test_packer_exact_length_no_padding_across_pieces():
     stream = np.arange(10, 10 + 100, dtype=np.uint16)
-    blocks = pack_blocks(stream, 16, CLS, SEP)
+    packer = BlockPacker(16, CLS, SEP, np.dtype(np.uint16))
+    blocks = np.concatenate([packer.add(piece) for piece in np.split(stream, [5, 33, 34, 90])])
     assert blocks.shape == (100 // 14, 16) and blocks.dtype == np.uint16
     assert (blocks[:, 0] == CLS).all() and (blocks[:, -1] == SEP).all()
     assert not (blocks == PAD).any()
-    # the body is the stream in order; the ragged tail (100 % 14 tokens) is dropped
+    # the body is the stream in order; the ragged tail (100 % 14 tokens) is left over
     assert np.array_equal(blocks[:, 1:-1].ravel(), stream[: 7 * 14])
+    assert packer.tokens == 100 and len(packer.rest) == 100 % 14
 
 
 def _word_tokenizer() -> PreTrainedTokenizerFast:
@@ -29,30 +31,46 @@ def _word_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=raw, sep_token="[SEP]", unk_token="[UNK]")
 
 
-def test_encode_corpus_separates_documents():
-    stream = encode_corpus(["a b", "b", "   ", "a a a"], _word_tokenizer(), docs_per_batch=2)
+def test_encode_batches_separates_documents():
+    pieces = list(encode_batches(["a b", "b", "   ", "a a a"], _word_tokenizer(),
+                                 docs_per_batch=2))
+    stream = np.concatenate(pieces)
     assert stream.tolist() == [5, 6, SEP, 6, SEP, 5, 5, 5]  # no [SEP] for the empty doc
     assert stream.dtype == np.uint16
 
 
-def test_split_holds_out_at_least_one_block_and_keeps_one():
-    blocks = np.arange(200).reshape(100, 2)
-    train, valid = split_blocks(blocks, 0.1)
-    assert len(valid) == 10 and len(train) == 90
-    assert sorted(train[:, 0].tolist() + valid[:, 0].tolist()) == blocks[:, 0].tolist()
-    train, valid = split_blocks(blocks[:2], 0.0)
-    assert len(train) == 1 and len(valid) == 1
-    train, valid = split_blocks(blocks[:3], 0.5)
-    assert len(train) >= 1 and len(valid) >= 1
+def test_sharded_blocks_take_in_order(tmp_path):
+    rows = np.arange(30, dtype=np.uint16).reshape(10, 3)
+    paths = []
+    for i, (start, stop) in enumerate([(0, 4), (4, 5), (5, 10)]):
+        paths.append(tmp_path / f"s{i}.npy")
+        np.save(paths[-1], rows[start:stop])
+    blocks = ShardedBlocks(paths)
+    assert len(blocks) == 10 and blocks.sizes == [4, 1, 5]
+    picks = np.array([9, 0, 4, 3, 5, 9])
+    taken = blocks.take(picks)
+    assert taken.dtype == np.int64 and np.array_equal(taken, rows[picks])
 
 
 def test_sampler_covers_each_epoch_and_is_seeded():
-    sampler = BlockSampler(10, 4, seed=1)
+    sampler = BlockSampler([4, 1, 5], 4, seed=1)
     batches = [sampler.next_batch() for _ in range(5)]  # 20 indices = 2 epochs
     flat = np.concatenate(batches)
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert not np.array_equal(flat[:10], flat[10:])  # a new order each epoch
     assert sampler.state() == {"seed": 1, "epoch": 2, "position": 0}
-    again = BlockSampler(10, 4, seed=1)
+    again = BlockSampler([4, 1, 5], 4, seed=1)
     assert all(np.array_equal(b, again.next_batch()) for b in batches)
-    tiny = BlockSampler(3, 8, seed=0)  # batches larger than the training set still fill up
+    tiny = BlockSampler([3], 8, seed=0)  # batches larger than the training set still fill up
     assert len(tiny.next_batch()) == 8
+
+
+def test_sampler_resumes_from_its_state_without_replay():
+    straight = BlockSampler([7, 6], 5, seed=3)
+    expected = [straight.next_batch() for _ in range(9)]
+    first = BlockSampler([7, 6], 5, seed=3)
+    for _ in range(4):
+        first.next_batch()
+    state = first.state()
+    resumed = BlockSampler([7, 6], 5, seed=3, epoch=state["epoch"], position=state["position"])
+    assert all(np.array_equal(b, resumed.next_batch()) for b in expected[4:])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from workers.engine import CorpusError, run_pretraining
+from workers.engine import CorpusError, prepare_data
 from workers.engine.corpus import iter_documents
 
 
@@ -40,11 +40,11 @@ def test_unusable_corpus_raises_corpus_error(tmp_path, reporter, make_config, na
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(CorpusError, match=message):
-        run_pretraining(make_config(), str(path), fmt, str(tmp_path / "work"), reporter)
+        prepare_data(make_config(), str(path), fmt, str(tmp_path / "data"), reporter)
 
 
 def test_too_small_corpus_says_how_many_tokens(tmp_path, reporter, make_config):
     path = tmp_path / "small.txt"
     path.write_text("a few words only\nand another short line\n", encoding="utf-8")
     with pytest.raises(CorpusError, match=r"it has \d+ tokens, but at least 124 are needed"):
-        run_pretraining(make_config(), str(path), "txt", str(tmp_path / "work"), reporter)
+        prepare_data(make_config(), str(path), "txt", str(tmp_path / "data"), reporter)

@@ -56,3 +56,19 @@ def test_at_least_one_masked_position():
         _, labels = masker(batch, torch.Generator().manual_seed(seed))
         assert (labels != IGNORE_INDEX).sum() == 1
         assert labels[0, 0] == IGNORE_INDEX and labels[0, -1] == IGNORE_INDEX
+
+
+def test_whole_word_masking_masks_words_together_at_the_same_rate():
+    batch = make_batch()
+    continuation = list(range(500, VOCAB))  # ids >= 500 play the "##piece" tokens
+    masker = Masker(VOCAB, SPECIALS, MASK_ID, 0.15, continuation_ids=continuation)
+    inputs, labels = masker(batch, torch.Generator().manual_seed(0))
+    masked = labels != IGNORE_INDEX
+    special = torch.isin(batch, torch.tensor(SPECIALS))
+    assert not masked[special].any()
+    assert torch.equal(labels[masked], batch[masked])
+    # A continuation piece is masked exactly when the piece before it is (inside a word).
+    piece = (batch[:, 1:] >= 500) & ~special[:, :-1] & ~special[:, 1:]
+    assert torch.equal(masked[:, 1:][piece], masked[:, :-1][piece])
+    rate = masked.sum() / (~special).sum()
+    assert abs(rate - 0.15) < 0.02

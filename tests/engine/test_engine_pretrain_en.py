@@ -5,23 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 from transformers import AutoTokenizer, pipeline
 
-from workers.engine import PretrainResult, run_pretraining
+from workers.engine import PretrainResult, run_pretraining, verify_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def en_run(en_corpus, tmp_path_factory, make_reporter, make_config):
+def en_run(en_data, tmp_path_factory, make_reporter, make_config):
     reporter = make_reporter()
     workdir = tmp_path_factory.mktemp("en-run")
-    result = run_pretraining(make_config(), str(en_corpus), "txt", str(workdir), reporter,
-                             device="cpu")
+    result = run_pretraining(make_config(), str(en_data), str(workdir), reporter, device="cpu")
     return result, reporter, workdir
 
 
@@ -47,7 +47,8 @@ def test_run_completes_and_reports(en_run):
         assert 0.0 <= point["accuracy"] <= 1.0
     assert result.final_eval == reporter.evals[-1]
     messages = " | ".join(m for _, m in reporter.events)
-    assert "blocks (" in messages and "parameters" in messages and "finished in" in messages
+    assert "blocks of 64 tokens" in messages and "parameters" in messages
+    assert "finished in" in messages and "masked-only" in messages
 
 
 def test_loss_decreases(en_run):
@@ -76,7 +77,9 @@ def test_checkpoint_manifest_matches_files(en_run):
             assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         state = json.loads((path / "trainer_state.json").read_text())
         assert state["step"] == step and state["tokens_seen"] == step * 16 * 64
-        assert state["scheduler"]["last_epoch"] == step
+        assert state["rng"]["sampler"]["position"] == step * 16 % state["corpus"]["train_blocks"]
+        assert {"torch", "mask_generator"} <= set(state["rng"]) and state["data_key"]
+        assert verify_checkpoint(path)
         with safe_open(str(path / "optimizer.safetensors"), "pt") as f:
             assert any(k.endswith(".exp_avg_sq") for k in f.keys())
 
@@ -102,28 +105,39 @@ def test_exported_tokenizer_reloads_and_decodes(en_run):
     assert tok.decode(ids, skip_special_tokens=True) == "paris is the capital of france."
 
 
-def test_should_stop_halts_early(en_corpus, tmp_path, make_reporter, make_config):
+def test_verify_checkpoint_detects_damage(en_run, tmp_path):
+    _, reporter, _ = en_run
+    source = Path(reporter.checkpoints[0][1])
+    assert verify_checkpoint(source)
+    for damage in ("truncate", "missing", "no_manifest"):
+        copy = tmp_path / damage
+        shutil.copytree(source, copy)
+        if damage == "truncate":
+            data = (copy / "optimizer.safetensors").read_bytes()
+            (copy / "optimizer.safetensors").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        elif damage == "missing":
+            (copy / "trainer_state.json").unlink()
+        else:
+            (copy / "manifest.json").unlink()
+        assert not verify_checkpoint(copy), damage
+
+
+def test_should_stop_halts_early(en_data, tmp_path, make_reporter, make_config):
     reporter = make_reporter(stop_after_logs=1)
     config = make_config()
     config = type(config)(**{**config.__dict__, "log_every": 5})
-    result = run_pretraining(config, str(en_corpus), "txt", str(tmp_path), reporter)
+    result = run_pretraining(config, str(en_data), str(tmp_path), reporter)
     assert result.stopped and result.steps == 5 and result.export_dir is None
     assert not (tmp_path / "export").exists()
     assert reporter.evals == [] and reporter.checkpoints == []
 
 
-def test_should_stop_while_reading_corpus(en_corpus, tmp_path, make_reporter, make_config):
-    reporter = make_reporter(stop_after_logs=0)
-    result = run_pretraining(make_config(), str(en_corpus), "txt", str(tmp_path), reporter)
-    assert result.stopped and result.steps == 0 and result.export_dir is None
-
-
-def test_same_seed_same_run(en_corpus, tmp_path, make_reporter, make_config):
+def test_same_seed_same_run(en_data, tmp_path, make_reporter, make_config):
     config = make_config(max_steps=4, warmup_steps=1)
     config = type(config)(**{**config.__dict__, "log_every": 1})
     runs = []
     for name in ("a", "b"):
         reporter = make_reporter()
-        run_pretraining(config, str(en_corpus), "txt", str(tmp_path / name), reporter)
+        run_pretraining(config, str(en_data), str(tmp_path / name), reporter)
         runs.append([(p["train_loss"], p["grad_norm"]) for p in reporter.logs])
     assert runs[0] == runs[1]

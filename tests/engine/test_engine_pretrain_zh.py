@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer, pipeline
 
-from workers.engine import run_pretraining
+from workers.engine import prepare_data, run_pretraining
 
 pytestmark = pytest.mark.slow
 
 
 def test_chinese_run(zh_corpus, tmp_path, reporter, make_config):
-    result = run_pretraining(make_config(), str(zh_corpus), "txt", str(tmp_path), reporter)
+    config = make_config()
+    prepare_data(config, str(zh_corpus), "txt", str(tmp_path / "data"), reporter)
+    result = run_pretraining(config, str(tmp_path / "data"), str(tmp_path / "run"), reporter)
     assert not result.stopped and result.steps == 50
 
     tok = AutoTokenizer.from_pretrained(result.export_dir)

@@ -1,16 +1,13 @@
-"""Turn documents into fixed-length token blocks, split them, and sample training batches."""
+"""Turn documents into fixed-length token blocks, read them from shards and sample batches."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
-
-# The held-out blocks depend only on the corpus, tokenizer and sequence length, not on the
-# run's seed, so eval losses of runs with different seeds are measured on the same text.
-SPLIT_SEED = 0
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -24,73 +21,112 @@ def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def encode_corpus(
+def encode_batches(
     documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, docs_per_batch: int = 256
-) -> np.ndarray:
-    """Tokenize documents in batches into one 1-D id stream, with [SEP] between documents."""
+) -> Iterator[np.ndarray]:
+    """Tokenize documents in batches into a 1-D id stream, yielded piecewise, [SEP] between docs."""
     dtype = token_dtype(len(tokenizer))
     backend = tokenizer.backend_tokenizer
     sep = tokenizer.sep_token_id
-    chunks: list[np.ndarray] = []
+    started = False
     for batch in _batched(documents, docs_per_batch):
         ids: list[int] = []
         for encoding in backend.encode_batch_fast(batch, add_special_tokens=False):
             if not encoding.ids:  # e.g. a line of control characters only
                 continue
-            if chunks or ids:
+            if started:
                 ids.append(sep)
+            started = True
             ids.extend(encoding.ids)
         if ids:
-            chunks.append(np.asarray(ids, dtype=dtype))
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+            yield np.asarray(ids, dtype=dtype)
 
 
-def pack_blocks(stream: np.ndarray, sequence_length: int, cls_id: int, sep_id: int) -> np.ndarray:
-    """Cut the stream into [CLS] + (sequence_length - 2) tokens + [SEP] rows; drop the tail."""
-    body = sequence_length - 2
-    n = len(stream) // body
-    blocks = np.empty((n, sequence_length), dtype=stream.dtype)
-    blocks[:, 0] = cls_id
-    blocks[:, 1:-1] = stream[: n * body].reshape(n, body)
-    blocks[:, -1] = sep_id
-    return blocks
+class BlockPacker:
+    """Cuts a token stream, fed piecewise, into [CLS] + (length - 2) tokens + [SEP] rows."""
+
+    def __init__(self, sequence_length: int, cls_id: int, sep_id: int, dtype: np.dtype) -> None:
+        self.body = sequence_length - 2
+        self.sequence_length, self.cls_id, self.sep_id = sequence_length, cls_id, sep_id
+        self.rest = np.zeros(0, dtype=dtype)  # the tail that does not fill a block yet
+        self.tokens = 0
+
+    def add(self, ids: np.ndarray) -> np.ndarray:
+        """Append ids; return the blocks completed (possibly none). The final tail is dropped."""
+        self.tokens += len(ids)
+        stream = np.concatenate([self.rest, ids])
+        n = len(stream) // self.body
+        blocks = np.empty((n, self.sequence_length), dtype=stream.dtype)
+        blocks[:, 0] = self.cls_id
+        blocks[:, 1:-1] = stream[: n * self.body].reshape(n, self.body)
+        blocks[:, -1] = self.sep_id
+        self.rest = stream[n * self.body :]
+        return blocks
 
 
-def split_blocks(blocks: np.ndarray, validation_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out a random validation_fraction of blocks (at least one, leaving one to train on)."""
-    n = len(blocks)
-    n_valid = min(max(1, round(validation_fraction * n)), n - 1)
-    order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    # Sorted indices keep both splits in corpus order; the sampler does the shuffling.
-    return blocks[np.sort(order[n_valid:])], blocks[np.sort(order[:n_valid])]
+class ShardedBlocks:
+    """The training blocks of several .npy shards, memory-mapped, addressed by one index."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.shards = [np.load(path, mmap_mode="r") for path in paths]
+        self.sizes = [len(shard) for shard in self.shards]
+        self.offsets = np.cumsum([0, *self.sizes])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Rows at the given global indices, in that order, as an int64 array."""
+        shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
+        out = np.empty((len(indices), self.shards[0].shape[1]), dtype=np.int64)
+        for shard in np.unique(shard_of):
+            rows = shard_of == shard
+            out[rows] = self.shards[shard][indices[rows] - self.offsets[shard]]
+        return out
 
 
 class BlockSampler:
-    """Yields batches of training-block indices, one seeded permutation per epoch.
+    """Yields batches of training-block indices: each epoch visits the shards in a seeded order
+    and each shard's blocks in a seeded order, so memory stays at one shard's permutation.
 
-    Its whole state is (epoch, position), so a run can later resume exactly where it was.
+    Its whole state is (epoch, position), so a run can resume exactly, without replaying data.
     """
 
-    def __init__(self, num_blocks: int, batch_size: int, seed: int,
+    def __init__(self, shard_sizes: list[int], batch_size: int, seed: int,
                  epoch: int = 0, position: int = 0) -> None:
-        self.num_blocks, self.batch_size, self.seed = num_blocks, batch_size, seed
+        self.sizes, self.batch_size, self.seed = list(shard_sizes), batch_size, seed
+        self.total = sum(self.sizes)
         self.epoch, self.position = epoch, position
-        self._order = self._permutation(epoch)
+        self._cached: tuple[int, int, np.ndarray] | None = None  # (epoch, shard, order)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
+    def _shard_at(self, position: int) -> tuple[int, int, int]:
+        """(shard, global offset of that shard, start of it in this epoch's sequence)."""
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.sizes))
+        start = 0
+        for shard in order:
+            if position < start + self.sizes[shard]:
+                return int(shard), sum(self.sizes[:shard]), start
+            start += self.sizes[shard]
+        raise AssertionError("position past the end of the epoch")
+
+    def _shard_order(self, shard: int) -> np.ndarray:
+        if self._cached is None or self._cached[:2] != (self.epoch, shard):
+            rng = np.random.default_rng([self.seed, self.epoch, shard])
+            self._cached = (self.epoch, shard, rng.permutation(self.sizes[shard]))
+        return self._cached[2]
 
     def next_batch(self) -> np.ndarray:
-        """The next batch_size block indices; a batch may span an epoch boundary."""
+        """The next batch_size global block indices; a batch may span shards and epochs."""
         parts, need = [], self.batch_size
         while need:
-            part = self._order[self.position : self.position + need]
+            shard, offset, start = self._shard_at(self.position)
+            local = self.position - start
+            part = self._shard_order(shard)[local : local + need] + offset
             parts.append(part)
             need -= len(part)
             self.position += len(part)
-            if self.position == self.num_blocks:
+            if self.position == self.total:
                 self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
         return np.concatenate(parts)
 
     def state(self) -> dict[str, int]:

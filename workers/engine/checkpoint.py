@@ -1,4 +1,10 @@
-"""Write training checkpoints and the final export; safetensors and JSON only, never pickle."""
+"""Write and read training checkpoints and the final export; safetensors and JSON, never pickle.
+
+A checkpoint directory holds model.safetensors + config.json (a loadable HF model), the
+tokenizer, optimizer.safetensors (AdamW moments), trainer_state.json (step, tokens seen,
+RNG states, sampler position, config) and manifest.json, written last, with every file's
+size and sha256: a directory without a valid manifest is incomplete and never resumed from.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+from workers.engine.errors import EngineError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+TRAINER_STATE = "trainer_state.json"
+FORMAT_VERSION = 2
 
 
 def checkpoint_dir(workdir: str | Path, step: int) -> Path:
@@ -23,7 +32,12 @@ def checkpoint_dir(workdir: str | Path, step: int) -> Path:
 
 def encode_rng_state(state: torch.Tensor) -> str:
     """A torch RNG state (uint8 tensor) as base64 text for JSON."""
-    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
+    return base64.b64encode(state.cpu().numpy().tobytes()).decode("ascii")
+
+
+def decode_rng_state(text: str) -> torch.Tensor:
+    """The inverse of encode_rng_state."""
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 def _json_safe(value: Any) -> Any:
@@ -38,6 +52,14 @@ def _json_safe(value: Any) -> Any:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def flatten_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module
@@ -62,20 +84,55 @@ def flatten_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
+                      tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    """Load what flatten_optimizer wrote into an optimizer built the same way."""
+    current = optimizer.state_dict()
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    if ours != [g["param_names"] for g in saved["param_groups"]]:
+        raise EngineError("the checkpoint's optimizer does not match this model's parameters")
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for index, values in saved["scalars"].items():
+        for name, value in values.items():
+            # AdamW keeps "step" as a float32 tensor; load_state_dict moves it where needed.
+            state.setdefault(int(index), {})[name] = torch.tensor(value, dtype=torch.float32)
+    # The groups' hyperparameters come from this run's config; the rate is set every step.
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
 def write_manifest(directory: Path, step: int) -> None:
     """List every file with size and sha256; written last, so its presence means complete."""
     files = {}
     for path in sorted(directory.iterdir()):
         if path.name == MANIFEST or not path.is_file():
             continue
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     tmp = directory / (MANIFEST + ".tmp")
-    _write_json(tmp, {"step": step, "files": files})
+    _write_json(tmp, {"format_version": FORMAT_VERSION, "step": step, "files": files})
     os.replace(tmp, directory / MANIFEST)  # atomic: readers never see a partial manifest
+
+
+def verify_checkpoint(directory: str | Path) -> bool:
+    """True if the manifest is present and every file it lists has its size and sha256."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if TRAINER_STATE not in files:
+            return False
+        for name, entry in files.items():
+            path = directory / name
+            if Path(name).name != name or not path.is_file():
+                return False
+            if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def save_checkpoint(
@@ -85,7 +142,6 @@ def save_checkpoint(
     model: torch.nn.Module,
     tokenizer: Any,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
     trainer_state: dict[str, Any],
 ) -> Path:
     """Write model, tokenizer, optimizer and trainer state to directory, then the manifest."""
@@ -94,17 +150,44 @@ def save_checkpoint(
     tokenizer.save_pretrained(directory)  # so a checkpoint is usable on its own
     tensors, optimizer_json = flatten_optimizer(optimizer, model)
     save_file(tensors, str(directory / "optimizer.safetensors"))
-    # lr_lambdas holds the schedule function itself; it is rebuilt from the config on resume.
-    scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    _write_json(directory / "trainer_state.json", {
+    _write_json(directory / TRAINER_STATE, {
         "format_version": FORMAT_VERSION,
         "step": step,
         **trainer_state,
         "optimizer": optimizer_json,
-        "scheduler": _json_safe(scheduler_state),
     })
     write_manifest(directory, step)
     return directory
+
+
+def read_trainer_state(directory: str | Path) -> dict[str, Any]:
+    """trainer_state.json of a verified checkpoint; EngineError if incomplete or foreign."""
+    directory = Path(directory)
+    if not verify_checkpoint(directory):
+        raise EngineError(f"checkpoint {directory.name} is incomplete or corrupt")
+    state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+    if state.get("format_version") != FORMAT_VERSION:
+        raise EngineError(f"checkpoint format {state.get('format_version')} cannot be resumed "
+                          f"by this engine (format {FORMAT_VERSION})")
+    return state
+
+
+def load_checkpoint(directory: str | Path, state: dict[str, Any], model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> None:
+    """Load the weights and optimizer state of a checkpoint read by read_trainer_state."""
+    directory = Path(directory)
+    weights = load_file(str(directory / "model.safetensors"))
+    own = model.state_dict()
+    if any(k in own and own[k].shape != v.shape for k, v in weights.items()):
+        raise EngineError("the checkpoint's weights do not match the model configuration")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # save_pretrained leaves out the decoder weights tied to the input embeddings; loading
+    # copies in place, so the tie holds.
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    if unexpected or set(missing) - tied:
+        raise EngineError("the checkpoint's weights do not match the model configuration")
+    restore_optimizer(optimizer, model,
+                      load_file(str(directory / "optimizer.safetensors")), state["optimizer"])
 
 
 def save_export(directory: Path, model: torch.nn.Module, tokenizer: Any) -> Path:

@@ -60,9 +60,21 @@ def _known(cls: type, section: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if k in names and v is not None}
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "loop")
+ATTENTIONS = ("auto", "sdpa", "eager")
+SCHEDULES = ("linear", "cosine", "one_cycle", "wsd")
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Optimisation and masking settings."""
+    """Optimisation, masking and speed settings (speed defaults: see bench/README.md)."""
 
     max_steps: int = 1000
     batch_size: int = 32
@@ -73,6 +85,23 @@ class Hyperparameters:
     mask_probability: float = 0.15
     seed: int = 0
     max_grad_norm: float = 1.0
+    # Learning-rate shape: linear/cosine decay after warmup, one_cycle (a triangle peaking at
+    # mid-run; warmup_steps unused) or wsd (warmup, constant, decay over the last
+    # decay_fraction of the steps). The rate ends at min_lr_ratio x learning_rate.
+    schedule: str = "linear"
+    decay_fraction: float = 0.2
+    min_lr_ratio: float = 0.0
+    whole_word_masking: bool = False
+    # Hidden and attention-probability dropout. 0 (BERT used 0.1): for runs of a few epochs
+    # at most it only slows training down, on CPUs a lot (bench/README.md).
+    dropout: float = 0.0
+    # Speed: None = the whole batch in one micro-batch; smaller ones accumulate gradients.
+    micro_batch_size: int | None = None
+    precision: str = "auto"
+    sparse_prediction: bool = True
+    compile: bool = False
+    optimizer_impl: str = "auto"
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         _int("hyperparameters.max_steps", self.max_steps, 1)
@@ -87,6 +116,9 @@ class Hyperparameters:
             "weight_decay": (0.0, 1.0, False),
             "mask_probability": (0.0, 1.0, True),
             "max_grad_norm": (0.0, math.inf, True),
+            "decay_fraction": (0.0, 1.0, True),
+            "min_lr_ratio": (0.0, 1.0, False),
+            "dropout": (0.0, 1.0, False),
         }
         for name, (low, high, open_low) in floats.items():
             value = _float(f"hyperparameters.{name}", getattr(self, name), low, high,
@@ -99,6 +131,26 @@ class Hyperparameters:
             )
         if self.mask_probability >= 1.0:
             raise ConfigError("hyperparameters.mask_probability must be below 1")
+        if self.dropout >= 1.0:
+            raise ConfigError("hyperparameters.dropout must be below 1")
+        _choice("hyperparameters.schedule", self.schedule, SCHEDULES)
+        _choice("hyperparameters.precision", self.precision, PRECISIONS)
+        _choice("hyperparameters.optimizer_impl", self.optimizer_impl, OPTIMIZER_IMPLS)
+        _choice("hyperparameters.attention", self.attention, ATTENTIONS)
+        for name in ("whole_word_masking", "sparse_prediction", "compile"):
+            _bool(f"hyperparameters.{name}", getattr(self, name))
+        if self.micro_batch_size is not None:
+            _int("hyperparameters.micro_batch_size", self.micro_batch_size, 1)
+            if self.batch_size % self.micro_batch_size:
+                raise ConfigError(
+                    f"hyperparameters.micro_batch_size ({self.micro_batch_size}) must divide "
+                    f"batch_size ({self.batch_size})"
+                )
+
+    @property
+    def micro_batch(self) -> int:
+        """Blocks per forward/backward pass."""
+        return self.micro_batch_size or self.batch_size
 
 
 @dataclass(frozen=True)
@@ -172,6 +224,18 @@ class ModelConfig:
         )
 
 
+# Presets of hyperparameters, applied by PretrainConfig.from_spec under values the spec sets.
+# "fast": the combination that reached a given held-out loss soonest on BERT-mini
+# (measurements in bench/README.md).
+RECIPES: dict[str, dict[str, Any]] = {
+    "fast": {
+        "schedule": "wsd",
+        "mask_probability": 0.3,
+        "learning_rate": 1e-3,
+    },
+}
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything a masked-language-model pretraining run needs, validated."""
@@ -184,9 +248,14 @@ class PretrainConfig:
     log_every: int = 10
     eval_every: int = 100
     checkpoint_every: int = 500
+    recipe: str | None = None
+    # What the recipe set, as "hyperparameters.name=value" (explicit spec values win).
+    recipe_applied: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _choice("objective", self.objective, ("mlm",))
+        if self.recipe is not None:
+            _choice("recipe", self.recipe, tuple(RECIPES))
         object.__setattr__(
             self, "validation_fraction",
             _float("validation_fraction", self.validation_fraction, 0.0, 0.5),
@@ -211,15 +280,20 @@ class PretrainConfig:
             raise ConfigError(f"spec must be an object, got {type(spec).__name__}")
         if spec.get("type", "pretrain") != "pretrain":
             raise ConfigError(f"spec type must be 'pretrain', got {spec.get('type')!r}")
+        recipe = spec.get("recipe")
+        if recipe is not None:
+            _choice("recipe", recipe, tuple(RECIPES))
+        explicit = _known(Hyperparameters, _section(spec, "hyperparameters"))
+        preset = {k: v for k, v in RECIPES.get(recipe, {}).items() if k not in explicit}
         try:
             return cls(
                 model=ModelConfig(**_known(ModelConfig, _section(spec, "model"))),
                 tokenizer=TokenizerConfig(**_known(TokenizerConfig, _section(spec, "tokenizer"))),
-                hyperparameters=Hyperparameters(
-                    **_known(Hyperparameters, _section(spec, "hyperparameters"))
-                ),
+                hyperparameters=Hyperparameters(**{**preset, **explicit}),
+                recipe_applied=tuple(f"hyperparameters.{k}={v}" for k, v in preset.items()),
                 **_known(cls, {k: v for k, v in spec.items()
-                               if k not in ("model", "tokenizer", "hyperparameters")}),
+                               if k not in ("model", "tokenizer", "hyperparameters",
+                                            "recipe_applied")}),
             )
         except TypeError as exc:  # e.g. a number where a section was expected
             raise ConfigError(f"invalid spec: {exc}") from exc
