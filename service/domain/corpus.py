@@ -1,7 +1,9 @@
-"""Checks an uploaded corpus as its bytes stream past: size, sha256, gzip, UTF-8, documents.
+"""Checks an uploaded dataset as its bytes stream past: size, sha256, gzip, UTF-8, and what
+it holds: plain documents, labelled texts (JSON lines with "label") or tagged tokens (JSON
+lines with "tokens" and "tags", or CoNLL columns).
 
 Nothing is held whole in memory: bytes are hashed and decoded incrementally, and only the
-current line of a JSON-lines file is buffered (up to a limit).
+current line is buffered (up to a limit).
 """
 
 import codecs
@@ -9,7 +11,9 @@ import hashlib
 import json
 import zlib
 
-FORMATS = {".txt.gz": "txt.gz", ".jsonl.gz": "jsonl.gz", ".txt": "txt", ".jsonl": "jsonl"}
+FORMATS = {".txt.gz": "txt.gz", ".jsonl.gz": "jsonl.gz", ".conll.gz": "conll.gz",
+           ".txt": "txt", ".jsonl": "jsonl", ".conll": "conll"}
+MAX_LABELS = 1000  # distinct labels or tags a dataset may have
 
 
 class CorpusRejected(Exception):
@@ -27,7 +31,7 @@ def format_of(filename: str) -> str:
             return fmt
     raise CorpusRejected(
         415, "unsupported_format",
-        f"unsupported file type {filename!r}: upload .txt, .txt.gz, .jsonl or .jsonl.gz")
+        f"unsupported file type {filename!r}: upload .txt, .jsonl or .conll (or .gz of them)")
 
 
 class CorpusInspector:
@@ -43,10 +47,15 @@ class CorpusInspector:
         self._sha = hashlib.sha256()
         self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if fmt.endswith(".gz") else None
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
-        self._jsonl = fmt.startswith("jsonl")
-        self._line: list[str] = []  # the current, unfinished line (jsonl only)
+        self._buffered = not fmt.startswith("txt")
+        self._line: list[str] = []  # the current, unfinished line (jsonl and conll)
         self._line_len = 0
         self._line_has_text = False  # txt: does the current line hold any non-space?
+        # What the data holds: "text", "labelled_text" or "tagged_tokens"; labels seen.
+        self.kind: str | None = "tagged_tokens" if fmt.startswith("conll") else None
+        self.labels: set[str] = set()
+        self.splits: dict[str, int] = {}
+        self._in_sentence = False  # conll: inside a sentence
 
     @property
     def sha256(self) -> str:
@@ -97,7 +106,7 @@ class CorpusInspector:
     def _piece(self, piece: str) -> None:
         if not piece:
             return
-        if self._jsonl:
+        if self._buffered:
             self._line_len += len(piece)
             if self._line_len > self.max_line_bytes:
                 raise CorpusRejected(413, "line_too_long",
@@ -108,15 +117,25 @@ class CorpusInspector:
             self._line_has_text = True
 
     def _end_line(self) -> None:
-        if self._jsonl:
+        if self._buffered:
             line = "".join(self._line).strip()
             self._line, self._line_len = [], 0
-            if line:
+            if self.fmt.startswith("conll"):
+                self._check_conll(line)
+            elif line:
                 self._check_json(line)
         elif self._line_has_text:
             self.documents += 1
         self._line_has_text = False
         self.line_no += 1
+
+    def _bad(self, message: str) -> CorpusRejected:
+        return CorpusRejected(422, "invalid_dataset", f"line {self.line_no}: {message}")
+
+    def _label(self, value: str) -> None:
+        self.labels.add(value)
+        if len(self.labels) > MAX_LABELS:
+            raise self._bad(f"more than {MAX_LABELS} distinct labels")
 
     def _check_json(self, line: str) -> None:
         try:
@@ -124,10 +143,52 @@ class CorpusInspector:
         except json.JSONDecodeError as exc:
             raise CorpusRejected(422, "invalid_jsonl",
                                  f"line {self.line_no} is not valid JSON: {exc.msg}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise CorpusRejected(422, "invalid_jsonl",
-                                 f'line {self.line_no} is not an object with a string "text"')
-        if record["text"].strip():
+        if not isinstance(record, dict):
+            raise self._bad("not a JSON object")
+        kind = "tagged_tokens" if "tokens" in record else \
+            "labelled_text" if "label" in record else "text"
+        if self.kind is None:
+            self.kind = kind
+        elif kind != self.kind and (self.kind, kind) != ("labelled_text", "text"):
+            raise self._bad(f"a {kind.replace('_', ' ')} record among {self.kind} records")
+        if kind == "tagged_tokens":
+            tokens, tags = record.get("tokens"), record.get("tags")
+            if not (isinstance(tokens, list) and isinstance(tags, list)
+                    and len(tokens) == len(tags) and tokens
+                    and all(isinstance(t, str) for t in tokens)
+                    and all(isinstance(t, str) for t in tags)):
+                raise self._bad('"tokens" and "tags" must be lists of strings of equal length')
+            for tag in tags:
+                self._label(tag)
+        else:
+            if not isinstance(record.get("text"), str):
+                raise CorpusRejected(422, "invalid_jsonl",
+                                     f'line {self.line_no} is not an object with a string "text"')
+            if not record["text"].strip():
+                return
+            if self.kind == "labelled_text":
+                label = record.get("label")
+                if isinstance(label, bool) or not isinstance(label, str | int):
+                    raise self._bad('every record needs a "label" (a string or an integer)')
+                self._label(str(label))
+        split = record.get("split", "train")
+        if split not in ("train", "valid", "validation", "test"):
+            raise self._bad(f'"split" must be train, valid or test, not {split!r}')
+        self.splits[split] = self.splits.get(split, 0) + 1
+        self.documents += 1
+
+    def _check_conll(self, line: str) -> None:
+        if line.startswith("#"):
+            return
+        if not line:
+            self._in_sentence = False
+            return
+        columns = line.split("\t") if "\t" in line else line.split()
+        if len(columns) < 2:
+            raise self._bad("a CoNLL line needs a token and a tag column")
+        self._label(columns[1].strip())
+        if not self._in_sentence:
+            self._in_sentence = True
             self.documents += 1
 
     def finish(self) -> None:
@@ -143,6 +204,7 @@ class CorpusInspector:
         self._text(tail)
         self._end_line()
         self.line_no -= 1
+        self.kind = self.kind or "text"
         if self.bytes == 0:
             raise CorpusRejected(422, "empty_file", "the uploaded file is empty")
         if self.documents == 0:

@@ -24,12 +24,16 @@ class DatasetPublic(BaseModel):
     bytes: int
     sha256: str
     documents: int
+    kind: str
+    labels: list[str] | None
+    splits: dict[str, int] | None
     created_at: Timestamp
 
     @classmethod
     def of(cls, row: DatasetRow) -> "DatasetPublic":
         return cls(id=row.id, name=row.name, format=row.format, bytes=row.bytes,
-                   sha256=row.sha256, documents=row.documents, created_at=row.created_at)
+                   sha256=row.sha256, documents=row.documents, kind=row.kind,
+                   labels=row.labels, splits=row.splits, created_at=row.created_at)
 
 
 class DatasetUpload:
@@ -75,7 +79,9 @@ class DatasetUpload:
         row = DatasetRow(id=self.id, owner=owner, name=name or self.filename,
                          format=self.format, bytes=self.inspector.bytes,
                          sha256=self.inspector.sha256, documents=self.inspector.documents,
-                         storage_key=self.key)
+                         kind=self.inspector.kind or "text",
+                         labels=sorted(self.inspector.labels) or None,
+                         splits=self.inspector.splits or None, storage_key=self.key)
         session.add(row)
         session.flush()
         return row

@@ -116,6 +116,9 @@ def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) 
     if dataset is None or dataset.owner != owner:
         raise ApiError(422, "invalid_request",
                        f"dataset_id: no dataset with id {job_in.dataset_id!r}", "dataset_id")
+    if dataset.kind == "tagged_tokens":
+        raise ApiError(422, "invalid_request", f"dataset_id: {dataset.id} holds tagged tokens; "
+                       "pretraining needs text (.txt or JSON lines with \"text\")", "dataset_id")
     active = session.scalar(select(func.count()).select_from(JobRow).where(
         JobRow.owner == owner, JobRow.status.in_(("queued", "running"))))
     if active and active >= max_active:

@@ -40,6 +40,10 @@ class DatasetRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     documents: Mapped[int] = mapped_column(BigInteger)
+    # "text" (one document per line or record), "labelled_text" or "tagged_tokens".
+    kind: Mapped[str] = mapped_column(String(32), default="text")
+    labels: Mapped[list[str] | None] = mapped_column(JSON)
+    splits: Mapped[dict[str, Any] | None]
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
