@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     max_inference_inputs: int = Field(default=64, ge=1)
     max_inference_chars: int = Field(default=20_000, ge=1)
     max_top_k: int = Field(default=100, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
 
     # API keys. None: required unless the API listens on loopback only (the embedded
     # default, used by one person on their own machine).

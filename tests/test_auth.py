@@ -54,7 +54,7 @@ def world(secured: Stack, data_dir: Path) -> dict:
     done = secured.wait_job(job["id"], timeout=300)
     assert done["status"] == "succeeded", done
     return {"keys": keys, "dataset_id": ds["id"], "job_id": job["id"],
-            "model_id": done["model_id"]}
+            "model_id": done["model_id"], "task": "fill-mask"}
 
 
 def routes() -> list[tuple[str, str]]:

@@ -9,7 +9,6 @@ stops a job that kills its worker every time from looping forever.
 import json
 import logging
 import shutil
-import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from service.db import session_scope
-from service.domain.ids import new_id
+from service.domain import models
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow, utcnow
 from service.queue import enqueue_training
 from service.settings import get_settings
@@ -184,13 +183,13 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
         reporter.event("info", f"cancelled at step {result.steps}")
         finish(attempt.job_id, "cancelled")
         return
-    model_id = _publish(attempt, result, store, work)
+    model_id = _publish(attempt, result, store)
     if finish(attempt.job_id, "succeeded", model_id=model_id):
         reporter.event("info", f"model {model_id} is ready")
     else:  # the reaper gave the job to another attempt meanwhile: that one's model counts
         with session_scope() as s:
             s.execute(delete(ModelRow).where(ModelRow.id == model_id))
-        store.delete_prefix(f"models/{model_id}")
+        models.delete_files(store=store, model_id=model_id)
 
 
 def _prepared_data(attempt: Attempt, config: PretrainConfig, store: ObjectStore,
@@ -258,18 +257,9 @@ def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
     return resume_dir
 
 
-def _publish(attempt: Attempt, result: Any, store: ObjectStore, work: Path) -> str:
-    """Store the export as files (for serving) and as one archive (for download)."""
+def _publish(attempt: Attempt, result: Any, store: ObjectStore) -> str:
     spec = attempt.spec
-    model_id = new_id("m")
-    prefix = f"models/{model_id}/files"
     export = Path(result.export_dir)
-    store.put_dir(export, prefix)
-    archive = work / f"{model_id}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(export, arcname=model_id)
-    archive_key = f"models/{model_id}/{model_id}.tar.gz"
-    store.put_file(archive, archive_key)
     details = {
         "num_parameters": result.num_parameters, "tokenizer": result.tokenizer_info,
         "corpus": result.corpus_info, "steps": result.steps, "tokens_seen": result.tokens_seen,
@@ -277,12 +267,11 @@ def _publish(attempt: Attempt, result: Any, store: ObjectStore, work: Path) -> s
         "model": spec.get("model"), "sequence_length": spec["hyperparameters"]["sequence_length"],
     }
     with session_scope() as s:
-        s.add(ModelRow(id=model_id, owner=attempt.owner, name=spec.get("name") or model_id,
-                       job_id=attempt.job_id, task="fill-mask",
-                       architecture=spec["model"]["architecture"],
-                       mask_token=_mask_token(export), storage_prefix=prefix,
-                       archive_key=archive_key, bytes=archive.stat().st_size, details=details))
-    return model_id
+        row = models.publish(session=s, store=store, export_dir=export, owner=attempt.owner,
+                             name=spec.get("name") or attempt.job_id, job_id=attempt.job_id,
+                             task="fill-mask", architecture=spec["model"]["architecture"],
+                             mask_token=_mask_token(export), details=details)
+        return row.id
 
 
 def _mask_token(export: Path) -> str | None:

@@ -1,21 +1,42 @@
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import After, CallerDep, Limit, SessionDep, StoreDep
-from service.domain import models
+from service.api.deps import (
+    After,
+    CallerDep,
+    IdempotencyKey,
+    Limit,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
+from service.api.multipart import PartStart, stream_parts
+from service.domain import idempotency, imports, models
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
+from service.domain.tables import ModelRow
 from service.errors import ApiError
+from service.inference import tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
-FILL_MASK_ANSWER = {200: {"description": "Hugging Face fill-mask format: a flat list for one "
-                          "input with one mask, else a list of lists", "content": {
-    "application/json": {"schema": {"type": "array", "items": {}}}}}}
+
+def _answer(description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"description": description, "content": {
+        "application/json": {"schema": {"type": "array", "items": {}}}}}}
+
+
+IMPORT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary",
+                            "description": ".tar.gz, .tar or .zip of a model directory"},
+                   "name": {"type": "string", "maxLength": 255}}}}}}}
 
 
 @router.get("", response_model=ListOf[ModelPublic])
@@ -23,6 +44,67 @@ def list_models(session: SessionDep, caller: CallerDep, limit: Limit = 20,
                 after: After = None) -> ListOf:
     rows, more = models.list_(session=session, scope=caller.scope, limit=limit, after=after)
     return ListOf[ModelPublic](data=[ModelPublic.of(r) for r in rows], has_more=more)
+
+
+@router.post("/import", status_code=201, response_model=ModelPublic, openapi_extra=IMPORT_BODY)
+async def import_model(request: Request, session: SessionDep, store: StoreDep,
+                       settings: SettingsDep, caller: CallerDep,
+                       idempotency_key: IdempotencyKey = None) -> ModelPublic | JSONResponse:
+    """Import a Hugging Face model directory (safetensors weights only) to fine-tune or serve."""
+    with tempfile.TemporaryDirectory(prefix="cloze-import-") as tmp:
+        archive, name, digest = await _receive_archive(request, Path(tmp), settings)
+        route = "POST /v1/models/import"
+        fingerprint = idempotency.fingerprint(digest, name or "")
+        first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
+                                   route=route, request_sha256=fingerprint)
+        if first is not None:
+            return JSONResponse(first[1], first[0])
+        model_dir = await run_in_threadpool(
+            imports.extract, archive, Path(tmp) / "x", max_bytes=settings.max_upload_bytes * 4)
+        info = imports.describe(model_dir)
+        row: ModelRow = await run_in_threadpool(
+            models.publish, session=session, store=store, export_dir=model_dir,
+            owner=caller.owner, name=name or model_dir.name, job_id=None, task=info["task"],
+            architecture=info["architecture"], mask_token=info["mask_token"],
+            details={"imported": True, "architectures": info["architectures"],
+                     "labels": info["labels"]})
+    public = ModelPublic.of(row)
+    idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
+                         request_sha256=fingerprint, status_code=201,
+                         response=public.model_dump(mode="json"))
+    session.commit()
+    return public
+
+
+async def _receive_archive(request: Request, tmp: Path, settings: Any
+                           ) -> tuple[Path, str | None, str]:
+    """Stream the 'file' part to a temporary file, within the upload limit."""
+    import hashlib
+
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
+        raise ApiError(413, "payload_too_large",
+                       f"upload exceeds the limit of {settings.max_upload_bytes} bytes", "file")
+    target = tmp / "upload"
+    digest, size, current, name = hashlib.sha256(), 0, None, bytearray()
+    seen_file = False
+    with open(target, "wb") as out:
+        async for event in stream_parts(request):
+            if isinstance(event, PartStart):
+                current = event.name
+                seen_file |= current == "file"
+            elif current == "file":
+                size += len(event.data)
+                if size > settings.max_upload_bytes:
+                    raise ApiError(413, "payload_too_large", "upload exceeds the limit of "
+                                   f"{settings.max_upload_bytes} bytes", "file")
+                digest.update(event.data)
+                out.write(event.data)
+            elif current == "name" and len(name) < 1024:
+                name += event.data
+    if not seen_file or size == 0:
+        raise ApiError(422, "invalid_request", "file: send the archive in a 'file' part", "file")
+    return target, name.decode("utf-8", "replace").strip()[:255] or None, digest.hexdigest()
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
@@ -42,19 +124,61 @@ def download_model(model_id: str, session: SessionDep, store: StoreDep,
                  "Content-Length": str(row.bytes)})
 
 
-@router.post("/{model_id}/fill-mask", responses=FILL_MASK_ANSWER)
+ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
+            "token-classification": "token-classification", "text-generation": "generate"}
+
+
+def _serving(session: Any, caller: Any, model_id: str, task: str) -> ModelRow:
+    row = models.get(session=session, model_id=model_id, scope=caller.scope)
+    if row.task != task:
+        raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
+                       f"{task}; use /v1/models/{model_id}/{ENDPOINT.get(row.task, row.task)}")
+    return row
+
+
+@router.post("/{model_id}/fill-mask", responses=_answer(
+    "a flat list for one input with one mask, else a list of lists"))
 async def fill_mask_route(model_id: str, request: FillMaskRequest, session: SessionDep,
                           caller: CallerDep) -> Any:
     """Masked-token prediction, wire-compatible with the Hugging Face Inference API."""
-    row = models.get(session=session, model_id=model_id, scope=caller.scope)
-    if row.task != "fill-mask":
-        raise ApiError(422, "invalid_request", f"model {model_id} does not do fill-mask")
+    row = _serving(session, caller, model_id, "fill-mask")
     return await run_in_threadpool(fill_mask, model_id=row.id, prefix=row.storage_prefix,
                                    request=request)
 
 
-@router.get("/{model_id}/fill-mask/health")
-def fill_mask_health(model_id: str, session: SessionDep, caller: CallerDep) -> dict[str, str]:
+@router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
+async def classify_route(model_id: str, request: tasks.ClassifyRequest, session: SessionDep,
+                         caller: CallerDep) -> Any:
+    """Text classification in the Hugging Face Inference API format."""
+    row = _serving(session, caller, model_id, "text-classification")
+    return await run_in_threadpool(tasks.classify, model_id=row.id, prefix=row.storage_prefix,
+                                   request=request)
+
+
+@router.post("/{model_id}/token-classification", responses=_answer(
+    "[{entity_group, score, word, start, end}] for one input; a list of those for several"))
+async def token_classification_route(model_id: str, request: tasks.TokenRequest,
+                                     session: SessionDep, caller: CallerDep) -> Any:
+    """Token classification (NER, tagging) in the Hugging Face Inference API format."""
+    row = _serving(session, caller, model_id, "token-classification")
+    return await run_in_threadpool(tasks.token_classification, model_id=row.id,
+                                   prefix=row.storage_prefix, request=request)
+
+
+@router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
+async def generate_route(model_id: str, request: tasks.GenerateRequest, session: SessionDep,
+                         caller: CallerDep) -> Any:
+    """Text generation in the Hugging Face Inference API format."""
+    row = _serving(session, caller, model_id, "text-generation")
+    return await run_in_threadpool(tasks.generate, model_id=row.id, prefix=row.storage_prefix,
+                                   request=request)
+
+
+@router.get("/{model_id}/{task}/health")
+def task_health(model_id: str, task: str, session: SessionDep, caller: CallerDep
+                ) -> dict[str, str]:
     """What huggingface_hub's InferenceClient(model=URL).health_check() calls."""
     models.get(session=session, model_id=model_id, scope=caller.scope)
     return {"status": "ok"}
+
+

@@ -1,0 +1,103 @@
+"""Text classification, token classification and text generation in the Hugging Face
+Inference API formats (what huggingface_hub's InferenceClient parses)."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import ApiError
+from service.inference.pipelines import check_token_length, check_top_k, load, run, texts_of
+from service.settings import get_settings
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # HF clients may send "options" and the like
+    inputs: str | list[str]
+
+
+class ClassifyParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    top_k: int | None = Field(default=None, ge=1)
+    function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+
+
+class ClassifyRequest(_Request):
+    parameters: ClassifyParameters | None = None
+
+
+class TokenParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "simple"
+    ignore_labels: list[str] | None = Field(default=None, max_length=1000)
+
+
+class TokenRequest(_Request):
+    parameters: TokenParameters | None = None
+
+
+class GenerateParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    max_new_tokens: int = Field(default=50, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=10, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+    top_k: int | None = Field(default=None, ge=1)
+    do_sample: bool | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    return_full_text: bool = True
+
+
+class GenerateRequest(_Request):
+    parameters: GenerateParameters | None = None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (token-classification scores) as JSON numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def classify(*, model_id: str, prefix: str, request: ClassifyRequest) -> Any:
+    """A list of [{label, score}] lists, one per input, best first (as the HF API answers)."""
+    texts = texts_of(request.inputs)
+    params = request.parameters or ClassifyParameters()
+    predictor = load(model_id, prefix, "text-classification")
+    top_k = check_top_k(params.top_k, predictor.pipe.model.config.num_labels)
+    check_token_length(predictor, texts)
+    kwargs: dict[str, Any] = {"top_k": top_k}
+    if params.function_to_apply:
+        kwargs["function_to_apply"] = params.function_to_apply
+    return _plain(run(predictor, texts, **kwargs))
+
+
+def token_classification(*, model_id: str, prefix: str, request: TokenRequest) -> Any:
+    """[{entity_group, score, word, start, end}] for one input; a list of those for several."""
+    texts = texts_of(request.inputs)
+    params = request.parameters or TokenParameters()
+    predictor = load(model_id, prefix, "token-classification")
+    check_token_length(predictor, texts)
+    kwargs: dict[str, Any] = {"aggregation_strategy": params.aggregation_strategy}
+    if params.ignore_labels is not None:
+        kwargs["ignore_labels"] = params.ignore_labels
+    return _plain(run(predictor, request.inputs, **kwargs))
+
+
+def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
+    """[{"generated_text"}] for one input; a list of those for several."""
+    settings = get_settings()
+    texts = texts_of(request.inputs)
+    params = request.parameters or GenerateParameters()
+    if params.max_new_tokens > settings.max_new_tokens:
+        raise ApiError(422, "invalid_request", "parameters.max_new_tokens: at most "
+                       f"{settings.max_new_tokens}", "parameters.max_new_tokens")
+    top_k = check_top_k(params.top_k, 50)
+    predictor = load(model_id, prefix, "text-generation")
+    check_token_length(predictor, texts)
+    sample = params.do_sample if params.do_sample is not None else params.temperature > 0
+    kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sample,
+                              "return_full_text": params.return_full_text}
+    if sample:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=top_k)
+    return run(predictor, request.inputs, seed=params.seed, **kwargs)
