@@ -65,7 +65,8 @@ def routes() -> list[tuple[str, str]]:
             if path.startswith("/v1/") for method in ops]
 
 
-BODIES = {"/v1/models/{model_id}/fill-mask": {"inputs": "the [MASK] of the"}}
+# A valid body for every POST with an id, so the answer is about the id, not the body.
+INFERENCE = {"inputs": "the [MASK] of the"}
 
 
 def test_other_owners_ids_are_404_on_every_route(secured, world):
@@ -82,11 +83,13 @@ def test_other_owners_ids_are_404_on_every_route(secured, world):
         if method == "DELETE":
             # deleting is checked last, below, so the other checks still have data
             continue
-        body = BODIES.get(template)
+        body = INFERENCE if method == "POST" and "/models/" in template else None
         r = bob.request(method, path, json=body)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         ok = alice.request(method, path, json=body)
-        assert ok.status_code < 400, (method, path, ok.status_code, ok.text)
+        # alice's model is a fill-mask model: the other task endpoints say so
+        assert ok.status_code < 400 or ok.json()["error"]["code"] == "wrong_task", \
+            (method, path, ok.status_code, ok.text)
         checked += 1
     assert checked >= 9
     r = bob.delete(f"/v1/datasets/{world['dataset_id']}")

@@ -40,8 +40,14 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
 def hf_model(tmp: Path, tokenizer_dir: Path, head: str) -> Path:
     import torch
-    from transformers import AutoTokenizer, BertConfig, GPT2Config, GPT2LMHeadModel
-    from transformers import BertForSequenceClassification, BertForTokenClassification
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

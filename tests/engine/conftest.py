@@ -107,3 +107,8 @@ def make_reporter() -> type[RecordingReporter]:
 @pytest.fixture(scope="session")
 def make_config():
     return tiny_config
+
+
+@pytest.fixture(scope="session")
+def make_spec():
+    return tiny_spec
