@@ -53,7 +53,7 @@ def error_body(code: str, message: str, param: str | None = None) -> dict[str, o
 def _param(loc: tuple[object, ...]) -> str | None:
     # Drop the request part ("body", "query") and pydantic's union tags so the
     # param reads like the field the user wrote: "hyperparameters.learning_rate".
-    parts = [str(p) for p in loc[1:] if not (isinstance(p, str) and p in {"pretrain"})]
+    parts = [str(p) for p in loc[1:] if not (isinstance(p, str) and p in {"pretrain", "finetune"})]
     return ".".join(parts) or (str(loc[0]) if loc else None)
 
 
@@ -68,6 +68,10 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = _param(tuple(first.get("loc", ())))
         msg = str(first.get("msg", "invalid request"))
+        if first.get("type") == "union_tag_invalid":  # an unknown job "type"
+            ctx = first.get("ctx") or {}
+            param = "type"
+            msg = f"must be one of {ctx.get('expected_tags', 'pretrain, finetune')}"
         message = f"{param}: {msg}" if param else msg
         return JSONResponse(error_body("invalid_request", message, param), 422)
 

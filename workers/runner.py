@@ -48,14 +48,26 @@ class Permanent(Exception):
 
 
 @dataclass(frozen=True)
+class Stored:
+    """Where something the job reads lives in object storage."""
+
+    id: str
+    key: str  # a file for datasets, a prefix for models
+    format: str
+
+
+@dataclass(frozen=True)
 class Attempt:
     job_id: str
     number: int
     owner: str
     spec: dict[str, Any]
-    dataset_id: str
-    dataset_format: str
-    dataset_key: str
+    data: dict[str, Stored]  # split ("train", "valid", "test") -> dataset
+    base_model: Stored | None  # fine-tuning starts from it; format = its architecture
+
+    @property
+    def dataset(self) -> Stored:
+        return self.data["train"]
 
 
 def claim(job_id: str) -> Attempt | None:
@@ -80,12 +92,18 @@ def claim(job_id: str) -> Attempt | None:
                 log.error("%s: failed after %d attempts", job_id, max_attempts)
             return None
         job = s.get(JobRow, job_id)
-        dataset = s.get(DatasetRow, job.dataset_id) if job else None
-        if job is None or dataset is None:
-            return None
-        return Attempt(job_id=job_id, number=job.attempts, owner=job.owner, spec=dict(job.spec),
-                       dataset_id=dataset.id, dataset_format=dataset.format,
-                       dataset_key=dataset.storage_key)
+        assert job is not None
+        spec = dict(job.spec)
+        data = {}
+        for split, param in (("train", "dataset_id"), ("valid", "validation_dataset_id"),
+                             ("test", "test_dataset_id")):
+            if spec.get(param) and (row := s.get(DatasetRow, spec[param])) is not None:
+                data[split] = Stored(row.id, row.storage_key, row.format)
+        base = None
+        if spec.get("base_model_id") and (m := s.get(ModelRow, spec["base_model_id"])):
+            base = Stored(m.id, m.storage_prefix, m.architecture)
+        return Attempt(job_id=job_id, number=job.attempts, owner=job.owner, spec=spec,
+                       data=data, base_model=base)
 
 
 @with_db_retry
@@ -159,13 +177,13 @@ def _fail(job_id: str, reporter: DbReporter, code: str, message: str) -> None:
 
 def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path) -> None:
     try:
-        config = PretrainConfig.from_spec(attempt.spec)
-        if (reason := too_big(attempt.spec)) is not None:
-            raise Permanent("too_big", reason)
+        if "train" not in attempt.data:
+            raise CorpusError("the job's dataset no longer exists")
         resume_from = _resume_point(attempt, store, reporter, work / "resume")
-        data_dir = _prepared_data(attempt, config, store, reporter, work)
-        result = run_pretraining(config, str(data_dir), str(work / "run"), reporter,
-                                 resume_from=resume_from)
+        if attempt.spec.get("type") == "finetune":
+            published = _finetune(attempt, store, reporter, work, resume_from)
+        else:
+            published = _pretrain(attempt, store, reporter, work, resume_from)
     except (CorpusError, ConfigError) as exc:
         raise Permanent("bad_data" if isinstance(exc, CorpusError) else "bad_config",
                         str(exc)) from None
@@ -179,33 +197,85 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
             raise Permanent("out_of_memory", "the job ran out of GPU memory; use a smaller "
                             "model, batch_size or micro_batch_size") from None
         raise
-    if result.stopped or result.export_dir is None:
-        reporter.event("info", f"cancelled at step {result.steps}")
+    if published is None:
+        reporter.event("info", "cancelled")
         finish(attempt.job_id, "cancelled")
         return
-    model_id = _publish(attempt, result, store)
-    if finish(attempt.job_id, "succeeded", model_id=model_id):
-        reporter.event("info", f"model {model_id} is ready")
+    if finish(attempt.job_id, "succeeded", model_id=published):
+        reporter.event("info", f"model {published} is ready")
     else:  # the reaper gave the job to another attempt meanwhile: that one's model counts
         with session_scope() as s:
-            s.execute(delete(ModelRow).where(ModelRow.id == model_id))
-        models.delete_files(store=store, model_id=model_id)
+            s.execute(delete(ModelRow).where(ModelRow.id == published))
+        models.delete_files(store=store, model_id=published)
+
+
+def _pretrain(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path,
+              resume_from: str | None) -> str | None:
+    """Pretrain from the corpus; returns the new model's id, or None if cancelled."""
+    config = PretrainConfig.from_spec(attempt.spec)
+    if (reason := too_big(attempt.spec)) is not None:
+        raise Permanent("too_big", reason)
+    data_dir = _prepared_data(attempt, config, store, reporter, work)
+    result = run_pretraining(config, str(data_dir), str(work / "run"), reporter,
+                             resume_from=resume_from)
+    if result.stopped or result.export_dir is None:
+        return None
+    spec = attempt.spec
+    export = Path(result.export_dir)
+    return _publish(attempt, store, export, task="fill-mask",
+                    architecture=spec["model"]["architecture"], details={
+                        "num_parameters": result.num_parameters,
+                        "tokenizer": result.tokenizer_info, "corpus": result.corpus_info,
+                        "steps": result.steps, "tokens_seen": result.tokens_seen,
+                        "final_eval": result.final_eval, "objective": spec.get("objective"),
+                        "model": spec.get("model"),
+                        "sequence_length": spec["hyperparameters"]["sequence_length"]})
+
+
+def _finetune(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path,
+              resume_from: str | None) -> str | None:
+    """Fine-tune the base model on the labelled data; returns the new model's id or None."""
+    from workers.engine.finetune import FinetuneConfig, run_finetune
+
+    if attempt.base_model is None:
+        raise ConfigError("the base model no longer exists")
+    config = FinetuneConfig.from_spec(attempt.spec)
+    base = work / "base"
+    reporter.event("info", f"downloading base model {attempt.base_model.id}")
+    store.get_dir(attempt.base_model.key, base)
+    data = {}
+    for split, stored in attempt.data.items():
+        local = work / f"{split}.{stored.format}"
+        store.get_file(stored.key, local)
+        data[split] = (str(local), stored.format)
+    result = run_finetune(config, str(base), data, str(work / "run"), reporter,
+                          resume_from=resume_from)
+    if result.stopped or result.export_dir is None:
+        return None
+    return _publish(attempt, store, Path(result.export_dir), task=result.task,
+                    architecture=attempt.base_model.format, details={
+                        "base_model_id": attempt.base_model.id, "task": attempt.spec["task"],
+                        "labels": result.labels, "steps": result.steps,
+                        "final_eval": result.final_eval, "test": result.test_metrics,
+                        "num_parameters": result.num_parameters,
+                        "trainable_parameters": result.trainable_parameters,
+                        "adapter": attempt.spec.get("adapter")})
 
 
 def _prepared_data(attempt: Attempt, config: PretrainConfig, store: ObjectStore,
                    reporter: DbReporter, work: Path) -> Path:
     """Token shards for this dataset and tokenizer, made once and reused by later jobs."""
-    prefix = f"tokenized/{attempt.dataset_id}/{data_key(config)}"
+    prefix = f"tokenized/{attempt.dataset.id}/{data_key(config)}"
     local = work / "data"
     if store.exists(f"{prefix}/meta.json"):  # meta.json is written last: the set is whole
         reporter.event("info", "reusing tokenized data from an earlier job on this dataset "
                                f"({prefix}); skipping tokenization")
         store.get_dir(prefix, local)
         return local
-    corpus = work / f"corpus.{attempt.dataset_format}"
+    corpus = work / f"corpus.{attempt.dataset.format}"
     reporter.event("info", "downloading the dataset")
-    store.get_file(attempt.dataset_key, corpus)
-    prepare_data(config, str(corpus), attempt.dataset_format, str(local), reporter)
+    store.get_file(attempt.dataset.key, corpus)
+    prepare_data(config, str(corpus), attempt.dataset.format, str(local), reporter)
     corpus.unlink()
     store.put_dir(local, prefix, last="meta.json")
     return local
@@ -257,24 +327,17 @@ def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
     return resume_dir
 
 
-def _publish(attempt: Attempt, result: Any, store: ObjectStore) -> str:
-    spec = attempt.spec
-    export = Path(result.export_dir)
-    details = {
-        "num_parameters": result.num_parameters, "tokenizer": result.tokenizer_info,
-        "corpus": result.corpus_info, "steps": result.steps, "tokens_seen": result.tokens_seen,
-        "final_eval": result.final_eval, "objective": spec.get("objective"),
-        "model": spec.get("model"), "sequence_length": spec["hyperparameters"]["sequence_length"],
-    }
+def _publish(attempt: Attempt, store: ObjectStore, export: Path, *, task: str,
+             architecture: str, details: dict[str, Any]) -> str:
     with session_scope() as s:
         row = models.publish(session=s, store=store, export_dir=export, owner=attempt.owner,
-                             name=spec.get("name") or attempt.job_id, job_id=attempt.job_id,
-                             task="fill-mask", architecture=spec["model"]["architecture"],
+                             name=attempt.spec.get("name") or attempt.job_id,
+                             job_id=attempt.job_id, task=task, architecture=architecture,
                              mask_token=_mask_token(export), details=details)
         return row.id
 
 
 def _mask_token(export: Path) -> str | None:
-    config = json.loads((export / "tokenizer_config.json").read_text())
-    token = config.get("mask_token")
+    path = export / "tokenizer_config.json"
+    token = json.loads(path.read_text()).get("mask_token") if path.exists() else None
     return token.get("content") if isinstance(token, dict) else token

@@ -7,12 +7,19 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.domain import datasets
 from service.domain.ids import new_id
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
-from service.domain.specs import JobCreate
-from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
+from service.domain.specs import FINETUNE_DATA, FinetuneJobCreate, JobCreate, PretrainJobCreate
+from service.domain.tables import (
+    CheckpointRow,
+    DatasetRow,
+    EventRow,
+    JobRow,
+    MetricRow,
+    ModelRow,
+    utcnow,
+)
 from service.errors import ApiError, not_found
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -54,7 +61,7 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, row: JobRow) -> "JobPublic":
         eta = None
-        if row.status == "running" and row.tokens_per_second:
+        if row.status == "running" and row.tokens_per_second and row.total_steps > row.step:
             hp = row.spec["hyperparameters"]
             tokens_left = (row.total_steps - row.step) * hp["batch_size"] * hp["sequence_length"]
             eta = round(tokens_left / row.tokens_per_second, 1)
@@ -108,17 +115,61 @@ class CheckpointPublic(BaseModel):
     created_at: Timestamp
 
 
+def _invalid(param: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_request", f"{param}: {message}", param)
+
+
+def _own_dataset(session: Session, owner: str, param: str, dataset_id: str | None
+                 ) -> DatasetRow | None:
+    if dataset_id is None:
+        return None
+    dataset = session.get(DatasetRow, dataset_id)
+    if dataset is None or dataset.owner != owner:
+        raise _invalid(param, f"no dataset with id {dataset_id!r}")
+    return dataset
+
+
+def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate) -> None:
+    dataset = _own_dataset(session, owner, "dataset_id", job_in.dataset_id)
+    if dataset is not None and dataset.kind == "tagged_tokens":
+        raise _invalid("dataset_id", f"{dataset.id} holds tagged tokens; pretraining needs "
+                       'text (.txt or JSON lines with "text")')
+
+
+def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> None:
+    base = session.get(ModelRow, job_in.base_model_id)
+    if base is None or base.owner != owner:
+        raise _invalid("base_model_id", f"no model with id {job_in.base_model_id!r}")
+    needed = FINETUNE_DATA[job_in.task]
+    for param in ("dataset_id", "validation_dataset_id", "test_dataset_id"):
+        dataset = _own_dataset(session, owner, param, getattr(job_in, param))
+        if dataset is None:
+            continue
+        if dataset.kind != needed:
+            what = {"labelled_text": 'JSON lines with "text" and "label"',
+                    "tagged_tokens": 'CoNLL columns or JSON lines with "tokens" and "tags"'}
+            raise _invalid(param, f"{job_in.task} needs {what[needed]}; {dataset.id} holds "
+                           f"{dataset.kind.replace('_', ' ')}")
+        if job_in.labels is not None:
+            extra = sorted(set(dataset.labels or ()) - set(job_in.labels))
+            if extra:
+                raise _invalid("labels", f"{dataset.id} has labels that are not in labels: "
+                               f"{', '.join(extra[:10])}")
+
+
 def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -> JobRow:
     if (problem := job_in.inconsistency()) is not None:
-        param, message = problem
-        raise ApiError(422, "invalid_request", f"{param}: {message}", param)
-    dataset = session.get(datasets.DatasetRow, job_in.dataset_id)
-    if dataset is None or dataset.owner != owner:
-        raise ApiError(422, "invalid_request",
-                       f"dataset_id: no dataset with id {job_in.dataset_id!r}", "dataset_id")
-    if dataset.kind == "tagged_tokens":
-        raise ApiError(422, "invalid_request", f"dataset_id: {dataset.id} holds tagged tokens; "
-                       "pretraining needs text (.txt or JSON lines with \"text\")", "dataset_id")
+        raise _invalid(*problem)
+    if isinstance(job_in, PretrainJobCreate):
+        _check_pretrain(session, owner, job_in)
+        name = job_in.name or \
+            f"{job_in.model.architecture}-{job_in.model.size}-{job_in.objective}"
+        total_steps = job_in.hyperparameters.max_steps
+    else:
+        _check_finetune(session, owner, job_in)
+        name = job_in.name or f"{job_in.task.replace('_', '-')}-{job_in.base_model_id}"
+        # The worker sets the exact count once it has read the data.
+        total_steps = job_in.hyperparameters.max_steps or 0
     active = session.scalar(select(func.count()).select_from(JobRow).where(
         JobRow.owner == owner, JobRow.status.in_(("queued", "running"))))
     if active and active >= max_active:
@@ -126,13 +177,10 @@ def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) 
                        f"you already have {active} jobs queued or running (the limit is "
                        f"{max_active}); wait for one to finish or cancel one",
                        headers={"Retry-After": "60"})
-    job_id = new_id("job")
     spec = job_in.model_dump(mode="json")
-    hp = job_in.hyperparameters
-    name = job_in.name or f"{job_in.model.architecture}-{job_in.model.size}-{job_in.objective}"
     spec["name"] = name
-    row = JobRow(id=job_id, owner=owner, type=job_in.type, name=name, status="queued", spec=spec,
-                 dataset_id=job_in.dataset_id, total_steps=hp.max_steps)
+    row = JobRow(id=new_id("job"), owner=owner, type=job_in.type, name=name, status="queued",
+                 spec=spec, dataset_id=job_in.dataset_id, total_steps=total_steps)
     session.add(row)
     session.flush()
     return row
