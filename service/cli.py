@@ -5,11 +5,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from service.settings import get_settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 app = typer.Typer(help="Cloze: pretrain, fine-tune and serve Transformer language models.",
                   no_args_is_help=True, add_completion=False)
@@ -17,7 +21,7 @@ console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _alembic_config():  # type: ignore[no-untyped-def]
+def _alembic_config() -> "Config":
     from alembic.config import Config
 
     cfg = Config(str(ROOT / "alembic.ini"))

@@ -4,8 +4,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import get_settings
@@ -19,7 +20,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             # WAL lets the API read while the worker writes metrics.
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -64,3 +65,8 @@ def get_session() -> Iterator[Session]:
     """FastAPI dependency: one session per request."""
     with session_scope() as session:
         yield session
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE changed (what conditional updates are judged by)."""
+    return cast(CursorResult[Any], result).rowcount

@@ -65,11 +65,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {}
         param = _param(tuple(first.get("loc", ())))
         msg = str(first.get("msg", "invalid request"))
         if first.get("type") == "union_tag_invalid":  # an unknown job "type"
-            ctx = first.get("ctx") or {}
+            ctx: dict[str, Any] = first.get("ctx") or {}
             param = "type"
             msg = f"must be one of {ctx.get('expected_tags', 'pretrain, finetune')}"
         message = f"{param}: {msg}" if param else msg

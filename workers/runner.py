@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from service.db import session_scope
+from service.db import rowcount, session_scope
 from service.domain import models
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow, utcnow
 from service.queue import enqueue_training
@@ -81,14 +81,14 @@ def claim(job_id: str) -> Attempt | None:
                                  JobRow.attempts < max_attempts)
             .values(status="running", started_at=now, heartbeat_at=now,
                     attempts=JobRow.attempts + 1))
-        if claimed.rowcount != 1:
+        if rowcount(claimed) != 1:
             gave_up = s.execute(
                 update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued",
                                      JobRow.attempts >= max_attempts)
                 .values(status="failed", finished_at=now, error_code="too_many_attempts",
                         error_message=f"gave up after {max_attempts} attempts: the worker "
                                       "running it stopped each time (crashed or was killed)"))
-            if gave_up.rowcount:
+            if rowcount(gave_up):
                 log.error("%s: failed after %d attempts", job_id, max_attempts)
             return None
         job = s.get(JobRow, job_id)
@@ -110,8 +110,9 @@ def claim(job_id: str) -> Attempt | None:
 def finish(job_id: str, status: str, **values: Any) -> bool:
     """Record the end; conditional on `running` so exactly one terminal state wins."""
     with session_scope() as s:
-        return s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                         .values(status=status, finished_at=utcnow(), **values)).rowcount == 1
+        done = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                         .values(status=status, finished_at=utcnow(), **values))
+        return rowcount(done) == 1
 
 
 @with_db_retry

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -10,7 +12,7 @@ from service.storage import get_store
 router = APIRouter(tags=["health"])
 
 
-def _probe(check) -> str:  # type: ignore[no-untyped-def]
+def _probe(check: Callable[[], object]) -> str:
     try:
         check()
         return "ok"

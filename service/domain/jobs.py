@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from service.db import rowcount
 from service.domain.ids import new_id
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
@@ -68,7 +69,7 @@ class JobPublic(BaseModel):
         error = JobError(code=row.error_code, message=row.error_message or "") \
             if row.error_code else None
         return cls(
-            id=row.id, type=row.type, name=row.name, status=row.status,  # type: ignore[arg-type]
+            id=row.id, type=row.type, name=row.name, status=row.status,
             dataset_id=row.dataset_id, spec=row.spec,
             progress=Progress(step=row.step, total_steps=row.total_steps,
                               tokens_seen=row.tokens_seen,
@@ -269,7 +270,7 @@ def reap(*, session: Session, heartbeat_timeout_s: float, requeue_after_s: float
         moved = session.execute(update(JobRow).where(
             JobRow.id == job_id, JobRow.status == "running", JobRow.heartbeat_at < stale)
             .values(status="queued", enqueued_at=now))
-        if moved.rowcount:
+        if rowcount(moved):
             session.add(EventRow(job_id=job_id, level="warning", message=(
                 f"no heartbeat for {heartbeat_timeout_s:.0f} s: the worker died; "
                 "re-queued to resume from the last checkpoint")))
@@ -277,9 +278,10 @@ def reap(*, session: Session, heartbeat_timeout_s: float, requeue_after_s: float
     lost = now - timedelta(seconds=requeue_after_s)
     for job_id in session.scalars(select(JobRow.id).where(
             JobRow.status == "queued", JobRow.enqueued_at < lost)).all():
-        if session.execute(update(JobRow).where(
-                JobRow.id == job_id, JobRow.status == "queued", JobRow.enqueued_at < lost)
-                .values(enqueued_at=now)).rowcount:
+        resent = session.execute(update(JobRow).where(
+            JobRow.id == job_id, JobRow.status == "queued", JobRow.enqueued_at < lost)
+            .values(enqueued_at=now))
+        if rowcount(resent):
             revived.append(job_id)
     session.commit()
     return revived
