@@ -119,3 +119,42 @@ def test_migrations_on_postgres(postgres_url, tmp_path):
 @pytest.mark.parametrize("script", ["scripts/install", "scripts/serve", "scripts/test", ".ci/run"])
 def test_scripts_are_valid_bash(script):
     subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
+
+
+def test_api_and_engine_agree_on_pretraining_defaults():
+    """The API documents and stores the defaults; the engine applies them when a recipe
+    leaves fields out. They must be the same numbers."""
+    from service.domain.specs import (
+        ModelSpec,
+        PretrainHyperparameters,
+        PretrainJobCreate,
+        TokenizerSpec,
+    )
+    from workers.engine import Hyperparameters, PretrainConfig, TokenizerConfig
+
+    api, engine = PretrainHyperparameters().model_dump(), vars(Hyperparameters())
+    assert api == {k: engine[k] for k in api}, "a default differs between API and engine"
+    assert set(engine) <= set(api), f"the API does not expose {set(engine) - set(api)}"
+    tok_api, tok_engine = TokenizerSpec().model_dump(), vars(TokenizerConfig())
+    assert tok_api == {k: tok_engine[k] for k in tok_api}
+    job = PretrainJobCreate(dataset_id="ds")
+    config = PretrainConfig.from_spec(job.stored_spec())
+    assert (config.validation_fraction, config.log_every, config.eval_every,
+            config.checkpoint_every) == (job.validation_fraction, job.log_every,
+                                         job.eval_every, job.checkpoint_every)
+    assert ModelSpec().max_position_embeddings == config.model.max_position_embeddings
+
+
+def test_a_recipe_fills_only_what_the_request_left_out():
+    from service.domain.specs import PretrainJobCreate
+    from workers.engine import PretrainConfig
+
+    job = PretrainJobCreate(dataset_id="ds", recipe="fast",
+                            hyperparameters={"learning_rate": 3e-4, "max_steps": 50,
+                                             "warmup_steps": 5})
+    config = PretrainConfig.from_spec(job.stored_spec())
+    assert config.hyperparameters.learning_rate == 3e-4  # explicit wins
+    assert config.hyperparameters.max_steps == 50
+    assert config.recipe_applied  # and the recipe set the rest
+    assert config.hyperparameters.schedule != "linear" or \
+        config.hyperparameters.mask_probability != 0.15

@@ -214,7 +214,7 @@ def _pretrain(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: 
               resume_from: str | None) -> str | None:
     """Pretrain from the corpus; returns the new model's id, or None if cancelled."""
     config = PretrainConfig.from_spec(attempt.spec)
-    if (reason := too_big(attempt.spec)) is not None:
+    if (reason := too_big(config)) is not None:
         raise Permanent("too_big", reason)
     data_dir = _prepared_data(attempt, config, store, reporter, work)
     result = run_pretraining(config, str(data_dir), str(work / "run"), reporter,
@@ -230,7 +230,8 @@ def _pretrain(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: 
                         "steps": result.steps, "tokens_seen": result.tokens_seen,
                         "final_eval": result.final_eval, "objective": spec.get("objective"),
                         "model": spec.get("model"),
-                        "sequence_length": spec["hyperparameters"]["sequence_length"]})
+                        "sequence_length": config.hyperparameters.sequence_length,
+                        "recipe": config.recipe})
 
 
 def _finetune(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path,

@@ -64,7 +64,8 @@ class JobPublic(BaseModel):
         eta = None
         if row.status == "running" and row.tokens_per_second and row.total_steps > row.step:
             hp = row.spec["hyperparameters"]
-            tokens_left = (row.total_steps - row.step) * hp["batch_size"] * hp["sequence_length"]
+            per_step = hp.get("batch_size", 32) * hp.get("sequence_length", 128)
+            tokens_left = (row.total_steps - row.step) * per_step
             eta = round(tokens_left / row.tokens_per_second, 1)
         error = JobError(code=row.error_code, message=row.error_message or "") \
             if row.error_code else None
@@ -178,7 +179,7 @@ def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) 
                        f"you already have {active} jobs queued or running (the limit is "
                        f"{max_active}); wait for one to finish or cancel one",
                        headers={"Retry-After": "60"})
-    spec = job_in.model_dump(mode="json")
+    spec = job_in.stored_spec()
     spec["name"] = name
     row = JobRow(id=new_id("job"), owner=owner, type=job_in.type, name=name, status="queued",
                  spec=spec, dataset_id=job_in.dataset_id, total_steps=total_steps)

@@ -35,7 +35,6 @@ class ModelSpec(Strict):
         return layers, hidden, heads, self.intermediate_size or 4 * hidden
 
 
-
 class TokenizerSpec(Strict):
     type: Literal["wordpiece"] = "wordpiece"
     # Below a few hundred entries there is no room for the alphabet plus the specials.
@@ -53,6 +52,22 @@ class PretrainHyperparameters(Strict):
     mask_probability: Finite = Field(default=0.15, gt=0, lt=1.0)
     max_grad_norm: Finite = Field(default=1.0, gt=0)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    # Learning-rate shape: linear or cosine decay after warmup, one_cycle (a triangle that
+    # peaks mid-run) or wsd (warmup, stable, then decay over the last decay_fraction).
+    schedule: Literal["linear", "cosine", "one_cycle", "wsd"] = "linear"
+    decay_fraction: Finite = Field(default=0.2, gt=0, le=1.0)
+    min_lr_ratio: Finite = Field(default=0.0, ge=0, le=1.0)
+    # Mask every WordPiece of a word together (at the same overall rate).
+    whole_word_masking: bool = False
+    dropout: Finite = Field(default=0.0, ge=0, lt=1.0)
+    # Speed (defaults measured: bench/README.md). micro_batch_size below batch_size
+    # accumulates gradients, for batches that do not fit at once.
+    micro_batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    sparse_prediction: bool = True
+    compile: bool = False
+    optimizer_impl: Literal["auto", "fused", "foreach", "loop"] = "auto"
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
 
 
 class PretrainJobCreate(Strict):
@@ -67,10 +82,26 @@ class PretrainJobCreate(Strict):
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=100, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)
+    # A preset of hyperparameters measured to converge fastest ("fast": bench/README.md);
+    # it fills the hyperparameters the request leaves out.
+    recipe: Literal["fast"] | None = None
+
+    def stored_spec(self) -> dict[str, Any]:
+        """The spec the worker reads. With a recipe, hyperparameters the request left out
+        stay out, so the engine can fill them from the recipe."""
+        spec = self.model_dump(mode="json")
+        if self.recipe is not None:
+            spec["hyperparameters"] = self.hyperparameters.model_dump(mode="json",
+                                                                      exclude_unset=True)
+        return spec
 
     def inconsistency(self) -> tuple[str, str] | None:
         """(param, message) for the first rule that spans several fields, else None."""
         hp, model = self.hyperparameters, self.model
+        if hp.micro_batch_size is not None and hp.batch_size % hp.micro_batch_size:
+            return ("hyperparameters.micro_batch_size",
+                    f"micro_batch_size {hp.micro_batch_size} must divide batch_size "
+                    f"{hp.batch_size}")
         _, hidden, heads, _ = model.resolved()
         if hidden % heads:
             return ("model.num_heads",
@@ -127,6 +158,9 @@ class FinetuneJobCreate(Strict):
     log_every: int = Field(default=10, ge=1)
     eval_every: int | None = Field(default=None, ge=1)  # None: once per epoch
     checkpoint_every: int | None = Field(default=None, ge=1)  # None: once per epoch
+
+    def stored_spec(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
     def inconsistency(self) -> tuple[str, str] | None:
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
