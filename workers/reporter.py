@@ -73,6 +73,8 @@ class DbReporter:
                 s.add(MetricRow(job_id=self.job_id, step=step, **fields))
             else:
                 for key, value in fields.items():
+                    if key == "extra" and row.extra:
+                        value = {**row.extra, **value}
                     setattr(row, key, value)
             s.execute(update(JobRow).where(JobRow.id == self.job_id)
                       .values(heartbeat_at=utcnow(), **job))
@@ -80,12 +82,22 @@ class DbReporter:
     def log(self, point: dict[str, Any]) -> None:
         fields = {k: point.get(k) for k in ("train_loss", "learning_rate", "grad_norm",
                                             "tokens_per_second", "tokens_seen")}
-        self._point(point["step"], fields, {
-            "step": point["step"], "tokens_seen": point["tokens_seen"],
-            "tokens_per_second": point["tokens_per_second"], "train_loss": point["train_loss"]})
+        job = {"step": point["step"], "tokens_seen": point["tokens_seen"],
+               "tokens_per_second": point["tokens_per_second"],
+               "train_loss": point["train_loss"]}
+        if point.get("total_steps"):  # fine-tuning knows its step count once it read the data
+            job["total_steps"] = point["total_steps"]
+        if "mfu" in point:
+            fields["extra"] = {"mfu": point["mfu"]}
+        self._point(point["step"], fields, job)
 
     def eval(self, point: dict[str, Any]) -> None:
-        fields = {k: point.get(k) for k in ("eval_loss", "perplexity", "accuracy")}
+        named = ("eval_loss", "perplexity", "accuracy")
+        fields: dict[str, Any] = {k: point.get(k) for k in named}
+        extra = {k: v for k, v in point.items() if k not in (*named, "step")
+                 and isinstance(v, int | float)}
+        if extra:
+            fields["extra"] = extra
         self._point(point["step"], fields, {"eval_loss": point["eval_loss"]})
 
     def checkpoint(self, step: int, directory: str) -> None:

@@ -3,7 +3,7 @@
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -81,6 +81,9 @@ class JobPublic(BaseModel):
 
 
 class MetricPoint(BaseModel):
+    # Task-specific metrics (f1, precision, recall, ...) appear as further keys.
+    model_config = ConfigDict(extra="allow")
+
     step: int
     train_loss: float | None = None
     learning_rate: float | None = None
@@ -96,7 +99,7 @@ class MetricPoint(BaseModel):
         return cls(step=row.step, train_loss=row.train_loss, learning_rate=row.learning_rate,
                    grad_norm=row.grad_norm, tokens_per_second=row.tokens_per_second,
                    tokens_seen=row.tokens_seen, eval_loss=row.eval_loss,
-                   perplexity=row.perplexity, accuracy=row.accuracy)
+                   perplexity=row.perplexity, accuracy=row.accuracy, **(row.extra or {}))
 
 
 class EventPublic(BaseModel):

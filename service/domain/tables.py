@@ -93,6 +93,8 @@ class MetricRow(Base):
     eval_loss: Mapped[float | None] = mapped_column(Float)
     perplexity: Mapped[float | None] = mapped_column(Float)
     accuracy: Mapped[float | None] = mapped_column(Float)
+    # Metrics particular to a task (f1, precision, recall, nsp_accuracy, ...), by name.
+    extra: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -1,0 +1,185 @@
+"""Fine-tuning parts without a model: spec parsing, metrics, and reading labelled data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pytest
+
+from workers.engine import ConfigError, CorpusError
+from workers.engine.finetune import FinetuneConfig
+from workers.engine.finetune.metrics import (
+    classification_metrics,
+    entities,
+    entity_scores,
+    is_bio,
+    tagging_metrics,
+)
+from workers.engine.finetune.records import load_splits, read_examples
+
+SPEC = {
+    "type": "finetune", "task": "text_classification", "base_model_id": "m_1",
+    "dataset_id": "ds_1", "labels": None, "validation_fraction": 0.1,
+    "hyperparameters": {"epochs": 3, "max_steps": None, "batch_size": 32,
+                        "learning_rate": 5e-5, "sequence_length": 256, "warmup_ratio": 0.1,
+                        "weight_decay": 0.01, "seed": 0, "max_grad_norm": 1.0},
+    "adapter": None, "log_every": 10, "eval_every": None, "checkpoint_every": None,
+}
+
+
+# -- Config
+
+
+def test_full_spec_and_defaults_agree():
+    config = FinetuneConfig.from_spec(SPEC)
+    assert config == FinetuneConfig.from_spec({"task": "text_classification", "future": 1})
+    assert config.pipeline_task == "text-classification" and config.adapter is None
+    assert config.hyperparameters.learning_rate == 5e-5 and config.eval_every is None
+    lora = FinetuneConfig.from_spec({**SPEC, "task": "token_classification",
+                                     "labels": ["B-PER", "O", 3], "adapter": {"type": "lora"}})
+    assert lora.pipeline_task == "token-classification" and lora.labels == ("B-PER", "O", "3")
+    assert (lora.adapter.r, lora.adapter.alpha, lora.adapter.dropout) == (8, 16.0, 0.05)
+    assert json.loads(json.dumps(lora.to_dict()))["labels"] == ["B-PER", "O", "3"]
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ({"task": None}, "task is required"),
+    ({"task": "summarization"}, "task must be one of"),
+    ({"type": "pretrain"}, "type must be 'finetune'"),
+    ({"labels": ["spam"]}, "at least 2"),
+    ({"labels": ["a", "a"]}, "distinct"),
+    ({"labels": "spam,ham"}, "list of strings"),
+    ({"validation_fraction": 0}, "validation_fraction"),
+    ({"eval_every": 0}, "eval_every"),
+    ({"hyperparameters": {"epochs": 0}}, "epochs"),
+    ({"hyperparameters": {"max_steps": 1.5}}, "max_steps"),
+    ({"hyperparameters": {"learning_rate": 0}}, "learning_rate"),
+    ({"hyperparameters": {"warmup_ratio": 1.5}}, "warmup_ratio"),
+    ({"hyperparameters": {"dropout": 1.0}}, "dropout"),
+    ({"hyperparameters": {"batch_size": True}}, "batch_size"),
+    ({"hyperparameters": 3}, "hyperparameters must be an object"),
+    ({"adapter": {"type": "prefix"}}, "adapter.type"),
+    ({"adapter": {"r": 0}}, "adapter.r"),
+])
+def test_bad_values_are_config_errors(patch, message):
+    with pytest.raises(ConfigError, match=message):
+        FinetuneConfig.from_spec({**SPEC, **patch})
+
+
+# -- Metrics
+
+
+def test_entities_follow_seqeval():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG", "B-PER"]
+    assert entities(tags) == [("PER", 0, 1), ("LOC", 3, 4), ("LOC", 5, 5), ("ORG", 6, 6),
+                              ("PER", 7, 7)]
+    assert entities(["O", "O"]) == []
+    gold = [["B-PER", "I-PER", "O"], ["B-LOC", "O", "B-ORG"]]
+    pred = [["B-PER", "I-PER", "O"], ["B-LOC", "B-ORG", "I-ORG"]]
+    scores = entity_scores(gold, pred)  # 2 of 3 predicted right, 2 of 3 found
+    assert scores == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    both = tagging_metrics(gold, pred, bio=True)
+    assert both["accuracy"] == pytest.approx(4 / 6) and both["f1"] == pytest.approx(2 / 3)
+    assert set(tagging_metrics(gold, pred, bio=False)) == {"accuracy"}
+
+
+def test_is_bio():
+    assert is_bio(["O", "B-PER", "I-PER"]) and is_bio(["B-X", "I-X"])
+    assert not is_bio(["nn", "vb", "at"]) and not is_bio(["O"]) and not is_bio(["O", "B-"])
+
+
+def test_macro_f1_matches_scikit_learn():
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = random.Random(0)
+    gold = [rng.choice("abcd") for _ in range(300)]
+    pred = [g if rng.random() < 0.6 else rng.choice("abce") for g in gold]
+    ours = classification_metrics(gold, pred)
+    assert ours["f1"] == pytest.approx(sklearn.f1_score(gold, pred, average="macro"))
+    assert ours["accuracy"] == pytest.approx(sklearn.accuracy_score(gold, pred))
+
+
+# -- Reading data
+
+
+def _write(path, lines, gz=False):
+    text = "\n".join(lines) + "\n"
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _jsonl(path, records):
+    return _write(path, [json.dumps(r) for r in records])
+
+
+def test_conll_columns_comments_and_spaces(tmp_path):
+    path = _write(tmp_path / "a.conll.gz", [
+        "# doc = 1", "-DOCSTART- -X- O", "", "The\tat\tat", "#\tnn", "cat\tnn\textra", "",
+        "", "# sent 2", "Dogs NNS", "bark VB", "  "], gz=True)
+    examples = read_examples("token_classification", path, "conll.gz", "the train data")
+    assert [(e.inputs, e.target, e.line) for e in examples] == [
+        (["The", "#", "cat"], ["at", "nn", "nn"], 4), (["Dogs", "bark"], ["NNS", "VB"], 10)]
+    with pytest.raises(CorpusError, match="line 2 needs a token and a tag"):
+        read_examples("token_classification", _write(tmp_path / "b.conll", ["a\tb", "lonely"]),
+                      "conll", "the train data")
+
+
+def test_splits_from_the_records_and_held_out(tmp_path):
+    records = [{"text": f"t{i}", "label": ["x", "y"][i % 2], "split": s}
+               for i, s in enumerate(["train"] * 8 + ["validation", "test"])]
+    splits = load_splits("text_classification", {"train": (_jsonl(tmp_path / "a", records),
+                                                           "jsonl")}, None, 0.1)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (8, 1, 1)
+    assert splits.labels == ["x", "y"]
+    no_split = [{k: v for k, v in r.items() if k != "split"} for r in records]
+    path = _jsonl(tmp_path / "b", no_split + [{"text": "  ", "label": "x"}])  # blank: skipped
+    held = load_splits("text_classification", {"train": (path, "jsonl")}, None, 0.2)
+    assert (len(held.train), len(held.valid), held.test) == (8, 2, None)
+    again = load_splits("text_classification", {"train": (path, "jsonl")}, None, 0.2)
+    assert [e.line for e in again.valid] == [e.line for e in held.valid]  # seeded
+    assert any("held out 2" in note for note in held.notes)
+
+
+@pytest.mark.parametrize(("records", "labels", "message"), [
+    ([{"text": "a", "label": "x"}, {"text": "b", "label": "z"}], ("x", "y"),
+     "line 2: label 'z' is not one of the labels"),
+    ([{"text": "a", "label": "x"}, {"text": "b", "label": "x"}], None, "only one label"),
+    ([{"text": "a", "label": "x"}, {"text": "b"}], None, "line 2 needs a \"label\""),
+    ([{"text": "a", "label": "x"}, {"txt": "b", "label": "y"}], None, "line 2 needs a string"),
+    ([{"text": "a", "label": True}], None, "line 1 needs a \"label\""),
+    ([{"text": "a", "label": "x", "split": "dev"}], None, "\"split\" must be"),
+    ([{"text": "a", "label": "x", "split": "test"}, {"text": "b", "label": "y",
+                                                     "split": "test"}], None,
+     "the train split has no examples"),
+])
+def test_bad_text_data_is_a_corpus_error(tmp_path, records, labels, message):
+    with pytest.raises(CorpusError, match=message):
+        load_splits("text_classification", {"train": (_jsonl(tmp_path / "a", records),
+                                                      "jsonl")}, labels, 0.1)
+
+
+def test_bad_tagged_data_is_a_corpus_error(tmp_path):
+    good = _jsonl(tmp_path / "good", [{"tokens": ["a", "b"], "tags": ["B-X", "O"]}] * 4)
+    bad = _jsonl(tmp_path / "bad", [{"tokens": ["a"], "tags": ["O"]},
+                                    {"tokens": ["a", "b"], "tags": ["O"]}])
+    with pytest.raises(CorpusError, match="the valid data line 2: \"tokens\" and \"tags\""):
+        load_splits("token_classification", {"train": (good, "jsonl"), "valid": (bad, "jsonl")},
+                    None, 0.1)
+    with pytest.raises(CorpusError, match="tag 'B-X' is not one of the labels"):
+        load_splits("token_classification", {"train": (good, "jsonl")}, ("O", "B-PER"), 0.1)
+    with pytest.raises(CorpusError, match="cannot be used for text_classification"):
+        load_splits("text_classification", {"train": (good, "conll")}, None, 0.1)
+    with pytest.raises(CorpusError, match="not valid JSON"):
+        load_splits("token_classification", {"train": (_write(tmp_path / "x", ["{"]), "jsonl")},
+                    None, 0.1)
+    with pytest.raises(CorpusError, match="the test split has no examples"):
+        load_splits("token_classification",
+                    {"train": (good, "jsonl"), "test": (_write(tmp_path / "e", [""]), "jsonl")},
+                    None, 0.1)
+    with pytest.raises(CorpusError, match="no training data"):
+        load_splits("token_classification", {"valid": (good, "jsonl")}, None, 0.1)

@@ -1,0 +1,96 @@
+"""Tokenize examples once, align word tags to sub-word pieces, and make padded batches."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from workers.engine.finetune.records import Example
+from workers.engine.masking import IGNORE_INDEX
+
+
+@dataclass
+class Encoded:
+    """A split as token ids and targets, plus what metrics need to score it per word."""
+
+    input_ids: list[list[int]]
+    # text classification: one label id per example; tagging: one id per piece, the tag on
+    # each word's first piece and IGNORE_INDEX elsewhere (the Hugging Face convention).
+    targets: list[int] | list[list[int]]
+    gold: list[str] | list[list[str]]  # the labels / per-word tags as written in the data
+    # tagging only: per sentence, the word index of each labelled piece, in order.
+    word_of_target: list[list[int]] | None = None
+    truncated: int = 0  # examples cut at sequence_length
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def tokens(self) -> int:
+        """Number of tokens (no padding) in the split."""
+        return sum(len(ids) for ids in self.input_ids)
+
+
+def encode_texts(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
+                 label_ids: dict[str, int], sequence_length: int) -> Encoded:
+    """[CLS] text [SEP], cut to sequence_length tokens."""
+    texts = [e.inputs for e in examples]
+    full = tokenizer(texts, truncation=True, max_length=sequence_length, return_length=True)
+    # Counted as cut when it fills the whole sequence: an upper bound that needs no second,
+    # untruncated tokenization of long texts.
+    truncated = sum(n >= sequence_length for n in full["length"])
+    return Encoded(full["input_ids"], [label_ids[e.target] for e in examples],
+                   [e.target for e in examples], truncated=truncated)
+
+
+def encode_tagged(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
+                  label_ids: dict[str, int], sequence_length: int) -> Encoded:
+    """Words split into pieces; each word's tag on its first piece; long sentences cut."""
+    encoding = tokenizer([e.inputs for e in examples], is_split_into_words=True,
+                         truncation=True, max_length=sequence_length)
+    targets, word_of_target, truncated = [], [], 0
+    for i, example in enumerate(examples):
+        word_ids = encoding.word_ids(i)
+        row, words, previous = [], [], None
+        for word in word_ids:
+            if word is not None and word != previous:
+                row.append(label_ids[example.target[word]])
+                words.append(word)
+            else:  # special tokens and continuation pieces
+                row.append(IGNORE_INDEX)
+            previous = word
+        # Words past the cut have no piece; a word of no pieces at all (control characters)
+        # is rare and not counted as a cut.
+        last = max((w for w in word_ids if w is not None), default=-1)
+        truncated += last < len(example.inputs) - 1
+        targets.append(row)
+        word_of_target.append(words)
+    return Encoded(encoding["input_ids"], targets, [e.target for e in examples],
+                   word_of_target, truncated)
+
+
+def most_frequent(encoded: Encoded) -> str:
+    """The most common label or tag of a split (ties: first seen)."""
+    flat = encoded.gold if isinstance(encoded.gold[0], str) else \
+        [t for tags in encoded.gold for t in tags]
+    return Counter(flat).most_common(1)[0][0]
+
+
+def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask and labels of some examples, right-padded to the longest."""
+    rows = [encoded.input_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        input_ids[n, : len(row)] = torch.tensor(row)
+        attention_mask[n, : len(row)] = 1
+    if encoded.word_of_target is None:
+        labels = torch.tensor([encoded.targets[i] for i in indices])
+    else:
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for n, i in enumerate(indices):
+            labels[n, : len(encoded.targets[i])] = torch.tensor(encoded.targets[i])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
