@@ -73,3 +73,16 @@ def test_lists_paginate_newest_first(pg_redis_stack: Stack):
         after = page["data"][-1]["id"]
     assert [i for i in seen if i in ids] == ids[::-1]
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.slow
+def test_job_too_big_for_its_worker_fails_fast_with_a_reason(pg_redis_stack: Stack):
+    stack = pg_redis_stack
+    ds = stack.upload("big.txt", b"some words to train on\n" * 50).json()
+    job = stack.client.post("/v1/jobs", json={
+        "dataset_id": ds["id"], "model": {"size": "base", "max_position_embeddings": 4096},
+        "hyperparameters": {"batch_size": 4096, "sequence_length": 4096}}).json()
+    final = stack.wait_job(job["id"], timeout=120)
+    assert final["status"] == "failed" and final["attempts"] == 1
+    assert final["error"]["code"] == "too_big" and "GiB" in final["error"]["message"]
+    assert stack.client.get("/health").status_code == 200  # the worker is still there
