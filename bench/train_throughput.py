@@ -267,16 +267,17 @@ def tokens_per_second(result: dict[str, Any], warmup: int, tokens_per_step: int)
     return tokens_per_step / times[len(times) // 2]
 
 
-def time_to(curve: list[dict[str, float]], target: float) -> float | None:
-    """Training seconds at which the eval curve first reaches target (linear in between)."""
-    previous = {"seconds": 0.0, "eval_loss": math.inf}
+def crossing(curve: list[dict[str, float]], target: float, key: str) -> float | None:
+    """Where (in `key`: "step" or "seconds") the eval curve first reaches target, linearly
+    interpolated between eval points (from 0 at the start)."""
+    previous = {"step": 0.0, "seconds": 0.0, "eval_loss": math.inf}
     for point in curve:
         if point["eval_loss"] <= target:
             if not math.isfinite(previous["eval_loss"]):
-                return point["seconds"]
+                return point[key]
             drop = previous["eval_loss"] - point["eval_loss"]
             share = (previous["eval_loss"] - target) / drop if drop > 0 else 1.0
-            return previous["seconds"] + share * (point["seconds"] - previous["seconds"])
+            return previous[key] + share * (point[key] - previous[key])
         previous = point
     return None
 
@@ -355,7 +356,7 @@ def main() -> None:
               f"{time.perf_counter() - t0:.0f} s, once for all variants)")
         print(f"model: BERT-{args.size}, batch {args.batch_size} x 128, {args.steps} steps, "
               f"lr {args.learning_rate:g}, warmup {args.warmup}, linear decay, weight decay "
-              f"0.01; eval every {args.eval_every} steps on {EVAL_BLOCKS} held-out blocks; "
+              f"0.01; eval every {args.eval_every} steps on up to {EVAL_BLOCKS} held-out blocks; "
               f"device {args.device}; cores {os.cpu_count()}", flush=True)
 
         results: dict[str, dict[str, Any]] = {}
@@ -410,8 +411,9 @@ def report(args: argparse.Namespace, variants: list[str], results: dict[str, dic
         if cuda:
             line += f"{r['tps'] * mfu_per_tps:7.1%}" if mfu_per_tps else f"{'?':>7s}"
         print(line + f"{r['final_loss']:15.4f}  {DESCRIPTIONS[v]}")
+    blocks = min(EVAL_BLOCKS, len(np.load(data_dir / VALID_FILE, mmap_mode="r")))
     print(f"(held-out loss after {args.steps} steps: engine Evaluator on the saved weights, "
-          f"15% masking, seed fixed, {EVAL_BLOCKS} blocks)")
+          f"15% masking, seed fixed, {blocks} held-out blocks)")
     print()
     for c in (v for v in variants if v.startswith("C")):
         for base in ("A", "B"):
@@ -424,18 +426,22 @@ def report(args: argparse.Namespace, variants: list[str], results: dict[str, dic
     if "B" not in results:
         return
     target = results["B"]["final_loss"]
-    b_time = time_to(results["B"]["curve"], target)
     print()
-    print(f"time to B's final held-out loss {target:.4f} (training wall-clock, evals excluded; "
-          "curve measured every --eval-every steps with the same evaluator):")
+    print(f"time to B's final held-out loss {target:.4f} (evals every {args.eval_every} steps, "
+          "linear in between): the crossing step x the median step time above, and as "
+          "measured (the sum of step times, so slowed by any other load on the machine):")
+    b_steps = crossing(results["B"]["curve"], target, "step")
+    b_time = b_steps * tokens_per_step / results["B"]["tps"] if b_steps else None
     for v in variants:
-        seconds = time_to(results[v]["curve"], target)
-        total = sum(results[v]["step_seconds"])
-        if seconds is None:
-            print(f"  {v:7s} not reached in {args.steps} steps ({total:.0f} s)")
+        r = results[v]
+        steps = crossing(r["curve"], target, "step")
+        if steps is None:
+            print(f"  {v:7s} not reached in {args.steps} steps")
             continue
-        share = f"  = {seconds / b_time:.2f} x B's" if b_time else ""
-        print(f"  {v:7s} {seconds:8.1f} s{share}")
+        seconds = steps * tokens_per_step / r["tps"]
+        share = f" = {seconds / b_time:.2f} x B's" if b_time else ""
+        measured = crossing(r["curve"], target, "seconds")
+        print(f"  {v:7s} step {steps:6.1f}: {seconds:7.1f} s{share}  (measured {measured:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,14 @@ def test_recipe_is_announced(en_data, tmp_path, make_reporter, make_spec):
     run_pretraining(config, str(en_data), str(tmp_path), reporter)
     messages = [m for _, m in reporter.events if m.startswith("recipe 'fast' set")]
     assert len(messages) == 1 and "hyperparameters.schedule=wsd" in messages[0]
+
+
+def test_masked_positions_are_padded_to_a_bucket_with_ignored_rows():
+    from workers.engine.run import POSITION_BUCKET, masked_positions
+
+    labels = torch.full((2, 50), IGNORE_INDEX)
+    labels[0, 3], labels[1, 7] = 11, 12
+    positions, targets = masked_positions(labels)
+    assert len(positions) == len(targets) == POSITION_BUCKET
+    assert positions[:2].tolist() == [3, 57] and targets[:2].tolist() == [11, 12]
+    assert (targets[2:] == IGNORE_INDEX).all()

@@ -118,13 +118,17 @@ class _RowFile:
 
     def close(self) -> None:
         self.fh.close()
-        rows = np.fromfile(self.raw, dtype=self.dtype, count=-1).reshape(-1, self.sequence_length)
-        # Small (validation_fraction of the corpus is capped at 0.5, and evaluation reads few
-        # rows), but memory-mapped so even a large held-out set is never fully in memory.
-        out = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=rows.shape)
-        out[:] = rows
+        # Copied into the .npy a shard's worth at a time: a large held-out set (up to half
+        # the corpus) is never in memory at once.
+        rows = np.memmap(self.raw, dtype=self.dtype, mode="r",
+                         shape=(self.count, self.sequence_length)) if self.count else None
+        out = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype,
+                                        shape=(self.count, self.sequence_length))
+        step = max(1, SHARD_BYTES // (self.sequence_length * self.dtype.itemsize))
+        for start in range(0, self.count, step):
+            out[start : start + step] = rows[start : start + step]
         out.flush()
-        del out
+        del out, rows
         self.raw.unlink()
 
 

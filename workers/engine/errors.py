@@ -13,5 +13,5 @@ class CorpusError(EngineError):
     """The corpus file cannot be used for training (empty, malformed or too small)."""
 
 
-class StopRequested(Exception):  # noqa: N818 - a request, not an error
-    """Reporter.should_stop() said yes while the data was being prepared; nothing was written."""
+class StopRequested(Exception):
+    """Reporter.should_stop() said yes while the data was being prepared (no meta.json)."""

@@ -61,8 +61,9 @@ def mlm_loss(model: BertForMaskedLM, encoder: torch.nn.Module, input_ids: torch.
     """Summed cross-entropy over the masked positions of a micro-batch.
 
     positions (flat indices of the masked tokens) selects the sparse path: the MLM head runs
-    on those rows only, not on every position, as the stock model does. Without it, targets
-    is the full label grid (IGNORE_INDEX off-mask). encoder is model.bert, maybe compiled.
+    on those rows only, not on every position, as the stock model does; rows whose target is
+    IGNORE_INDEX (padding) add nothing. Without positions, targets is the full label grid.
+    encoder is model.bert, maybe compiled.
     """
     # Blocks are never padded, so no attention mask: SDPA can take its fastest path.
     hidden = encoder(input_ids=input_ids).last_hidden_state

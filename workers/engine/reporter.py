@@ -11,7 +11,7 @@ class Reporter(Protocol):
 
     def log(self, point: dict[str, Any]) -> None:
         """Training metrics every log_every steps: step, train_loss, learning_rate, grad_norm,
-        tokens_per_second, tokens_seen."""
+        tokens_per_second, tokens_seen; on CUDA GPUs of known peak FLOP/s also mfu (0-1)."""
 
     def eval(self, point: dict[str, Any]) -> None:
         """Held-out metrics: step, eval_loss, perplexity, accuracy (masked-token accuracy)."""

@@ -38,6 +38,8 @@ from workers.engine.optim import build_optimizer, lr_factor, resolve_optimizer_i
 from workers.engine.reporter import Reporter
 from workers.engine.speed import resolve_attention, resolve_precision
 
+POSITION_BUCKET = 64  # the sparse head runs on a multiple of this many rows (masked_positions)
+
 
 @dataclass
 class PretrainResult:
@@ -63,6 +65,23 @@ class _Window:
     loss: Any = 0.0
     grad_norm: Any = 0.0
     seconds: float = 0.0
+
+
+def masked_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the masked tokens and their labels, padded to a multiple of
+    POSITION_BUCKET rows (padding: position 0, label IGNORE_INDEX, so it adds no loss).
+
+    Without the padding the head's matmuls take a new shape every step, and oneDNN caches a
+    primitive per shape: on CPU the process grew by ~4 MB a step up to ~2 GB (BERT-mini).
+    """
+    flat = labels.flatten()
+    positions = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+    targets = flat[positions]
+    pad = -len(positions) % POSITION_BUCKET
+    if pad:
+        positions = torch.cat([positions, positions.new_zeros(pad)])
+        targets = torch.cat([targets, targets.new_full((pad,), IGNORE_INDEX)])
+    return positions, targets
 
 
 def _check_finite(name: str, value: float, step: int) -> None:
@@ -209,8 +228,7 @@ def run_pretraining(
             targets = micro_labels
             if hp.sparse_prediction:
                 # Found on the CPU, where the labels are, so the device never waits on it.
-                positions = (micro_labels.flatten() != IGNORE_INDEX).nonzero().squeeze(1)
-                targets = micro_labels.flatten()[positions]
+                positions, targets = masked_positions(micro_labels)
                 positions = positions.to(dev, non_blocking=True)
             with autocast:
                 loss = mlm_loss(model, encoder, micro_inputs, positions,
