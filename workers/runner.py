@@ -29,6 +29,7 @@ from workers.engine import (
     CorpusError,
     EngineError,
     PretrainConfig,
+    StopRequested,
     data_key,
     prepare_data,
     run_pretraining,
@@ -216,7 +217,10 @@ def _pretrain(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: 
     config = PretrainConfig.from_spec(attempt.spec)
     if (reason := too_big(config)) is not None:
         raise Permanent("too_big", reason)
-    data_dir = _prepared_data(attempt, config, store, reporter, work)
+    try:
+        data_dir = _prepared_data(attempt, config, store, reporter, work)
+    except StopRequested:  # cancelled while the corpus was being tokenized
+        return None
     result = run_pretraining(config, str(data_dir), str(work / "run"), reporter,
                              resume_from=resume_from)
     if result.stopped or result.export_dir is None:
