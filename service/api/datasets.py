@@ -11,7 +11,7 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.api.multipart import PartStart, stream_parts
+from service.api.multipart import PartStart, refuse_declared_oversize, stream_parts
 from service.domain import datasets, idempotency
 from service.domain.datasets import DatasetPublic, DatasetUpload
 from service.domain.schemas import ListOf
@@ -66,10 +66,7 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
                          store: StoreDep, caller: CallerDep,
                          idempotency_key: IdempotencyKey = None) -> DatasetPublic | JSONResponse:
     """Upload a corpus, streamed to storage and checked on the way (never held in memory)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
-        raise ApiError(413, "payload_too_large",
-                       f"upload exceeds the limit of {settings.max_upload_bytes} bytes", "file")
+    refuse_declared_oversize(request, settings.max_upload_bytes)
     upload, name = await _receive(request, store, settings)
     route = "POST /v1/datasets"
     fingerprint = idempotency.fingerprint(upload.inspector.sha256, upload.filename, name or "")

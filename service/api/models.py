@@ -15,7 +15,7 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.api.multipart import PartStart, stream_parts
+from service.api.multipart import PartStart, refuse_declared_oversize, stream_parts
 from service.domain import idempotency, imports, models
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
@@ -81,10 +81,7 @@ async def _receive_archive(request: Request, tmp: Path, settings: Any
     """Stream the 'file' part to a temporary file, within the upload limit."""
     import hashlib
 
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
-        raise ApiError(413, "payload_too_large",
-                       f"upload exceeds the limit of {settings.max_upload_bytes} bytes", "file")
+    refuse_declared_oversize(request, settings.max_upload_bytes)
     target = tmp / "upload"
     digest, size, current, name = hashlib.sha256(), 0, None, bytearray()
     seen_file = False

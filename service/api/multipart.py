@@ -81,3 +81,12 @@ async def stream_parts(request: Request) -> AsyncIterator[PartStart | PartData]:
         for event in events:
             yield event
     parser.finalize()
+
+
+def refuse_declared_oversize(request: Request, limit: int) -> None:
+    """413 before reading a byte when the declared body is over the limit (a little room
+    is left for the multipart framing around the file)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes",
+                       "file")
