@@ -72,7 +72,9 @@ def test_service_never_imports_workers():
 
 def test_engine_imports_only_training_libraries():
     # peft only for LoRA fine-tuning (imported where it is used).
-    allowed = {"torch", "transformers", "tokenizers", "numpy", "safetensors", "peft"}
+    # jobspec: the one job schema (pydantic only), shared with the API.
+    allowed = {"torch", "transformers", "tokenizers", "numpy", "safetensors", "peft", "psutil",
+               "jobspec"}
     for path in (ROOT / "workers" / "engine").rglob("*.py"):
         for module in _imports(path):
             top = module.split(".")[0]
@@ -121,40 +123,10 @@ def test_scripts_are_valid_bash(script):
     subprocess.run(["bash", "-n", str(ROOT / script)], check=True)
 
 
-def test_api_and_engine_agree_on_pretraining_defaults():
-    """The API documents and stores the defaults; the engine applies them when a recipe
-    leaves fields out. They must be the same numbers."""
-    from service.domain.specs import (
-        ModelSpec,
-        PretrainHyperparameters,
-        PretrainJobCreate,
-        TokenizerSpec,
-    )
-    from workers.engine import Hyperparameters, PretrainConfig, TokenizerConfig
-
-    api, engine = PretrainHyperparameters().model_dump(), vars(Hyperparameters())
-    assert api == {k: engine[k] for k in api}, "a default differs between API and engine"
-    assert set(engine) <= set(api), f"the API does not expose {set(engine) - set(api)}"
-    tok_api, tok_engine = TokenizerSpec().model_dump(), vars(TokenizerConfig())
-    assert tok_api == {k: tok_engine[k] for k in tok_api}
-    job = PretrainJobCreate(dataset_id="ds")
-    config = PretrainConfig.from_spec(job.stored_spec())
-    assert (config.validation_fraction, config.log_every, config.eval_every,
-            config.checkpoint_every) == (job.validation_fraction, job.log_every,
-                                         job.eval_every, job.checkpoint_every)
-    assert ModelSpec().max_position_embeddings == config.model.max_position_embeddings
-
-
-def test_a_recipe_fills_only_what_the_request_left_out():
-    from service.domain.specs import PretrainJobCreate
-    from workers.engine import PretrainConfig
-
-    job = PretrainJobCreate(dataset_id="ds", recipe="fast",
-                            hyperparameters={"learning_rate": 3e-4, "max_steps": 50,
-                                             "warmup_steps": 5})
-    config = PretrainConfig.from_spec(job.stored_spec())
-    assert config.hyperparameters.learning_rate == 3e-4  # explicit wins
-    assert config.hyperparameters.max_steps == 50
-    assert config.recipe_applied  # and the recipe set the rest
-    assert config.hyperparameters.schedule != "linear" or \
-        config.hyperparameters.mask_probability != 0.15
+def test_jobspec_needs_only_pydantic():
+    """The API process reads the one job schema without torch or the engine."""
+    for path in (ROOT / "jobspec").rglob("*.py"):
+        for module in _imports(path):
+            top = module.split(".")[0]
+            assert top in {"pydantic", "jobspec", "__future__"} or \
+                top in sys.stdlib_module_names, f"{path} imports {module}"

@@ -17,24 +17,27 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
 from service.db import rowcount, session_scope
 from service.domain import models
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow, utcnow
 from service.queue import enqueue_training
 from service.settings import get_settings
 from service.storage import ObjectStore, get_store
-from workers.capacity import too_big
 from workers.engine import (
     ConfigError,
     CorpusError,
     EngineError,
-    PretrainConfig,
     StopRequested,
+    TooBig,
+    check_fits,
     data_key,
+    estimate_pretrain_bytes,
     prepare_data,
     run_pretraining,
     verify_checkpoint,
 )
+from workers.engine.loop import pick_device
 from workers.reporter import DbReporter, with_db_retry
 
 log = logging.getLogger("cloze.worker")
@@ -181,11 +184,16 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
     try:
         if "train" not in attempt.data:
             raise CorpusError("the job's dataset no longer exists")
+        spec = parse_spec(attempt.spec)
         resume_from = _resume_point(attempt, store, reporter, work / "resume")
-        if attempt.spec.get("type") == "finetune":
-            published = _finetune(attempt, store, reporter, work, resume_from)
+        if isinstance(spec, FinetuneSpec):
+            published = _finetune(attempt, spec, store, reporter, work, resume_from)
         else:
-            published = _pretrain(attempt, store, reporter, work, resume_from)
+            published = _pretrain(attempt, spec, store, reporter, work, resume_from)
+    except SpecError as exc:
+        raise Permanent("bad_config", exc.message) from None
+    except TooBig as exc:
+        raise Permanent("too_big", str(exc)) from None
     except (CorpusError, ConfigError) as exc:
         raise Permanent("bad_data" if isinstance(exc, CorpusError) else "bad_config",
                         str(exc)) from None
@@ -211,56 +219,66 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
         models.delete_files(store=store, model_id=published)
 
 
-def _pretrain(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path,
-              resume_from: str | None) -> str | None:
-    """Pretrain from the corpus; returns the new model's id, or None if cancelled."""
-    config = PretrainConfig.from_spec(attempt.spec)
-    if (reason := too_big(config)) is not None:
-        raise Permanent("too_big", reason)
+def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter: DbReporter,
+              work: Path, resume_from: str | None) -> str | None:
+    """Pretrain (or continue a base model) on the corpus; the new model's id, or None if
+    cancelled."""
+    base_dir = None
+    if spec.base_model_id is not None:
+        base_dir = _download_base(attempt, store, reporter, work)
+    else:  # a shape too big for this worker fails now, not after tokenizing
+        check_fits(estimate_pretrain_bytes(spec), pick_device(None))
     try:
-        data_dir = _prepared_data(attempt, config, store, reporter, work)
+        data_dir = _prepared_data(attempt, spec, store, reporter, work, base_dir)
     except StopRequested:  # cancelled while the corpus was being tokenized
         return None
-    result = run_pretraining(config, str(data_dir), str(work / "run"), reporter,
-                             resume_from=resume_from)
+    result = run_pretraining(spec, str(data_dir), str(work / "run"), reporter,
+                             resume_from=resume_from,
+                             base_model_dir=None if base_dir is None else str(base_dir))
     if result.stopped or result.export_dir is None:
         return None
-    spec = attempt.spec
-    export = Path(result.export_dir)
-    return _publish(attempt, store, export, task="fill-mask",
-                    architecture=spec["model"]["architecture"], details={
+    task = "text-generation" if spec.objective == "clm" else "fill-mask"
+    return _publish(attempt, store, Path(result.export_dir), task=task,
+                    architecture=spec.model.architecture, details={
                         "num_parameters": result.num_parameters,
                         "tokenizer": result.tokenizer_info, "corpus": result.corpus_info,
                         "steps": result.steps, "tokens_seen": result.tokens_seen,
-                        "final_eval": result.final_eval, "objective": spec.get("objective"),
-                        "model": spec.get("model"),
-                        "sequence_length": config.hyperparameters.sequence_length,
-                        "recipe": config.recipe})
+                        "final_eval": result.final_eval, "objective": spec.objective,
+                        "model": spec.model.model_dump(mode="json"),
+                        "base_model_id": spec.base_model_id,
+                        "sequence_length": spec.hyperparameters.sequence_length,
+                        "recipe": spec.recipe})
 
 
-def _finetune(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path,
-              resume_from: str | None) -> str | None:
-    """Fine-tune the base model on the labelled data; returns the new model's id or None."""
-    from workers.engine.finetune import FinetuneConfig, run_finetune
-
+def _download_base(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
+                   work: Path) -> Path:
     if attempt.base_model is None:
         raise ConfigError("the base model no longer exists")
-    config = FinetuneConfig.from_spec(attempt.spec)
     base = work / "base"
     reporter.event("info", f"downloading base model {attempt.base_model.id}")
     store.get_dir(attempt.base_model.key, base)
+    return base
+
+
+def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter: DbReporter,
+              work: Path, resume_from: str | None) -> str | None:
+    """Fine-tune the base model on the labelled data; returns the new model's id or None."""
+    from workers.engine.finetune import run_finetune
+
+    base = _download_base(attempt, store, reporter, work)
     data = {}
     for split, stored in attempt.data.items():
         local = work / f"{split}.{stored.format}"
         store.get_file(stored.key, local)
         data[split] = (str(local), stored.format)
-    result = run_finetune(config, str(base), data, str(work / "run"), reporter,
+    result = run_finetune(spec, str(base), data, str(work / "run"), reporter,
                           resume_from=resume_from)
     if result.stopped or result.export_dir is None:
         return None
+    assert attempt.base_model is not None
     return _publish(attempt, store, Path(result.export_dir), task=result.task,
                     architecture=attempt.base_model.format, details={
-                        "base_model_id": attempt.base_model.id, "task": attempt.spec["task"],
+                        "base_model_id": attempt.base_model.id, "task": spec.task,
                         "labels": result.labels, "steps": result.steps,
                         "final_eval": result.final_eval, "test": result.test_metrics,
                         "num_parameters": result.num_parameters,
@@ -268,10 +286,10 @@ def _finetune(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: 
                         "adapter": attempt.spec.get("adapter")})
 
 
-def _prepared_data(attempt: Attempt, config: PretrainConfig, store: ObjectStore,
-                   reporter: DbReporter, work: Path) -> Path:
+def _prepared_data(attempt: Attempt, spec: PretrainSpec, store: ObjectStore,
+                   reporter: DbReporter, work: Path, base_dir: Path | None) -> Path:
     """Token shards for this dataset and tokenizer, made once and reused by later jobs."""
-    prefix = f"tokenized/{attempt.dataset.id}/{data_key(config)}"
+    prefix = f"tokenized/{attempt.dataset.id}/{data_key(spec)}"
     local = work / "data"
     if store.exists(f"{prefix}/meta.json"):  # meta.json is written last: the set is whole
         reporter.event("info", "reusing tokenized data from an earlier job on this dataset "
@@ -281,7 +299,8 @@ def _prepared_data(attempt: Attempt, config: PretrainConfig, store: ObjectStore,
     corpus = work / f"corpus.{attempt.dataset.format}"
     reporter.event("info", "downloading the dataset")
     store.get_file(attempt.dataset.key, corpus)
-    prepare_data(config, str(corpus), attempt.dataset.format, str(local), reporter)
+    prepare_data(spec, str(corpus), attempt.dataset.format, str(local), reporter,
+                 None if base_dir is None else str(base_dir))
     corpus.unlink()
     store.put_dir(local, prefix, last="meta.json")
     return local

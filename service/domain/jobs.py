@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from jobspec import ARCHITECTURES
 from service.db import rowcount
 from service.domain.ids import new_id
 from service.domain.pagination import newest_first, owned
@@ -62,10 +63,10 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, row: JobRow) -> "JobPublic":
         eta = None
-        if row.status == "running" and row.tokens_per_second and row.total_steps > row.step:
-            hp = row.spec["hyperparameters"]
-            per_step = hp.get("batch_size", 32) * hp.get("sequence_length", 128)
-            tokens_left = (row.total_steps - row.step) * per_step
+        if row.status == "running" and row.tokens_per_second and row.total_steps > row.step \
+                and row.step:
+            # Tokens per step as measured so far (fine-tuning batches vary in length).
+            tokens_left = (row.total_steps - row.step) * row.tokens_seen / row.step
             eta = round(tokens_left / row.tokens_per_second, 1)
         error = JobError(code=row.error_code, message=row.error_message or "") \
             if row.error_code else None
@@ -134,11 +135,39 @@ def _own_dataset(session: Session, owner: str, param: str, dataset_id: str | Non
     return dataset
 
 
-def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate) -> None:
+# The model task a continued-pretraining base must have for each objective.
+BASE_TASK = {"mlm": "fill-mask", "mlm_nsp": "fill-mask", "clm": "text-generation"}
+
+
+def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
+                    ) -> PretrainJobCreate:
+    """The job, checked against its dataset and base model; with a base model, re-read
+    with the base's architecture (which decides the objective's default)."""
     dataset = _own_dataset(session, owner, "dataset_id", job_in.dataset_id)
     if dataset is not None and dataset.kind == "tagged_tokens":
         raise _invalid("dataset_id", f"{dataset.id} holds tagged tokens; pretraining needs "
                        'text (.txt or JSON lines with "text")')
+    if job_in.base_model_id is None:
+        return job_in
+    base = session.get(ModelRow, job_in.base_model_id)
+    if base is None or base.owner != owner:
+        raise _invalid("base_model_id", f"no model with id {job_in.base_model_id!r}")
+    given = job_in.model_dump(mode="json", exclude_unset=True)
+    if "model" in given:
+        raise _invalid("model", "a continued-pretraining job keeps its base model's "
+                       "architecture and shape; leave model out")
+    if base.architecture not in ARCHITECTURES:
+        raise _invalid("base_model_id", f"continued pretraining supports "
+                       f"{', '.join(ARCHITECTURES)}; {base.id} is a {base.architecture}")
+    job_in = PretrainJobCreate.model_validate(
+        {**given, "model": {"architecture": base.architecture}})
+    if (problem := job_in.inconsistency()) is not None:
+        raise _invalid(*problem)
+    needed = BASE_TASK[job_in.objective or "mlm"]
+    if base.task != needed:
+        raise _invalid("base_model_id", f"{job_in.objective} continues a {needed} model; "
+                       f"{base.id} is a {base.task} model")
+    return job_in
 
 
 def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> None:
@@ -166,9 +195,9 @@ def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) 
     if (problem := job_in.inconsistency()) is not None:
         raise _invalid(*problem)
     if isinstance(job_in, PretrainJobCreate):
-        _check_pretrain(session, owner, job_in)
-        name = job_in.name or \
-            f"{job_in.model.architecture}-{job_in.model.size}-{job_in.objective}"
+        job_in = _check_pretrain(session, owner, job_in)
+        shape = job_in.base_model_id or f"{job_in.model.architecture}-{job_in.model.size}"
+        name = job_in.name or f"{shape}-{job_in.objective}"
         total_steps = job_in.hyperparameters.max_steps
     else:
         _check_finetune(session, owner, job_in)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from workers.engine import PretrainConfig, prepare_data
+from jobspec import PretrainSpec, parse_spec
+from workers.engine import prepare_data
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 EN_TRAIN = DATA / "en" / "pretrain" / "train.txt.gz"
@@ -68,19 +69,28 @@ def zh_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _slice(ZH_TRAIN, 200_000, tmp_path_factory.mktemp("zh") / "zh.txt")
 
 
-def tiny_config(**hyperparameters: Any) -> PretrainConfig:
+def tiny_config(**hyperparameters: Any) -> PretrainSpec:
     """A model and run small enough to train in seconds on a laptop CPU."""
-    return PretrainConfig.from_spec(tiny_spec(**hyperparameters))
+    spec = parse_spec(tiny_spec(**hyperparameters))
+    assert isinstance(spec, PretrainSpec)
+    return spec
 
 
-def tiny_spec(**hyperparameters: Any) -> dict[str, Any]:
-    """The job spec of tiny_config, for tests that go through from_spec themselves."""
+TOKENIZERS = {"bert": "wordpiece", "roberta": "bpe", "gpt2": "bpe", "llama": "unigram"}
+
+
+def tiny_spec(*, architecture: str = "bert", objective: str | None = None,
+              tokenizer: str | None = None, **hyperparameters: Any) -> dict[str, Any]:
+    """The job spec of tiny_config, for tests that go through parse_spec themselves."""
     hp = {"max_steps": 50, "batch_size": 16, "sequence_length": 64, "learning_rate": 1e-3,
           "warmup_steps": 5, **hyperparameters}
     return {
-        "type": "pretrain", "objective": "mlm", "name": "test", "dataset_id": "ds_test",
-        "model": {"architecture": "bert", "size": "tiny"},
-        "tokenizer": {"type": "wordpiece", "vocab_size": 2000, "lowercase": True},
+        "type": "pretrain", "objective": objective or ("clm" if architecture in ("gpt2", "llama")
+                                                       else "mlm"),
+        "name": "test", "dataset_id": "ds_test",
+        "model": {"architecture": architecture, "size": "tiny"},
+        "tokenizer": {"type": tokenizer or TOKENIZERS[architecture], "vocab_size": 2000,
+                      "lowercase": architecture == "bert"},
         "hyperparameters": hp,
         "log_every": 10, "eval_every": 10, "checkpoint_every": 25,
     }

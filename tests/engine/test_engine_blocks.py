@@ -14,7 +14,7 @@ CLS, SEP, PAD = 2, 3, 0
 
 def test_packer_exact_length_no_padding_across_pieces():
     stream = np.arange(10, 10 + 100, dtype=np.uint16)
-    packer = BlockPacker(16, CLS, SEP, np.dtype(np.uint16))
+    packer = BlockPacker(16, np.dtype(np.uint16), CLS, SEP)
     blocks = np.concatenate([packer.add(piece) for piece in np.split(stream, [5, 33, 34, 90])])
     assert blocks.shape == (100 // 14, 16) and blocks.dtype == np.uint16
     assert (blocks[:, 0] == CLS).all() and (blocks[:, -1] == SEP).all()
@@ -32,7 +32,7 @@ def _word_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def test_encode_batches_separates_documents():
-    pieces = list(encode_batches(["a b", "b", "   ", "a a a"], _word_tokenizer(),
+    pieces = list(encode_batches(["a b", "b", "   ", "a a a"], _word_tokenizer(), SEP,
                                  docs_per_batch=2))
     stream = np.concatenate(pieces)
     assert stream.tolist() == [5, 6, SEP, 6, SEP, 5, 5, 5]  # no [SEP] for the empty doc

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from jobspec import parse_spec
 from workers.engine import EngineError, StopRequested, data_key, prepare_data, run_pretraining
 from workers.engine import data as data_module
 from workers.engine.blocks import BlockPacker, encode_batches
 from workers.engine.corpus import iter_documents
-from workers.engine.data import load_tokenizer
+from workers.engine.data import load_data_tokenizer as load_tokenizer
 
 
 def test_meta_and_files(en_data, make_config):
@@ -37,24 +38,27 @@ def test_small_shards_hold_every_block_once(en_corpus, tmp_path, reporter, make_
     got = np.concatenate([*shards, np.load(tmp_path / "valid.npy")])
     # The same blocks as packing the whole stream in one go, each exactly once.
     tokenizer = load_tokenizer(tmp_path)
-    packer = BlockPacker(64, tokenizer.cls_token_id, tokenizer.sep_token_id, np.dtype("uint16"))
+    packer = BlockPacker(64, np.dtype("uint16"), tokenizer.cls_token_id, tokenizer.sep_token_id)
     stream = np.concatenate(list(encode_batches(iter_documents(str(en_corpus), "txt"),
-                                                tokenizer)))
+                                                tokenizer, tokenizer.sep_token_id)))
     expected = packer.add(stream)
     assert len(got) == len(expected) and meta["tokens"] == len(stream)
     assert sorted(map(bytes, got)) == sorted(map(bytes, expected))
     assert "tokenized" in " ".join(m for _, m in reporter.events)
 
 
-def test_data_key_tracks_only_data_settings(make_config):
+def test_data_key_tracks_only_data_settings(make_config, make_spec):
     base = data_key(make_config())
     assert len(base) == 16 and base == data_key(make_config())
     assert data_key(make_config(learning_rate=3e-4, max_steps=7, warmup_steps=1)) == base
     assert data_key(make_config(mask_probability=0.3, whole_word_masking=True)) == base
     assert data_key(make_config(sequence_length=32)) != base
-    config = make_config()
-    changed = type(config)(**{**config.__dict__, "validation_fraction": 0.1})
+    changed = make_config().model_copy(update={"validation_fraction": 0.1})
     assert data_key(changed) != base
+    # another architecture or objective frames rows differently
+    gpt2 = make_spec(architecture="gpt2")
+    assert data_key(parse_spec(gpt2)) != base
+    assert data_key(parse_spec(make_spec(objective="mlm_nsp"))) != base
 
 
 def test_stop_while_preparing(en_corpus, tmp_path, make_reporter, make_config):

@@ -1,36 +1,63 @@
-"""The masked-only MLM loss, FLOP counting for MFU, speed-setting resolution, recipe events."""
+"""Architectures and the masked-only MLM loss, FLOP counting for MFU, speed settings."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from transformers import AutoTokenizer
 
-from workers.engine import PretrainConfig, run_pretraining
-from workers.engine.config import ModelConfig
+from jobspec import ModelSpec, parse_spec
+from workers.engine import run_pretraining
+from workers.engine.architectures import build_model, flops_per_token, peak_flops
 from workers.engine.masking import IGNORE_INDEX
-from workers.engine.model import build_model, flops_per_token, mlm_loss, peak_flops
+from workers.engine.objectives.mlm import POSITION_BUCKET, MaskedLM, masked_positions
 from workers.engine.speed import resolve_attention, resolve_precision
 
 
-def test_sparse_loss_equals_the_stock_full_head_loss():
-    model = build_model(ModelConfig(size="tiny"), vocab_size=300, pad_token_id=0, seed=0,
+@pytest.fixture(scope="module")
+def tokenizer(en_data):
+    return AutoTokenizer.from_pretrained(en_data / "tokenizer")
+
+
+def test_sparse_loss_equals_the_stock_full_head_loss(tokenizer):
+    model = build_model(ModelSpec(size="tiny"), "mlm", tokenizer, seed=0, attention="eager",
                         dropout=0.0)
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randint(5, 300, (4, 16), generator=generator)
+    inputs = torch.randint(5, len(tokenizer), (4, 16), generator=generator)
     labels = torch.where(torch.rand(4, 16, generator=generator) < 0.3, inputs, IGNORE_INDEX)
-    flat = labels.flatten()
-    positions = (flat != IGNORE_INDEX).nonzero().squeeze(1)
-    sparse = mlm_loss(model, model.bert, inputs, positions, flat[positions])
-    full = mlm_loss(model, model.bert, inputs, None, labels)
-    stock = model(input_ids=inputs, labels=labels).loss * len(positions)  # HF's mean
-    torch.testing.assert_close(sparse, full)
-    torch.testing.assert_close(sparse, stock)
+    masked = int((labels != IGNORE_INDEX).sum())
+    losses = []
+    for sparse in (True, False):
+        objective = MaskedLM.__new__(MaskedLM)  # only the loss: no data needed
+        objective.encoder, objective.head = model.bert, model.cls
+        objective.forward_encoder, objective.sparse = model.bert, sparse
+        losses.append(objective.loss({"input_ids": inputs, "labels": labels},
+                                     {"masked": masked}, torch.device("cpu")))
+    stock = model(input_ids=inputs, labels=labels).loss  # HF's mean
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(losses[0], stock)
 
 
-def test_flops_per_token_and_peaks():
-    model = build_model(ModelConfig(size="mini"), vocab_size=8192, pad_token_id=0, seed=0)
+@pytest.mark.parametrize("architecture", ["bert", "roberta", "gpt2", "llama"])
+def test_every_architecture_builds_with_the_preset(tokenizer, architecture):
+    objective = "clm" if architecture in ("gpt2", "llama") else "mlm"
+    model = build_model(ModelSpec(architecture=architecture, size="tiny"), objective, tokenizer,
+                        seed=0, attention="eager", dropout=0.0)
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (
+        2, 128, 2)
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+
+
+def test_flops_per_token_and_peaks(tokenizer):
+    model = build_model(ModelSpec(size="mini"), "mlm", tokenizer, seed=0, attention="eager",
+                        dropout=0.0)
+    vocab = len(tokenizer)
     layer = 4 * 256 * 256 + 4 * 256 + 2 * 256 * 1024 + 1024 + 256 + 4 * 256  # + LayerNorms
-    head = 256 * 256 + 256 + 2 * 256 + 8192  # transform, its LayerNorm, decoder bias
-    assert flops_per_token(model, 128) == 6 * (4 * layer + head) + 12 * 4 * 256 * 128
+    head = 256 * 256 + 256 + 2 * 256 + vocab  # transform, its LayerNorm, decoder bias
+    embedding_norm = 2 * 256
+    assert flops_per_token(model, 128) == 6 * (4 * layer + head + embedding_norm) + \
+        12 * 4 * 256 * 128
     assert peak_flops(torch.device("cpu")) is None
 
 
@@ -42,17 +69,14 @@ def test_auto_settings():
 
 
 def test_recipe_is_announced(en_data, tmp_path, make_reporter, make_spec):
-    config = PretrainConfig.from_spec({**make_spec(max_steps=3, warmup_steps=1),
-                                       "recipe": "fast"})
+    spec = parse_spec({**make_spec(max_steps=3, warmup_steps=1), "recipe": "fast"})
     reporter = make_reporter()
-    run_pretraining(config, str(en_data), str(tmp_path), reporter)
-    messages = [m for _, m in reporter.events if m.startswith("recipe 'fast' set")]
-    assert len(messages) == 1 and "hyperparameters.schedule=wsd" in messages[0]
+    run_pretraining(spec, str(en_data), str(tmp_path), reporter)
+    messages = [m for _, m in reporter.events if m.startswith("recipe 'fast'")]
+    assert len(messages) == 1 and "schedule wsd" in messages[0]
 
 
 def test_masked_positions_are_padded_to_a_bucket_with_ignored_rows():
-    from workers.engine.run import POSITION_BUCKET, masked_positions
-
     labels = torch.full((2, 50), IGNORE_INDEX)
     labels[0, 3], labels[1, 7] = 11, 12
     positions, targets = masked_positions(labels)

@@ -1,4 +1,5 @@
-"""Exact resume: N+M steps straight equal N steps, a stop, a resume and M more, bit for bit."""
+"""Exact resume on the one loop: N+M steps straight equal N steps, a stop, a resume and M
+more, bit for bit, for every objective."""
 
 from __future__ import annotations
 
@@ -8,47 +9,78 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from workers.engine import ConfigError, PretrainConfig, run_pretraining
+from jobspec import parse_spec
+from workers.engine import ConfigError, prepare_data, run_pretraining
 
 pytestmark = pytest.mark.slow
 
 N, M = 6, 5
 
 
-def _config(make_config, **hyperparameters) -> PretrainConfig:
-    config = make_config(max_steps=N + M, warmup_steps=3, **hyperparameters)
+def _spec(make_spec, **kwargs):
+    spec = make_spec(max_steps=N + M, warmup_steps=3, **kwargs)
     # Log every step; checkpoint at N (and at the end); no eval in between.
-    return type(config)(**{**config.__dict__, "log_every": 1, "eval_every": 1000,
-                           "checkpoint_every": N})
+    return parse_spec({**spec, "log_every": 1, "eval_every": 1000, "checkpoint_every": N})
+
+
+@pytest.fixture(scope="module")
+def prepared(en_corpus, tmp_path_factory, make_reporter):
+    """Prepared data per spec's data settings, made once per module."""
+    made: dict[str, Path] = {}
+
+    def get(spec) -> Path:
+        from workers.engine import data_key
+
+        key = data_key(spec)
+        if key not in made:
+            out = tmp_path_factory.mktemp("data")
+            prepare_data(spec, str(en_corpus), "txt", str(out), make_reporter())
+            made[key] = out
+        return made[key]
+
+    return get
 
 
 def _curve(reporter) -> list[tuple[float, float, float]]:
     return [(p["train_loss"], p["grad_norm"], p["learning_rate"]) for p in reporter.logs]
 
 
-@pytest.mark.parametrize("hyperparameters", [
-    {},  # the fast defaults: bf16 where the CPU has it, masked-only head
-    {"precision": "fp32", "sparse_prediction": False, "dropout": 0.1, "micro_batch_size": 4,
-     "optimizer_impl": "foreach", "attention": "sdpa"},
-    {"whole_word_masking": True, "schedule": "wsd", "mask_probability": 0.3, "dropout": 0.1},
-], ids=["defaults", "fp32-dropout-accumulation", "wwm-wsd"])
-def test_stop_and_resume_is_bitwise_identical(en_data, tmp_path, make_reporter, make_config,
-                                              hyperparameters):
-    config = _config(make_config, **hyperparameters)
+CASES = {
+    # the fast defaults: bf16 where the CPU has it, masked-only head
+    "mlm-defaults": {},
+    "mlm-fp32-dropout-accumulation": {
+        "precision": "fp32", "sparse_prediction": False, "dropout": 0.1, "micro_batch_size": 4,
+        "optimizer_impl": "foreach", "attention": "sdpa"},
+    "mlm-wwm-wsd": {"whole_word_masking": True, "schedule": "wsd", "mask_probability": 0.3,
+                    "dropout": 0.1},
+    "roberta-mlm": {"architecture": "roberta"},
+    "mlm_nsp": {"objective": "mlm_nsp", "micro_batch_size": 8, "dropout": 0.1},
+    "gpt2-clm": {"architecture": "gpt2", "dropout": 0.1},
+    "llama-clm": {"architecture": "llama", "micro_batch_size": 8},
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_stop_and_resume_is_bitwise_identical(prepared, tmp_path, make_reporter, make_spec,
+                                              case):
+    spec = _spec(make_spec, **case)
+    data = str(prepared(spec))
     straight = make_reporter()
-    done = run_pretraining(config, str(en_data), str(tmp_path / "straight"), straight)
+    done = run_pretraining(spec, data, str(tmp_path / "straight"), straight)
 
     first = make_reporter(stop_after_logs=N)  # stops after the checkpoint of step N
-    stopped = run_pretraining(config, str(en_data), str(tmp_path / "first"), first)
+    stopped = run_pretraining(spec, data, str(tmp_path / "first"), first)
     assert stopped.stopped and stopped.steps == N and first.checkpoints[0][0] == N
     state = json.loads((Path(first.checkpoints[0][1]) / "trainer_state.json").read_text())
-    assert state["rng"]["sampler"]["position"] == N * 16  # where the data stream stood
+    # where the data stream stood
+    assert state["rng"]["objective"]["sampler"]["position"] == N * 16
 
     second = make_reporter()
-    resumed = run_pretraining(config, str(en_data), str(tmp_path / "second"), second,
+    resumed = run_pretraining(spec, data, str(tmp_path / "second"), second,
                               resume_from=first.checkpoints[0][1])
     assert resumed.steps == N + M and resumed.tokens_seen == done.tokens_seen
     assert [p["step"] for p in second.logs] == list(range(N + 1, N + M + 1))
+    assert all(p["total_steps"] == N + M for p in second.logs)
     assert _curve(first) + _curve(second) == _curve(straight)
     assert resumed.final_eval == done.final_eval
     ours = load_file(str(Path(resumed.export_dir) / "model.safetensors"))
@@ -58,13 +90,14 @@ def test_stop_and_resume_is_bitwise_identical(en_data, tmp_path, make_reporter, 
     assert any("resumed from the checkpoint of step 6" in m for _, m in second.events)
 
 
-def test_resume_refuses_another_model(en_data, tmp_path, make_reporter, make_config):
-    config = _config(make_config)
+def test_resume_refuses_another_model(prepared, tmp_path, make_reporter, make_spec):
+    spec = _spec(make_spec)
+    data = str(prepared(spec))
     first = make_reporter(stop_after_logs=N)
-    run_pretraining(config, str(en_data), str(tmp_path / "first"), first)
-    spec_model = {**config.to_dict()["model"], "size": None, "hidden_size": 64}
-    other = type(config)(**{**config.__dict__,
-                            "model": type(config.model)(**{**spec_model, "num_heads": 1})})
-    with pytest.raises(ConfigError, match="other data or another model"):
-        run_pretraining(other, str(en_data), str(tmp_path / "x"), make_reporter(),
+    run_pretraining(spec, data, str(tmp_path / "first"), first)
+    raw = spec.model_dump()
+    raw["model"] = {**raw["model"], "hidden_size": 64, "num_heads": 1}
+    other = parse_spec(raw)
+    with pytest.raises(ConfigError, match="another run"):
+        run_pretraining(other, data, str(tmp_path / "x"), make_reporter(),
                         resume_from=first.checkpoints[0][1])

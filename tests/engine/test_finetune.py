@@ -14,11 +14,12 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from workers.engine import ConfigError, CorpusError, ModelConfig, TokenizerConfig
+from jobspec import FinetuneSpec, ModelSpec, TokenizerSpec
+from workers.engine import ConfigError, CorpusError
+from workers.engine.architectures import build_model
 from workers.engine.checkpoint import save_export
 from workers.engine.corpus import iter_documents
-from workers.engine.finetune import FinetuneConfig, FinetuneResult, run_finetune
-from workers.engine.model import build_model
+from workers.engine.finetune import FinetuneResult, run_finetune
 from workers.engine.tokenizer import count_characters, train_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SPAM = DATA / "en" / "cls" / "spamassassin.jsonl.gz"
 BROWN = {split: DATA / "en" / "pos" / f"brown-{split}.conll.gz"
          for split in ("train", "valid", "test")}
-LOG_KEYS = {"step", "train_loss", "learning_rate", "grad_norm", "tokens_per_second",
+LOG_KEYS = {"step", "total_steps", "train_loss", "learning_rate", "grad_norm", "tokens_per_second",
             "tokens_seen"}
 
 
@@ -36,10 +37,10 @@ def base(en_corpus, tmp_path_factory) -> str:
     """A tiny BertForMaskedLM export, as pretraining writes one: WordPiece trained on the
     English slice, random weights (these tests are about fine-tuning, not pretraining)."""
     docs = list(iter_documents(str(en_corpus), "txt"))
-    tokenizer = train_tokenizer(docs, count_characters(docs), TokenizerConfig(vocab_size=2000),
-                                512)
-    shape = ModelConfig(size=None, hidden_size=64, num_layers=2, num_heads=2)
-    model = build_model(shape, len(tokenizer), tokenizer.pad_token_id, seed=0)
+    spec = TokenizerSpec(type="wordpiece", vocab_size=2000, lowercase=True)
+    tokenizer = train_tokenizer(docs, count_characters(docs), spec, "bert", 512)
+    shape = ModelSpec(hidden_size=64, num_layers=2, num_heads=2)
+    model = build_model(shape, "mlm", tokenizer, seed=0, attention="eager", dropout=0.1)
     return str(save_export(tmp_path_factory.mktemp("base"), model, tokenizer))
 
 
@@ -72,11 +73,12 @@ def brown(tmp_path_factory) -> dict[str, tuple[str, str]]:
     return data
 
 
-def _config(task: str, **overrides) -> FinetuneConfig:
+def _config(task: str, **overrides) -> FinetuneSpec:
     hp = {"epochs": 4, "batch_size": 32, "learning_rate": 2e-3, "sequence_length": 64,
           **overrides.pop("hyperparameters", {})}
-    return FinetuneConfig.from_spec({"type": "finetune", "task": task, "hyperparameters": hp,
-                                     "log_every": 5, **overrides})
+    return FinetuneSpec.model_validate({
+        "type": "finetune", "task": task, "hyperparameters": hp, "log_every": 5,
+        "base_model_id": "m_base", "dataset_id": "ds_data", **overrides})
 
 
 def _majority_share(values: list[str]) -> float:
@@ -209,8 +211,9 @@ N, M = 4, 3
 @pytest.mark.parametrize("adapter", [None, {"type": "lora", "r": 2}], ids=["full", "lora"])
 def test_stop_and_resume_is_exact(base, brown, tmp_path, make_reporter, adapter):
     # Dropout on, so the RNG state must travel with the checkpoint; steps span two epochs.
-    config = FinetuneConfig.from_spec({
-        "task": "token_classification", "adapter": adapter, "validation_fraction": 0.2,
+    config = FinetuneSpec.model_validate({
+        "task": "token_classification", "base_model_id": "m_base", "dataset_id": "ds_data",
+        "adapter": adapter, "validation_fraction": 0.2,
         "hyperparameters": {"max_steps": N + M, "batch_size": 8, "learning_rate": 1e-3,
                             "sequence_length": 32, "dropout": 0.1, "warmup_ratio": 0.3},
         "log_every": 1, "eval_every": 1000, "checkpoint_every": N})
@@ -232,13 +235,13 @@ def test_stop_and_resume_is_exact(base, brown, tmp_path, make_reporter, adapter)
         return [(p["step"], p["train_loss"], p["grad_norm"], p["learning_rate"],
                  p["tokens_seen"]) for p in reporter.logs]
     assert curve(first) + curve(second) == curve(straight)
+    assert all(p["total_steps"] == N + M for p in straight.logs)
     assert resumed.final_eval == done.final_eval
     ours = load_file(str(Path(resumed.export_dir) / "model.safetensors"))
     theirs = load_file(str(Path(done.export_dir) / "model.safetensors"))
     assert all(ours[k].equal(theirs[k]) for k in theirs) and ours.keys() == theirs.keys()
 
-    other = FinetuneConfig.from_spec({**config.to_dict(), "labels": None,
-                                      "validation_fraction": 0.3})
-    with pytest.raises(ConfigError, match="another fine-tuning run"):
+    other = config.model_copy(update={"validation_fraction": 0.3})
+    with pytest.raises(ConfigError, match="another run"):
         run_finetune(other, base, data, str(tmp_path / "x"), make_reporter(),
                      resume_from=first.checkpoints[0][1])

@@ -1,28 +1,27 @@
-"""Cloze training engine: pure PyTorch/transformers code, no service dependencies.
+"""Cloze training engine: PyTorch, transformers and tokenizers; it knows no database or HTTP.
 
-prepare_data tokenizes a local corpus file once into token shards; run_pretraining trains
-from them (or resumes from a checkpoint) and reports through a Reporter.
+prepare_data tokenizes a local corpus file once into token shards; run_pretraining and
+run_finetune train on the one loop (loop.py) and report through a Reporter.
 """
 
+from workers.engine.capacity import TooBig, check_fits
 from workers.engine.checkpoint import verify_checkpoint
-from workers.engine.config import Hyperparameters, ModelConfig, PretrainConfig, TokenizerConfig
 from workers.engine.data import data_key, prepare_data
 from workers.engine.errors import ConfigError, CorpusError, EngineError, StopRequested
+from workers.engine.pretrain import PretrainResult, estimate_pretrain_bytes, run_pretraining
 from workers.engine.reporter import Reporter
-from workers.engine.run import PretrainResult, run_pretraining
 
 __all__ = [
     "ConfigError",
     "CorpusError",
     "EngineError",
-    "Hyperparameters",
-    "ModelConfig",
-    "PretrainConfig",
     "PretrainResult",
     "Reporter",
     "StopRequested",
-    "TokenizerConfig",
+    "TooBig",
+    "check_fits",
     "data_key",
+    "estimate_pretrain_bytes",
     "prepare_data",
     "run_pretraining",
     "verify_checkpoint",

@@ -22,12 +22,13 @@ def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def encode_batches(
-    documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, docs_per_batch: int = 256
+    documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, separator: int,
+    docs_per_batch: int = 256,
 ) -> Iterator[np.ndarray]:
-    """Tokenize documents in batches into a 1-D id stream, yielded piecewise, [SEP] between docs."""
+    """Tokenize documents in batches into a 1-D id stream, yielded piecewise, with the
+    separator token ([SEP], </s> or the end-of-text token) between documents."""
     dtype = token_dtype(len(tokenizer))
     backend = tokenizer.backend_tokenizer
-    sep = tokenizer.sep_token_id
     started = False
     for batch in _batched(documents, docs_per_batch):
         ids: list[int] = []
@@ -35,7 +36,7 @@ def encode_batches(
             if not encoding.ids:  # e.g. a line of control characters only
                 continue
             if started:
-                ids.append(sep)
+                ids.append(separator)
             started = True
             ids.extend(encoding.ids)
         if ids:
@@ -43,11 +44,15 @@ def encode_batches(
 
 
 class BlockPacker:
-    """Cuts a token stream, fed piecewise, into [CLS] + (length - 2) tokens + [SEP] rows."""
+    """Cuts a token stream, fed piecewise, into rows of sequence_length tokens: framed as
+    start + (length - 2) tokens + end for encoders ([CLS] ... [SEP], <s> ... </s>), or
+    plain for decoders (start and end None), which see document ends as separators."""
 
-    def __init__(self, sequence_length: int, cls_id: int, sep_id: int, dtype: np.dtype) -> None:
-        self.body = sequence_length - 2
-        self.sequence_length, self.cls_id, self.sep_id = sequence_length, cls_id, sep_id
+    def __init__(self, sequence_length: int, dtype: np.dtype, start: int | None = None,
+                 end: int | None = None) -> None:
+        self.framed = start is not None and end is not None
+        self.body = sequence_length - 2 if self.framed else sequence_length
+        self.sequence_length, self.start, self.end = sequence_length, start, end
         self.rest = np.zeros(0, dtype=dtype)  # the tail that does not fill a block yet
         self.tokens = 0
 
@@ -56,11 +61,14 @@ class BlockPacker:
         self.tokens += len(ids)
         stream = np.concatenate([self.rest, ids])
         n = len(stream) // self.body
-        blocks = np.empty((n, self.sequence_length), dtype=stream.dtype)
-        blocks[:, 0] = self.cls_id
-        blocks[:, 1:-1] = stream[: n * self.body].reshape(n, self.body)
-        blocks[:, -1] = self.sep_id
+        body = stream[: n * self.body].reshape(n, self.body)
         self.rest = stream[n * self.body :]
+        if not self.framed:
+            return body
+        blocks = np.empty((n, self.sequence_length), dtype=stream.dtype)
+        blocks[:, 0] = self.start
+        blocks[:, 1:-1] = body
+        blocks[:, -1] = self.end
         return blocks
 
 

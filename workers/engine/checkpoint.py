@@ -22,7 +22,7 @@ from workers.engine.errors import EngineError
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: one loop; trainer_state holds a fingerprint and the objective's RNG
 
 
 def checkpoint_dir(workdir: str | Path, step: int) -> Path:
@@ -181,10 +181,11 @@ def load_checkpoint(directory: str | Path, state: dict[str, Any], model: torch.n
     if any(k in own and own[k].shape != v.shape for k, v in weights.items()):
         raise EngineError("the checkpoint's weights do not match the model configuration")
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    # save_pretrained leaves out the decoder weights tied to the input embeddings; loading
-    # copies in place, so the tie holds.
-    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
-    if unexpected or set(missing) - tied:
+    # save_pretrained leaves out weights tied to others (output to input embeddings); a
+    # missing key is fine when its tensor is one that was loaded, as loading copies in place.
+    storage = {name: t.data_ptr() for name, t in own.items()}
+    loaded = {storage[k] for k in weights if k in storage}
+    if unexpected or any(storage[k] not in loaded for k in missing):
         raise EngineError("the checkpoint's weights do not match the model configuration")
     restore_optimizer(optimizer, model,
                       load_file(str(directory / "optimizer.safetensors")), state["optimizer"])

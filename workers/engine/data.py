@@ -1,10 +1,13 @@
 """Tokenize a corpus once into token-block shards that any later run can memory-map.
 
 Layout of a prepared data directory (meta.json is written last: its presence means complete):
-  tokenizer/          the trained tokenizer (save_pretrained)
-  train-00000.npy...  training blocks, [n, sequence_length], at most SHARD_BYTES each
-  valid.npy           the held-out blocks
-  meta.json           counts, dtype, vocab size, sequence_length, data_key, format version
+  tokenizer/          the trained tokenizer (save_pretrained), or the base model's
+  train-00000.npy...  training rows, [n, row_width], at most SHARD_BYTES each
+  valid.npy           the held-out rows
+  meta.json           counts, dtype, vocab size, row width, data_key, format version
+
+A row is a block of sequence_length tokens ([CLS] ... [SEP] for encoders, plain for
+decoders), or for mlm_nsp a padded segment pair plus its label in one more column.
 """
 
 from __future__ import annotations
@@ -13,21 +16,21 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import BertTokenizer
+from transformers import PreTrainedTokenizerBase
 
+from jobspec import PretrainSpec
 from workers.engine.blocks import BlockPacker, encode_batches, token_dtype
-from workers.engine.config import PretrainConfig
 from workers.engine.corpus import iter_documents
 from workers.engine.errors import CorpusError, EngineError, StopRequested
+from workers.engine.pairs import PairMaker, tokenize_documents
 from workers.engine.reporter import Reporter
-from workers.engine.tokenizer import count_characters, train_tokenizer
+from workers.engine.tokenizer import count_characters, load_tokenizer, train_tokenizer
 
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2  # 2: objectives and architectures beyond BERT MLM
 META = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 VALID_FILE = "valid.npy"
@@ -39,15 +42,20 @@ SPLIT_SEED = 0
 STOP_POLL_DOCUMENTS = 256  # while reading the corpus, ask should_stop() this often
 
 
-def data_key(config: PretrainConfig) -> str:
+def data_key(spec: PretrainSpec) -> str:
     """Short stable hash of every setting that changes the prepared data."""
     settings = {
         "format_version": DATA_FORMAT_VERSION,
-        "tokenizer": asdict(config.tokenizer),
+        "tokenizer": spec.tokenizer.model_dump(mode="json"),
+        # The base model's tokenizer, for from_model (a model's files never change).
+        "base_model_id": spec.base_model_id if spec.tokenizer.type == "from_model" else None,
+        # Special tokens and row framing differ by architecture and objective.
+        "architecture": spec.model.architecture,
+        "objective": spec.objective,
         # Stored in the tokenizer as model_max_length.
-        "max_position_embeddings": config.model.max_position_embeddings,
-        "sequence_length": config.hyperparameters.sequence_length,
-        "validation_fraction": config.validation_fraction,
+        "max_position_embeddings": spec.model.max_position_embeddings,
+        "sequence_length": spec.hyperparameters.sequence_length,
+        "validation_fraction": spec.validation_fraction,
     }
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -72,10 +80,10 @@ class _Documents:
 class _ShardWriter:
     """Buffers training blocks and writes full shards; the last shard stays open until close."""
 
-    def __init__(self, out: Path, sequence_length: int, dtype: np.dtype) -> None:
+    def __init__(self, out: Path, width: int, dtype: np.dtype) -> None:
         self.out = out
-        self.capacity = max(1, SHARD_BYTES // (sequence_length * dtype.itemsize))
-        self.buffer = np.empty((self.capacity, sequence_length), dtype=dtype)
+        self.capacity = max(1, SHARD_BYTES // (width * dtype.itemsize))
+        self.buffer = np.empty((self.capacity, width), dtype=dtype)
         self.fill, self.shards, self.total = 0, [], 0
 
     def add(self, block: np.ndarray) -> None:
@@ -138,80 +146,120 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def prepare_data(config: PretrainConfig, corpus_path: str, corpus_format: str, out_dir: str,
-                 reporter: Reporter) -> dict[str, Any]:
-    """Train the tokenizer, encode and pack the corpus into shards under out_dir; return meta.
+def prepare_data(spec: PretrainSpec, corpus_path: str, corpus_format: str, out_dir: str,
+                 reporter: Reporter, base_model_dir: str | None = None) -> dict[str, Any]:
+    """Train the tokenizer (or take the base model's), encode and pack the corpus into
+    shards under out_dir; return meta.
 
-    Three streaming passes over the corpus (characters, tokenizer training, encoding).
+    Streaming passes over the corpus (characters, tokenizer training, encoding); mlm_nsp
+    holds the tokenized corpus in memory, as it draws segments from random documents.
     Raises CorpusError for an unusable corpus and StopRequested if should_stop() says so.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)
-    hp = config.hyperparameters
-    seq = hp.sequence_length
+    seq = spec.hyperparameters.sequence_length
     documents = _Documents(corpus_path, corpus_format, reporter)
-
-    char_counts = count_characters(documents)
-    if documents.count == 0:
-        raise CorpusError("the corpus has no documents: the file is empty or has only "
-                          "blank lines")
-    reporter.event("info", f"training {config.tokenizer.type} tokenizer "
-                           f"(vocab {config.tokenizer.vocab_size}) on {documents.count} documents")
-    tokenizer = train_tokenizer(documents, char_counts, config.tokenizer,
-                                config.model.max_position_embeddings)
-    vocab_size = len(tokenizer)
+    tokenizer = _tokenizer(spec, documents, reporter, base_model_dir)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
-    reporter.event("info", f"trained tokenizer: {vocab_size} tokens in the vocabulary")
 
-    dtype = token_dtype(vocab_size)
-    packer = BlockPacker(seq, tokenizer.cls_token_id, tokenizer.sep_token_id, dtype)
-    train = _ShardWriter(out, seq, dtype)
-    valid = _RowFile(out / VALID_FILE, seq, dtype)
+    dtype = token_dtype(len(tokenizer))
+    width = seq + 1 if spec.objective == "mlm_nsp" else seq
+    train = _ShardWriter(out, width, dtype)
+    valid = _RowFile(out / VALID_FILE, width, dtype)
     split = np.random.default_rng(SPLIT_SEED)
-    for ids in encode_batches(documents, tokenizer):
-        blocks = packer.add(ids)
-        # One uniform draw per block, in corpus order: the split does not depend on batching.
-        held_out = split.random(len(blocks)) < config.validation_fraction
-        for block, is_valid in zip(blocks, held_out, strict=True):
-            (valid if is_valid else train).add(block)
+    rows, tokens = _rows(spec, documents, tokenizer)
+    for block in rows:
+        # One uniform draw per row, in corpus order: the split does not depend on batching.
+        (valid if split.random() < spec.validation_fraction else train).add(block)
     if train.total + valid.count < 2:
         valid.close()
+        body = {"mlm": seq - 2, "clm": seq}.get(spec.objective or "")
+        need = f"but at least {2 * body} are needed" if body else "too few"
         raise CorpusError(
-            f"the corpus is too small: it has {packer.tokens} tokens, but at least "
-            f"{2 * (seq - 2)} are needed to make 2 blocks of sequence_length {seq}; "
-            "add text or lower sequence_length"
+            f"the corpus is too small: it has {tokens()} tokens, {need} to make 2 rows of "
+            f"sequence_length {seq}; add text or lower sequence_length"
         )
-    # At least one block on each side (a tiny corpus or an extreme fraction).
+    # At least one row on each side (a tiny corpus or an extreme fraction).
     if valid.count == 0:
         valid.add(train.pop())
     valid.close()
     if train.total == 0:
-        rows = np.load(out / VALID_FILE)
-        np.save(out / VALID_FILE, rows[:-1])
-        train.add(rows[-1])
+        held = np.load(out / VALID_FILE)
+        np.save(out / VALID_FILE, held[:-1])
+        train.add(held[-1])
     n_valid = len(np.load(out / VALID_FILE, mmap_mode="r"))
     shards = train.close()
 
     meta = {
         "format_version": DATA_FORMAT_VERSION,
-        "data_key": data_key(config),
+        "data_key": data_key(spec),
         "dtype": dtype.name,
-        "vocab_size": vocab_size,
+        "vocab_size": len(tokenizer),
         "sequence_length": seq,
+        "row_width": width,
+        "objective": spec.objective,
         "documents": documents.count,
-        "tokens": packer.tokens,
+        "tokens": tokens(),
         "train_blocks": train.total,
         "validation_blocks": n_valid,
         "shards": shards,
-        "tokenizer": {"type": config.tokenizer.type, "vocab_size": vocab_size,
-                      "lowercase": config.tokenizer.lowercase},
+        "tokenizer": {**spec.tokenizer.model_dump(mode="json"), "vocab_size": len(tokenizer),
+                      "class": type(tokenizer).__name__},
     }
     _write_json(out / META, meta)
-    reporter.event("info", f"tokenized {packer.tokens} tokens into {train.total + n_valid} "
-                           f"blocks ({train.total} train in {len(shards)} shards / {n_valid} "
+    reporter.event("info", f"tokenized {tokens()} tokens into {train.total + n_valid} "
+                           f"rows ({train.total} train in {len(shards)} shards / {n_valid} "
                            "validation)")
     return meta
+
+
+def _tokenizer(spec: PretrainSpec, documents: _Documents, reporter: Reporter,
+               base_model_dir: str | None) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer (from_model), or one trained on the corpus."""
+    if spec.tokenizer.type == "from_model":
+        if base_model_dir is None:
+            raise EngineError("tokenizer from_model needs the base model's files")
+        tokenizer = load_tokenizer(base_model_dir)
+        reporter.event("info", f"using the base model's tokenizer ({len(tokenizer)} tokens)")
+        return tokenizer
+    char_counts = count_characters(documents)
+    if documents.count == 0:
+        raise CorpusError("the corpus has no documents: the file is empty or has only "
+                          "blank lines")
+    reporter.event("info", f"training {spec.tokenizer.type} tokenizer "
+                           f"(vocab {spec.tokenizer.vocab_size}) on {documents.count} documents")
+    tokenizer = train_tokenizer(documents, char_counts, spec.tokenizer, spec.model.architecture,
+                                spec.model.max_position_embeddings)
+    reporter.event("info", f"trained tokenizer: {len(tokenizer)} tokens in the vocabulary")
+    return tokenizer
+
+
+def _rows(spec: PretrainSpec, documents: _Documents, tokenizer: PreTrainedTokenizerBase
+          ) -> tuple[Iterator[np.ndarray], Any]:
+    """The rows of the corpus for this objective, and a function giving the tokens read."""
+    seq = spec.hyperparameters.sequence_length
+    dtype = token_dtype(len(tokenizer))
+    if spec.objective == "mlm_nsp":
+        docs = list(tokenize_documents(documents, tokenizer))
+        if not docs:
+            raise CorpusError("the corpus has no documents with text")
+        total = sum(len(s) for doc in docs for s in doc)
+        pairs = PairMaker(docs, seq, tokenizer, SPLIT_SEED)
+        return pairs.rows(), lambda: total
+    if spec.objective == "clm":
+        # Plain blocks; documents are separated by the end-of-text token.
+        packer = BlockPacker(seq, dtype)
+        separator = tokenizer.eos_token_id
+    else:
+        packer = BlockPacker(seq, dtype, tokenizer.cls_token_id, tokenizer.sep_token_id)
+        separator = tokenizer.sep_token_id
+
+    def rows() -> Iterator[np.ndarray]:
+        for ids in encode_batches(documents, tokenizer, separator):
+            yield from packer.add(ids)
+
+    return rows(), lambda: packer.tokens
 
 
 def load_meta(data_dir: str | Path) -> dict[str, Any]:
@@ -226,6 +274,6 @@ def load_meta(data_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_tokenizer(data_dir: str | Path) -> BertTokenizer:
+def load_data_tokenizer(data_dir: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved with the prepared data."""
-    return BertTokenizer.from_pretrained(str(Path(data_dir) / TOKENIZER_DIR))
+    return load_tokenizer(Path(data_dir) / TOKENIZER_DIR)

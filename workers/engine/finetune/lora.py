@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from jobspec import AdapterSpec as AdapterConfig
 from workers.engine.errors import ConfigError
-from workers.engine.finetune.config import AdapterConfig
 
 
 def add_lora(model: torch.nn.Module, adapter: AdapterConfig, head: list[str]) -> torch.nn.Module:

@@ -17,7 +17,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.engine.config import ModelConfig, _known
+from jobspec import ModelSpec
+from workers.engine.architectures import model_config
 from workers.engine.errors import ConfigError, EngineError
 
 HEADS = {"text_classification": AutoModelForSequenceClassification,
@@ -98,8 +99,8 @@ def load_base(task: str, labels: list[str], base_model_dir: str | None,
             raise ConfigError("without a base model, base_config with a tokenizer_dir is "
                               "needed to initialise one")
         tokenizer = load_tokenizer(base_config["tokenizer_dir"])
-        config = ModelConfig(**_known(ModelConfig, base_config)).to_bert_config(
-            len(tokenizer), tokenizer.pad_token_id)
+        shape = {k: v for k, v in base_config.items() if k in ModelSpec.model_fields}
+        config = model_config(ModelSpec(**shape), tokenizer, dropout or 0.0)
         _label_config(config, labels, dropout)
         model = auto.from_config(config, attn_implementation=attention)
         new = set()  # everything is new; the head is what lies outside the encoder

@@ -1,0 +1,21 @@
+"""What every spec section shares."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class Strict(BaseModel):
+    # A misspelt field is an error the user wants to hear about, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; param names the field to fix ("hyperparameters.batch_size")."""
+
+    def __init__(self, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.param, self.message = param, message

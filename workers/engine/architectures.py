@@ -1,0 +1,161 @@
+"""Model shapes -> transformers configs and models, for every architecture and objective.
+
+The models are transformers' own classes, so an export loads with no code of ours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from jobspec import ModelSpec
+from workers.engine.errors import ConfigError, EngineError
+
+# Peak dense bf16 FLOP/s by GPU name (substring, first match wins), for MFU. Sparsity-free
+# figures from the vendors' data sheets.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+)
+# RoBERTa numbers positions from padding_idx + 1, so its table needs two more rows.
+ROBERTA_POSITION_OFFSET = 2
+
+
+def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, dropout: float
+                 ) -> PretrainedConfig:
+    """The transformers config of a fresh model of this shape, for this tokenizer."""
+    shape, arch = spec.shape(), spec.architecture
+    vocab, positions = len(tokenizer), spec.max_position_embeddings
+    pad, bos, eos = tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    if arch in ("bert", "roberta"):
+        cls = BertConfig if arch == "bert" else RobertaConfig
+        extra = {} if arch == "bert" else {"bos_token_id": bos, "eos_token_id": eos,
+                                           "type_vocab_size": 1}
+        return cls(vocab_size=vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                   num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                   max_position_embeddings=positions + (ROBERTA_POSITION_OFFSET
+                                                        if arch == "roberta" else 0),
+                   hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                   pad_token_id=pad, **extra)
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=shape.hidden, n_layer=shape.layers,
+                          n_head=shape.heads, n_inner=shape.intermediate, n_positions=positions,
+                          resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                          bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    if arch == "llama":
+        # RoPE, RMSNorm and SwiGLU come with transformers' Llama; input and output
+        # embeddings tied, as small Llamas (3.2 1B) do: a large share of a small model.
+        return LlamaConfig(vocab_size=vocab, hidden_size=shape.hidden,
+                           num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                           num_key_value_heads=shape.kv_heads,
+                           intermediate_size=shape.intermediate,
+                           max_position_embeddings=positions, attention_dropout=dropout,
+                           tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos,
+                           pad_token_id=pad)
+    raise ConfigError(f"unknown architecture {arch!r}")
+
+
+MODEL_CLASSES: dict[tuple[str, str], type[PreTrainedModel]] = {
+    ("bert", "mlm"): BertForMaskedLM,
+    ("bert", "mlm_nsp"): BertForPreTraining,
+    ("roberta", "mlm"): RobertaForMaskedLM,
+    ("gpt2", "clm"): GPT2LMHeadModel,
+    ("llama", "clm"): LlamaForCausalLM,
+}
+
+
+def build_model(spec: ModelSpec, objective: str, tokenizer: PreTrainedTokenizerBase, *,
+                seed: int, attention: str, dropout: float) -> PreTrainedModel:
+    """A freshly initialised model; the seed makes the initial weights reproducible."""
+    try:
+        cls = MODEL_CLASSES[(spec.architecture, objective)]
+    except KeyError:
+        raise ConfigError(f"{objective} cannot train {spec.architecture}") from None
+    torch.manual_seed(seed)
+    config = model_config(spec, tokenizer, dropout)
+    # Training-time choice only: config.json does not record it, so the export is unaffected.
+    config._attn_implementation = attention
+    return cls(config)
+
+
+def load_model(directory: str | Path, objective: str, *, attention: str,
+               dropout: float | None) -> PreTrainedModel:
+    """A base model from an export, with the head its objective trains (continued pretraining).
+
+    A BERT exported by mlm_nsp keeps its NSP head when continued by mlm_nsp; any other
+    base gets the objective's head, with the base's weights where they fit.
+    """
+    try:
+        config = AutoConfig.from_pretrained(str(directory))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read the base model's config: {exc}") from None
+    if dropout is not None:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop",
+                     "embd_pdrop", "attn_pdrop", "attention_dropout"):
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, dropout)
+    auto: Any = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM,
+                 "mlm_nsp": BertForPreTraining}[objective]
+    try:
+        return auto.from_pretrained(str(directory), config=config, use_safetensors=True,
+                                    attn_implementation=attention)
+    except (OSError, ValueError, KeyError) as exc:
+        raise EngineError(f"cannot load the base model for {objective}: {exc}") from None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied input/output embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(model: torch.nn.Module, sequence_length: int) -> float:
+    """Training FLOPs per token: 6 x non-embedding parameters + attention (PaLM's count)."""
+    embeddings = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                     for p in m.parameters(recurse=False))
+    config: Any = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", 0)
+    hidden = getattr(config, "hidden_size", 0)
+    attention = 12 * layers * hidden * sequence_length
+    return float(6 * (count_parameters(model) - embeddings) + attention)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The GPU's peak dense bf16 FLOP/s, if it is in the table."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+def describe(model: PreTrainedModel) -> str:
+    """'4 layers, hidden 256, 4 heads' for the event log."""
+    c: Any = model.config
+    return (f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+            f"{c.num_attention_heads} heads")

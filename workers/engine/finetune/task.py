@@ -1,0 +1,72 @@
+"""Text and token classification as a plug-in of the one loop (loop.py)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from workers.engine.blocks import BlockSampler
+from workers.engine.checkpoint import save_export
+from workers.engine.finetune.dataset import Encoded, collate, most_frequent
+from workers.engine.finetune.evaluate import evaluate
+from workers.engine.finetune.lora import merge
+from workers.engine.masking import IGNORE_INDEX
+from workers.engine.objective import Batch
+
+
+class Classification:
+    """Batches of examples in a seeded shuffle per epoch (state: epoch and position), padded
+    to the longest; the loss is the mean over examples (text) or labelled first pieces
+    (tagging); eval scores the validation split with the task's metrics."""
+
+    def __init__(self, model: torch.nn.Module, weights: torch.nn.Module, tokenizer: Any,
+                 encoded: dict[str, Encoded], labels: list[str], *, bio: bool,
+                 batch_size: int, seed: int, lora: bool, fingerprint: dict[str, Any]) -> None:
+        self.model, self.weights, self.tokenizer = model, weights, tokenizer
+        self.train, self.valid = encoded["train"], encoded["valid"]
+        self.batch_size, self.seed, self.lora = batch_size, seed, lora
+        self.sampler = BlockSampler([len(self.train)], batch_size, seed)
+        self.score = partial(evaluate, labels=labels, bio=bio,
+                             fallback=most_frequent(self.train), batch_size=batch_size,
+                             pad_id=tokenizer.pad_token_id)
+        self._fingerprint = fingerprint
+        self.final: torch.nn.Module | None = None  # the exported model, once exported
+
+    def next_batch(self) -> tuple[Batch, dict[str, int]]:
+        batch = collate(self.train, self.sampler.next_batch().tolist(),
+                        self.tokenizer.pad_token_id)
+        return batch, {"targets": int((batch["labels"] != IGNORE_INDEX).sum())}
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())  # real tokens, not padding
+
+    def loss(self, micro: Batch, norms: dict[str, int], device: torch.device) -> torch.Tensor:
+        micro = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
+        logits = self.model(input_ids=micro["input_ids"],
+                            attention_mask=micro["attention_mask"]).logits
+        return F.cross_entropy(logits.flatten(0, -2).float(), micro["labels"].flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum") / norms["targets"]
+
+    def evaluate(self, device: torch.device, split: Encoded | None = None,
+                 model: torch.nn.Module | None = None) -> dict[str, Any]:
+        return self.score(model or self.model, split or self.valid, device=device)
+
+    def state(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        position = state["sampler"]
+        self.sampler = BlockSampler([len(self.train)], self.batch_size, self.seed,
+                                    position["epoch"], position["position"])
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
+
+    def export(self, directory: Path) -> Path:
+        # With LoRA the adapters are folded in: a plain model that transformers loads alone.
+        self.final = merge(self.model) if self.lora else self.model
+        return save_export(directory, self.final, self.tokenizer)

@@ -1,0 +1,258 @@
+"""The one training loop: every job runs it, with its objective or task as a plug-in.
+
+The loop owns the clock: optimizer and learning rate, precision and micro-batches, logging,
+evaluation, checkpoints and exact resume, cancellation, divergence and capacity checks,
+progress, export. What differs between jobs lives in the Objective (objective.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.engine.architectures import count_parameters, peak_flops
+from workers.engine.capacity import check_fits
+from workers.engine.checkpoint import (
+    checkpoint_dir,
+    decode_rng_state,
+    encode_rng_state,
+    load_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
+)
+from workers.engine.errors import ConfigError, EngineError
+from workers.engine.objective import Batch, Objective
+from workers.engine.optim import Schedule, build_optimizer, lr_factor, resolve_optimizer_impl
+from workers.engine.reporter import Reporter
+from workers.engine.speed import resolve_precision
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop runs; built from the job spec by the pretraining or fine-tuning entry."""
+
+    schedule: Schedule
+    batch_size: int
+    micro_batch: int
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    precision: str = "auto"
+    optimizer_impl: str = "auto"
+    log_every: int = 10
+    eval_every: int = 100
+    checkpoint_every: int = 500
+    # Training FLOPs per token, for MFU on GPUs of known peak; 0 = not reported.
+    flops_per_token: float = 0.0
+    # A rough upper bound of training memory; the loop refuses to start beyond the worker's.
+    memory_bytes: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total
+
+
+@dataclass
+class LoopResult:
+    """What a run produced; export_dir is None when it was stopped."""
+
+    export_dir: str | None
+    steps: int
+    tokens_seen: int
+    stopped: bool
+    final_eval: dict[str, Any] | None = None
+    num_parameters: int = 0
+    trainable_parameters: int = 0
+    last_checkpoint: str | None = None
+    elapsed_seconds: float = 0.0
+
+
+@dataclass
+class _Window:
+    """Training metrics accumulated between two log points (on the device: no sync per step)."""
+
+    steps: int = 0
+    loss: Any = 0.0
+    grad_norm: Any = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def check_finite(name: str, value: float, step: int) -> None:
+    """EngineError (the job fails at once) if a loss or norm is NaN or infinite."""
+    if not math.isfinite(value):
+        raise EngineError(
+            f"training diverged: {name} is {value} at step {step}; lower the learning rate"
+        )
+
+
+def pick_device(device: str | None) -> torch.device:
+    """The requested device, else the current CUDA device, else the CPU."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _micro_batches(batch: Batch, size: int) -> list[Batch]:
+    n = len(next(iter(batch.values())))
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def _rng_state(objective: Objective, device: torch.device) -> dict[str, Any]:
+    """Every source of randomness, so a resumed run draws exactly what this one would have."""
+    rng = {"objective": objective.state(),
+           "torch": encode_rng_state(torch.get_rng_state())}  # dropout on CPU
+    if device.type == "cuda":
+        rng["cuda"] = encode_rng_state(torch.cuda.get_rng_state(device))
+    return rng
+
+
+def _restore_rng(rng: dict[str, Any], objective: Objective, device: torch.device) -> None:
+    objective.restore(rng["objective"])
+    torch.set_rng_state(decode_rng_state(rng["torch"]))
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(decode_rng_state(rng["cuda"]), device)
+
+
+def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
+          device: torch.device, resume_from: str | None = None) -> LoopResult:
+    """Train objective.model for settings.total_steps; checkpoint and export under workdir.
+
+    resume_from, a checkpoint directory of a run with the same fingerprint, continues that
+    run exactly where it stopped: same weights, optimizer, rates, random draws and data order.
+    """
+    started = time.perf_counter()
+    total = settings.total_steps
+    check_fits(settings.memory_bytes, device)
+    model = objective.model
+    model.to(device)
+    model.train()
+    num_parameters = count_parameters(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bf16 = resolve_precision(settings.precision, device)
+    impl = resolve_optimizer_impl(settings.optimizer_impl, device.type)
+    optimizer = build_optimizer(model, settings.weight_decay, settings.learning_rate, impl)
+    reporter.event("info", f"{num_parameters:,} parameters, {trainable:,} trained, on "
+                           f"{device}; {'bf16' if bf16 else 'fp32'}, {impl} AdamW, "
+                           f"{settings.micro_batch} examples per micro-batch; {total} steps")
+    # Checkpoints are only continued by a run of the same data, shape and settings.
+    fingerprint = json.loads(json.dumps(objective.fingerprint()))
+    step, tokens_seen = 0, 0
+    if resume_from is not None:
+        state = read_trainer_state(resume_from)
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError("the checkpoint was made by another run (other data, model "
+                              "or settings)")
+        load_checkpoint(resume_from, state, objective.weights, optimizer)
+        step, tokens_seen = state["step"], state["tokens_seen"]
+        _restore_rng(state["rng"], objective, device)
+        reporter.event("info", f"resumed from the checkpoint of step {step} "
+                               f"({tokens_seen} tokens seen)")
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
+                else contextlib.nullcontext())
+    peak = peak_flops(device)
+    window = _Window()
+    stopped = False
+    final_eval: dict[str, Any] | None = None
+    last_checkpoint: str | None = None
+    workdir_path = Path(workdir)
+
+    while step < total:
+        if reporter.should_stop():
+            stopped = True
+            break
+        t0 = time.perf_counter()
+        learning_rate = settings.learning_rate * lr_factor(step, settings.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+
+        # -- Forward/backward per micro-batch; each loss is its share of the batch mean, so
+        # the accumulated gradient is that of the whole batch.
+        batch, norms = objective.next_batch()
+        loss_sum = torch.zeros((), device=device)
+        for micro in _micro_batches(batch, settings.micro_batch):
+            with autocast:
+                loss = objective.loss(micro, norms, device)
+            loss.backward()
+            loss_sum += loss.detach()
+        # clip_grad_norm_ returns the norm from before clipping, which is what we report.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens = objective.tokens(batch)
+        tokens_seen += tokens
+        window.steps += 1
+        window.tokens += tokens
+        window.loss = window.loss + loss_sum
+        window.grad_norm = window.grad_norm + grad_norm.detach()
+        last = step == total
+
+        # -- Log: means over the steps since the previous log point. .item() waits for the
+        # device, so the step's time below includes all the work queued since the last log.
+        if step % settings.log_every == 0 or last:
+            train_loss = float(window.loss) / window.steps
+            mean_grad_norm = float(window.grad_norm) / window.steps
+            window.seconds += time.perf_counter() - t0
+            check_finite("loss", train_loss, step)
+            check_finite("gradient norm", mean_grad_norm, step)
+            tokens_per_second = window.tokens / max(window.seconds, 1e-9)
+            point = {
+                "step": step,
+                "total_steps": total,
+                "train_loss": train_loss,
+                "learning_rate": float(learning_rate),
+                "grad_norm": mean_grad_norm,
+                "tokens_per_second": tokens_per_second,
+                "tokens_seen": tokens_seen,
+            }
+            if peak is not None and settings.flops_per_token:
+                point["mfu"] = tokens_per_second * settings.flops_per_token / peak
+            reporter.log(point)
+            window = _Window()
+        else:
+            # Training time only: eval and checkpoint pauses would read as throughput dips.
+            window.seconds += time.perf_counter() - t0
+
+        # -- Eval on the held-out data, always at the last step.
+        if step % settings.eval_every == 0 or last:
+            final_eval = {"step": step, **objective.evaluate(device)}
+            check_finite("eval loss", final_eval["eval_loss"], step)
+            reporter.eval(final_eval)
+
+        # -- Checkpoint, always at the last step; the manifest is written last.
+        if step % settings.checkpoint_every == 0 or last:
+            directory = save_checkpoint(
+                checkpoint_dir(workdir_path, step), step=step, model=objective.weights,
+                tokenizer=objective.tokenizer, optimizer=optimizer,
+                trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
+                               "rng": _rng_state(objective, device)},
+            )
+            last_checkpoint = str(directory)
+            reporter.checkpoint(step, last_checkpoint)
+
+    # -- Export: only a finished run produces a model.
+    export_dir = None
+    if stopped:
+        reporter.event("info", f"stopped at step {step} of {total}; no export written")
+    else:
+        if final_eval is None:  # resumed from the last step's checkpoint
+            final_eval = {"step": step, **objective.evaluate(device)}
+            reporter.eval(final_eval)
+        export_dir = str(objective.export(workdir_path / "export"))
+    elapsed = time.perf_counter() - started
+    reporter.event("info", f"finished in {elapsed:.1f} s after {step} steps")
+    return LoopResult(
+        export_dir=export_dir, steps=step, tokens_seen=tokens_seen, stopped=stopped,
+        final_eval=final_eval, num_parameters=num_parameters, trainable_parameters=trainable,
+        last_checkpoint=last_checkpoint, elapsed_seconds=elapsed,
+    )

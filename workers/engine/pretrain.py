@@ -1,0 +1,147 @@
+"""run_pretraining: a pretraining run (mlm, clm or mlm_nsp) from prepared data to an export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobspec import PretrainSpec
+from workers.engine.architectures import (
+    ROBERTA_POSITION_OFFSET,
+    build_model,
+    describe,
+    flops_per_token,
+    load_model,
+)
+from workers.engine.blocks import ShardedBlocks
+from workers.engine.capacity import check_fits, estimate_bytes
+from workers.engine.data import VALID_FILE, data_key, load_data_tokenizer, load_meta
+from workers.engine.errors import ConfigError, EngineError
+from workers.engine.loop import LoopResult, LoopSettings, pick_device, train
+from workers.engine.objectives.clm import CausalLM
+from workers.engine.objectives.common import PretrainData
+from workers.engine.objectives.mlm import MaskedLM
+from workers.engine.objectives.nsp import MaskedLMWithNSP
+from workers.engine.optim import Schedule
+from workers.engine.reporter import Reporter
+from workers.engine.speed import resolve_attention
+
+
+@dataclass
+class PretrainResult(LoopResult):
+    tokenizer_info: dict[str, Any] = field(default_factory=dict)
+    corpus_info: dict[str, int] = field(default_factory=dict)
+
+
+def estimate_pretrain_bytes(spec: PretrainSpec, vocab_size: int | None = None) -> int:
+    """Training memory of a model of the spec's shape (before anything is built)."""
+    shape, hp = spec.model.shape(), spec.hyperparameters
+    vocab = vocab_size or spec.tokenizer.vocab_size
+    ffn_matrices = 3 if spec.model.architecture == "llama" else 2  # SwiGLU has three
+    params = (vocab + spec.model.max_position_embeddings) * shape.hidden + shape.layers * (
+        4 * shape.hidden * shape.hidden + ffn_matrices * shape.hidden * shape.intermediate)
+    return estimate_bytes(parameters=params, layers=shape.layers, hidden=shape.hidden,
+                          intermediate=shape.intermediate, heads=shape.heads, vocab=vocab,
+                          micro_batch=hp.micro_batch, sequence_length=hp.sequence_length)
+
+
+def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:
+    """What a checkpoint must share with a run to continue it: data and every setting that
+    changes the numbers (how often to log or checkpoint does not)."""
+    settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
+                                                     "checkpoint_every", "recipe"})
+    settings["hyperparameters"].pop("compile")
+    return {"data_key": data, "spec": settings}
+
+
+def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: Reporter,
+                    device: str | None = None, resume_from: str | None = None,
+                    base_model_dir: str | None = None) -> PretrainResult:
+    """Train on data made by prepare_data; checkpoint and export under workdir.
+
+    base_model_dir continues a model (its shape and weights) instead of a fresh one;
+    resume_from, a checkpoint of a run with this spec, continues that run exactly.
+    """
+    hp = spec.hyperparameters
+    dev = pick_device(device)
+
+    # -- Data: memory-mapped token shards, tokenized once by prepare_data.
+    meta = load_meta(data_dir)
+    if meta["data_key"] != data_key(spec):
+        raise EngineError("the prepared data was made with other tokenizer or sequence "
+                          "settings than this run's")
+    tokenizer = load_data_tokenizer(data_dir)
+    train_rows = ShardedBlocks([Path(data_dir) / shard["file"] for shard in meta["shards"]])
+    valid = np.load(Path(data_dir) / VALID_FILE, mmap_mode="r")
+    corpus_info = {k: meta[k] for k in ("documents", "tokens", "train_blocks",
+                                        "validation_blocks")}
+    unit = "segment pairs" if spec.objective == "mlm_nsp" else "blocks"
+    reporter.event("info", f"training data: {len(train_rows)} {unit} of {hp.sequence_length} "
+                           f"tokens in {len(train_rows.sizes)} shards, {len(valid)} held out")
+    epochs = hp.max_steps * hp.batch_size / len(train_rows)
+    reporter.event("info", f"{hp.max_steps} steps of {hp.batch_size} {unit} cover "
+                           f"{epochs:.2f} epochs of the training data")
+    if spec.recipe:
+        reporter.event("info", f"recipe {spec.recipe!r}: schedule {hp.schedule}, learning rate "
+                               f"{hp.learning_rate}, mask probability {hp.mask_probability}")
+
+    # -- Model: fresh from the spec's shape, or the base model continued.
+    attention = resolve_attention(hp.attention, dev)
+    if base_model_dir is not None:
+        model = load_model(base_model_dir, spec.objective or "mlm", attention=attention,
+                           dropout=hp.dropout)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            raise EngineError("the base model's tokenizer has more tokens than its embeddings")
+        positions = getattr(model.config, "max_position_embeddings", None) or \
+            getattr(model.config, "n_positions", None)
+        if spec.model.architecture == "roberta" and positions:
+            positions -= ROBERTA_POSITION_OFFSET
+        if positions and hp.sequence_length > positions:
+            raise ConfigError(f"hyperparameters.sequence_length ({hp.sequence_length}) exceeds "
+                              f"the base model's {positions} positions")
+        origin = "continuing the base model"
+    else:
+        memory = estimate_pretrain_bytes(spec, len(tokenizer))
+        check_fits(memory, dev)  # before allocating the model
+        model = build_model(spec.model, spec.objective or "mlm", tokenizer, seed=hp.seed,
+                            attention=attention, dropout=hp.dropout)
+        origin = "initialised from the seed"
+    reporter.event("info", f"{type(model).__name__} ({describe(model)}), {origin}; "
+                           f"{attention} attention")
+
+    # -- The objective: how batches are made, the loss and what eval reports.
+    common: dict[str, Any] = dict(model=model, tokenizer=tokenizer, train=train_rows,
+                                  valid=valid, batch_size=hp.batch_size, seed=hp.seed,
+                                  fingerprint=fingerprint(spec, meta["data_key"]))
+    objective: PretrainData
+    if spec.objective == "clm":
+        objective = CausalLM(**common, compile=hp.compile)
+    else:
+        cls = MaskedLMWithNSP if spec.objective == "mlm_nsp" else MaskedLM
+        objective = cls(**common, mask_probability=hp.mask_probability,
+                        whole_word_masking=hp.whole_word_masking,
+                        sparse_prediction=hp.sparse_prediction, compile=hp.compile)
+    config: Any = model.config
+    settings = LoopSettings(
+        schedule=Schedule(total=hp.max_steps, warmup=hp.warmup, kind=hp.schedule,
+                          decay_fraction=hp.decay_fraction, min_lr_ratio=hp.min_lr_ratio),
+        batch_size=hp.batch_size, micro_batch=hp.micro_batch, learning_rate=hp.learning_rate,
+        weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, precision=hp.precision,
+        optimizer_impl=hp.optimizer_impl, log_every=spec.log_every,
+        eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every,
+        flops_per_token=flops_per_token(model, hp.sequence_length),
+        memory_bytes=estimate_bytes(
+            parameters=sum(p.numel() for p in model.parameters()),
+            layers=config.num_hidden_layers, hidden=config.hidden_size,
+            intermediate=getattr(config, "intermediate_size", None)
+            or getattr(config, "n_inner", None) or 4 * config.hidden_size,
+            heads=config.num_attention_heads,
+            vocab=len(tokenizer), micro_batch=hp.micro_batch,
+            sequence_length=hp.sequence_length),
+    )
+    result = train(objective, settings, workdir, reporter, dev, resume_from)
+    return PretrainResult(**vars(result), tokenizer_info=meta["tokenizer"],
+                          corpus_info=corpus_info)
