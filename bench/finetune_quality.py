@@ -33,9 +33,9 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 from transformers.utils import logging as hf_logging  # noqa: E402
+from workers.engine.config import RECIPES  # noqa: E402
 
 from workers.engine import PretrainConfig, prepare_data, run_pretraining  # noqa: E402
-from workers.engine.config import RECIPES  # noqa: E402
 from workers.engine.finetune import FinetuneConfig, run_finetune  # noqa: E402
 from workers.engine.finetune.records import load_splits  # noqa: E402
 

@@ -35,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import workers.engine.run as engine_run  # noqa: E402
+from workers.engine.evaluate import Evaluator  # noqa: E402
+from workers.engine.model import flops_per_token, peak_flops  # noqa: E402
+
 from workers.engine import PretrainConfig, data_key, prepare_data, run_pretraining  # noqa: E402
 from workers.engine.blocks import ShardedBlocks  # noqa: E402
 from workers.engine.data import VALID_FILE, load_meta, load_tokenizer  # noqa: E402
-from workers.engine.evaluate import Evaluator  # noqa: E402
-from workers.engine.model import flops_per_token, peak_flops  # noqa: E402
 from workers.engine.speed import cpu_has_bf16  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "en" / "pretrain" / "train.txt.gz"

@@ -10,7 +10,8 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 class Strict(BaseModel):
     # A misspelt field is an error the user wants to hear about, not a silent default.
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON true or "32" is not a count (lax pydantic would read them as 1 and 32).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SpecError(ValueError):

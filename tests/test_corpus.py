@@ -65,3 +65,80 @@ def test_shared_labelled_sets():
     assert spam.documents == 5916 and set(spam.splits) == {"train", "valid", "test"}
     brown = inspect((DATA / "en/pos/brown-valid.conll.gz").read_bytes(), "conll.gz")
     assert brown.kind == "tagged_tokens" and len(brown.labels) > 50
+
+
+# -- Column files by their content
+
+
+def conll_sentences(n: int) -> bytes:
+    """n sentences of token TAB POS TAB NER, about 60 bytes each."""
+    words = [("Peter", "NNP", "B-PER"), ("visits", "VBZ", "O"), ("Paris", "NNP", "B-LOC"),
+             (".", ".", "O")]
+    return "".join("".join(f"{w}{i % 7}\t{p}\t{t}\n" for w, p, t in words) + "\n"
+                   for i in range(n)).encode()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=200_000), max_size=6))
+def test_columns_found_however_the_bytes_are_cut(cuts):
+    big = conll_sentences(3000)  # ~180 KB: past the first lines the decision is made on
+    found = inspect(big, "txt", cuts)
+    assert (found.fmt, found.kind, found.documents) == ("conll", "tagged_tokens", 3000)
+    assert (found.columns, found.tag_column, found.labels) == (3, 2, {"B-PER", "B-LOC", "O"})
+    prose = ("a line of prose with some words\nand another, longer line of prose here\n"
+             * 3000).encode()
+    found = inspect(prose, "txt", cuts)
+    assert (found.fmt, found.kind, found.documents) == ("txt", "text", 6000)
+    assert found.columns is None and found.column_samples is None
+
+
+def test_many_short_lines_are_judged_by_the_first_thousand():
+    lines = b"".join(b"w%d\tnn\n" % i + (b"\n" if i % 9 == 0 else b"") for i in range(3000))
+    found = inspect(lines, "txt")
+    assert found.kind == "tagged_tokens" and found.labels == {"nn"}
+    found = inspect(b"Huge " * 100_000 + b"\nsecond line\n", "txt")  # no line in the sample
+    assert (found.kind, found.documents) == ("text", 2)
+
+
+def test_a_line_out_of_step_is_named():
+    # Within the first lines it makes the file plain text; past them it is an error.
+    assert inspect(conll_sentences(2) + b"broken\tNN\n", "txt").kind == "text"
+    with pytest.raises(CorpusRejected) as exc:
+        inspect(conll_sentences(300) + b"broken\tNN\n", "txt")
+    assert exc.value.message.startswith("line 1501: 2 columns where the lines before have 3")
+    assert "read as CoNLL" in exc.value.message
+    with pytest.raises(CorpusRejected) as exc:
+        inspect(conll_sentences(2) + b"broken\tNN\n", "conll")
+    assert exc.value.message == "line 11: 2 columns where the lines before have 3"
+
+
+def test_a_named_tag_column_vouches_for_columns():
+    data = b"hello world\ngood morning\n"
+    assert inspect(data, "txt").kind == "text"
+    found = CorpusInspector("txt", max_bytes=10**6, max_uncompressed=10**6,
+                            max_line_bytes=10**6, tag_column=1)
+    found.feed(data)
+    found.finish()
+    assert (found.kind, found.fmt, found.labels) == ("tagged_tokens", "conll",
+                                                     {"world", "morning"})
+    found = CorpusInspector("txt", max_bytes=10**6, max_uncompressed=10**6,
+                            max_line_bytes=10**6, tag_column=1)
+    found.feed(b"one two\nthree four five\n")
+    with pytest.raises(CorpusRejected) as exc:
+        found.finish()
+    assert exc.value.param == "tag_column" and "line 2 has 3 columns" in exc.value.message
+
+
+def test_a_column_of_words_is_not_a_tag_set():
+    words = "".join(f"w{i}\tx{i}\n" for i in range(1001)).encode()
+    with pytest.raises(CorpusRejected) as exc:
+        inspect(words, "conll")
+    assert "more than 1000 distinct values" in exc.value.message
+
+
+def test_a_byte_order_mark_is_not_data():
+    conll = "\ufeff-DOCSTART- -X- O\n\nEU NNP B-ORG\nsays VBZ O\n\nHe PRP O\nis VBZ O\n"
+    found = inspect(conll.encode(), "txt", [1, 2])  # the mark cut across chunks, too
+    assert (found.kind, found.documents, found.column_samples[0]) == (
+        "tagged_tokens", 2, ["EU", "says", "He", "is"])
+    assert inspect('\ufeff{"text": "a", "label": "x"}\n'.encode(), "jsonl").labels == {"x"}

@@ -58,6 +58,7 @@ class Stored:
     id: str
     key: str  # a file for datasets, a prefix for models
     format: str
+    tag_column: int | None = None  # CoNLL columns: which one holds the tags
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def claim(job_id: str) -> Attempt | None:
         for split, param in (("train", "dataset_id"), ("valid", "validation_dataset_id"),
                              ("test", "test_dataset_id")):
             if spec.get(param) and (row := s.get(DatasetRow, spec[param])) is not None:
-                data[split] = Stored(row.id, row.storage_key, row.format)
+                data[split] = Stored(row.id, row.storage_key, row.format, row.tag_column)
         base = None
         if spec.get("base_model_id") and (m := s.get(ModelRow, spec["base_model_id"])):
             base = Stored(m.id, m.storage_prefix, m.architecture)
@@ -270,7 +271,7 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
     for split, stored in attempt.data.items():
         local = work / f"{split}.{stored.format}"
         store.get_file(stored.key, local)
-        data[split] = (str(local), stored.format)
+        data[split] = (str(local), stored.format, stored.tag_column)
     result = run_finetune(spec, str(base), data, str(work / "run"), reporter,
                           resume_from=resume_from)
     if result.stopped or result.export_dir is None:

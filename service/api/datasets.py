@@ -1,4 +1,6 @@
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -24,16 +26,37 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary",
-                            "description": ".txt, .txt.gz, .jsonl or .jsonl.gz"},
-                   "name": {"type": "string", "maxLength": 255}}}}}}}
+                            "description": ".txt, .jsonl or .conll, or .gz of them"},
+                   "name": {"type": "string", "maxLength": 255},
+                   "tag_column": {"type": "integer", "description": "as the query parameter"}}}}}}}
+TAG_COLUMN_DOC = (
+    "CoNLL column files: the column holding the tags, counted from 0 (column 0 holds the "
+    "tokens; -1 is the last). Default: the last column if it holds BIO/IOBES tags, else 1.")
+TagColumn = Annotated[int | None, Query(description=TAG_COLUMN_DOC)]
 
 
-async def _receive(request: Request, store: ObjectStore, settings: Settings
-                   ) -> tuple[DatasetUpload, str | None]:
+def _tag_column(query: int | None, form: bytearray) -> int | None:
+    """The tag column from the query or the form field; both must agree."""
+    if not form:
+        return query
+    try:
+        value = int(form.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError(422, "invalid_request", "tag_column: give a column number, counted "
+                       "from 0 (column 0 holds the tokens)", "tag_column") from None
+    if query is not None and query != value:
+        raise ApiError(422, "invalid_request", f"tag_column: the query says {query} and the "
+                       f"form says {value}", "tag_column")
+    return value
+
+
+async def _receive(request: Request, store: ObjectStore, settings: Settings,
+                   tag_column: int | None) -> tuple[DatasetUpload, str | None]:
     """Stream the multipart body into storage, part by part; returns the upload and name."""
     upload: DatasetUpload | None = None
     current: str | None = None
     name = bytearray()
+    tag_form = bytearray()
     try:
         async for event in stream_parts(request):
             if isinstance(event, PartStart):
@@ -43,15 +66,22 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings
                         raise ApiError(422, "invalid_request", "file: send one file", "file")
                     upload = await run_in_threadpool(
                         DatasetUpload, filename=event.filename or "", store=store,
-                        settings=settings)
+                        settings=settings, tag_column=_tag_column(tag_column, tag_form))
             elif current == "file" and upload is not None:
                 await run_in_threadpool(upload.write, event.data)
             elif current == "name":
                 name += event.data
                 if len(name) > 1024:
                     raise ApiError(422, "invalid_request", "name: too long", "name")
+            elif current == "tag_column":
+                tag_form += event.data
+                if len(tag_form) > 32:
+                    raise ApiError(422, "invalid_request", "tag_column: too long", "tag_column")
         if upload is None:
             raise ApiError(422, "invalid_request", "file: the form has no 'file' part", "file")
+        if tag_form:  # it may have come after the file
+            await run_in_threadpool(upload.request_tag_column,
+                                    _tag_column(tag_column, tag_form))
         await run_in_threadpool(upload.finish)
     except BaseException:
         if upload is not None:
@@ -64,12 +94,18 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings
              responses={413: {"description": "upload too large"}})
 async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep,
                          store: StoreDep, caller: CallerDep,
-                         idempotency_key: IdempotencyKey = None) -> DatasetPublic | JSONResponse:
-    """Upload a corpus, streamed to storage and checked on the way (never held in memory)."""
+                         idempotency_key: IdempotencyKey = None,
+                         tag_column: TagColumn = None) -> DatasetPublic | JSONResponse:
+    """Upload a corpus, streamed to storage and checked on the way (never held in memory).
+    A .txt whose lines are CoNLL columns is stored as format "conll"; the answer shows its
+    columns, tag column and tag set."""
     refuse_declared_oversize(request, settings.max_upload_bytes)
-    upload, name = await _receive(request, store, settings)
+    upload, name = await _receive(request, store, settings, tag_column)
     route = "POST /v1/datasets"
-    fingerprint = idempotency.fingerprint(upload.inspector.sha256, upload.filename, name or "")
+    # tag_column only when given, so fingerprints of earlier uploads still match.
+    asked = upload.inspector.requested_tag_column
+    fingerprint = idempotency.fingerprint(upload.inspector.sha256, upload.filename, name or "",
+                                          *([] if asked is None else [f"tag_column={asked}"]))
     try:
         first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
                                    route=route, request_sha256=fingerprint)

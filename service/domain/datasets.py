@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -25,33 +25,44 @@ class DatasetPublic(BaseModel):
     sha256: str
     documents: int
     kind: str
-    labels: list[str] | None
+    labels: list[str] | None = Field(
+        description="the label set, or for tagged tokens the tag set: the values of tag_column")
     splits: dict[str, int] | None
+    # CoNLL column files only (else null): shown so that a wrong tag column is seen at once.
+    columns: int | None = Field(None, description="columns per token line")
+    tag_column: int | None = Field(
+        None, description="the column read as tags, counted from 0 (column 0 holds the tokens)")
+    column_samples: list[list[str]] | None = Field(
+        None, description="the first few distinct values of each column")
     created_at: Timestamp
 
     @classmethod
     def of(cls, row: DatasetRow) -> "DatasetPublic":
         return cls(id=row.id, name=row.name, format=row.format, bytes=row.bytes,
                    sha256=row.sha256, documents=row.documents, kind=row.kind,
-                   labels=row.labels, splits=row.splits, created_at=row.created_at)
+                   labels=row.labels, splits=row.splits, columns=row.column_count,
+                   tag_column=row.tag_column, column_samples=row.column_samples,
+                   created_at=row.created_at)
 
 
 class DatasetUpload:
     """Receives one uploaded file chunk by chunk: checks it and writes it to storage."""
 
-    def __init__(self, *, filename: str, store: ObjectStore, settings: Settings) -> None:
+    def __init__(self, *, filename: str, store: ObjectStore, settings: Settings,
+                 tag_column: int | None = None) -> None:
         try:
             self.format = format_of(filename)
+            self.inspector = CorpusInspector(
+                self.format, max_bytes=settings.max_upload_bytes,
+                max_uncompressed=settings.max_uncompressed_bytes,
+                max_line_bytes=settings.max_jsonl_line_bytes, tag_column=tag_column)
         except CorpusRejected as exc:
-            raise ApiError(exc.status, exc.code, exc.message, "file") from None
+            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
         self.id = new_id("ds")
         self.filename = filename
+        # The key keeps the name's extension; the recorded format says what the content is.
         self.key = f"datasets/{self.id}/corpus.{self.format}"
         self.store = store
-        self.inspector = CorpusInspector(
-            self.format, max_bytes=settings.max_upload_bytes,
-            max_uncompressed=settings.max_uncompressed_bytes,
-            max_line_bytes=settings.max_jsonl_line_bytes)
         self._out = store.open_write(self.key)
 
     def write(self, chunk: bytes) -> None:
@@ -59,8 +70,16 @@ class DatasetUpload:
             self.inspector.feed(chunk)
         except CorpusRejected as exc:
             self.abort()
-            raise ApiError(exc.status, exc.code, exc.message, "file") from None
+            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
         self._out.write(chunk)
+
+    def request_tag_column(self, tag_column: int | None) -> None:
+        """A tag column named after the file started (a form field after the file part)."""
+        try:
+            self.inspector.request_tag_column(tag_column)
+        except CorpusRejected as exc:
+            self.abort()
+            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
 
     def abort(self) -> None:
         self._out.close()
@@ -72,16 +91,17 @@ class DatasetUpload:
             self.inspector.finish()
         except CorpusRejected as exc:
             self.abort()
-            raise ApiError(exc.status, exc.code, exc.message, "file") from None
+            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
         self._out.close()
 
     def record(self, *, session: Session, owner: str, name: str | None) -> DatasetRow:
+        found = self.inspector
         row = DatasetRow(id=self.id, owner=owner, name=name or self.filename,
-                         format=self.format, bytes=self.inspector.bytes,
-                         sha256=self.inspector.sha256, documents=self.inspector.documents,
-                         kind=self.inspector.kind or "text",
-                         labels=sorted(self.inspector.labels) or None,
-                         splits=self.inspector.splits or None, storage_key=self.key)
+                         format=found.fmt, bytes=found.bytes, sha256=found.sha256,
+                         documents=found.documents, kind=found.kind or "text",
+                         labels=sorted(found.labels) or None, splits=found.splits or None,
+                         column_count=found.columns, tag_column=found.tag_column,
+                         column_samples=found.column_samples, storage_key=self.key)
         session.add(row)
         session.flush()
         return row

@@ -44,6 +44,11 @@ class DatasetRow(Base):
     kind: Mapped[str] = mapped_column(String(32), default="text")
     labels: Mapped[list[str] | None] = mapped_column(JSON)
     splits: Mapped[dict[str, Any] | None]
+    # CoNLL column files: columns per token line, the tag column (0-based; the engine reads
+    # the tags from it) and the first distinct values of each column. Null for other kinds.
+    column_count: Mapped[int | None] = mapped_column(Integer)
+    tag_column: Mapped[int | None] = mapped_column(Integer)
+    column_samples: Mapped[list[list[str]] | None] = mapped_column(JSON)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 

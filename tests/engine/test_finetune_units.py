@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from workers.engine import ConfigError, CorpusError
-from workers.engine.finetune import FinetuneConfig
+from jobspec import SpecError, parse_spec
+from workers.engine import CorpusError
 from workers.engine.finetune.metrics import (
     classification_metrics,
     entities,
@@ -29,43 +29,43 @@ SPEC = {
 }
 
 
-# -- Config
+# -- Spec (the one schema, jobspec)
 
 
 def test_full_spec_and_defaults_agree():
-    config = FinetuneConfig.from_spec(SPEC)
-    assert config == FinetuneConfig.from_spec({"task": "text_classification", "future": 1})
-    assert config.pipeline_task == "text-classification" and config.adapter is None
-    assert config.hyperparameters.learning_rate == 5e-5 and config.eval_every is None
-    lora = FinetuneConfig.from_spec({**SPEC, "task": "token_classification",
-                                     "labels": ["B-PER", "O", 3], "adapter": {"type": "lora"}})
-    assert lora.pipeline_task == "token-classification" and lora.labels == ("B-PER", "O", "3")
+    spec = parse_spec(SPEC)
+    assert spec == parse_spec({"type": "finetune", "task": "text_classification",
+                               "base_model_id": "m_1", "dataset_id": "ds_1"})
+    assert spec.pipeline_task == "text-classification" and spec.adapter is None
+    assert spec.hyperparameters.learning_rate == 5e-5 and spec.eval_every is None
+    lora = parse_spec({**SPEC, "task": "token_classification",
+                       "labels": ["B-PER", "O", "3"], "adapter": {"type": "lora"}})
+    assert lora.pipeline_task == "token-classification" and lora.labels == ["B-PER", "O", "3"]
     assert (lora.adapter.r, lora.adapter.alpha, lora.adapter.dropout) == (8, 16.0, 0.05)
-    assert json.loads(json.dumps(lora.to_dict()))["labels"] == ["B-PER", "O", "3"]
 
 
-@pytest.mark.parametrize(("patch", "message"), [
-    ({"task": None}, "task is required"),
-    ({"task": "summarization"}, "task must be one of"),
-    ({"type": "pretrain"}, "type must be 'finetune'"),
-    ({"labels": ["spam"]}, "at least 2"),
-    ({"labels": ["a", "a"]}, "distinct"),
-    ({"labels": "spam,ham"}, "list of strings"),
+@pytest.mark.parametrize(("patch", "param"), [
+    ({"task": None}, "task"),
+    ({"task": "summarization"}, "task"),
+    ({"labels": ["spam"]}, "labels"),
+    ({"labels": ["a", "a"]}, "labels"),
+    ({"labels": "spam,ham"}, "labels"),
     ({"validation_fraction": 0}, "validation_fraction"),
     ({"eval_every": 0}, "eval_every"),
-    ({"hyperparameters": {"epochs": 0}}, "epochs"),
-    ({"hyperparameters": {"max_steps": 1.5}}, "max_steps"),
-    ({"hyperparameters": {"learning_rate": 0}}, "learning_rate"),
-    ({"hyperparameters": {"warmup_ratio": 1.5}}, "warmup_ratio"),
-    ({"hyperparameters": {"dropout": 1.0}}, "dropout"),
-    ({"hyperparameters": {"batch_size": True}}, "batch_size"),
-    ({"hyperparameters": 3}, "hyperparameters must be an object"),
+    ({"hyperparameters": {"epochs": 0}}, "hyperparameters.epochs"),
+    ({"hyperparameters": {"max_steps": 1.5}}, "hyperparameters.max_steps"),
+    ({"hyperparameters": {"learning_rate": 0}}, "hyperparameters.learning_rate"),
+    ({"hyperparameters": {"warmup_ratio": 1.5}}, "hyperparameters.warmup_ratio"),
+    ({"hyperparameters": {"dropout": 1.0}}, "hyperparameters.dropout"),
+    ({"hyperparameters": {"batch_size": True}}, "hyperparameters.batch_size"),
+    ({"hyperparameters": 3}, "hyperparameters"),
     ({"adapter": {"type": "prefix"}}, "adapter.type"),
     ({"adapter": {"r": 0}}, "adapter.r"),
 ])
-def test_bad_values_are_config_errors(patch, message):
-    with pytest.raises(ConfigError, match=message):
-        FinetuneConfig.from_spec({**SPEC, **patch})
+def test_bad_values_name_the_field(patch, param):
+    with pytest.raises(SpecError) as info:
+        parse_spec({**SPEC, **patch})
+    assert info.value.param == param
 
 
 # -- Metrics
@@ -127,6 +127,37 @@ def test_conll_columns_comments_and_spaces(tmp_path):
     with pytest.raises(CorpusError, match="line 2 needs a token and a tag"):
         read_examples("token_classification", _write(tmp_path / "b.conll", ["a\tb", "lonely"]),
                       "conll", "the train data")
+
+
+CONLL2003 = ["-DOCSTART- -X- -X- O", "", "EU NNP B-NP B-ORG", "rejects VBZ B-VP O", "",
+             "-DOCSTART-", "Peter NNP B-NP B-PER", "Blackburn NNP I-NP I-PER"]
+
+
+@pytest.mark.parametrize(("tag_column", "tags"), [
+    (None, [["NNP", "VBZ"], ["NNP", "NNP"]]),  # as before: the second column
+    (1, [["NNP", "VBZ"], ["NNP", "NNP"]]),
+    (2, [["B-NP", "B-VP"], ["B-NP", "I-NP"]]),
+    (3, [["B-ORG", "O"], ["B-PER", "I-PER"]]),
+])
+def test_conll_tags_from_the_chosen_column(tmp_path, tag_column, tags):
+    path = _write(tmp_path / "train.conll", CONLL2003)
+    examples = read_examples("token_classification", path, "conll", "the train data",
+                             tag_column)
+    assert [e.inputs for e in examples] == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert [e.target for e in examples] == tags
+    # load_splits takes the column as a third item; (path, format) pairs still work
+    splits = load_splits("token_classification", {"train": (path, "conll", tag_column),
+                                                  "valid": (path, "conll")}, None, 0.1)
+    assert [e.target for e in splits.train] == tags
+    assert [e.target for e in splits.valid] == [["NNP", "VBZ"], ["NNP", "NNP"]]
+
+
+def test_conll_tag_column_missing_or_impossible(tmp_path):
+    path = _write(tmp_path / "a.conll", ["a B-X", "b O"])
+    with pytest.raises(CorpusError, match="line 1 needs a token and a tag in column 3"):
+        read_examples("token_classification", path, "conll", "the train data", 3)
+    with pytest.raises(CorpusError, match="tag column must be 1 or more"):
+        read_examples("token_classification", path, "conll", "the train data", 0)
 
 
 def test_splits_from_the_records_and_held_out(tmp_path):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
 
 from workers.engine.errors import CorpusError
 
@@ -14,11 +14,13 @@ FORMATS = ("txt", "txt.gz", "jsonl", "jsonl.gz")
 _BOM = b"\xef\xbb\xbf"
 
 
-def _open(path: str, corpus_format: str) -> BinaryIO:
+def _open(path: str, corpus_format: str) -> gzip.GzipFile | io.BufferedReader:
     if corpus_format not in FORMATS:
         raise CorpusError(f"unsupported corpus format {corpus_format!r}; use one of {FORMATS}")
     # Binary mode: we split on b"\n" only and decode each line ourselves to report bad lines.
-    return gzip.open(path, "rb") if corpus_format.endswith(".gz") else open(path, "rb")
+    if corpus_format.endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def _parse_json_line(line: str, lineno: int) -> str:

@@ -84,7 +84,8 @@ class _ShardWriter:
         self.out = out
         self.capacity = max(1, SHARD_BYTES // (width * dtype.itemsize))
         self.buffer = np.empty((self.capacity, width), dtype=dtype)
-        self.fill, self.shards, self.total = 0, [], 0
+        self.fill, self.total = 0, 0
+        self.shards: list[dict[str, Any]] = []
 
     def add(self, block: np.ndarray) -> None:
         if self.fill == self.capacity:  # flushed lazily, so the last block stays in memory
@@ -128,15 +129,17 @@ class _RowFile:
         self.fh.close()
         # Copied into the .npy a shard's worth at a time: a large held-out set (up to half
         # the corpus) is never in memory at once.
-        rows = np.memmap(self.raw, dtype=self.dtype, mode="r",
-                         shape=(self.count, self.sequence_length)) if self.count else None
         out = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype,
                                         shape=(self.count, self.sequence_length))
-        step = max(1, SHARD_BYTES // (self.sequence_length * self.dtype.itemsize))
-        for start in range(0, self.count, step):
-            out[start : start + step] = rows[start : start + step]
+        if self.count:
+            rows = np.memmap(self.raw, dtype=self.dtype, mode="r",
+                             shape=(self.count, self.sequence_length))
+            step = max(1, SHARD_BYTES // (self.sequence_length * self.dtype.itemsize))
+            for start in range(0, self.count, step):
+                out[start : start + step] = rows[start : start + step]
+            del rows
         out.flush()
-        del out, rows
+        del out
         self.raw.unlink()
 
 

@@ -53,6 +53,8 @@ class LoopSettings:
     flops_per_token: float = 0.0
     # A rough upper bound of training memory; the loop refuses to start beyond the worker's.
     memory_bytes: int = 0
+    # Evaluate before the first step (continued pretraining: where the base model stands).
+    eval_at_start: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -165,6 +167,9 @@ def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: 
     final_eval: dict[str, Any] | None = None
     last_checkpoint: str | None = None
     workdir_path = Path(workdir)
+
+    if settings.eval_at_start and step == 0:
+        reporter.eval({"step": 0, **objective.evaluate(device)})
 
     while step < total:
         if reporter.should_stop():

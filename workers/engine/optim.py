@@ -34,7 +34,8 @@ class Schedule:
 def build_optimizer(model: torch.nn.Module, weight_decay: float, learning_rate: float,
                     impl: str) -> torch.optim.AdamW:
     """AdamW that decays matrices (incl. embeddings) but not biases or LayerNorm weights."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             # Biases and LayerNorm weights are exactly the 1-D parameters of a BERT.

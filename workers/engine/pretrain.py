@@ -141,6 +141,7 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
             heads=config.num_attention_heads,
             vocab=len(tokenizer), micro_batch=hp.micro_batch,
             sequence_length=hp.sequence_length),
+        eval_at_start=base_model_dir is not None,
     )
     result = train(objective, settings, workdir, reporter, dev, resume_from)
     return PretrainResult(**vars(result), tokenizer_info=meta["tokenizer"],

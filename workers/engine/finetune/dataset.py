@@ -41,8 +41,9 @@ def encode_texts(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
     # Counted as cut when it fills the whole sequence: an upper bound that needs no second,
     # untruncated tokenization of long texts.
     truncated = sum(n >= sequence_length for n in full["length"])
-    return Encoded(full["input_ids"], [label_ids[e.target] for e in examples],
-                   [e.target for e in examples], truncated=truncated)
+    labels = [str(e.target) for e in examples]
+    return Encoded(full["input_ids"], [label_ids[label] for label in labels], labels,
+                   truncated=truncated)
 
 
 def encode_tagged(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
@@ -67,8 +68,8 @@ def encode_tagged(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
         truncated += last < len(example.inputs) - 1
         targets.append(row)
         word_of_target.append(words)
-    return Encoded(encoding["input_ids"], targets, [e.target for e in examples],
-                   word_of_target, truncated)
+    tags = [list(e.target) for e in examples]
+    return Encoded(encoding["input_ids"], targets, tags, word_of_target, truncated)
 
 
 def most_frequent(encoded: Encoded) -> str:
@@ -92,5 +93,7 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torc
     else:
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         for n, i in enumerate(indices):
-            labels[n, : len(encoded.targets[i])] = torch.tensor(encoded.targets[i])
+            piece_tags = encoded.targets[i]
+            assert isinstance(piece_tags, list)  # tagging: a target per piece
+            labels[n, : len(piece_tags)] = torch.tensor(piece_tags)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -49,7 +49,7 @@ def evaluate(model: torch.nn.Module, encoded: Encoded, labels: list[str], *, bio
             predicted[i] = tags
     model.train(was_training)
     if encoded.word_of_target is None:
-        scores = classification_metrics(encoded.gold, predicted)
+        scores = classification_metrics(encoded.gold, predicted)  # type: ignore[arg-type]
     else:
         scores = tagging_metrics(encoded.gold, predicted, bio)
     return {"eval_loss": loss_sum / max(1, count), **scores}

@@ -9,7 +9,7 @@ import gzip
 import json
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,7 @@ def _labelled_texts(path: str, fmt: str, where: str) -> Iterator[Example]:
         if isinstance(label, bool) or not isinstance(label, str | int):
             raise CorpusError(f'{where} line {lineno} needs a "label" (a string or an integer)')
         if text.strip():  # blank texts carry nothing to learn from
-            yield Example(text, str(label), lineno, SPLITS.get(record.get("split")))
+            yield Example(text, str(label), lineno, SPLITS.get(str(record.get("split"))))
 
 
 def _tagged_json(path: str, fmt: str, where: str) -> Iterator[Example]:
@@ -102,12 +102,16 @@ def _tagged_json(path: str, fmt: str, where: str) -> Iterator[Example]:
                 and all(isinstance(t, str) for t in tokens + tags)):
             raise CorpusError(f'{where} line {lineno}: "tokens" and "tags" must be non-empty '
                               "lists of strings of equal length")
-        yield Example(tokens, tags, lineno, SPLITS.get(record.get("split")))
+        yield Example(tokens, tags, lineno, SPLITS.get(str(record.get("split"))))
 
 
-def _conll(path: str, fmt: str, where: str) -> Iterator[Example]:
-    """Column files: token and tag first (tab- or space-separated), a blank line between
+def _conll(path: str, fmt: str, where: str, tag_column: int = 1) -> Iterator[Example]:
+    """Column files: the token first, the tags in column tag_column (counted from 0; the
+    service records it per dataset), tab- or space-separated; a blank line between
     sentences, '#' comment lines before a sentence, CoNLL-2003 -DOCSTART- lines skipped."""
+    if tag_column < 1:
+        raise CorpusError(f"{where}: the tag column must be 1 or more (counted from 0, column 0 "
+                          f"holds the tokens), not {tag_column}")
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
@@ -121,27 +125,39 @@ def _conll(path: str, fmt: str, where: str) -> Iterator[Example]:
         if not tokens and stripped.startswith("#"):
             continue  # a comment; inside a sentence "#" is a token
         columns = stripped.split("\t") if "\t" in stripped else stripped.split()
-        if len(columns) < 2 or not columns[0].strip() or not columns[1].strip():
-            raise CorpusError(f"{where} line {lineno} needs a token and a tag column")
-        if columns[0] == "-DOCSTART-":
+        if columns[0] == "-DOCSTART-":  # alone on its line in some copies of CoNLL-2003
             continue
+        if len(columns) <= tag_column or not columns[0].strip() \
+                or not columns[tag_column].strip():
+            what = "a token and a tag column" if tag_column == 1 else \
+                f"a token and a tag in column {tag_column} (counted from 0)"
+            raise CorpusError(f"{where} line {lineno} needs {what}")
         if not tokens:
             start = lineno
         tokens.append(columns[0].strip())
-        tags.append(columns[1].strip())
+        tags.append(columns[tag_column].strip())
     if tokens:
         yield Example(tokens, tags, start)
 
 
-def read_examples(task: str, path: str, fmt: str, where: str) -> list[Example]:
-    """All examples of one file; where names it in errors (e.g. "the train data")."""
+def read_examples(task: str, path: str, fmt: str, where: str,
+                  tag_column: int | None = None) -> list[Example]:
+    """All examples of one file; where names it in errors (e.g. "the train data");
+    tag_column: the column of a CoNLL file holding the tags (None: 1, the second)."""
     if fmt not in FORMATS[task]:
         raise CorpusError(f"{where}: format {fmt!r} cannot be used for {task}; use one of "
                           f"{', '.join(FORMATS[task])}")
     if task == "text_classification":
         return list(_labelled_texts(path, fmt, where))
-    reader = _conll if fmt.startswith("conll") else _tagged_json
-    return list(reader(path, fmt, where))
+    if fmt.startswith("conll"):
+        return list(_conll(path, fmt, where, 1 if tag_column is None else tag_column))
+    return list(_tagged_json(path, fmt, where))
+
+
+def _file(given: DataFile) -> tuple[str, str, int | None]:
+    """(path, format, tag column) of a split's data, given with or without the column."""
+    path, fmt, *rest = given
+    return path, fmt, rest[0] if rest else None
 
 
 def _targets(example: Example) -> list[str]:
@@ -159,7 +175,12 @@ def _hold_out(train: list[Example], fraction: float) -> tuple[list[Example], lis
             [e for i, e in enumerate(train) if i in held])
 
 
-def load_splits(task: str, data: dict[str, tuple[str, str]], labels: tuple[str, ...] | None,
+# One split's data: (path, format) or (path, format, tag column); the tag column (counted
+# from 0) says where a CoNLL file keeps its tags, None meaning the second column.
+DataFile = tuple[str, str] | tuple[str, str, int | None]
+
+
+def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...] | None,
                 validation_fraction: float) -> Splits:
     """Read the splits the caller gave; split by the records' "split" field if only train was
     given; hold out validation_fraction of train if there is no validation data."""
@@ -168,9 +189,10 @@ def load_splits(task: str, data: dict[str, tuple[str, str]], labels: tuple[str, 
         raise CorpusError(f"unknown data split(s) {sorted(unknown)}; use train, valid, test")
     if "train" not in data:
         raise CorpusError("no training data was given")
-    given = {SPLITS[name]: (name, path, fmt) for name, (path, fmt) in data.items()}
-    read = {split: read_examples(task, path, fmt, f"the {name} data")
-            for split, (name, path, fmt) in given.items()}
+    read: dict[str, list[Example]] = {}
+    for name, given in data.items():
+        path, fmt, tag_column = _file(given)
+        read[SPLITS[name]] = read_examples(task, path, fmt, f"the {name} data", tag_column)
     notes = []
     if set(read) == {"train"} and any(e.split is not None for e in read["train"]):
         records = read.pop("train")
