@@ -100,10 +100,11 @@ class PretrainSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_recipe(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("recipe") in RECIPES:
+        recipe = data.get("recipe") if isinstance(data, dict) else None
+        if isinstance(recipe, str) and recipe in RECIPES:  # else the field's check says why
             given = data.get("hyperparameters")
             if given is None or isinstance(given, dict):
-                data = {**data, "hyperparameters": {**RECIPES[data["recipe"]], **(given or {})}}
+                data = {**data, "hyperparameters": {**RECIPES[recipe], **(given or {})}}
         return data
 
     @model_validator(mode="after")

@@ -65,6 +65,8 @@ def finetune(stack: Stack, **spec) -> dict:
     assert r.status_code == 202, r.text
     job = stack.wait_job(r.json()["id"], timeout=900)
     assert job["status"] == "succeeded", (job, stack.logs())
+    # The worker reports the step count it worked out from the data.
+    assert job["progress"]["total_steps"] == job["progress"]["step"] > 0
     return job
 
 
@@ -170,3 +172,47 @@ def test_label_sets_that_do_not_match_are_refused(pg_redis_stack, base_model, da
     r = stack.client.post("/v1/jobs", json={"type": "finetune", "task": "token_classification",
                                             "base_model_id": base_model, "dataset_id": ds["id"]})
     assert r.status_code == 422 and r.json()["error"]["param"] == "dataset_id"
+
+
+def conll2003_like(sentences: int, seed: int) -> bytes:
+    """A CoNLL-2003-shaped file: token, POS, chunk and NER columns, -DOCSTART- lines."""
+    rng = random.Random(seed)
+    people = ["Alice", "Bob", "Carol", "Dmitri", "Esther", "Farouk", "Grace", "Hiro"]
+    places = ["Paris", "Lagos", "Oslo", "Lima", "Kyoto", "Quebec", "Hanoi", "Turin"]
+    orgs = [["Acme", "Corp"], ["United", "Nations"], ["Red", "Cross"], ["Blue", "Bank"]]
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for i in range(sentences):
+        org = rng.choice(orgs)
+        words = [(rng.choice(people), "NNP", "B-NP", "B-PER"), ("visited", "VBD", "B-VP", "O"),
+                 (rng.choice(places), "NNP", "B-NP", "B-LOC"), ("for", "IN", "B-PP", "O"),
+                 (org[0], "NNP", "B-NP", "B-ORG"), (org[1], "NNP", "I-NP", "I-ORG"),
+                 (".", ".", "O", "O")]
+        if rng.random() < 0.5:
+            words = words[2:3] + [("is", "VBZ", "B-VP", "O"), ("far", "RB", "B-ADVP", "O"),
+                                  (".", ".", "O", "O")]
+        lines += [" ".join(w) for w in words] + [""]
+        if i % 50 == 49:
+            lines += ["-DOCSTART- -X- -X- O", ""]
+    return "\n".join(lines).encode()
+
+
+def test_ner_columns_file_named_txt_trains_on_the_ner_tags(pg_redis_stack, base_model):
+    """A standard NER corpus as people have it (four columns, train.txt): detected by its
+    content, the NER column chosen, and the model learns entities, not POS."""
+    stack = pg_redis_stack
+    ds = stack.upload("train.txt", conll2003_like(400, seed=0)).json()
+    assert ds["kind"] == "tagged_tokens" and ds["format"] == "conll"
+    assert ds["columns"] == 4 and ds["tag_column"] == 3
+    assert set(ds["labels"]) == {"O", "B-PER", "B-LOC", "B-ORG", "I-ORG"}
+    test = stack.upload("test.txt", conll2003_like(100, seed=1)).json()
+    job = finetune(stack, task="token_classification", base_model_id=base_model,
+                   dataset_id=ds["id"], test_dataset_id=test["id"],
+                   hyperparameters={"epochs": 3, "batch_size": 16, "learning_rate": 2e-3,
+                                    "sequence_length": 32})
+    model = stack.client.get(f"/v1/models/{job['model_id']}").json()
+    assert set(model["details"]["labels"]) == set(ds["labels"])
+    scores = model["details"]["test"]
+    assert {"precision", "recall", "f1"} <= set(scores) and scores["f1"] > 0.5, scores
+    found = stack.client.post(f"/v1/models/{model['id']}/token-classification",
+                              json={"inputs": "Grace visited Oslo for Acme Corp ."}).json()
+    assert {e["entity_group"] for e in found} & {"PER", "LOC", "ORG"}

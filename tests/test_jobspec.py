@@ -79,6 +79,9 @@ def test_default_warmup_fits_short_jobs():
     ({"eval_every": 0}, "eval_every"),
     ({"typo": 1}, "typo"),
     ({"recipe": "slow"}, "recipe"),
+    ({"recipe": {}}, "recipe"),
+    ({"recipe": ["fast"]}, "recipe"),
+    ({"hyperparameters": []}, "hyperparameters"),
 ])
 def test_bad_values_name_the_field(patch, param):
     with pytest.raises(SpecError) as info:

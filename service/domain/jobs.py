@@ -3,7 +3,7 @@
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -159,8 +159,13 @@ def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
     if base.architecture not in ARCHITECTURES:
         raise _invalid("base_model_id", f"continued pretraining supports "
                        f"{', '.join(ARCHITECTURES)}; {base.id} is a {base.architecture}")
-    job_in = PretrainJobCreate.model_validate(
-        {**given, "model": {"architecture": base.architecture}})
+    try:
+        job_in = PretrainJobCreate.model_validate(
+            {**given, "model": {"architecture": base.architecture}})
+    except ValidationError as exc:  # valid alone; e.g. a tokenizer the base cannot use
+        first = exc.errors()[0]
+        raise _invalid(".".join(str(p) for p in first["loc"]) or "base_model_id",
+                       str(first["msg"])) from None
     if (problem := job_in.inconsistency()) is not None:
         raise _invalid(*problem)
     needed = BASE_TASK[job_in.objective or "mlm"]

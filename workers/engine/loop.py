@@ -124,6 +124,36 @@ def _restore_rng(rng: dict[str, Any], objective: Objective, device: torch.device
         torch.cuda.set_rng_state(decode_rng_state(rng["cuda"]), device)
 
 
+def _log_point(window: _Window, step: int, total: int, learning_rate: float,
+               tokens_seen: int, flops_per_token: float, peak: float | None
+               ) -> dict[str, Any]:
+    """The metrics of a log point: means over the steps since the previous one."""
+    train_loss = float(window.loss) / window.steps
+    grad_norm = float(window.grad_norm) / window.steps
+    check_finite("loss", train_loss, step)
+    check_finite("gradient norm", grad_norm, step)
+    tokens_per_second = window.tokens / max(window.seconds, 1e-9)
+    point = {"step": step, "total_steps": total, "train_loss": train_loss,
+             "learning_rate": float(learning_rate), "grad_norm": grad_norm,
+             "tokens_per_second": tokens_per_second, "tokens_seen": tokens_seen}
+    if peak is not None and flops_per_token:
+        point["mfu"] = tokens_per_second * flops_per_token / peak
+    return point
+
+
+def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
+            optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
+    """Load a checkpoint of this run into the model, optimizer and random generators;
+    returns (step, tokens seen) at the checkpoint."""
+    state = read_trainer_state(directory)
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError("the checkpoint was made by another run (other data, model "
+                          "or settings)")
+    load_checkpoint(directory, state, objective.weights, optimizer)
+    _restore_rng(state["rng"], objective, device)
+    return state["step"], state["tokens_seen"]
+
+
 def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
           device: torch.device, resume_from: str | None = None) -> LoopResult:
     """Train objective.model for settings.total_steps; checkpoint and export under workdir.
@@ -149,13 +179,7 @@ def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: 
     fingerprint = json.loads(json.dumps(objective.fingerprint()))
     step, tokens_seen = 0, 0
     if resume_from is not None:
-        state = read_trainer_state(resume_from)
-        if state.get("fingerprint") != fingerprint:
-            raise ConfigError("the checkpoint was made by another run (other data, model "
-                              "or settings)")
-        load_checkpoint(resume_from, state, objective.weights, optimizer)
-        step, tokens_seen = state["step"], state["tokens_seen"]
-        _restore_rng(state["rng"], objective, device)
+        step, tokens_seen = _resume(resume_from, fingerprint, objective, optimizer, device)
         reporter.event("info", f"resumed from the checkpoint of step {step} "
                                f"({tokens_seen} tokens seen)")
 
@@ -205,24 +229,9 @@ def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: 
         # -- Log: means over the steps since the previous log point. .item() waits for the
         # device, so the step's time below includes all the work queued since the last log.
         if step % settings.log_every == 0 or last:
-            train_loss = float(window.loss) / window.steps
-            mean_grad_norm = float(window.grad_norm) / window.steps
             window.seconds += time.perf_counter() - t0
-            check_finite("loss", train_loss, step)
-            check_finite("gradient norm", mean_grad_norm, step)
-            tokens_per_second = window.tokens / max(window.seconds, 1e-9)
-            point = {
-                "step": step,
-                "total_steps": total,
-                "train_loss": train_loss,
-                "learning_rate": float(learning_rate),
-                "grad_norm": mean_grad_norm,
-                "tokens_per_second": tokens_per_second,
-                "tokens_seen": tokens_seen,
-            }
-            if peak is not None and settings.flops_per_token:
-                point["mfu"] = tokens_per_second * settings.flops_per_token / peak
-            reporter.log(point)
+            reporter.log(_log_point(window, step, total, learning_rate, tokens_seen,
+                                    settings.flops_per_token, peak))
             window = _Window()
         else:
             # Training time only: eval and checkpoint pauses would read as throughput dips.
