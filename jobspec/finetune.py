@@ -1,21 +1,86 @@
 """Fine-tuning jobs: a task on labelled data, from a base model."""
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PlainValidator, WithJsonSchema
 
 from jobspec.common import Finite, Seed, Strict
+
+
+def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None,
+            ge: float | None = None) -> tuple[PlainValidator, WithJsonSchema]:
+    """Field metadata: a number in range (strictly: no booleans, no strings) or "auto".
+
+    One validator rather than a union, so an error's location is the field itself
+    ("hyperparameters.epochs", not "hyperparameters.epochs.constrained-int"), in the API's
+    answer as in parse_spec's.
+    """
+    integer = kind is int
+    low = f"greater than {gt}" if gt is not None else f"at least {ge}"
+    rule = f'must be {"an integer" if integer else "a number"} {low} and at most {le}, ' \
+           'or "auto"'
+
+    def check(value: Any) -> int | float | str:
+        if isinstance(value, str) and value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+                or not math.isfinite(value) or value > le or \
+                (gt is not None and value <= gt) or (ge is not None and value < ge):
+            raise ValueError(rule)
+        return kind(value)
+
+    number: dict[str, Any] = {"type": "integer" if integer else "number", "maximum": le}
+    if gt is not None:
+        number["exclusiveMinimum"] = gt
+    if ge is not None:
+        number["minimum"] = ge
+    return PlainValidator(check), WithJsonSchema({"anyOf": [number, {"const": "auto"}]})
+
 
 # The dataset kind each task reads.
 FINETUNE_DATA = {"text_classification": "labelled_text", "token_classification": "tagged_tokens"}
 
 
+# "auto" hyperparameters are resolved by the engine once it has the base model and the data
+# (the job's events say what they became; the stored spec keeps "auto"). The values were
+# measured with models pretrained here (bench/README.md, "Fine-tuning quality").
+AUTO_EPOCHS = 3
+# Small training sets get more epochs, up to this many optimizer steps...
+AUTO_MIN_STEPS = 150
+# ...and large ones fewer (never less than one epoch) beyond this many.
+AUTO_MAX_STEPS = 1000
+# Peak learning rate by the base model's hidden size (the first row at or above it): BERT's
+# 5e-5 is for BERT-base; small models pretrained briefly need far larger steps.
+AUTO_LEARNING_RATES: tuple[tuple[int, float], ...] = (
+    (128, 1e-3), (256, 5e-4), (512, 2e-4), (768, 1e-4))
+AUTO_LEARNING_RATE_LARGER = 5e-5
+
+
+def auto_learning_rate(hidden_size: int) -> float:
+    """The "auto" learning rate for a base model of this hidden size."""
+    for width, rate in AUTO_LEARNING_RATES:
+        if hidden_size <= width:
+            return rate
+    return AUTO_LEARNING_RATE_LARGER
+
+
+def auto_steps(train_examples: int, batch_size: int) -> int:
+    """The "auto" number of optimizer steps: AUTO_EPOCHS epochs, raised to AUTO_MIN_STEPS
+    for small training sets and cut to AUTO_MAX_STEPS (but one epoch at least) for large."""
+    per_epoch = -(-train_examples // batch_size)
+    return max(min(AUTO_EPOCHS * per_epoch, max(AUTO_MAX_STEPS, per_epoch)), AUTO_MIN_STEPS)
+
+
 class FinetuneHyperparameters(Strict):
-    epochs: int = Field(default=3, ge=1, le=1000)
+    # "auto": AUTO_EPOCHS, with at least AUTO_MIN_STEPS and at most AUTO_MAX_STEPS steps
+    # (auto_steps).
+    epochs: Annotated[int | Literal["auto"], *auto_or(int, ge=1, le=1000)] = "auto"
     # Stops after this many steps even if the epochs are not done.
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int = Field(default=32, ge=1, le=65_536)
-    learning_rate: Finite = Field(default=5e-5, gt=0, le=1.0)
+    # "auto": by the base model's hidden size (auto_learning_rate).
+    learning_rate: Annotated[float | Literal["auto"], *auto_or(float, gt=0, le=1.0)] = "auto"
     sequence_length: int = Field(default=256, ge=8, le=8192)
     warmup_ratio: Finite = Field(default=0.1, ge=0, lt=1.0)
     weight_decay: Finite = Field(default=0.01, ge=0, le=1.0)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, pipeline
 
 from jobspec import FinetuneSpec, ModelSpec, TokenizerSpec
+from jobspec.finetune import auto_learning_rate, auto_steps
 from workers.engine import ConfigError, CorpusError
 from workers.engine.architectures import build_model
 from workers.engine.checkpoint import save_export
@@ -192,6 +193,29 @@ def test_random_initialisation_from_base_config(base, brown, tmp_path, make_repo
     with pytest.raises(ConfigError, match="tokenizer_dir"):
         run_finetune(config, None, {"train": brown["valid"]}, str(tmp_path),
                      make_reporter(), base_config={"architecture": "bert"})
+
+
+def test_auto_hyperparameters_are_resolved_and_reported(base, spam, tmp_path, make_reporter):
+    """Left out, epochs and learning_rate are "auto": resolved from the data's size and the
+    base model's width, reported as an event, and what the run uses."""
+    spec = FinetuneSpec.model_validate({
+        "type": "finetune", "task": "text_classification", "base_model_id": "m",
+        "dataset_id": "d", "hyperparameters": {"sequence_length": 32}, "log_every": 1,
+        "eval_every": 10**6, "checkpoint_every": 10**6})
+    assert spec.hyperparameters.epochs == spec.hyperparameters.learning_rate == "auto"
+    reporter = make_reporter(stop_after_logs=12)  # past the warmup, then stop
+    result = run_finetune(spec, base, {"train": (spam, "jsonl")}, str(tmp_path), reporter,
+                          device="cpu")
+    train = sum(json.loads(line)["split"] == "train"
+                for line in Path(spam).read_text().splitlines())
+    steps, rate = auto_steps(train, 32), auto_learning_rate(64)
+    assert f"learning_rate auto: {rate:g} (hidden size 64)" in " ".join(
+        m for _, m in reporter.events)
+    assert f"epochs auto: {steps} steps" in " ".join(m for _, m in reporter.events)
+    assert result.stopped and {p["total_steps"] for p in reporter.logs} == {steps}
+    warmup = round(0.1 * steps)  # the default warmup_ratio; the rate climbs to `rate`
+    assert [p["learning_rate"] for p in reporter.logs[:3]] == pytest.approx(
+        [rate * n / warmup for n in (1, 2, 3)], rel=1e-4)
 
 
 def test_labels_outside_the_given_set_fail_before_training(base, spam, tmp_path, make_reporter):

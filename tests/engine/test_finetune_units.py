@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import random
 
 import pytest
 
 from jobspec import SpecError, parse_spec
+from jobspec.finetune import (
+    AUTO_EPOCHS,
+    AUTO_MAX_STEPS,
+    AUTO_MIN_STEPS,
+    auto_learning_rate,
+    auto_steps,
+)
+from jobspec.pretrain import TokenizerSpec
 from workers.engine import CorpusError
+from workers.engine.corpus import iter_documents
+from workers.engine.finetune.dataset import encode_tagged
 from workers.engine.finetune.metrics import (
     classification_metrics,
     entities,
@@ -17,13 +28,15 @@ from workers.engine.finetune.metrics import (
     is_bio,
     tagging_metrics,
 )
-from workers.engine.finetune.records import load_splits, read_examples
+from workers.engine.finetune.records import Example, load_splits, read_examples
+from workers.engine.masking import IGNORE_INDEX
+from workers.engine.tokenizer import count_characters, train_tokenizer
 
 SPEC = {
     "type": "finetune", "task": "text_classification", "base_model_id": "m_1",
     "dataset_id": "ds_1", "labels": None, "validation_fraction": 0.1,
-    "hyperparameters": {"epochs": 3, "max_steps": None, "batch_size": 32,
-                        "learning_rate": 5e-5, "sequence_length": 256, "warmup_ratio": 0.1,
+    "hyperparameters": {"epochs": "auto", "max_steps": None, "batch_size": 32,
+                        "learning_rate": "auto", "sequence_length": 256, "warmup_ratio": 0.1,
                         "weight_decay": 0.01, "seed": 0, "max_grad_norm": 1.0},
     "adapter": None, "log_every": 10, "eval_every": None, "checkpoint_every": None,
 }
@@ -37,7 +50,11 @@ def test_full_spec_and_defaults_agree():
     assert spec == parse_spec({"type": "finetune", "task": "text_classification",
                                "base_model_id": "m_1", "dataset_id": "ds_1"})
     assert spec.pipeline_task == "text-classification" and spec.adapter is None
-    assert spec.hyperparameters.learning_rate == 5e-5 and spec.eval_every is None
+    assert spec.hyperparameters.learning_rate == "auto" and spec.eval_every is None
+    assert spec.hyperparameters.epochs == "auto"
+    assert parse_spec(spec.stored_spec()) == spec  # the stored spec keeps "auto"
+    explicit = parse_spec({**SPEC, "hyperparameters": {"epochs": 2, "learning_rate": 1}})
+    assert (explicit.hyperparameters.epochs, explicit.hyperparameters.learning_rate) == (2, 1.0)
     lora = parse_spec({**SPEC, "task": "token_classification",
                        "labels": ["B-PER", "O", "3"], "adapter": {"type": "lora"}})
     assert lora.pipeline_task == "token-classification" and lora.labels == ["B-PER", "O", "3"]
@@ -55,6 +72,11 @@ def test_full_spec_and_defaults_agree():
     ({"hyperparameters": {"epochs": 0}}, "hyperparameters.epochs"),
     ({"hyperparameters": {"max_steps": 1.5}}, "hyperparameters.max_steps"),
     ({"hyperparameters": {"learning_rate": 0}}, "hyperparameters.learning_rate"),
+    ({"hyperparameters": {"learning_rate": "fast"}}, "hyperparameters.learning_rate"),
+    ({"hyperparameters": {"learning_rate": None}}, "hyperparameters.learning_rate"),
+    ({"hyperparameters": {"epochs": "3"}}, "hyperparameters.epochs"),
+    ({"hyperparameters": {"epochs": True}}, "hyperparameters.epochs"),
+    ({"hyperparameters": {"epochs": 2.0}}, "hyperparameters.epochs"),
     ({"hyperparameters": {"warmup_ratio": 1.5}}, "hyperparameters.warmup_ratio"),
     ({"hyperparameters": {"dropout": 1.0}}, "hyperparameters.dropout"),
     ({"hyperparameters": {"batch_size": True}}, "hyperparameters.batch_size"),
@@ -66,6 +88,18 @@ def test_bad_values_name_the_field(patch, param):
     with pytest.raises(SpecError) as info:
         parse_spec({**SPEC, **patch})
     assert info.value.param == param
+
+
+def test_auto_hyperparameters_resolve_from_model_and_data():
+    assert auto_learning_rate(128) > auto_learning_rate(256) > auto_learning_rate(512) \
+        > auto_learning_rate(768) > auto_learning_rate(1024)
+    # AUTO_EPOCHS epochs, at least AUTO_MIN_STEPS steps, at most AUTO_MAX_STEPS unless one
+    # epoch is more
+    assert auto_steps(10, 32) == AUTO_MIN_STEPS
+    assert auto_steps(AUTO_MIN_STEPS * 32, 32) == AUTO_EPOCHS * AUTO_MIN_STEPS \
+        or AUTO_EPOCHS * AUTO_MIN_STEPS > AUTO_MAX_STEPS
+    assert auto_steps(AUTO_MAX_STEPS * 32, 32) == AUTO_MAX_STEPS
+    assert auto_steps(5 * AUTO_MAX_STEPS * 32, 32) == 5 * AUTO_MAX_STEPS  # one epoch
 
 
 # -- Metrics
@@ -214,3 +248,32 @@ def test_bad_tagged_data_is_a_corpus_error(tmp_path):
                     None, 0.1)
     with pytest.raises(CorpusError, match="no training data"):
         load_splits("token_classification", {"valid": (good, "jsonl")}, None, 0.1)
+
+
+# -- Tagged words become the pieces of running text
+
+
+@pytest.mark.parametrize(("architecture", "kind"), [
+    ("bert", "wordpiece"), ("roberta", "bpe"), ("gpt2", "bpe"), ("llama", "unigram")])
+def test_tagged_words_get_the_pieces_of_running_text(en_corpus, architecture, kind):
+    """Byte-level BPE marks a word's leading space ("Ġcat"); fed word by word without it, a
+    tagged sentence would be pieces the model never saw in pretraining."""
+    docs = list(itertools.islice(iter_documents(str(en_corpus), "txt"), 40))
+    tokenizer = train_tokenizer(docs, count_characters(docs),
+                                TokenizerSpec(type=kind, vocab_size=800), architecture, 128)
+    sentences = [["The", "cat", ",", "said", "Mr.", "Smith", ",", "sat", "on", "the", "mat."],
+                 ["Hello"], ["Paris", "is", "in", "France", "(", "1990", ")"]]
+    tags = {t: i for i, t in enumerate(("X", "Y"))}
+    examples = [Example(words, ["X"] * (len(words) - 1) + ["Y"], n)
+                for n, words in enumerate(sentences)]
+    encoded = encode_tagged(examples, tokenizer, tags, 128)
+    for words, ids, targets, word_of_target in zip(
+            sentences, encoded.input_ids, encoded.targets, encoded.word_of_target or [],
+            strict=True):
+        assert ids == tokenizer(" ".join(words))["input_ids"]
+        assert word_of_target == list(range(len(words)))  # one labelled piece per word
+        assert isinstance(targets, list)
+        assert [t for t in targets if t != IGNORE_INDEX] == [0] * (len(words) - 1) + [1]
+    if kind == "bpe":  # the space is on the word's first piece, as in running text
+        pieces = tokenizer.convert_ids_to_tokens(encoded.input_ids[0])
+        assert any(p.startswith("Ġ") for p in pieces)

@@ -46,10 +46,21 @@ def encode_texts(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
                    truncated=truncated)
 
 
+def spaced(words: str | list[str]) -> list[str]:
+    """The words as running text splits them: each after the first with its leading space."""
+    assert isinstance(words, list)  # tagging: a sentence's words
+    return words[:1] + [" " + word for word in words[1:]]
+
+
 def encode_tagged(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
                   label_ids: dict[str, int], sequence_length: int) -> Encoded:
-    """Words split into pieces; each word's tag on its first piece; long sentences cut."""
-    encoding = tokenizer([e.inputs for e in examples], is_split_into_words=True,
+    """Words split into pieces; each word's tag on its first piece; long sentences cut.
+
+    Every word but the first goes in with the space that precedes it in running text, so
+    byte-level BPE (RoBERTa, GPT-2) gives it the same pieces as in pretraining ("Ġword", not
+    "word"); WordPiece and Unigram tokenize it as they do running text either way.
+    """
+    encoding = tokenizer([spaced(e.inputs) for e in examples], is_split_into_words=True,
                          truncation=True, max_length=sequence_length)
     targets, word_of_target, truncated = [], [], 0
     for i, example in enumerate(examples):

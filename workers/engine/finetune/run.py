@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobspec import FinetuneSpec
+from jobspec.finetune import auto_learning_rate, auto_steps
 from workers.engine.capacity import estimate_bytes
 from workers.engine.errors import ConfigError
 from workers.engine.finetune.dataset import encode_tagged, encode_texts
@@ -95,7 +96,23 @@ def run_finetune(
                            f"sequence_length ({hp.sequence_length} tokens)")
     train_split = encoded["train"]
     steps_per_epoch = math.ceil(len(train_split) / hp.batch_size)
-    total = hp.max_steps or hp.epochs * steps_per_epoch
+    # -- "auto" hyperparameters: resolved from the base model and the data, and reported.
+    resolved = []
+    if hp.max_steps is not None:
+        total = hp.max_steps
+    elif hp.epochs == "auto":
+        total = auto_steps(len(train_split), hp.batch_size)
+        resolved.append(f"epochs auto: {total} steps ({total / steps_per_epoch:.2f} epochs)")
+    else:
+        total = hp.epochs * steps_per_epoch
+    if hp.learning_rate == "auto":
+        learning_rate = auto_learning_rate(config.hidden_size)
+        resolved.append(f"learning_rate auto: {learning_rate:g} (hidden size "
+                        f"{config.hidden_size})")
+    else:
+        learning_rate = float(hp.learning_rate)
+    if resolved:
+        reporter.event("info", "hyperparameters " + "; ".join(resolved))
     reporter.event("info", f"{total} steps of {hp.batch_size} examples: "
                            f"{total * hp.batch_size / len(train_split):.2f} epochs of "
                            f"{len(train_split)} training examples; {len(encoded['valid'])} "
@@ -114,7 +131,7 @@ def run_finetune(
                           lora=spec.adapter is not None, fingerprint=fingerprint)
     loop = LoopSettings(
         schedule=Schedule(total=total, warmup=round(hp.warmup_ratio * total)),
-        batch_size=hp.batch_size, micro_batch=hp.batch_size, learning_rate=hp.learning_rate,
+        batch_size=hp.batch_size, micro_batch=hp.batch_size, learning_rate=learning_rate,
         weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, precision=hp.precision,
         log_every=spec.log_every, eval_every=spec.eval_every or steps_per_epoch,
         checkpoint_every=spec.checkpoint_every or steps_per_epoch, memory_bytes=memory)
