@@ -2,11 +2,88 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from transformers.activations import NewGELUActivation
 
 from workers.engine.objective import Batch
 from workers.engine.objectives.common import PretrainData, perplexity
+
+# Rows of the [tokens, vocabulary] logits made at a time by linear_cross_entropy: a chunk's
+# logits (1024 x 8192 in fp32: 32 MiB) stay near the cache instead of a [B*S, V] copy per
+# dtype going through memory several times.
+LOGIT_CHUNK_ROWS = 1024
+
+
+class TanhGELU(torch.nn.Module):
+    """GPT-2's "gelu_new" (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))) as torch's one
+    fused kernel: the same function; transformers composes it of eight elementwise ops, each
+    a pass over the [B*S, 4H] activations forward and backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+def fuse_activations(model: torch.nn.Module) -> None:
+    """Swap transformers' composed tanh-GELU for TanhGELU, in place. A training-time choice
+    only: the module has no weights, and config.json still says gelu_new."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, TanhGELU())
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum(cross_entropy(hidden @ weight.T, targets)), made LOGIT_CHUNK_ROWS rows at a time.
+
+    The numbers are those of the plain path under autocast (logits in the autocast dtype,
+    softmax and loss in fp32, gradients through the same low-precision matmuls); the
+    gradients are made in the forward pass, chunk by chunk, so the full logits are never
+    held, and the weight's gradient is summed over the chunks in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            grad_h = torch.empty_like(h)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, len(h), LOGIT_CHUNK_ROWS):
+                rows = slice(start, start + LOGIT_CHUNK_ROWS)
+                h_rows, gold = h[rows], targets[rows]
+                logits = (h_rows @ w.t()).float()
+                log_z = torch.logsumexp(logits, dim=-1)
+                loss += (log_z - logits.gather(1, gold[:, None]).squeeze(1)).sum()
+                # d loss / d logits = softmax - one-hot, made in place of the logits.
+                grad = logits.sub_(log_z[:, None]).exp_()
+                grad[torch.arange(len(gold), device=gold.device), gold] -= 1.0
+                grad_low = grad.to(dtype)
+                grad_h[rows] = grad_low @ w
+                grad_w += (grad_low.t() @ h_rows).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor) -> tuple[Any, ...]:
+        (scale,) = grad_outputs
+        grad_h, grad_w = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return (grad_h * scale).to(hidden_dtype), (grad_w * scale).to(weight_dtype), None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+                         ) -> torch.Tensor:
+    """Summed next-token cross-entropy of a bias-free output layer, in chunks (training)."""
+    device = hidden.device.type
+    dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+             else hidden.dtype)
+    loss: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, targets, dtype)
+    return loss
 
 
 class CausalLM(PretrainData):
@@ -15,6 +92,7 @@ class CausalLM(PretrainData):
 
     def __init__(self, *args: object, compile: bool, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        fuse_activations(self.model)
         self.decoder = self.model.base_model
         self.forward_decoder = torch.compile(self.decoder) if compile else self.decoder
         self.head = self.model.get_output_embeddings()
@@ -35,8 +113,13 @@ class CausalLM(PretrainData):
 
     def loss(self, micro: Batch, norms: dict[str, int], device: torch.device) -> torch.Tensor:
         ids = micro["input_ids"].to(device, non_blocking=True)
-        logits, targets = self._logits_and_targets(self.forward_decoder, ids)
-        return F.cross_entropy(logits, targets, reduction="sum") / norms["predicted"]
+        hidden = self.forward_decoder(input_ids=ids).last_hidden_state[:, :-1].flatten(0, 1)
+        targets = ids[:, 1:].flatten()
+        if getattr(self.head, "bias", None) is None:
+            summed = linear_cross_entropy(hidden, self.head.weight, targets)
+        else:
+            summed = F.cross_entropy(self.head(hidden).float(), targets, reduction="sum")
+        return summed / norms["predicted"]
 
     @torch.no_grad()
     def evaluate(self, device: torch.device) -> dict[str, float]:
