@@ -69,20 +69,21 @@ def _generation_matches_pipeline(stack: Stack, model_id: str, prompt: str,
         stack.client.post(url, json=sample).json()
 
 
-@pytest.fixture(scope="module")
-def english(pg_redis_stack, data_dir) -> str:
-    corpus = corpus_slice(data_dir / "en/pretrain/train.txt.gz", 600_000)
-    r = pg_redis_stack.upload("en.txt", corpus, name="english")
+def _upload_slice(stack: Stack, path: Path, name: str) -> str:
+    """The first 600 KB of a corpus, uploaded; its dataset id."""
+    r = stack.upload(f"{name}.txt", corpus_slice(path, 600_000), name=name)
     assert r.status_code == 201, r.text
     return r.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def english(pg_redis_stack, data_dir) -> str:
+    return _upload_slice(pg_redis_stack, data_dir / "en/pretrain/train.txt.gz", "english")
 
 
 @pytest.fixture(scope="module")
 def chinese(pg_redis_stack, data_dir) -> str:
-    corpus = corpus_slice(data_dir / "zh/pretrain/train.txt", 600_000)
-    r = pg_redis_stack.upload("zh.txt", corpus, name="chinese")
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
+    return _upload_slice(pg_redis_stack, data_dir / "zh/pretrain/train.txt", "chinese")
 
 
 def test_gpt2_bpe_causal_lm_generates_as_the_pipeline_does(pg_redis_stack, english, tmp_path):
