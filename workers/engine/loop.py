@@ -31,7 +31,7 @@ from workers.engine.errors import ConfigError, EngineError
 from workers.engine.objective import Batch, Objective
 from workers.engine.optim import Schedule, build_optimizer, lr_factor, resolve_optimizer_impl
 from workers.engine.reporter import Reporter
-from workers.engine.speed import resolve_precision
+from workers.engine.speed import host_memory_kept, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,12 @@ def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: 
     resume_from, a checkpoint directory of a run with the same fingerprint, continues that
     run exactly where it stopped: same weights, optimizer, rates, random draws and data order.
     """
+    with host_memory_kept():
+        return _train(objective, settings, workdir, reporter, device, resume_from)
+
+
+def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
+           device: torch.device, resume_from: str | None) -> LoopResult:
     started = time.perf_counter()
     total = settings.total_steps
     check_fits(settings.memory_bytes, device)
