@@ -118,7 +118,7 @@ def get(*, session: Session, dataset_id: str, scope: str | None) -> DatasetRow:
 def list_(*, session: Session, scope: str | None, limit: int, after: str | None
           ) -> tuple[list[DatasetRow], bool]:
     return newest_first(session, owned(select(DatasetRow), DatasetRow, scope), DatasetRow,
-                        limit=limit, after=after)
+                        limit=limit, after=after, scope=scope)
 
 
 def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str | None) -> None:

@@ -237,7 +237,7 @@ def list_(*, session: Session, scope: str | None, limit: int, after: str | None,
     stmt = owned(select(JobRow), JobRow, scope)
     if status:
         stmt = stmt.where(JobRow.status == status)
-    return newest_first(session, stmt, JobRow, limit=limit, after=after)
+    return newest_first(session, stmt, JobRow, limit=limit, after=after, scope=scope)
 
 
 def cancel(*, session: Session, job_id: str, scope: str | None) -> JobRow:

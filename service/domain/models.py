@@ -46,7 +46,7 @@ def get(*, session: Session, model_id: str, scope: str | None) -> ModelRow:
 def list_(*, session: Session, scope: str | None, limit: int, after: str | None
           ) -> tuple[list[ModelRow], bool]:
     return newest_first(session, owned(select(ModelRow), ModelRow, scope), ModelRow,
-                        limit=limit, after=after)
+                        limit=limit, after=after, scope=scope)
 
 
 def publish(*, session: Session, store: ObjectStore, export_dir: Path, owner: str, name: str,

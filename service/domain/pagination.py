@@ -9,11 +9,16 @@ T = TypeVar("T")
 
 
 def newest_first(session: Session, stmt: Select[Any], table: Any, *, limit: int,
-                 after: str | None) -> tuple[list[Any], bool]:
-    """Rows older than the cursor row `after`, newest first; returns (rows, has_more)."""
+                 after: str | None, scope: str | None) -> tuple[list[Any], bool]:
+    """Rows older than the cursor row `after`, newest first; returns (rows, has_more).
+
+    The cursor is looked up within the caller's scope: another owner's id must behave
+    exactly like an id that does not exist, or the page would reveal that it exists and
+    where it sorts.
+    """
     if after is not None:
-        cursor = session.execute(
-            select(table.created_at, table.id).where(table.id == after)).first()
+        cursor = session.execute(owned(
+            select(table.created_at, table.id).where(table.id == after), table, scope)).first()
         if cursor is None:
             return [], False
         stmt = stmt.where(tuple_(table.created_at, table.id) < tuple_(cursor[0], cursor[1]))
