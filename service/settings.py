@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     max_inference_chars: int = Field(default=20_000, ge=1)
     max_top_k: int = Field(default=100, ge=1)
     max_new_tokens: int = Field(default=512, ge=1)
+    # Every request body but the multipart uploads (which have max_upload_bytes): refused
+    # with 413 before it is read and before the caller is authenticated. 8 MiB holds the
+    # largest valid inference request (64 texts of 20,000 characters, JSON-escaped).
+    max_json_body_bytes: int = Field(default=8 * 1024**2, ge=1024)
+    # Inference output is bounded before the model runs: mask tokens in one fill-mask text,
+    # and the items one request may produce (fill-mask: masks x top_k over all inputs;
+    # classify: inputs x top_k; token classification: input tokens; generation: inputs x
+    # max_new_tokens).
+    max_masks_per_input: int = Field(default=16, ge=1)
+    max_inference_outputs: int = Field(default=8192, ge=1)
 
     # API keys. None: required unless the API listens on loopback only (the embedded
     # default, used by one person on their own machine).
@@ -63,9 +73,27 @@ class Settings(BaseSettings):
     max_active_jobs: int = Field(default=4, ge=1)
     # Browser origins allowed to call the API (CORS); none by default.
     cors_origins: list[str] = Field(default_factory=list)
+    # Host header names the API answers to (DNS rebinding). Empty: the loopback names and
+    # `host`, checked whenever a request needs no key; when set, checked on every request
+    # ("*" turns the check off).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed; from anyone else those headers are ignored. Empty: none.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Callers the in-process rate limiter remembers at once (the least recent are dropped).
+    rate_limit_max_callers: int = Field(default=100_000, ge=1)
 
     # Inference keeps this many models loaded; older ones are dropped first.
     max_loaded_models: int = Field(default=4, ge=1)
+    # ... and at most this many bytes of parameters and buffers among them (least recently
+    # used dropped first); a model larger than this on its own is not served.
+    model_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
+
+    # Database connections per process (API or worker). A request that finds the pool
+    # exhausted for db_pool_timeout_s gets a 503 with Retry-After instead of waiting.
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_timeout_s: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> "Settings":
