@@ -12,12 +12,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.settings import get_settings
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None,
+                pool_timeout: float | None = None) -> Engine:
+    """An engine whose pool is bounded and, when exhausted, fails fast (TimeoutError after
+    `pool_timeout` s, answered 503 by the API) rather than queueing requests for 30 s."""
+    settings = get_settings()
+    pool: dict[str, Any] = {
+        "pool_size": settings.db_pool_size if pool_size is None else pool_size,
+        "max_overflow": settings.db_max_overflow if max_overflow is None else max_overflow,
+        "pool_timeout": settings.db_pool_timeout_s if pool_timeout is None else pool_timeout,
+    }
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        on_file = path not in ("", ":memory:")
+        if on_file:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A file database has a QueuePool (an in-memory one a single connection).
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               **(pool if on_file else {}))
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -31,10 +43,7 @@ def make_engine(url: str) -> Engine:
         return engine
     # pre_ping: a Postgres restart must not leave dead connections in the pool;
     # connect_timeout: a down database answers quickly instead of hanging requests.
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=5,
-        connect_args={"connect_timeout": 3},
-    )
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **pool)
 
 
 @lru_cache

@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("cloze.api")
@@ -86,6 +87,14 @@ def install(app: FastAPI) -> None:
         log.error("database unavailable: %s", exc.__class__.__name__)
         return JSONResponse(error_body("service_unavailable", "the database is unavailable"),
                             503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every database connection of this process is in use: tell the client to come back
+        # soon rather than queue it (a hang) or answer 500.
+        log.warning("database connection pool exhausted")
+        return JSONResponse(error_body("service_unavailable", "the service is busy; retry "
+                                       "shortly"), 503, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

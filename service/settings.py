@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # classify: inputs x top_k; token classification: input tokens; generation: inputs x
     # max_new_tokens).
     max_masks_per_input: int = Field(default=16, ge=1)
-    max_inference_outputs: int = Field(default=8192, ge=1)
+    max_inference_outputs: int = Field(default=4096, ge=1)
 
     # API keys. None: required unless the API listens on loopback only (the embedded
     # default, used by one person on their own machine).

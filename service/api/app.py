@@ -9,6 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import errors, reaper
 from service.api import datasets, health, jobs, models
+from service.api.body_limit import BodyLimitMiddleware
 from service.settings import get_settings
 
 
@@ -24,7 +25,12 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan,
                   description="Pretrain, fine-tune and serve Transformer language models.")
     errors.install(app)
-    if settings.cors_origins:
+    # Uploads stream to storage and check their own limit on the file part; the room above
+    # it is for the multipart framing and form fields around the file.
+    upload = settings.max_upload_bytes + 1024**2
+    app.add_middleware(BodyLimitMiddleware, default=settings.max_json_body_bytes, routes={
+        ("POST", "/v1/datasets"): upload, ("POST", "/v1/models/import"): upload})
+    if settings.cors_origins:  # added after, so outside: a 413 carries the CORS headers
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])

@@ -4,6 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import (
@@ -17,11 +18,12 @@ from service.api.deps import (
 )
 from service.api.multipart import PartStart, refuse_declared_oversize, stream_parts
 from service.domain import idempotency, imports, models
+from service.domain.keys import Principal
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.errors import ApiError
-from service.inference import tasks
+from service.inference import pipelines, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -125,12 +127,19 @@ ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
             "token-classification": "token-classification", "text-generation": "generate"}
 
 
-def _serving(session: Any, caller: Any, model_id: str, task: str) -> ModelRow:
+def _serving(session: Session, caller: Principal, model_id: str, task: str
+             ) -> tuple[str, str]:
+    """The model's id and storage prefix, after which the request's database connection
+    goes back to the pool: inference may wait its turn for the model for seconds, and a
+    connection held meanwhile is one the next request cannot have."""
     row = models.get(session=session, model_id=model_id, scope=caller.scope)
     if row.task != task:
         raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
                        f"{task}; use /v1/models/{model_id}/{ENDPOINT.get(row.task, row.task)}")
-    return row
+    served = row.id, row.storage_prefix
+    session.commit()
+    session.close()
+    return served
 
 
 @router.post("/{model_id}/fill-mask", responses=_answer(
@@ -138,18 +147,17 @@ def _serving(session: Any, caller: Any, model_id: str, task: str) -> ModelRow:
 async def fill_mask_route(model_id: str, request: FillMaskRequest, session: SessionDep,
                           caller: CallerDep) -> Any:
     """Masked-token prediction, wire-compatible with the Hugging Face Inference API."""
-    row = _serving(session, caller, model_id, "fill-mask")
-    return await run_in_threadpool(fill_mask, model_id=row.id, prefix=row.storage_prefix,
-                                   request=request)
+    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id, "fill-mask")
+    return await pipelines.call(fill_mask, model_id=id_, prefix=prefix, request=request)
 
 
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
 async def classify_route(model_id: str, request: tasks.ClassifyRequest, session: SessionDep,
                          caller: CallerDep) -> Any:
     """Text classification in the Hugging Face Inference API format."""
-    row = _serving(session, caller, model_id, "text-classification")
-    return await run_in_threadpool(tasks.classify, model_id=row.id, prefix=row.storage_prefix,
-                                   request=request)
+    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
+                                          "text-classification")
+    return await pipelines.call(tasks.classify, model_id=id_, prefix=prefix, request=request)
 
 
 @router.post("/{model_id}/token-classification", responses=_answer(
@@ -157,18 +165,19 @@ async def classify_route(model_id: str, request: tasks.ClassifyRequest, session:
 async def token_classification_route(model_id: str, request: tasks.TokenRequest,
                                      session: SessionDep, caller: CallerDep) -> Any:
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
-    row = _serving(session, caller, model_id, "token-classification")
-    return await run_in_threadpool(tasks.token_classification, model_id=row.id,
-                                   prefix=row.storage_prefix, request=request)
+    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
+                                          "token-classification")
+    return await pipelines.call(tasks.token_classification, model_id=id_, prefix=prefix,
+                                request=request)
 
 
 @router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
 async def generate_route(model_id: str, request: tasks.GenerateRequest, session: SessionDep,
                          caller: CallerDep) -> Any:
     """Text generation in the Hugging Face Inference API format."""
-    row = _serving(session, caller, model_id, "text-generation")
-    return await run_in_threadpool(tasks.generate, model_id=row.id, prefix=row.storage_prefix,
-                                   request=request)
+    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
+                                          "text-generation")
+    return await pipelines.call(tasks.generate, model_id=id_, prefix=prefix, request=request)
 
 
 @router.get("/{model_id}/{task}/health")

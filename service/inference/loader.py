@@ -14,14 +14,36 @@ from typing import Any
 from service.storage import ObjectStore
 
 
-class ModelCache:
-    """Keeps the most recently used `capacity` models loaded; loads each one only once."""
+class ModelTooLarge(Exception):
+    """A model needs more memory than the whole cache may hold."""
 
-    def __init__(self, *, store: ObjectStore, cache_dir: Path, capacity: int) -> None:
+    def __init__(self, needed: int, limit: int) -> None:
+        super().__init__(f"the model needs {needed} bytes loaded; at most {limit} may be")
+        self.needed, self.limit = needed, limit
+
+
+class ModelCache:
+    """Keeps the most recently used models loaded, at most `capacity` of them and at most
+    `max_bytes` of their weights together (least recently used dropped first); loads each
+    one only once. `size` tells the bytes a loaded value holds."""
+
+    def __init__(self, *, store: ObjectStore, cache_dir: Path, capacity: int,
+                 max_bytes: int, size: Callable[[Any], int]) -> None:
         self.store, self.cache_dir, self.capacity = store, cache_dir, capacity
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self.max_bytes, self._size = max_bytes, size
+        self._loaded: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+
+    @property
+    def loaded_bytes(self) -> int:
+        with self._lock:
+            return sum(nbytes for _, nbytes in self._loaded.values())
+
+    def loaded(self) -> list[str]:
+        """Model ids in the cache, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
 
     def local_dir(self, model_id: str, prefix: str) -> Path:
         """The export on local disk, downloaded once (atomically, via a temp folder)."""
@@ -36,19 +58,37 @@ class ModelCache:
                 shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def make_room(self, local: Path) -> None:
+        """Before loading a model: refuse it when its weight files alone are over the limit,
+        else drop the least recently used models until they fit beside the others (so the
+        cache holds no more than its limit even while the new one loads)."""
+        on_disk = sum(f.stat().st_size for f in local.rglob("*.safetensors") if f.is_file())
+        if on_disk > self.max_bytes:
+            raise ModelTooLarge(on_disk, self.max_bytes)
+        with self._lock:
+            total = sum(n for _, n in self._loaded.values())
+            while self._loaded and total + on_disk > self.max_bytes:
+                _, (_, dropped) = self._loaded.popitem(last=False)
+                total -= dropped
+
     def get(self, model_id: str, build: Callable[[], Any]) -> Any:
         with self._lock:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
-                return self._loaded[model_id]
+                return self._loaded[model_id][0]
             loading = self._loading.setdefault(model_id, threading.Lock())
         with loading:  # one load per model, others wait for it
             with self._lock:
                 if model_id in self._loaded:
-                    return self._loaded[model_id]
+                    return self._loaded[model_id][0]
             value = build()
+            nbytes = self._size(value)
+            if nbytes > self.max_bytes:  # e.g. weights a config asked for but the files lack
+                raise ModelTooLarge(nbytes, self.max_bytes)
             with self._lock:
-                self._loaded[model_id] = value
-                while len(self._loaded) > self.capacity:
-                    self._loaded.popitem(last=False)
+                self._loaded[model_id] = (value, nbytes)
+                total = sum(n for _, n in self._loaded.values())
+                while len(self._loaded) > self.capacity or total > self.max_bytes:
+                    _, (_, dropped) = self._loaded.popitem(last=False)
+                    total -= dropped
             return value

@@ -6,7 +6,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
-from service.inference.pipelines import check_token_length, check_top_k, load, run, texts_of
+from service.inference.pipelines import (
+    check_outputs,
+    check_text,
+    check_top_k,
+    load,
+    run,
+    texts_of,
+    token_ids,
+)
 from service.settings import get_settings
 
 
@@ -64,8 +72,12 @@ def classify(*, model_id: str, prefix: str, request: ClassifyRequest) -> Any:
     texts = texts_of(request.inputs)
     params = request.parameters or ClassifyParameters()
     predictor = load(model_id, prefix, "text-classification")
-    top_k = check_top_k(params.top_k, predictor.pipe.model.config.num_labels)
-    check_token_length(predictor, texts)
+    labels = int(predictor.pipe.model.config.num_labels)
+    # By default every label (as the HF API answers), but never more than max_top_k.
+    top_k = check_top_k(params.top_k, min(labels, get_settings().max_top_k))
+    check_outputs(len(texts) * min(top_k, labels), "labels (inputs x top_k)",
+                  "parameters.top_k")
+    token_ids(predictor, texts)
     kwargs: dict[str, Any] = {"top_k": top_k}
     if params.function_to_apply:
         kwargs["function_to_apply"] = params.function_to_apply
@@ -76,8 +88,11 @@ def token_classification(*, model_id: str, prefix: str, request: TokenRequest) -
     """[{entity_group, score, word, start, end}] for one input; a list of those for several."""
     texts = texts_of(request.inputs)
     params = request.parameters or TokenParameters()
+    for label in params.ignore_labels or []:
+        check_text(label, "parameters.ignore_labels")
     predictor = load(model_id, prefix, "token-classification")
-    check_token_length(predictor, texts)
+    # At most one entity per token: the tokens bound the answer.
+    check_outputs(sum(len(row) for row in token_ids(predictor, texts)), "tokens", "inputs")
     kwargs: dict[str, Any] = {"aggregation_strategy": params.aggregation_strategy}
     if params.ignore_labels is not None:
         kwargs["ignore_labels"] = params.ignore_labels
@@ -93,8 +108,10 @@ def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
         raise ApiError(422, "invalid_request", "parameters.max_new_tokens: at most "
                        f"{settings.max_new_tokens}", "parameters.max_new_tokens")
     top_k = check_top_k(params.top_k, 50)
+    check_outputs(len(texts) * params.max_new_tokens, "new tokens (inputs x max_new_tokens)",
+                  "parameters.max_new_tokens")
     predictor = load(model_id, prefix, "text-generation")
-    check_token_length(predictor, texts)
+    token_ids(predictor, texts)
     sample = params.do_sample if params.do_sample is not None else params.temperature > 0
     kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sample,
                               "return_full_text": params.return_full_text}
