@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import errors, reaper
 from service.api import datasets, health, jobs, models
 from service.api.body_limit import BodyLimitMiddleware
+from service.api.boundary import BoundaryMiddleware
 from service.settings import get_settings
 
 
@@ -34,6 +35,7 @@ def create_app() -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
+    app.add_middleware(BoundaryMiddleware)  # outermost: Host and Origin first
     app.include_router(health.router)
     for module in (datasets, jobs, models):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)

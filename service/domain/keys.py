@@ -46,6 +46,11 @@ def create(*, session: Session, owner: str, name: str = "", admin: bool = False
     return row, secret
 
 
+def looks_like_key(secret: str) -> bool:
+    """A Cloze key by its form (not whether it is valid): other services' tokens are not."""
+    return secret.startswith(KEY_PREFIX)
+
+
 def authenticate(*, session: Session, secret: str) -> Principal | None:
     row = session.scalar(select(ApiKeyRow).where(ApiKeyRow.sha256 == _digest(secret),
                                                  ApiKeyRow.revoked_at.is_(None)))
