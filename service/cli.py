@@ -4,13 +4,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import psutil
 import typer
 from rich.console import Console
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -47,7 +50,16 @@ def api(host: str | None = None, port: int | None = None) -> None:
         get_settings.cache_clear()
     settings = get_settings()
     uvicorn.run("service.api.app:app", host=settings.host, port=port or settings.port,
-                log_level="info")
+                log_level="info", **_proxy_options(settings))
+
+
+def _proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn believes X-Forwarded-For from loopback by default, which lets any local
+    caller (or a proxy that passes the header through) choose the client address the rate
+    limits are keyed on: believe it only from CLOZE_TRUSTED_PROXIES."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
 
 
 def _worker_argv(concurrency: int) -> list[str]:
@@ -80,12 +92,13 @@ def up(host: str | None = None, port: int | None = None) -> None:
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     migrate()
-    worker_proc = subprocess.Popen(_worker_argv(1), cwd=ROOT)
+    worker = WorkerSupervisor(_worker_argv(1))
+    worker.start()
     console.print(f"[bold]Cloze[/bold] data in {settings.home}")
     console.print(f"  database  {_redact(settings.database_url)}")
     console.print(f"  storage   {settings.storage_url}")
     console.print(f"  broker    {_redact(settings.broker_url)}")
-    console.print(f"  worker    pid {worker_proc.pid}")
+    console.print(f"  worker    pid {worker.pid} (restarted if it dies)")
     os.environ["CLOZE_HOST"] = host
     get_settings.cache_clear()
     if not get_settings().api_keys_required:
@@ -96,11 +109,84 @@ def up(host: str | None = None, port: int | None = None) -> None:
     try:
         api(host=host, port=port)
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
+        worker.stop()
+
+
+class WorkerSupervisor:
+    """Keeps `cloze up`'s worker running: when it dies (kill -9, OOM) its orphaned pool
+    children are killed too and it is started again, after 1, 2, 4 ... up to 60 s (back to
+    1 s once a worker has stayed up for a minute), so a crash loop does not spin."""
+
+    MAX_BACKOFF_S = 60.0
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._children: list[psutil.Process] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self.argv, cwd=ROOT)
+        threading.Thread(target=self._watch, name="cloze-worker-supervisor",
+                         daemon=True).start()
+
+    def _watch(self) -> None:
+        backoff, started = 1.0, time.monotonic()
+        while not self._stop.wait(1.0):
+            proc = self._proc
+            assert proc is not None
+            if proc.poll() is None:
+                self._remember_children(proc.pid)
+                continue
+            self._kill_orphans()
+            if time.monotonic() - started > self.MAX_BACKOFF_S:
+                backoff = 1.0
+            console.print(f"[yellow]worker pid {proc.pid} exited ({proc.returncode}); "
+                          f"restarting it in {backoff:.0f} s[/yellow]")
+            if self._stop.wait(backoff):
+                return
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._proc = subprocess.Popen(self.argv, cwd=ROOT)
+            console.print(f"worker restarted: pid {self._proc.pid}")
+            backoff, started = min(backoff * 2, self.MAX_BACKOFF_S), time.monotonic()
+
+    def _remember_children(self, pid: int) -> None:
         try:
-            worker_proc.wait(timeout=30)
+            self._children = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:  # it exited between poll() and here: next round sees it
+            pass
+
+    def _kill_orphans(self) -> None:
+        """A pool child outlives a worker killed with -9 and would keep its job (and its
+        GPU) busy beside the new worker's; psutil checks it is still the same process."""
+        for child in self._children:
+            try:
+                if child.is_running():
+                    child.kill()
+            except psutil.Error:
+                pass
+        self._children = []
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self._kill_orphans()
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            worker_proc.kill()
+            proc.kill()
+            self._kill_orphans()
 
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

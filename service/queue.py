@@ -3,7 +3,10 @@
 The API never imports worker code: it only knows the task's name and queue.
 """
 
+import os
+import time
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -65,3 +68,66 @@ def check_broker() -> None:
     """Raise if the broker cannot be reached (used by /health)."""
     with get_celery().connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
+
+
+# Live workers: each worker's main process records itself every heartbeat_interval_s with
+# an expiry of heartbeat_timeout_s (a Redis key on Redis, a file's mtime on the embedded
+# filesystem broker), so /health can tell "jobs wait and nobody will take them".
+
+
+def _worker_prefix(settings: Settings) -> str:
+    # The queue names the deployment: stacks sharing one Redis each count their own workers.
+    return f"cloze:{settings.train_queue}:worker:"
+
+
+def _redis_broker(settings: Settings) -> bool:
+    return settings.broker_url.startswith(("redis://", "rediss://"))
+
+
+def _redis_client(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _worker_dir(settings: Settings) -> Path:
+    return settings.broker_dir / "workers"
+
+
+def beat_worker(name: str, *, alive: bool = True) -> None:
+    """Record that the worker `name` is alive (or, with alive=False, that it stopped)."""
+    settings = get_settings()
+    if _redis_broker(settings):
+        client, key = _redis_client(settings), _worker_prefix(settings) + name
+        if alive:
+            client.set(key, str(time.time()), px=int(settings.heartbeat_timeout_s * 1000))
+        else:
+            client.delete(key)
+    elif settings.broker_url.startswith("filesystem://"):
+        path = _worker_dir(settings) / name.replace("/", "_")
+        if alive:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(os.getpid()))  # the write is the heartbeat (mtime)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def live_workers() -> int | None:
+    """Workers whose heartbeat is fresh; None when the broker offers no way to tell."""
+    settings = get_settings()
+    if _redis_broker(settings):
+        client = _redis_client(settings)
+        return sum(1 for _ in client.scan_iter(match=_worker_prefix(settings) + "*",
+                                               count=1000))
+    if settings.broker_url.startswith("filesystem://"):
+        fresh = time.time() - settings.heartbeat_timeout_s
+        folder = _worker_dir(settings)
+        return sum(1 for p in folder.iterdir() if _mtime(p) > fresh) if folder.is_dir() else 0
+    return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # a worker stopped while we looked
+        return 0.0

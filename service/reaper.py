@@ -1,4 +1,6 @@
-"""The reaper: a thread in each API process that re-queues jobs whose worker died."""
+"""The reaper: a thread in each API process and in each worker's main process that
+re-queues jobs whose worker died. Its re-queue is a conditional UPDATE (domain.jobs.reap),
+so any number of reapers may run at once and each job is revived once."""
 
 import logging
 import threading

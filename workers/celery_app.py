@@ -1,9 +1,64 @@
-"""The workers' Celery app: `celery -A workers.celery_app worker`, or `cloze worker`."""
+"""The workers' Celery app: `celery -A workers.celery_app worker`, or `cloze worker`.
+
+A worker's main process also keeps a liveness heartbeat (what /health counts) and runs
+the reaper, so a dead worker's job is re-queued wherever workers run, not only where an
+API process happens to be. The reaper's updates are conditional: any number may run.
+"""
+
+import logging
+import threading
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from service.queue import celery_config
+from service import reaper
+from service.queue import beat_worker, celery_config
 from service.settings import get_settings
 
 app = Celery("cloze", include=["workers.tasks"])
 app.conf.update(celery_config(get_settings()))
+
+log = logging.getLogger("cloze.worker")
+_stop = threading.Event()
+_reaper_stops: list[threading.Event] = []
+
+
+def _heartbeat(name: str) -> None:
+    interval = get_settings().heartbeat_interval_s
+    while True:
+        try:
+            beat_worker(name)
+        except Exception as exc:  # the broker is down: beat again next round
+            log.warning("worker heartbeat failed: %s", exc.__class__.__name__)
+        if _stop.wait(interval):
+            return
+
+
+@worker_ready.connect
+def _start_housekeeping(sender: Any = None, **_: Any) -> None:
+    name = getattr(sender, "hostname", None) or "worker"
+    threading.Thread(target=_heartbeat, args=(name,), name="cloze-heartbeat",
+                     daemon=True).start()
+    _reaper_stops.append(reaper.start())
+
+
+@worker_shutdown.connect
+def _stop_housekeeping(sender: Any = None, **_: Any) -> None:
+    _stop.set()
+    for stop in _reaper_stops:
+        stop.set()
+    try:
+        beat_worker(getattr(sender, "hostname", None) or "worker", alive=False)
+    except Exception:  # a stale heartbeat expires on its own
+        pass
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A pool child is forked from the main process, whose reaper may hold pooled database
+    # connections: the child must open its own, never share the parent's sockets.
+    from service.db import get_engine
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
