@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import errors, reaper
 from service.api import datasets, health, jobs, models
-from service.api.body_limit import BodyLimitMiddleware
+from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
 from service.settings import get_settings
 
@@ -28,7 +28,8 @@ def create_app() -> FastAPI:
     errors.install(app)
     # Uploads stream to storage and check their own limit on the file part; the room above
     # it is for the multipart framing and form fields around the file.
-    upload = settings.max_upload_bytes + 1024**2
+    upload = Limit(settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, "upload exceeds the "
+                   f"limit of {settings.max_upload_bytes} bytes", "file")
     app.add_middleware(BodyLimitMiddleware, default=settings.max_json_body_bytes, routes={
         ("POST", "/v1/datasets"): upload, ("POST", "/v1/models/import"): upload})
     if settings.cors_origins:  # added after, so outside: a 413 carries the CORS headers

@@ -8,24 +8,37 @@ shape and the server never holds more than the limit of one request's body.
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_body
+
+# Room over an upload's limit for the multipart framing and the form fields around the
+# file (the upload routes allow the same before counting the file part themselves).
+UPLOAD_FRAMING_BYTES = 64 * 1024
 
 
 class _BodyTooLarge(Exception):
     """Raised into the application when a streamed body passes the limit."""
 
 
+@dataclass(frozen=True)
+class Limit:
+    bytes: int
+    message: str  # what the client is told
+    param: str | None = None
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, *, default: int,
-                 routes: Mapping[tuple[str, str], int] | None = None) -> None:
+                 routes: Mapping[tuple[str, str], Limit] | None = None) -> None:
         """`default` bytes for every request; `routes` maps (method, path) to another limit
         (the multipart uploads, which stream to storage and have a larger one)."""
-        self.app, self.default, self.routes = app, default, dict(routes or {})
+        self.app, self.routes = app, dict(routes or {})
+        self.default = Limit(default, f"the request body exceeds the limit of {default} bytes")
 
-    def limit_for(self, scope: Scope) -> int:
+    def limit_for(self, scope: Scope) -> Limit:
         return self.routes.get((scope["method"], scope["path"].rstrip("/")), self.default)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -34,7 +47,7 @@ class BodyLimitMiddleware:
             return
         limit = self.limit_for(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > limit:
+        if declared is not None and declared > limit.bytes:
             await _refuse(send, limit)
             return
         received, tripped, started = 0, False, False
@@ -44,7 +57,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit.bytes:
                     tripped = True
                     raise _BodyTooLarge
             return message
@@ -72,9 +85,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(error_body(
-        "payload_too_large", f"the request body exceeds the limit of {limit} bytes")).encode()
+async def _refuse(send: Send, limit: Limit) -> None:
+    body = json.dumps(error_body("payload_too_large", limit.message, limit.param)).encode()
     # Connection: close, since the rest of the body is never read.
     await send({"type": "http.response.start", "status": 413, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -111,7 +111,12 @@ def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
     check_outputs(len(texts) * params.max_new_tokens, "new tokens (inputs x max_new_tokens)",
                   "parameters.max_new_tokens")
     predictor = load(model_id, prefix, "text-generation")
-    token_ids(predictor, texts)
+    longest = max(len(row) for row in token_ids(predictor, texts))
+    if longest + params.max_new_tokens > predictor.max_tokens:  # past its position table
+        raise ApiError(422, "invalid_request", f"parameters.max_new_tokens: the input's "
+                       f"{longest} tokens and {params.max_new_tokens} new ones are more than "
+                       f"this model's {predictor.max_tokens} positions",
+                       "parameters.max_new_tokens")
     sample = params.do_sample if params.do_sample is not None else params.temperature > 0
     kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sample,
                               "return_full_text": params.return_full_text}
