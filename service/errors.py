@@ -27,7 +27,8 @@ class ErrorResponse(BaseModel):
 # Documented on every route, so clients (and schemathesis) know the one error shape.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in {
-        400: "malformed request", 401: "missing or invalid API key", 404: "not found",
+        400: "malformed request", 401: "missing or invalid API key",
+        403: "a browser page of another origin may not change anything", 404: "not found",
         409: "conflict", 413: "too large", 415: "unsupported media type",
         422: "invalid request", 429: "rate limited", 503: "a dependency is unavailable",
     }.items()}
