@@ -49,6 +49,17 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_uncompressed_bytes: int = Field(default=20 * 1024**3, ge=1)
     max_jsonl_line_bytes: int = Field(default=16 * 1024**2, ge=1024)
+    # Decompressed bytes per compressed byte, counted as they are written (a gzip corpus or
+    # a model archive): text compresses ~4x and weights ~1.1x; a bomb does 1000x. Past the
+    # first 8 MiB only.
+    max_compression_ratio: float = Field(default=20.0, ge=1)
+    # Bytes a model archive may extract to (counted as written, never as declared).
+    max_extract_bytes: int = Field(default=8 * 1024**3, ge=1)
+    # Parameters an imported model may have: config.json decides what inference allocates.
+    max_import_parameters: int = Field(default=1_000_000_000, ge=1)
+    # Bytes each owner may keep (datasets plus models, as the API reports their bytes);
+    # 0 turns quotas off.
+    storage_quota_bytes: int = Field(default=100 * 1024**3, ge=0)
     max_inference_inputs: int = Field(default=64, ge=1)
     max_inference_chars: int = Field(default=20_000, ge=1)
     max_top_k: int = Field(default=100, ge=1)

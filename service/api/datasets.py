@@ -13,8 +13,14 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.api.multipart import PartStart, refuse_declared_oversize, stream_parts
-from service.domain import datasets, idempotency
+from service.api.multipart import (
+    MAX_NAME_CHARS,
+    PartStart,
+    form_name,
+    refuse_declared_oversize,
+    stream_parts,
+)
+from service.domain import datasets, idempotency, quotas
 from service.domain.datasets import DatasetPublic, DatasetUpload
 from service.domain.schemas import ListOf
 from service.errors import ApiError
@@ -51,7 +57,8 @@ def _tag_column(query: int | None, form: bytearray) -> int | None:
 
 
 async def _receive(request: Request, store: ObjectStore, settings: Settings,
-                   tag_column: int | None) -> tuple[DatasetUpload, str | None]:
+                   tag_column: int | None, room: int | None
+                   ) -> tuple[DatasetUpload, str | None]:
     """Stream the multipart body into storage, part by part; returns the upload and name."""
     upload: DatasetUpload | None = None
     current: str | None = None
@@ -66,13 +73,14 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings,
                         raise ApiError(422, "invalid_request", "file: send one file", "file")
                     upload = await run_in_threadpool(
                         DatasetUpload, filename=event.filename or "", store=store,
-                        settings=settings, tag_column=_tag_column(tag_column, tag_form))
+                        settings=settings, tag_column=_tag_column(tag_column, tag_form),
+                        room=room)
             elif current == "file" and upload is not None:
                 await run_in_threadpool(upload.write, event.data)
             elif current == "name":
                 name += event.data
-                if len(name) > 1024:
-                    raise ApiError(422, "invalid_request", "name: too long", "name")
+                if len(name) > 4 * MAX_NAME_CHARS:  # UTF-8 takes at most 4 bytes a character
+                    form_name(name)  # says why
             elif current == "tag_column":
                 tag_form += event.data
                 if len(tag_form) > 32:
@@ -87,7 +95,7 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings,
         if upload is not None:
             await run_in_threadpool(upload.abort)
         raise
-    return upload, name.decode("utf-8", "replace").strip()[:255] or None
+    return upload, form_name(name)
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_BODY,
@@ -100,7 +108,11 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
     A .txt whose lines are CoNLL columns is stored as format "conll"; the answer shows its
     columns, tag column and tag set."""
     refuse_declared_oversize(request, settings.max_upload_bytes)
-    upload, name = await _receive(request, store, settings, tag_column)
+    room = quotas.left(session, caller.owner, settings)
+    if room == 0:  # refused before a byte is read
+        raise quotas.exceeded(settings.storage_quota_bytes,
+                              quotas.used_bytes(session, caller.owner))
+    upload, name = await _receive(request, store, settings, tag_column, room)
     route = "POST /v1/datasets"
     # tag_column only when given, so fingerprints of earlier uploads still match.
     asked = upload.inspector.requested_tag_column
@@ -115,6 +127,11 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
     if first is not None:  # a retry: keep the first dataset, drop this copy
         await run_in_threadpool(upload.abort)
         return JSONResponse(first[1], first[0])
+    try:  # again now the size is known: another upload may have finished meanwhile
+        quotas.check(session, caller.owner, settings, upload.inspector.bytes)
+    except ApiError:
+        await run_in_threadpool(upload.abort)
+        raise
     row = upload.record(session=session, owner=caller.owner, name=name)
     public = DatasetPublic.of(row)
     idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,

@@ -16,8 +16,13 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.api.multipart import PartStart, refuse_declared_oversize, stream_parts
-from service.domain import idempotency, imports, models
+from service.api.multipart import (
+    PartStart,
+    form_name,
+    refuse_declared_oversize,
+    stream_parts,
+)
+from service.domain import idempotency, imports, models, quotas
 from service.domain.keys import Principal
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
@@ -61,9 +66,9 @@ async def import_model(request: Request, session: SessionDep, store: StoreDep,
                                    route=route, request_sha256=fingerprint)
         if first is not None:
             return JSONResponse(first[1], first[0])
-        model_dir = await run_in_threadpool(
-            imports.extract, archive, Path(tmp) / "x", max_bytes=settings.max_upload_bytes * 4)
-        info = imports.describe(model_dir)
+        model_dir, info, size = await run_in_threadpool(
+            imports.import_archive, archive, Path(tmp) / "x", settings)
+        quotas.check(session, caller.owner, settings, size)
         row: ModelRow = await run_in_threadpool(
             models.publish, session=session, store=store, export_dir=model_dir,
             owner=caller.owner, name=name or model_dir.name, job_id=None, task=info["task"],
@@ -103,7 +108,7 @@ async def _receive_archive(request: Request, tmp: Path, settings: Any
                 name += event.data
     if not seen_file or size == 0:
         raise ApiError(422, "invalid_request", "file: send the archive in a 'file' part", "file")
-    return target, name.decode("utf-8", "replace").strip()[:255] or None, digest.hexdigest()
+    return target, form_name(name), digest.hexdigest()
 
 
 @router.get("/{model_id}", response_model=ModelPublic)

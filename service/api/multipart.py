@@ -90,3 +90,22 @@ def refuse_declared_oversize(request: Request, limit: int) -> None:
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes",
                        "file")
+
+
+MAX_NAME_CHARS = 255  # the names column; a longer name is refused, never cut
+
+
+def form_name(raw: bytes | bytearray, param: str = "name") -> str | None:
+    """A name sent as a form field: UTF-8, at most MAX_NAME_CHARS characters once stripped;
+    None when blank."""
+    try:
+        name = bytes(raw).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ApiError(422, "invalid_request", f"{param}: must be UTF-8 text", param) from None
+    if len(name) > MAX_NAME_CHARS:
+        raise ApiError(422, "invalid_request",
+                       f"{param}: at most {MAX_NAME_CHARS} characters (got {len(name)})", param)
+    if any(ord(c) < 32 for c in name):
+        raise ApiError(422, "invalid_request", f"{param}: must not hold control characters",
+                       param)
+    return name or None

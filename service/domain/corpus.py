@@ -22,6 +22,10 @@ MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloa
 MAX_COLUMNS = 64  # CoNLL-U has 10, CoNLL-2012 about 20
 SAMPLE_VALUES, SAMPLE_CHARS = 5, 40  # the first distinct values shown per column
 SNIFF_LINES, SNIFF_CHARS = 1000, 64 * 1024  # what a .txt upload is judged by
+# Small gzip files (a few lines) legitimately compress far better than corpora do; the
+# ratio limit applies past this many decompressed bytes.
+RATIO_FLOOR = 8 * 1024 * 1024
+GUNZIP_STEP = 1024 * 1024  # decompressed bytes per step: each is checked before the next
 # BIO/IOB1/IOB2/IOBES/BILOU tags: O, or a position prefix and an entity type.
 BIO_TAG = re.compile(r"O|[BIESLU]-\S+")
 
@@ -143,11 +147,13 @@ class _Column:
 
 class CorpusInspector:
     def __init__(self, fmt: str, *, max_bytes: int, max_uncompressed: int,
-                 max_line_bytes: int, tag_column: int | None = None) -> None:
+                 max_line_bytes: int, tag_column: int | None = None,
+                 max_ratio: float | None = None) -> None:
         self.declared = fmt  # what the file name says
         self.fmt = fmt  # what the content is: a .txt of columns becomes conll
         self.max_bytes, self.max_uncompressed = max_bytes, max_uncompressed
         self.max_line_bytes = max_line_bytes
+        self.max_ratio = max_ratio  # decompressed bytes per gzip byte received
         self.bytes = 0
         self.uncompressed = 0
         self.documents = 0
@@ -198,11 +204,12 @@ class CorpusInspector:
         self._sha.update(chunk)
         if self._gunzip is not None:
             try:
-                # Bounded output per call keeps a gzip bomb from inflating in memory.
-                data = self._gunzip.decompress(chunk, 4 * 1024 * 1024)
+                # Bounded output per step keeps a gzip bomb from inflating in memory, and
+                # the ratio is checked before each step's text is scanned.
+                data = self._gunzip.decompress(chunk, GUNZIP_STEP)
                 while self._gunzip.unconsumed_tail:
                     self._decoded(data)
-                    data = self._gunzip.decompress(self._gunzip.unconsumed_tail, 4 * 1024 * 1024)
+                    data = self._gunzip.decompress(self._gunzip.unconsumed_tail, GUNZIP_STEP)
             except zlib.error as exc:
                 raise CorpusRejected(422, "invalid_gzip", f"not a valid gzip file: {exc}") from None
             self._decoded(data)
@@ -214,6 +221,12 @@ class CorpusInspector:
         if self.uncompressed > self.max_uncompressed:
             raise CorpusRejected(413, "payload_too_large",
                                  f"corpus exceeds {self.max_uncompressed} bytes uncompressed")
+        if self._gunzip is not None and self.max_ratio is not None and \
+                self.uncompressed > RATIO_FLOOR and \
+                self.uncompressed > self.max_ratio * self.bytes:
+            raise CorpusRejected(413, "payload_too_large",
+                                 f"the gzip file decompresses to more than {self.max_ratio:g} "
+                                 "times its size (a compression bomb?)")
         try:
             text = self._utf8.decode(data)
         except UnicodeDecodeError as exc:
@@ -341,6 +354,8 @@ class CorpusInspector:
         return CorpusRejected(422, "invalid_dataset", f"line {self.line_no}: {message}")
 
     def _label(self, value: str) -> None:
+        if not value.strip():
+            raise self._bad("a blank label or tag")
         if len(value) > MAX_LABEL_CHARS:
             raise self._bad(f"a label or tag longer than {MAX_LABEL_CHARS} characters "
                             f"({value[:20]!r}...)")

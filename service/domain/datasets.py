@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.domain import quotas
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
 from service.domain.ids import new_id
 from service.domain.pagination import newest_first, owned
@@ -49,13 +50,14 @@ class DatasetUpload:
     """Receives one uploaded file chunk by chunk: checks it and writes it to storage."""
 
     def __init__(self, *, filename: str, store: ObjectStore, settings: Settings,
-                 tag_column: int | None = None) -> None:
+                 tag_column: int | None = None, room: int | None = None) -> None:
         try:
             self.format = format_of(filename)
             self.inspector = CorpusInspector(
                 self.format, max_bytes=settings.max_upload_bytes,
                 max_uncompressed=settings.max_uncompressed_bytes,
-                max_line_bytes=settings.max_jsonl_line_bytes, tag_column=tag_column)
+                max_line_bytes=settings.max_jsonl_line_bytes, tag_column=tag_column,
+                max_ratio=settings.max_compression_ratio)
         except CorpusRejected as exc:
             raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
         self.id = new_id("ds")
@@ -63,6 +65,8 @@ class DatasetUpload:
         # The key keeps the name's extension; the recorded format says what the content is.
         self.key = f"datasets/{self.id}/corpus.{self.format}"
         self.store = store
+        self.settings = settings
+        self.room = room  # bytes the owner's storage quota leaves; None: no quota
         self._out = store.open_write(self.key)
 
     def write(self, chunk: bytes) -> None:
@@ -71,6 +75,10 @@ class DatasetUpload:
         except CorpusRejected as exc:
             self.abort()
             raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
+        if self.room is not None and self.inspector.bytes > self.room:
+            self.abort()
+            quota = self.settings.storage_quota_bytes
+            raise quotas.exceeded(quota, quota - self.room, self.inspector.bytes)
         self._out.write(chunk)
 
     def request_tag_column(self, tag_column: int | None) -> None:
@@ -121,12 +129,32 @@ def list_(*, session: Session, scope: str | None, limit: int, after: str | None
                         limit=limit, after=after, scope=scope)
 
 
+ACTIVE = ("queued", "running")
+DATA_FIELDS = ("dataset_id", "validation_dataset_id", "test_dataset_id")  # in a job's spec
+
+
+def _busy_job(session: Session, row: DatasetRow) -> str | None:
+    """A queued or running job that reads the dataset (as training, validation or test
+    data), if any. Only its owner's jobs can name it."""
+    jobs = session.execute(select(JobRow.id, JobRow.dataset_id, JobRow.spec).where(
+        JobRow.owner == row.owner, JobRow.status.in_(ACTIVE))).all()
+    for job_id, dataset_id, spec in jobs:
+        if dataset_id == row.id or any((spec or {}).get(f) == row.id for f in DATA_FIELDS):
+            return str(job_id)
+    return None
+
+
 def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str | None) -> None:
+    """Delete the dataset with its corpus and everything made from it: the token shards
+    and tokenizers that pretraining jobs prepared (tokenized/<id>/...). A dataset a queued or
+    running job reads is refused with 409: deleting it would fail the job, or leave shards
+    the job writes later behind with no dataset to delete them with."""
     row = get(session=session, dataset_id=dataset_id, scope=scope)
-    busy = session.scalar(select(JobRow.id).where(
-        JobRow.dataset_id == dataset_id, JobRow.status.in_(("queued", "running"))).limit(1))
+    busy = _busy_job(session, row)
     if busy:
-        raise ApiError(409, "conflict", f"dataset {dataset_id} is in use by job {busy}")
+        raise ApiError(409, "conflict", f"dataset {dataset_id} is in use by job {busy}; "
+                       "cancel it or wait until it ends")
     session.delete(row)
     session.commit()  # the record goes first: a failed commit must not lose the file
     store.delete_prefix(f"datasets/{dataset_id}")
+    store.delete_prefix(f"tokenized/{dataset_id}")

@@ -1,17 +1,36 @@
 """Importing a Hugging Face model directory from an archive, safely.
 
 An archive is untrusted: members must be plain files with relative paths (no "..", no
-links, no devices), weights must be safetensors (nothing is ever unpickled), and sizes are
-bounded. The model's task is read from config.json.
+links, no devices), weights must be safetensors (nothing is ever unpickled), and what it
+extracts to is bounded as it is written (total bytes and compression ratio; declared sizes
+are not trusted). Every path the directory names (index files' weight_map, config files'
+*_file entries) must stay inside it. config.json decides what inference allocates and
+transformers fills any weight it lacks with random values, so the model config.json
+describes is built on the meta device (no memory) and checked against the safetensors
+headers: its word embeddings must be there with the shape config.json implies, no tensor
+may have another shape than the model's, and what the weights lack must be small.
+
+All of this is blocking file work: the route runs `import_archive` in a thread.
 """
 
+import errno
 import json
+import lzma
+import math
+import re
+import shutil
+import struct
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
+from jobspec.model_dir import check_model_dir, weight_map_files
+from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
 from service.errors import ApiError
+from service.settings import Settings
 
 ALLOWED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".md", ".jinja"}
 PICKLED = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx"}
@@ -22,10 +41,37 @@ TASKS = {  # the head's class name ends with... -> pipeline task
     "ForCausalLM": "text-generation", "LMHeadModel": "text-generation",
 }
 MAX_MEMBERS = 200
+CHUNK = 1024 * 1024
+# Small archives (a config and a tokenizer) legitimately compress far better than weights
+# do; the ratio applies past this many extracted bytes.
+RATIO_FLOOR = 8 * 1024 * 1024
+# config.json, tokenizer_config.json and index files are read whole; real ones are KBs.
+MAX_JSON_BYTES = 16 * 1024 * 1024
+# A safetensors header lists names, dtypes and shapes: ~100 bytes a tensor.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+# Weights the model has and the files lack are filled randomly: a new head is fine (a few
+# thousand parameters), a missing embedding matrix is not.
+MISSING_FLOOR, MISSING_FRACTION = 2_000_000, 0.1
+# Columns of the models table these values are stored in.
+MAX_MODEL_TYPE_CHARS, MAX_MASK_TOKEN_CHARS, MAX_ARCHITECTURES = 32, 32, 8
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+               "I64": 8, "U64": 8, "F64": 8}
+AUTO_CLASSES = {"fill-mask": "AutoModelForMaskedLM",
+                "text-classification": "AutoModelForSequenceClassification",
+                "token-classification": "AutoModelForTokenClassification",
+                "text-generation": "AutoModelForCausalLM"}
+# Config entries that count repeated modules: each needs at least one tensor in the weights
+# (and a huge one would make even building the model on the meta device take minutes).
+REPEATS = re.compile(r"(layers|layer|experts)$")
 
 
 def _bad(message: str) -> ApiError:
     return ApiError(422, "invalid_archive", f"file: {message}", "file")
+
+
+def _too_big(message: str) -> ApiError:
+    return ApiError(413, "payload_too_large", f"file: {message}", "file")
 
 
 def _member_path(name: str) -> PurePosixPath:
@@ -44,72 +90,340 @@ def _check_name(path: PurePosixPath) -> None:
         raise _bad(f"{path.name}: unexpected file type in a model directory")
 
 
-def extract(archive: Path, dest: Path, *, max_bytes: int) -> Path:
+class _Budget:
+    """Counts extracted bytes as they are written, against the total and ratio limits."""
+
+    def __init__(self, archive_bytes: int, settings: Settings) -> None:
+        self.archive_bytes = archive_bytes
+        self.max_bytes = settings.max_extract_bytes
+        self.max_ratio = settings.max_compression_ratio
+        self.written = 0
+
+    def add(self, n: int) -> None:
+        self.written += n
+        if self.written > self.max_bytes:
+            raise _too_big(f"the archive extracts to more than {self.max_bytes} bytes")
+        if self.written > RATIO_FLOOR and self.written > self.max_ratio * self.archive_bytes:
+            raise _too_big(f"the archive extracts to more than {self.max_ratio:g} times its "
+                           "size (a compression bomb?)")
+
+
+def _write(source: IO[bytes], target: Path, budget: _Budget) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out = open(target, "xb")  # a second member of the same name is refused, not merged
+    except FileExistsError:
+        raise _bad(f"member {target.name!r} appears twice") from None
+    with out:
+        while block := source.read(CHUNK):
+            budget.add(len(block))
+            out.write(block)
+
+
+def _tar_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Members as the stream reaches them: a tar of a million members stops at the limit
+    without being listed whole."""
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_MEMBERS:
+            raise _bad(f"more than {MAX_MEMBERS} members")
+        yield member
+
+
+def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
+    with tarfile.open(archive, "r:*") as tar:
+        for m in _tar_members(tar):
+            path = _member_path(m.name)
+            if m.isdir():
+                continue
+            if not m.isfile():  # symlinks, hard links, devices, fifos
+                raise _bad(f"member {m.name!r} is not a regular file")
+            _check_name(path)
+            source = tar.extractfile(m)
+            assert source is not None  # a regular file always has contents
+            _write(source, dest / path, budget)
+
+
+def _zip_entries(archive: Path) -> int | None:
+    """The member count the end record declares, read before zipfile parses the whole
+    central directory (millions of tiny entries would take gigabytes as ZipInfo objects)."""
+    find_end = getattr(zipfile, "_EndRecData", None)
+    if find_end is None:
+        return None
+    with open(archive, "rb") as f:
+        end = find_end(f)
+    return None if end is None else int(end[zipfile._ECD_ENTRIES_TOTAL])  # type: ignore[attr-defined]
+
+
+def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
+    declared = _zip_entries(archive)
+    if declared is not None and declared > MAX_MEMBERS:
+        raise _bad(f"more than {MAX_MEMBERS} members")
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise _bad(f"more than {MAX_MEMBERS} members")
+        for info in infos:
+            path = _member_path(info.filename)
+            if info.is_dir():
+                continue
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise _bad(f"member {info.filename!r} is a symbolic link")
+            _check_name(path)
+            with zf.open(info) as source:  # checks the CRC when the member ends
+                _write(source, dest / path, budget)
+
+
+def extract(archive: Path, dest: Path, settings: Settings) -> Path:
     """Extract a .tar.gz/.tgz/.tar/.zip safely; returns the directory holding config.json."""
-    total = 0
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_MEMBERS:
-                raise _bad(f"more than {MAX_MEMBERS} members")
-            for m in members:
-                path = _member_path(m.name)
-                if m.isdir():
-                    continue
-                if not m.isfile():  # symlinks, hard links, devices, fifos
-                    raise _bad(f"member {m.name!r} is not a regular file")
-                _check_name(path)
-                total += m.size
-                if total > max_bytes:
-                    raise ApiError(413, "payload_too_large", "file: the model is too large")
-            tar.extractall(dest, filter="data")
-    elif zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            if len(infos) > MAX_MEMBERS:
-                raise _bad(f"more than {MAX_MEMBERS} members")
-            for info in infos:
-                path = _member_path(info.filename)
-                if info.is_dir():
-                    continue
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise _bad(f"member {info.filename!r} is a symbolic link")
-                _check_name(path)
-                total += info.file_size
-                if total > max_bytes:
-                    raise ApiError(413, "payload_too_large", "file: the model is too large")
-            zf.extractall(dest)
-    else:
-        raise ApiError(415, "unsupported_format", "file: upload a .tar.gz, .tar or .zip archive "
-                       "of a Hugging Face model directory", "file")
+    budget = _Budget(archive.stat().st_size, settings)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if tarfile.is_tarfile(archive):
+            _extract_tar(archive, dest, budget)
+        elif zipfile.is_zipfile(archive):
+            _extract_zip(archive, dest, budget)
+        else:
+            raise ApiError(415, "unsupported_format", "file: upload a .tar.gz, .tar or .zip "
+                           "archive of a Hugging Face model directory", "file")
+    except ApiError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            lzma.LZMAError, NotImplementedError, RuntimeError) as exc:
+        # A bad CRC, a truncated stream, an encrypted or unknown compression: the archive's
+        # fault, not ours.
+        shutil.rmtree(dest, ignore_errors=True)
+        raise _bad(f"the archive is damaged or unreadable ({_short(exc)})") from None
+    except OSError as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        if exc.errno is not None and exc.errno != errno.EINVAL:
+            raise  # our disk (full, unwritable): a server error, logged
+        raise _bad(f"the archive is damaged or unreadable ({_short(exc)})") from None
     configs = sorted(dest.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:
         raise _bad("no config.json: archive a directory written by save_pretrained")
     return configs[0].parent
 
 
-def describe(model_dir: Path) -> dict[str, Any]:
-    """Task, architecture and mask token of a model directory; checks it is loadable."""
+def _short(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise _bad(f"{path.name} is larger than {MAX_JSON_BYTES} bytes")
     try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad("config.json is not valid JSON") from None
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
+        raise _bad(f"{path.name} is not valid JSON") from None
+
+
+def _text(value: Any, limit: int, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise _bad(f"{what} must be a string of 1 to {limit} characters")
+    return value
+
+
+def _labels(config: dict[str, Any]) -> dict[str, str] | None:
+    """id2label, bounded as dataset labels are (it is shown on every GET of the model)."""
+    labels = config.get("id2label")
+    if labels is None:
+        return None
+    if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+        raise _bad(f"config.json: id2label must map at most {MAX_LABELS} ids to labels")
+    for key, label in labels.items():
+        if len(key) > 16:
+            raise _bad("config.json: id2label's keys must be label ids")
+        _text(label, MAX_LABEL_CHARS, "config.json: every id2label label")
+    return labels
+
+
+def describe(model_dir: Path, settings: Settings) -> dict[str, Any]:
+    """Task, architecture and mask token of a model directory; checks it is loadable and
+    that its config matches its weights."""
+    config = _read_json(model_dir / "config.json")
     if not isinstance(config, dict) or not config.get("model_type"):
         raise _bad("config.json has no model_type")
-    if not list(model_dir.glob("*.safetensors")):
-        raise _bad("no .safetensors weights in the model directory")
+    model_type = _text(config["model_type"], MAX_MODEL_TYPE_CHARS, "config.json: model_type")
     if not (model_dir / "tokenizer.json").exists() and \
             not (model_dir / "tokenizer_config.json").exists():
         raise _bad("no tokenizer files (tokenizer.json / tokenizer_config.json)")
     architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or len(architectures) > MAX_ARCHITECTURES:
+        raise _bad(f"config.json: architectures must be a list of at most {MAX_ARCHITECTURES}")
+    for arch in architectures:
+        _text(arch, 100, "config.json: every architecture")
     task = next((t for arch in architectures for suffix, t in TASKS.items()
                  if str(arch).endswith(suffix)), None)
     if task is None:
         raise _bad(f"cannot tell the model's task from architectures {architectures!r}")
+    labels = _labels(config)
     mask = None
     tok_config = model_dir / "tokenizer_config.json"
     if tok_config.exists():
-        token = json.loads(tok_config.read_text()).get("mask_token")
+        tokenizer = _read_json(tok_config)
+        token = tokenizer.get("mask_token") if isinstance(tokenizer, dict) else None
         mask = token.get("content") if isinstance(token, dict) else token
-    return {"task": task, "architecture": str(config["model_type"]), "mask_token": mask,
-            "architectures": architectures, "labels": config.get("id2label")}
+        if mask is not None:
+            mask = _text(mask, MAX_MASK_TOKEN_CHARS, "tokenizer_config.json: mask_token")
+    try:
+        check_model_dir(model_dir)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    shapes = weight_shapes(model_dir)
+    check_config_against_weights(model_dir, config, task, shapes, settings)
+    return {"task": task, "architecture": model_type, "mask_token": mask,
+            "architectures": architectures, "labels": labels}
+
+
+def import_archive(archive: Path, dest: Path, settings: Settings
+                   ) -> tuple[Path, dict[str, Any], int]:
+    """Extract and check an uploaded model archive: (model directory, what describe() says,
+    the directory's bytes). Blocking: run it in a thread."""
+    model_dir = extract(archive, dest, settings)
+    info = describe(model_dir, settings)
+    size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    return model_dir, info, size
+
+
+# ---- safetensors headers --------------------------------------------------------------
+
+
+def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of a safetensors file, read from its header alone, after
+    checking that every tensor's bytes lie in the file and match its dtype and shape."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _bad(f"{path.name} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise _bad(f"{path.name} is not a safetensors file (header size)")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError):
+        raise _bad(f"{path.name} is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise _bad(f"{path.name} is not a safetensors file")
+    data_bytes = size - 8 - length
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = dtype in DTYPE_BYTES and isinstance(shape, list) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) and \
+                all(isinstance(o, int) and not isinstance(o, bool) for o in (start, end))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise _bad(f"{path.name}: tensor {name[:100]!r} has an invalid header entry")
+        if not 0 <= start <= end <= data_bytes or \
+                end - start != math.prod(shape) * DTYPE_BYTES[dtype]:
+            raise _bad(f"{path.name}: tensor {name[:100]!r} of shape {shape} does not fit the "
+                       "bytes in the file (a truncated or dummy weights file)")
+        tensors[name] = (dtype, tuple(shape))
+    return tensors
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files transformers loads: model.safetensors, else the shards that
+    model.safetensors.index.json names (each checked to stay in the folder and exist)."""
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = model_dir / "model.safetensors.index.json"
+    if not index.is_file():
+        raise _bad("no model.safetensors (or model.safetensors.index.json and its shards) "
+                   "in the model directory: only safetensors weights are accepted")
+    try:
+        names = weight_map_files(model_dir, index)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    files = []
+    for name in sorted(names):
+        path = model_dir / name
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise _bad(f"{index.name} names {name!r}, which is not a .safetensors file in "
+                       "the archive")
+        files.append(path)
+    return files
+
+
+def weight_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in weight_files(model_dir):
+        shapes.update({name: shape for name, (_, shape) in read_header(path).items()})
+    return shapes
+
+
+# ---- config.json against the weights -------------------------------------------------
+
+
+def _repeat_counts(config: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from ((f"{key}.{k}", v) for k, v in _repeat_counts(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and REPEATS.search(key):
+            yield key, value
+
+
+def _meta_model(model_dir: Path, task: str) -> Any:
+    """The model config.json describes, as the serving pipeline builds it, on the meta
+    device: shapes and parameter counts without allocating a byte."""
+    import torch
+    import transformers
+
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            return auto.from_config(config)
+    except Exception as exc:  # any failure here is the uploaded config's: report it
+        raise _bad(f"transformers cannot build a {task} model from config.json: "
+                   f"{_short(exc)}") from None
+
+
+def _plain(name: str, prefix: str) -> str:
+    """A parameter name as transformers matches it across base and head checkpoints."""
+    name = name.removeprefix(f"{prefix}.") if prefix else name
+    return re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", name))
+
+
+def check_config_against_weights(model_dir: Path, config: dict[str, Any], task: str,
+                                 shapes: dict[str, tuple[int, ...]], settings: Settings) -> None:
+    for key, value in _repeat_counts(config):
+        if value > len(shapes):
+            raise _bad(f"config.json says {key} = {value}, but the weights hold only "
+                       f"{len(shapes)} tensors")
+    have = sum(math.prod(s) for s in shapes.values())
+    if have > settings.max_import_parameters:
+        raise _bad(f"the weights hold {have:,} parameters; the limit is "
+                   f"{settings.max_import_parameters:,}")
+    model = _meta_model(model_dir, task)
+    params = dict(model.named_parameters())  # tied weights once, as checkpoints store them
+    wants = sum(p.numel() for p in params.values())
+    if wants > settings.max_import_parameters:
+        raise _bad(f"config.json describes a model of {wants:,} parameters; the limit is "
+                   f"{settings.max_import_parameters:,}")
+    embeddings = model.get_input_embeddings()
+    want = tuple(embeddings.weight.shape) if embeddings is not None else None
+    if want is not None and want not in set(shapes.values()):
+        raise _bad(f"config.json implies word embeddings of shape {list(want)} (vocabulary "
+                   "size x hidden size), and the weights hold no tensor of that shape")
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    stored = {_plain(n, prefix): s for n, s in shapes.items()}
+    for name, param in params.items():
+        found = stored.get(_plain(name, prefix))
+        if found is not None and found != tuple(param.shape):
+            raise _bad(f"config.json makes {name} of shape {list(param.shape)}, and the "
+                       f"weights hold it with shape {list(found)}")
+    missing = wants - have
+    if missing > MISSING_FLOOR + MISSING_FRACTION * have:
+        raise _bad(f"config.json describes a model of {wants:,} parameters and the weights "
+                   f"hold {have:,}; transformers would fill the {missing:,} missing ones "
+                   "with random values")

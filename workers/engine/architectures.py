@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from jobspec import ModelSpec
+from jobspec.model_dir import check_model_dir
 from workers.engine.errors import ConfigError, EngineError
 
 # Peak dense bf16 FLOP/s by GPU name (substring, first match wins), for MFU. Sparsity-free
@@ -105,6 +106,15 @@ def build_model(spec: ModelSpec, objective: str, tokenizer: PreTrainedTokenizerB
     return cls(config)
 
 
+def check_confined(directory: str | Path) -> None:
+    """Refuse a base model whose files name paths outside its folder (an index's
+    weight_map entry "../../other/model.safetensors" would load another owner's weights)."""
+    try:
+        check_model_dir(directory)
+    except ValueError as exc:
+        raise ConfigError(f"the base model cannot be loaded: {exc}") from None
+
+
 def load_model(directory: str | Path, objective: str, *, attention: str,
                dropout: float | None) -> PreTrainedModel:
     """A base model from an export, with the head its objective trains (continued pretraining).
@@ -112,6 +122,7 @@ def load_model(directory: str | Path, objective: str, *, attention: str,
     A BERT exported by mlm_nsp keeps its NSP head when continued by mlm_nsp; any other
     base gets the objective's head, with the base's weights where they fit.
     """
+    check_confined(directory)
     try:
         config = AutoConfig.from_pretrained(str(directory))
     except (OSError, ValueError) as exc:

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from jobspec import ModelSpec
-from workers.engine.architectures import model_config
+from workers.engine.architectures import check_confined, model_config
 from workers.engine.errors import ConfigError, EngineError
 
 HEADS = {"text_classification": AutoModelForSequenceClassification,
@@ -80,6 +80,7 @@ def load_base(task: str, labels: list[str], base_model_dir: str | None,
     auto = HEADS[task]
     unused: list[str] = []
     if base_model_dir is not None:
+        check_confined(base_model_dir)
         tokenizer = load_tokenizer(base_model_dir)
         try:
             config = AutoConfig.from_pretrained(base_model_dir)
