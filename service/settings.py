@@ -33,9 +33,10 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=24 * 3600, ge=60)
 
     # Fault tolerance. A running job writes a heartbeat every heartbeat_interval_s; the
-    # reaper (in the API process) re-queues one whose heartbeat is older than
+    # reaper (in API processes and workers) re-queues one whose heartbeat is older than
     # heartbeat_timeout_s (its worker died) and re-sends queued jobs whose message may have
-    # been lost (a broker restart without persistence) after requeue_after_s.
+    # been lost (a broker restart without persistence) after requeue_after_s. Each worker's
+    # main process beats on the same schedule, so /health can count live workers.
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
     reaper_interval_s: float = Field(default=15.0, gt=0)
