@@ -87,6 +87,7 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings,
                     raise ApiError(422, "invalid_request", "tag_column: too long", "tag_column")
         if upload is None:
             raise ApiError(422, "invalid_request", "file: the form has no 'file' part", "file")
+        checked_name = form_name(name)
         if tag_form:  # it may have come after the file
             await run_in_threadpool(upload.request_tag_column,
                                     _tag_column(tag_column, tag_form))
@@ -95,7 +96,7 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings,
         if upload is not None:
             await run_in_threadpool(upload.abort)
         raise
-    return upload, form_name(name)
+    return upload, checked_name
 
 
 @router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_BODY,
