@@ -51,7 +51,7 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 # Weights the model has and the files lack are filled randomly: a new head is fine (a few
 # thousand parameters), a missing embedding matrix is not.
-MISSING_FLOOR, MISSING_FRACTION = 2_000_000, 0.1
+MISSING_FLOOR, MISSING_FRACTION = 10_000, 0.1
 # Columns of the models table these values are stored in.
 MAX_MODEL_TYPE_CHARS, MAX_MASK_TOKEN_CHARS, MAX_ARCHITECTURES = 32, 32, 8
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
