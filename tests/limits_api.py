@@ -1,5 +1,6 @@
-"""Datasets and model-import routes in-process (for the limits tests): SQLite, a local object directory, no servers.
-The caller is switchable (`api.as_owner("bob")`) so tests can play two tenants."""
+"""The datasets and model-import routes in-process, for the limits tests: SQLite, a local
+object directory, no servers. The caller is switchable (`api.as_owner("bob")`) so tests can
+play two tenants."""
 
 import io
 import json
