@@ -265,3 +265,32 @@ def test_duplicate_members_are_refused(api: Api):
         with pytest.warns(UserWarning):
             zf.writestr("m/config.json", json.dumps({**BERT, "vocab_size": 9}))
     assert_error(api.import_(buf.getvalue(), "m.zip"), 422, "twice")
+
+
+def _no_event_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+def test_archive_work_runs_off_the_event_loop(api: Api, monkeypatch: pytest.MonkeyPatch):
+    """The probe: a 400 MB config.json was read on the event loop and /health stalled
+    3.4 s. Extraction and every check of the directory run in a worker thread."""
+    from service.domain import imports
+
+    where: list[bool] = []
+    for name in ("extract", "describe"):
+        real = getattr(imports, name)
+
+        def spy(*args, _real=real, **kwargs):
+            where.append(_no_event_loop())
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(imports, name, spy)
+    dummy = safetensors_bytes({"x": ("F32", [1], b"\0" * 4)})
+    assert_error(api.import_(tar_gz(model_files(BERT, dummy))), 422, "word embeddings")
+    assert where == [True, True]

@@ -111,3 +111,24 @@ def test_a_dataset_a_running_job_reads_cannot_be_deleted(api: Api, field: str):
         s.commit()
     assert api.client.delete(f"/v1/datasets/{ds}").status_code == 204
     assert api.stored() == []
+
+
+def test_corpus_scanning_runs_off_the_event_loop(api: Api, monkeypatch: pytest.MonkeyPatch):
+    import asyncio
+
+    from service.domain.corpus import CorpusInspector
+
+    where: list[bool] = []
+    real = CorpusInspector.feed
+
+    def spy(self: CorpusInspector, chunk: bytes) -> None:
+        try:
+            asyncio.get_running_loop()
+            where.append(False)
+        except RuntimeError:
+            where.append(True)
+        real(self, chunk)
+
+    monkeypatch.setattr(CorpusInspector, "feed", spy)
+    assert api.upload("c.txt.gz", gzip.compress(b"a document\n" * 1000)).status_code == 201
+    assert where and all(where)

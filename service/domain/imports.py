@@ -382,7 +382,9 @@ def _meta_model(model_dir: Path, task: str) -> Any:
     try:
         config = transformers.AutoConfig.from_pretrained(str(model_dir))
         with torch.device("meta"):
-            return auto.from_config(config)
+            # dtype=None: no process-wide torch.set_default_dtype while inference runs in
+            # other threads (a config.json "dtype" would set one); shapes do not depend on it.
+            return auto.from_config(config, dtype=None)
     except Exception as exc:  # any failure here is the uploaded config's: report it
         raise _bad(f"transformers cannot build a {task} model from config.json: "
                    f"{_short(exc)}") from None
