@@ -132,3 +132,27 @@ def test_corpus_scanning_runs_off_the_event_loop(api: Api, monkeypatch: pytest.M
     monkeypatch.setattr(CorpusInspector, "feed", spy)
     assert api.upload("c.txt.gz", gzip.compress(b"a document\n" * 1000)).status_code == 201
     assert where and all(where)
+
+
+def test_multipart_bodies_are_bounded_whatever_their_parts(tmp_path: Path):
+    """A chunked body (no Content-Length) of a part the route ignores used to be read to
+    its end; a part header with no end grew in memory."""
+    for api in make_api(tmp_path, max_upload_bytes=1 << 20):
+        def body(boundary: str = "xyz"):
+            yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"junk\"\r\n\r\n"
+                   ).encode()
+            for _ in range(64):
+                yield b"j" * (64 * 1024)  # 4 MiB of a part nobody reads
+
+        boundary = "xyz"
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        r = api.client.post("/v1/datasets", content=body(), headers=headers)
+        assert_error(r, 413, "limit of 1048576 bytes")
+        r = api.client.post("/v1/models/import", content=body(), headers=headers)
+        assert_error(r, 413, "limit of 1048576 bytes")
+        long_header = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                       f"filename=\"{'a' * 100_000}.txt\"\r\n\r\nx\r\n--{boundary}--\r\n")
+        r = api.client.post("/v1/datasets", content=long_header.encode(), headers=headers)
+        assert_error(r, 400, "malformed")  # python-multipart bounds header lines
+        assert_error(api.upload("a" * 300 + ".txt", b"doc\n"), 422, "file name is longer")
+        assert api.stored() == []

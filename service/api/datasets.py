@@ -65,7 +65,7 @@ async def _receive(request: Request, store: ObjectStore, settings: Settings,
     name = bytearray()
     tag_form = bytearray()
     try:
-        async for event in stream_parts(request):
+        async for event in stream_parts(request, settings.max_upload_bytes):
             if isinstance(event, PartStart):
                 current = event.name
                 if current == "file":

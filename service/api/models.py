@@ -93,7 +93,7 @@ async def _receive_archive(request: Request, tmp: Path, settings: Any
     digest, size, current, name = hashlib.sha256(), 0, None, bytearray()
     seen_file = False
     with open(target, "wb") as out:
-        async for event in stream_parts(request):
+        async for event in stream_parts(request, settings.max_upload_bytes):
             if isinstance(event, PartStart):
                 current = event.name
                 seen_file |= current == "file"

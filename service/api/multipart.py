@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.domain.datasets import MAX_NAME_CHARS
 from service.errors import ApiError
 
 
@@ -40,10 +41,17 @@ def _boundary(request: Request) -> bytes:
     return options[b"boundary"]
 
 
-async def stream_parts(request: Request) -> AsyncIterator[PartStart | PartData]:
-    """Yield PartStart when a part begins, then PartData chunks of its body."""
+FRAMING_BYTES = 64 * 1024  # room for the boundaries, part headers and small form fields
+
+
+async def stream_parts(request: Request, max_bytes: int | None = None
+                       ) -> AsyncIterator[PartStart | PartData]:
+    """Yield PartStart when a part begins, then PartData chunks of its body. The whole
+    body, whatever parts it holds, is bounded by max_bytes plus framing (a chunked body has
+    no Content-Length to refuse it by)."""
     state = _State()
 
+    # (python-multipart bounds each header line itself: "Maximum header size exceeded".)
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state.header_field += data[start:end]
 
@@ -72,7 +80,12 @@ async def stream_parts(request: Request) -> AsyncIterator[PartStart | PartData]:
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data,
     })
+    received = 0
     async for chunk in request.stream():
+        received += len(chunk)
+        if max_bytes is not None and received > max_bytes + FRAMING_BYTES:
+            raise ApiError(413, "payload_too_large",
+                           f"upload exceeds the limit of {max_bytes} bytes", "file")
         try:
             parser.write(chunk)
         except Exception:  # the parser's errors carry no user-facing detail worth more
@@ -80,19 +93,19 @@ async def stream_parts(request: Request) -> AsyncIterator[PartStart | PartData]:
         events, state.events = state.events, []
         for event in events:
             yield event
-    parser.finalize()
+    try:
+        parser.finalize()
+    except Exception:
+        raise ApiError(400, "invalid_multipart", "malformed multipart/form-data body") from None
 
 
 def refuse_declared_oversize(request: Request, limit: int) -> None:
     """413 before reading a byte when the declared body is over the limit (a little room
     is left for the multipart framing around the file)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared and declared.isdigit() and int(declared) > limit + FRAMING_BYTES:
         raise ApiError(413, "payload_too_large", f"upload exceeds the limit of {limit} bytes",
                        "file")
-
-
-MAX_NAME_CHARS = 255  # the names column; a longer name is refused, never cut
 
 
 def form_name(raw: bytes | bytearray, param: str = "name") -> str | None:

@@ -16,6 +16,8 @@ from service.errors import ApiError, not_found
 from service.settings import Settings
 from service.storage import ObjectStore
 
+MAX_NAME_CHARS = 255  # the names column; a longer name is refused, never cut
+
 
 class DatasetPublic(BaseModel):
     id: str
@@ -51,6 +53,9 @@ class DatasetUpload:
 
     def __init__(self, *, filename: str, store: ObjectStore, settings: Settings,
                  tag_column: int | None = None, room: int | None = None) -> None:
+        if len(filename) > MAX_NAME_CHARS:  # it names the dataset when no name is given
+            raise ApiError(422, "invalid_request", f"file: the file name is longer than "
+                           f"{MAX_NAME_CHARS} characters", "file")
         try:
             self.format = format_of(filename)
             self.inspector = CorpusInspector(
