@@ -67,3 +67,16 @@ def test_zero_turns_quotas_off(tmp_path: Path):
     for api in make_api(tmp_path, storage_quota_bytes=0):
         for _ in range(3):
             assert api.upload("a.txt", _corpus(40 * 1024)).status_code == 201
+
+
+def test_a_retry_of_the_upload_that_filled_the_quota_replays_it(api: Api):
+    data = _corpus(QUOTA)
+    key = {"Idempotency-Key": "fill-it"}
+    first = api.client.post("/v1/datasets", files={"file": ("a.txt", data)}, headers=key)
+    assert first.status_code == 201, first.text
+    again = api.client.post("/v1/datasets", files={"file": ("a.txt", data)}, headers=key)
+    assert again.status_code == 201 and again.json() == first.json()
+    other = api.client.post("/v1/datasets", files={"file": ("b.txt", b"x\n")},
+                            headers={"Idempotency-Key": "another"})
+    assert_error(other, 413, "storage quota")
+    assert len(api.stored()) == 1

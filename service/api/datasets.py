@@ -109,7 +109,9 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
     A .txt whose lines are CoNLL columns is stored as format "conll"; the answer shows its
     columns, tag column and tag set."""
     refuse_declared_oversize(request, settings.max_upload_bytes)
-    room = quotas.left(session, caller.owner, settings)
+    # Bytes the quota leaves, enforced as the file streams in; with an Idempotency-Key only
+    # once the file is in, so that a retry of an upload that filled the quota replays it.
+    room = None if idempotency_key else quotas.left(session, caller.owner, settings)
     if room == 0:  # refused before a byte is read
         raise quotas.exceeded(settings.storage_quota_bytes,
                               quotas.used_bytes(session, caller.owner))
