@@ -98,6 +98,13 @@ def test_a_config_larger_than_its_weights_is_refused(api: Api, tokenizer_dir: Pa
     started = time.monotonic()
     assert_error(api.import_(tar_dir(directory)), 422, "num_hidden_layers = 1000000")
     assert time.monotonic() - started < 10
+    many = {f"t{i}": ("F32", [0], b"") for i in range(5000)}  # zero-size tensors cost nothing
+    many["bert.embeddings.word_embeddings.weight"] = ("F32", [200, 32], b"\0" * 25600)
+    lots = {**BERT, "num_hidden_layers": 5000}
+    started = time.monotonic()
+    assert_error(api.import_(tar_gz(model_files(lots, safetensors_bytes(many)))), 422,
+                 "num_hidden_layers = 5000")
+    assert time.monotonic() - started < 10
     (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 12}))
     assert_error(api.import_(tar_dir(directory)), 422, "random values")
     assert api.stored() == []

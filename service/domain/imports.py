@@ -64,6 +64,7 @@ AUTO_CLASSES = {"fill-mask": "AutoModelForMaskedLM",
 # Config entries that count repeated modules: each needs at least one tensor in the weights
 # (and a huge one would make even building the model on the meta device take minutes).
 REPEATS = re.compile(r"(layers|layer|experts)$")
+MAX_REPEATS = 1024  # real models have up to ~130 layers and ~400 experts
 
 
 def _bad(message: str) -> ApiError:
@@ -398,10 +399,13 @@ def _plain(name: str, prefix: str) -> str:
 
 def check_config_against_weights(model_dir: Path, config: dict[str, Any], task: str,
                                  shapes: dict[str, tuple[int, ...]], settings: Settings) -> None:
+    tensors = sum(1 for s in shapes.values() if math.prod(s))  # zero-size ones are free
     for key, value in _repeat_counts(config):
-        if value > len(shapes):
+        if value > MAX_REPEATS:
+            raise _bad(f"config.json says {key} = {value}; at most {MAX_REPEATS} are accepted")
+        if value > tensors:
             raise _bad(f"config.json says {key} = {value}, but the weights hold only "
-                       f"{len(shapes)} tensors")
+                       f"{tensors} tensors")
     have = sum(math.prod(s) for s in shapes.values())
     if have > settings.max_import_parameters:
         raise _bad(f"the weights hold {have:,} parameters; the limit is "
