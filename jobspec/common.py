@@ -20,3 +20,8 @@ class SpecError(ValueError):
     def __init__(self, param: str | None, message: str) -> None:
         super().__init__(message)
         self.param, self.message = param, message
+
+
+# Checkpoints a job keeps by default (keep_checkpoints): enough to resume when the newest
+# fails to verify and to compare a few recent steps, bounded whatever the run's length.
+KEEP_CHECKPOINTS = 5

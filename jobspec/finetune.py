@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, WithJsonSchema
 
-from jobspec.common import Finite, Seed, Strict
+from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
 
 
 def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None,
@@ -118,6 +118,9 @@ class FinetuneSpec(Strict):
     log_every: int = Field(default=10, ge=1)
     eval_every: int | None = Field(default=None, ge=1)  # None: once per epoch
     checkpoint_every: int | None = Field(default=None, ge=1)  # None: once per epoch
+    # Checkpoints kept in storage: the newest N (older ones are deleted as new ones land);
+    # null keeps every one (they count against the owner's storage).
+    keep_checkpoints: int | None = Field(default=KEEP_CHECKPOINTS, ge=1, le=10_000)
 
     @property
     def pipeline_task(self) -> str:

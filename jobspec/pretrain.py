@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from jobspec.common import Finite, Seed, Strict
+from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
 from jobspec.model import DECODERS, ModelSpec
 
 # Which architectures each objective trains.
@@ -93,6 +93,9 @@ class PretrainSpec(Strict):
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=100, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)
+    # Checkpoints kept in storage: the newest N (older ones are deleted as new ones land);
+    # null keeps every one (they count against the owner's storage).
+    keep_checkpoints: int | None = Field(default=KEEP_CHECKPOINTS, ge=1, le=10_000)
     # A preset of hyperparameters measured to converge fastest ("fast": bench/README.md);
     # it fills the hyperparameters the request leaves out.
     recipe: Literal["fast"] | None = None

@@ -137,3 +137,27 @@ def test_chinese_on_postgres_and_redis(pg_redis_stack, data_dir, tmp_path):
 def test_english_on_embedded_default(embedded_stack, data_dir, tmp_path):
     corpus = corpus_slice(data_dir / "en/pretrain/train.txt.gz", 1_000_000)
     pretrain_and_serve(embedded_stack, tmp_path, "en.txt", corpus, EN_PROBES)
+
+
+@pytest.mark.slow
+def test_only_the_newest_checkpoints_are_kept(embedded_stack, data_dir):
+    """keep_checkpoints bounds what a long job leaves in storage: the older checkpoints'
+    records and files go as new ones land."""
+    stack = embedded_stack
+    ds = stack.upload("c.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000)).json()
+    r = stack.client.post("/v1/jobs", json={
+        **TINY_JOB, "dataset_id": ds["id"], "keep_checkpoints": 2,
+        "hyperparameters": {**TINY_JOB["hyperparameters"], "max_steps": 40},
+        "eval_every": 20, "checkpoint_every": 10})
+    assert r.status_code == 202, r.text
+    assert r.json()["spec"]["keep_checkpoints"] == 2
+    job = stack.wait_job(r.json()["id"])
+    assert job["status"] == "succeeded", (job, stack.logs())
+    ckpts = stack.client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
+    assert sorted(c["step"] for c in ckpts) == [30, 40]
+    on_disk = sorted(p.name for p in
+                     (stack.home / "objects" / "jobs" / job["id"] / "checkpoints").iterdir())
+    assert on_disk == ["step-00000030", "step-00000040"]
+    events = [e["message"] for e in
+              stack.client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
+    assert any("deleted 1 older checkpoint(s)" in m for m in events), events

@@ -77,6 +77,8 @@ def test_default_warmup_fits_short_jobs():
     ({"model": {"architecture": "gpt2"}, "objective": "mlm"}, "objective"),
     ({"validation_fraction": 0.9}, "validation_fraction"),
     ({"eval_every": 0}, "eval_every"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints"),
+    ({"keep_checkpoints": True}, "keep_checkpoints"),
     ({"typo": 1}, "typo"),
     ({"recipe": "slow"}, "recipe"),
     ({"recipe": {}}, "recipe"),
@@ -87,6 +89,14 @@ def test_bad_values_name_the_field(patch, param):
     with pytest.raises(SpecError) as info:
         parse_spec({**BASE, **patch})
     assert info.value.param == param and info.value.message.startswith(param)
+
+
+def test_checkpoints_kept_are_bounded_by_default():
+    assert parse_spec(BASE).keep_checkpoints == 5
+    assert parse_spec({**BASE, "keep_checkpoints": None}).keep_checkpoints is None
+    finetune = {"type": "finetune", "task": "text_classification", "base_model_id": "m",
+                "dataset_id": "d"}
+    assert parse_spec(finetune).keep_checkpoints == 5
 
 
 def test_recipe_fills_only_what_the_request_left_out():

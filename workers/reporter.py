@@ -55,6 +55,8 @@ class DbReporter:
         self._last_poll = 0.0
         self._stop = False
         self._latest: dict[str, Any] = {}
+        # The job spec's keep_checkpoints, once the spec is read; None keeps every one.
+        self.keep_checkpoints: int | None = None
 
     @with_db_retry
     def event(self, level: str, message: str) -> None:
@@ -109,6 +111,27 @@ class DbReporter:
         self._record_checkpoint(step, prefix, size, digest)
         shutil.rmtree(src, ignore_errors=True)
         self.event("info", f"checkpoint saved at step {step} ({size / 1e6:.1f} MB)")
+        if self.keep_checkpoints is not None:
+            # The rows go first (nothing offers or resumes from a checkpoint without one),
+            # then the files; files left by a crash in between are removed on resume.
+            gone = self._drop_checkpoint_rows(self.keep_checkpoints)
+            for _, old_prefix in gone:
+                self.store.delete_prefix(old_prefix)
+            if gone:
+                self.event("info", f"deleted {len(gone)} older checkpoint(s) (keep_checkpoints "
+                                   f"{self.keep_checkpoints}): step "
+                                   f"{', '.join(str(old_step) for old_step, _ in gone)}")
+
+    @with_db_retry
+    def _drop_checkpoint_rows(self, keep: int) -> list[tuple[int, str]]:
+        """Delete the records of all but the newest `keep` checkpoints; (step, prefix) of each."""
+        with session_scope() as s:
+            old = s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id)
+                            .order_by(CheckpointRow.step.desc()).offset(keep)).all()
+            gone = [(row.step, row.storage_prefix) for row in old]
+            for row in old:
+                s.delete(row)
+        return gone
 
     @with_db_retry
     def _record_checkpoint(self, step: int, prefix: str, size: int, digest: str) -> None:

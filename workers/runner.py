@@ -186,6 +186,7 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
         if "train" not in attempt.data:
             raise CorpusError("the job's dataset no longer exists")
         spec = parse_spec(attempt.spec)
+        reporter.keep_checkpoints = spec.keep_checkpoints
         resume_from = _resume_point(attempt, store, reporter, work / "resume")
         if isinstance(spec, FinetuneSpec):
             published = _finetune(attempt, spec, store, reporter, work, resume_from)
