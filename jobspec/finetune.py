@@ -3,7 +3,7 @@
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
 
@@ -37,6 +37,9 @@ def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None
         number["minimum"] = ge
     return PlainValidator(check), WithJsonSchema({"anyOf": [number, {"const": "auto"}]})
 
+
+# A label or tag, as a dataset may hold them (at most 100 characters: README).
+Label = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 # The dataset kind each task reads.
 FINETUNE_DATA = {"text_classification": "labelled_text", "token_classification": "tagged_tokens"}
@@ -111,7 +114,7 @@ class FinetuneSpec(Strict):
     validation_dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
     test_dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
     # The label (or tag) set; by default the one found in the data.
-    labels: list[str] | None = Field(default=None, min_length=2, max_length=1000)
+    labels: list[Label] | None = Field(default=None, min_length=2, max_length=1000)
     validation_fraction: Finite = Field(default=0.1, gt=0, le=0.5)
     hyperparameters: FinetuneHyperparameters = Field(default_factory=FinetuneHyperparameters)
     adapter: AdapterSpec | None = None

@@ -99,6 +99,14 @@ def test_checkpoints_kept_are_bounded_by_default():
     assert parse_spec(finetune).keep_checkpoints == 5
 
 
+@pytest.mark.parametrize("labels", [["a", "b" * 101], ["a", ""], ["a"]])
+def test_finetune_labels_are_bounded(labels):
+    with pytest.raises(SpecError) as info:
+        parse_spec({"type": "finetune", "task": "text_classification", "base_model_id": "m",
+                    "dataset_id": "d", "labels": labels})
+    assert info.value.param.startswith("labels")
+
+
 def test_recipe_fills_only_what_the_request_left_out():
     spec = parse_spec({**BASE, "recipe": "fast",
                        "hyperparameters": {"learning_rate": 3e-4, "max_steps": 50}})
