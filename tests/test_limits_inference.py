@@ -256,3 +256,51 @@ def test_an_exhausted_pool_is_a_fast_503(world, tmp_path):
     assert r.json()["error"]["code"] == "service_unavailable" and took < 3, took
     assert client.get("/v1/models").status_code == 200  # the connection is back: served
     engine.dispose()
+
+
+def test_no_connection_is_held_while_a_model_runs_or_a_download_streams(world, tmp_path,
+                                                                        monkeypatch):
+    """With a pool of one connection, inference and a download each run with it back in
+    the pool (before, the request kept it until its answer was sent)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from service.api import models as models_api
+    from service.api.app import create_app
+    from service.db import get_session, make_engine
+    from service.domain.tables import Base, ModelRow
+    from service.storage import get_store
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'one.db'}", pool_size=1, max_overflow=0,
+                         pool_timeout=0.5)
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(bind=engine)
+    with sessions() as s:
+        s.add(ModelRow(id="m_x", name="x", job_id=None, task="fill-mask", architecture="bert",
+                       mask_token="[MASK]", storage_prefix="p", archive_key="k", bytes=3,
+                       details={}))
+        s.commit()
+    seen: list[int] = []
+
+    def session():
+        with sessions() as s:
+            yield s
+            s.commit()
+
+    class Store:
+        def iter_bytes(self, key: str):
+            seen.append(engine.pool.checkedout())
+            yield b"abc"
+
+    def fill_mask(**_: object) -> list[object]:
+        seen.append(engine.pool.checkedout())
+        return []
+
+    monkeypatch.setattr(models_api, "fill_mask", fill_mask)
+    app = create_app()
+    app.dependency_overrides.update({get_session: session, get_store: lambda: Store()})
+    client = TestClient(app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
+    assert client.post("/v1/models/m_x/fill-mask", json={"inputs": "a [MASK]"}).json() == []
+    assert client.get("/v1/models/m_x/download").content == b"abc"
+    assert seen == [0, 0]
+    engine.dispose()
+    get_store.cache_clear()

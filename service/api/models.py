@@ -122,10 +122,19 @@ def download_model(model_id: str, session: SessionDep, store: StoreDep,
                    caller: CallerDep) -> StreamingResponse:
     """The export as a .tar.gz of a plain Hugging Face model directory."""
     row = models.get(session=session, model_id=model_id, scope=caller.scope)
-    return StreamingResponse(
-        store.iter_bytes(row.archive_key), media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="{row.id}.tar.gz"',
-                 "Content-Length": str(row.bytes)})
+    key, headers = row.archive_key, {
+        "Content-Disposition": f'attachment; filename="{row.id}.tar.gz"',
+        "Content-Length": str(row.bytes)}
+    _release(session)  # a slow download must not hold a database connection
+    return StreamingResponse(store.iter_bytes(key), media_type="application/gzip",
+                             headers=headers)
+
+
+def _release(session: Session) -> None:
+    """Give the request's database connection back to the pool now, not after the answer
+    is sent (the session dependency closes only then): what follows may take seconds."""
+    session.commit()
+    session.close()
 
 
 ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
@@ -142,8 +151,7 @@ def _serving(session: Session, caller: Principal, model_id: str, task: str
         raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
                        f"{task}; use /v1/models/{model_id}/{ENDPOINT.get(row.task, row.task)}")
     served = row.id, row.storage_prefix
-    session.commit()
-    session.close()
+    _release(session)
     return served
 
 
