@@ -147,8 +147,14 @@ JOB = {"model": {"size": "tiny"}, "tokenizer": {"vocab_size": 800},
 
 def _workers(stack: Stack) -> list[psutil.Process]:
     """`cloze up`'s celery worker main process(es) (not their pool children)."""
-    up = psutil.Process(stack.pid("up"))
-    return [p for p in up.children() if "celery" in " ".join(p.cmdline())]
+    found = []
+    for p in psutil.Process(stack.pid("up")).children():
+        try:  # a killed worker nobody has waited for is a zombie with no command line
+            if p.status() != psutil.STATUS_ZOMBIE and "celery" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
 
 
 def _wait(predicate, timeout: float, what: str, stack: Stack):
