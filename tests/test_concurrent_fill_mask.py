@@ -1,8 +1,9 @@
 """Serving under concurrency: 64 fill-mask clients for 20 s on one model against a real
-uvicorn API on Postgres (and on SQLite), with keys required (so every request also reads its key). Before,
-each request held a database connection while it waited for the model: 16 clients exhausted
-the pool and the 16th got a 500 after 30 s. Now the connection goes back before inference
-and no request fails."""
+uvicorn API, on Postgres and on SQLite, with keys required (so every request also reads its
+key). Before, each request held a database connection while it waited for the model: on the
+embedded default's SQLite (a pool of 5 + 10, 30 s timeout) 64 clients got 40 answers of 500
+out of 66 requests, each after 30 s. Now the connection goes back before inference, waiting
+requests hold neither a connection nor a server thread, and no request fails."""
 
 import asyncio
 import statistics
