@@ -11,6 +11,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.domain.errors import (
+    Conflict,
+    DomainError,
+    Invalid,
+    LimitReached,
+    NotFound,
+    TooLarge,
+    Unsupported,
+)
+
 log = logging.getLogger("cloze.api")
 
 
@@ -59,11 +69,33 @@ def _param(loc: tuple[object, ...]) -> str | None:
     return ".".join(parts) or (str(loc[0]) if loc else None)
 
 
+# The HTTP status of each kind of refusal the domain raises (service/domain/errors.py).
+DOMAIN_STATUS: dict[type, int] = {
+    NotFound: 404, Invalid: 422, Conflict: 409, TooLarge: 413, Unsupported: 415,
+    LimitReached: 429,
+}
+
+
+def domain_status(exc: DomainError) -> int:
+    """The status of the most specific kind `exc` is (a subclass answers as its kind)."""
+    for kind in type(exc).__mro__:
+        if kind in DOMAIN_STATUS:
+            return DOMAIN_STATUS[kind]
+    return 422  # a DomainError of no listed kind: still the client's doing
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status,
                             headers=exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        retry_after = getattr(exc, "retry_after_s", None)
+        return JSONResponse(error_body(exc.code, exc.message, exc.param), domain_status(exc),
+                            headers=None if retry_after is None else
+                            {"Retry-After": str(retry_after)})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

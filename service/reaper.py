@@ -1,12 +1,12 @@
 """The reaper: a thread in each API process and in each worker's main process that
-re-queues jobs whose worker died. Its re-queue is a conditional UPDATE (domain.jobs.reap),
+re-queues jobs whose worker died. Its re-queue is a conditional UPDATE (lifecycle.reap),
 so any number of reapers may run at once and each job is revived once."""
 
 import logging
 import threading
 
 from service.db import session_scope
-from service.domain import jobs
+from service.domain import lifecycle
 from service.queue import enqueue_training
 from service.settings import get_settings
 
@@ -16,8 +16,8 @@ log = logging.getLogger("cloze.reaper")
 def reap_once() -> list[str]:
     settings = get_settings()
     with session_scope() as session:
-        revived = jobs.reap(session=session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
-                            requeue_after_s=settings.requeue_after_s)
+        revived = lifecycle.reap(session, heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                                 requeue_after_s=settings.requeue_after_s)
     for job_id in revived:
         enqueue_training(job_id)
         log.warning("re-queued %s", job_id)

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
-from service.db import rowcount, session_scope
-from service.domain import models
-from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow, utcnow
+from service.db import session_scope
+from service.domain import lifecycle, models
+from service.domain.lifecycle import Claim, JobStatus
+from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow
 from service.queue import enqueue_training
 from service.settings import get_settings
 from service.storage import ObjectStore, get_store
@@ -78,23 +79,9 @@ class Attempt:
 def claim(job_id: str) -> Attempt | None:
     """Move the job from queued to running as a new attempt; None if this delivery is a
     duplicate (already running or finished) or the job has used up its attempts."""
-    max_attempts = get_settings().max_attempts
     with session_scope() as s:
-        now = utcnow()
-        claimed = s.execute(
-            update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued",
-                                 JobRow.attempts < max_attempts)
-            .values(status="running", started_at=now, heartbeat_at=now,
-                    attempts=JobRow.attempts + 1))
-        if rowcount(claimed) != 1:
-            gave_up = s.execute(
-                update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued",
-                                     JobRow.attempts >= max_attempts)
-                .values(status="failed", finished_at=now, error_code="too_many_attempts",
-                        error_message=f"gave up after {max_attempts} attempts: the worker "
-                                      "running it stopped each time (crashed or was killed)"))
-            if rowcount(gave_up):
-                log.error("%s: failed after %d attempts", job_id, max_attempts)
+        if lifecycle.claim(s, job_id, max_attempts=get_settings().max_attempts) \
+                is not Claim.CLAIMED:
             return None
         job = s.get(JobRow, job_id)
         assert job is not None
@@ -112,19 +99,16 @@ def claim(job_id: str) -> Attempt | None:
 
 
 @with_db_retry
-def finish(job_id: str, status: str, **values: Any) -> bool:
+def finish(job_id: str, status: JobStatus, **values: Any) -> bool:
     """Record the end; conditional on `running` so exactly one terminal state wins."""
     with session_scope() as s:
-        done = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                         .values(status=status, finished_at=utcnow(), **values))
-        return rowcount(done) == 1
+        return lifecycle.finish(s, job_id, status, **values)
 
 
 @with_db_retry
 def _requeue(job_id: str) -> None:
     with session_scope() as s:
-        s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                  .values(status="queued", enqueued_at=utcnow()))
+        lifecycle.requeue(s, job_id)
     enqueue_training(job_id)
 
 
@@ -140,9 +124,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.interval):
             try:
                 with session_scope() as s:
-                    s.execute(update(JobRow).where(JobRow.id == self.job_id,
-                                                   JobRow.status == "running")
-                              .values(heartbeat_at=utcnow()))
+                    lifecycle.heartbeat(s, self.job_id)
             except Exception:  # the database is down: the next beat tries again
                 log.warning("%s: heartbeat failed", self.job_id)
 
@@ -178,7 +160,7 @@ def run_job(job_id: str) -> None:
 
 def _fail(job_id: str, reporter: DbReporter, code: str, message: str) -> None:
     reporter.event("error", message)
-    finish(job_id, "failed", error_code=code, error_message=message)
+    finish(job_id, JobStatus.FAILED, error_code=code, error_message=message)
 
 
 def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path) -> None:
@@ -210,10 +192,10 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
                             "model, batch_size or micro_batch_size") from None
         raise
     if published is None:
-        reporter.event("info", "cancelled")
-        finish(attempt.job_id, "cancelled")
+        reporter.event("info", JobStatus.CANCELLED.value)
+        finish(attempt.job_id, JobStatus.CANCELLED)
         return
-    if finish(attempt.job_id, "succeeded", model_id=published):
+    if finish(attempt.job_id, JobStatus.SUCCEEDED, model_id=published):
         reporter.event("info", f"model {published} is ready")
     else:  # the reaper gave the job to another attempt meanwhile: that one's model counts
         with session_scope() as s:

@@ -22,6 +22,7 @@ from service.api.multipart import (
 )
 from service.domain import datasets, idempotency, quotas
 from service.domain.datasets import DatasetPublic, DatasetUpload
+from service.domain.errors import DomainError
 from service.domain.schemas import ListOf
 from service.errors import ApiError
 from service.settings import Settings
@@ -124,7 +125,7 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
     try:
         first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
                                    route=route, request_sha256=fingerprint)
-    except ApiError:
+    except DomainError:
         await run_in_threadpool(upload.abort)
         raise
     if first is not None:  # a retry: keep the first dataset, drop this copy
@@ -132,7 +133,7 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
         return JSONResponse(first[1], first[0])
     try:  # again now the size is known: another upload may have finished meanwhile
         quotas.check(session, caller.owner, settings, upload.inspector.bytes)
-    except ApiError:
+    except DomainError:
         await run_in_threadpool(upload.abort)
         raise
     row = upload.record(session=session, owner=caller.owner, name=name)

@@ -7,6 +7,7 @@ from sqlalchemy import func, select, text
 from starlette.concurrency import run_in_threadpool
 
 from service.db import get_engine
+from service.domain.lifecycle import ACTIVE
 from service.domain.tables import JobRow
 from service.queue import check_broker, live_workers
 from service.storage import get_store
@@ -33,7 +34,7 @@ def _workers() -> dict[str, Any]:
     try:
         with get_engine().connect() as conn:
             waiting = conn.scalar(select(func.count()).select_from(JobRow).where(
-                JobRow.status.in_(("queued", "running")))) or 0
+                JobRow.status.in_(ACTIVE))) or 0
         live = live_workers()
     except Exception as exc:  # already reported by the database or broker probe
         return {"status": f"unavailable ({exc.__class__.__name__})"}

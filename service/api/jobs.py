@@ -6,7 +6,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
 from service.domain import idempotency, jobs
-from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, JobStatus, MetricPoint
+from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
+from service.domain.lifecycle import JobStatus
 from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
 from service.errors import ApiError

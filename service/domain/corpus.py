@@ -15,6 +15,8 @@ import json
 import re
 import zlib
 
+from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
+
 FORMATS = {".txt.gz": "txt.gz", ".jsonl.gz": "jsonl.gz", ".conll.gz": "conll.gz",
            ".txt": "txt", ".jsonl": "jsonl", ".conll": "conll"}
 MAX_LABELS = 1000  # distinct labels or tags a dataset may have
@@ -30,13 +32,23 @@ GUNZIP_STEP = 1024 * 1024  # decompressed bytes per step: each is checked before
 BIO_TAG = re.compile(r"O|[BIESLU]-\S+")
 
 
-class CorpusRejected(Exception):
-    """The upload is not an acceptable corpus; `status` is the HTTP answer, `param` the
-    request part at fault."""
+class CorpusRejected(DomainError):
+    """The upload is not an acceptable corpus; `param` is the request part at fault."""
 
-    def __init__(self, status: int, code: str, message: str, param: str = "file") -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.param = status, code, message, param
+    def __init__(self, code: str, message: str, param: str = "file") -> None:
+        super().__init__(code, message, param)
+
+
+class CorpusInvalid(CorpusRejected, Invalid):
+    """Content the declared format does not allow."""
+
+
+class CorpusTooLarge(CorpusRejected, TooLarge):
+    """Past a size limit (the file, its uncompressed size, a line)."""
+
+
+class CorpusUnsupported(CorpusRejected, Unsupported):
+    """A file type the service does not read."""
 
 
 def format_of(filename: str) -> str:
@@ -45,8 +57,8 @@ def format_of(filename: str) -> str:
     for suffix, fmt in FORMATS.items():
         if lower.endswith(suffix):
             return fmt
-    raise CorpusRejected(
-        415, "unsupported_format",
+    raise CorpusUnsupported(
+        "unsupported_format",
         f"unsupported file type {filename!r}: upload .txt, .jsonl or .conll (or .gz of them)")
 
 
@@ -199,7 +211,7 @@ class CorpusInspector:
     def feed(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
         if self.bytes > self.max_bytes:
-            raise CorpusRejected(413, "payload_too_large",
+            raise CorpusTooLarge("payload_too_large",
                                  f"upload exceeds the limit of {self.max_bytes} bytes")
         self._sha.update(chunk)
         if self._gunzip is not None:
@@ -211,7 +223,7 @@ class CorpusInspector:
                     self._decoded(data)
                     data = self._gunzip.decompress(self._gunzip.unconsumed_tail, GUNZIP_STEP)
             except zlib.error as exc:
-                raise CorpusRejected(422, "invalid_gzip", f"not a valid gzip file: {exc}") from None
+                raise CorpusInvalid("invalid_gzip", f"not a valid gzip file: {exc}") from None
             self._decoded(data)
         else:
             self._decoded(chunk)
@@ -219,20 +231,20 @@ class CorpusInspector:
     def _decoded(self, data: bytes) -> None:
         self.uncompressed += len(data)
         if self.uncompressed > self.max_uncompressed:
-            raise CorpusRejected(413, "payload_too_large",
+            raise CorpusTooLarge("payload_too_large",
                                  f"corpus exceeds {self.max_uncompressed} bytes uncompressed")
         if self._gunzip is not None and self.max_ratio is not None and \
                 self.uncompressed > RATIO_FLOOR and \
                 self.uncompressed > self.max_ratio * self.bytes:
-            raise CorpusRejected(413, "payload_too_large",
+            raise CorpusTooLarge("payload_too_large",
                                  f"the gzip file decompresses to more than {self.max_ratio:g} "
                                  "times its size (a compression bomb?)")
         try:
             text = self._utf8.decode(data)
         except UnicodeDecodeError as exc:
             line = self.line_no + data.count(b"\n", 0, max(exc.start, 0))
-            raise CorpusRejected(
-                422, "invalid_encoding",
+            raise CorpusInvalid(
+                "invalid_encoding",
                 f"line {line} is not valid UTF-8 ({exc.reason}); save the file as UTF-8",
             ) from None
         self._text(text)
@@ -272,7 +284,7 @@ class CorpusInspector:
             return
         self._line_len += len(piece)
         if self._mode != "sniff" and self._line_len > self.max_line_bytes:
-            raise CorpusRejected(413, "line_too_long",
+            raise CorpusTooLarge("line_too_long",
                                  f"line {self.line_no} is longer than "
                                  f"{self.max_line_bytes} characters")
         self._line.append(piece)
@@ -328,12 +340,12 @@ class CorpusInspector:
         if wanted is None or self._mode == "sniff":
             return
         if self._mode == "json":
-            raise CorpusRejected(422, "invalid_tag_column",
-                                 'tag_column is for CoNLL column files; JSON lines name their '
-                                 'tags in "tags"', "tag_column")
+            raise CorpusInvalid("invalid_tag_column",
+                                'tag_column is for CoNLL column files; JSON lines name their '
+                                'tags in "tags"', "tag_column")
         if self._mode == "text":
-            raise CorpusRejected(
-                422, "invalid_tag_column",
+            raise CorpusInvalid(
+                "invalid_tag_column",
                 f"tag_column is for CoNLL column files, and this file was read as plain text: "
                 f"{self._not_columns}", "tag_column")
         if self.columns is not None:
@@ -343,15 +355,15 @@ class CorpusInspector:
     def _resolve(wanted: int, columns: int) -> int:
         index = wanted + columns if wanted < 0 else wanted
         if not 1 <= index < columns:
-            raise CorpusRejected(
-                422, "invalid_tag_column",
+            raise CorpusInvalid(
+                "invalid_tag_column",
                 f"tag_column {wanted} is out of range: the file has {columns} columns, "
                 f"counted from 0 (the tokens) to {columns - 1}; give 1 to {columns - 1}, "
                 "or -1 for the last", "tag_column")
         return index
 
     def _bad(self, message: str) -> CorpusRejected:
-        return CorpusRejected(422, "invalid_dataset", f"line {self.line_no}: {message}")
+        return CorpusInvalid("invalid_dataset", f"line {self.line_no}: {message}")
 
     def _label(self, value: str) -> None:
         if not value.strip():
@@ -367,8 +379,8 @@ class CorpusInspector:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise CorpusRejected(422, "invalid_jsonl",
-                                 f"line {self.line_no} is not valid JSON: {exc.msg}") from None
+            raise CorpusInvalid("invalid_jsonl",
+                                f"line {self.line_no} is not valid JSON: {exc.msg}") from None
         if not isinstance(record, dict):
             raise self._bad("not a JSON object")
         kind = "tagged_tokens" if "tokens" in record else \
@@ -388,8 +400,8 @@ class CorpusInspector:
                 self._label(tag)
         else:
             if not isinstance(record.get("text"), str):
-                raise CorpusRejected(422, "invalid_jsonl",
-                                     f'line {self.line_no} is not an object with a string "text"')
+                raise CorpusInvalid("invalid_jsonl",
+                                    f'line {self.line_no} is not an object with a string "text"')
             if not record["text"].strip():
                 return
             if self.kind == "labelled_text":
@@ -449,8 +461,8 @@ class CorpusInspector:
         column = self._columns[index]
         if column.values is None:
             hint = "" if wanted is not None else "; name the tag column with tag_column"
-            raise CorpusRejected(
-                422, "invalid_dataset",
+            raise CorpusInvalid(
+                "invalid_dataset",
                 f"column {index} (counted from 0) cannot be the tag column: {column.unfit}{hint}",
                 "tag_column" if wanted is not None else "file")
         self.tag_column = index
@@ -459,13 +471,13 @@ class CorpusInspector:
     def finish(self) -> None:
         """Call after the last chunk; raises if the corpus is truncated or empty."""
         if self._gunzip is not None and not self._gunzip.eof:
-            raise CorpusRejected(422, "invalid_gzip", "the gzip stream is truncated")
+            raise CorpusInvalid("invalid_gzip", "the gzip stream is truncated")
         try:
             tail = self._utf8.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise CorpusRejected(422, "invalid_encoding",
-                                 f"line {self.line_no} ends in the middle of a UTF-8 character"
-                                 ) from None
+            raise CorpusInvalid("invalid_encoding",
+                                f"line {self.line_no} ends in the middle of a UTF-8 character"
+                                ) from None
         self._text(tail)
         self._end_line()
         if self._mode == "sniff":
@@ -473,9 +485,9 @@ class CorpusInspector:
         self.line_no -= 1
         self.kind = self.kind or "text"
         if self.bytes == 0:
-            raise CorpusRejected(422, "empty_file", "the uploaded file is empty")
+            raise CorpusInvalid("empty_file", "the uploaded file is empty")
         if self.documents == 0:
-            raise CorpusRejected(422, "no_documents",
-                                 "the corpus holds no documents (every line is blank)")
+            raise CorpusInvalid("no_documents",
+                                "the corpus holds no documents (every line is blank)")
         if self._mode == "columns":
             self._choose_tag_column()

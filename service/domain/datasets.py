@@ -8,11 +8,12 @@ from sqlalchemy.orm import Session
 
 from service.domain import quotas
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
+from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
+from service.domain.lifecycle import ACTIVE
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.tables import DatasetRow, JobRow
-from service.errors import ApiError, not_found
 from service.settings import Settings
 from service.storage import ObjectStore
 
@@ -54,17 +55,14 @@ class DatasetUpload:
     def __init__(self, *, filename: str, store: ObjectStore, settings: Settings,
                  tag_column: int | None = None, room: int | None = None) -> None:
         if len(filename) > MAX_NAME_CHARS:  # it names the dataset when no name is given
-            raise ApiError(422, "invalid_request", f"file: the file name is longer than "
-                           f"{MAX_NAME_CHARS} characters", "file")
-        try:
-            self.format = format_of(filename)
-            self.inspector = CorpusInspector(
-                self.format, max_bytes=settings.max_upload_bytes,
-                max_uncompressed=settings.max_uncompressed_bytes,
-                max_line_bytes=settings.max_jsonl_line_bytes, tag_column=tag_column,
-                max_ratio=settings.max_compression_ratio)
-        except CorpusRejected as exc:
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
+            raise Invalid("invalid_request", f"file: the file name is longer than "
+                          f"{MAX_NAME_CHARS} characters", "file")
+        self.format = format_of(filename)
+        self.inspector = CorpusInspector(
+            self.format, max_bytes=settings.max_upload_bytes,
+            max_uncompressed=settings.max_uncompressed_bytes,
+            max_line_bytes=settings.max_jsonl_line_bytes, tag_column=tag_column,
+            max_ratio=settings.max_compression_ratio)
         self.id = new_id("ds")
         self.filename = filename
         # The key keeps the name's extension; the recorded format says what the content is.
@@ -77,9 +75,9 @@ class DatasetUpload:
     def write(self, chunk: bytes) -> None:
         try:
             self.inspector.feed(chunk)
-        except CorpusRejected as exc:
+        except CorpusRejected:
             self.abort()
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
+            raise
         if self.room is not None and self.inspector.bytes > self.room:
             self.abort()
             quota = self.settings.storage_quota_bytes
@@ -90,9 +88,9 @@ class DatasetUpload:
         """A tag column named after the file started (a form field after the file part)."""
         try:
             self.inspector.request_tag_column(tag_column)
-        except CorpusRejected as exc:
+        except CorpusRejected:
             self.abort()
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
+            raise
 
     def abort(self) -> None:
         self._out.close()
@@ -102,9 +100,9 @@ class DatasetUpload:
         """The last chunk was written: check the whole file, then close the object."""
         try:
             self.inspector.finish()
-        except CorpusRejected as exc:
+        except CorpusRejected:
             self.abort()
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from None
+            raise
         self._out.close()
 
     def record(self, *, session: Session, owner: str, name: str | None) -> DatasetRow:
@@ -134,7 +132,6 @@ def list_(*, session: Session, scope: str | None, limit: int, after: str | None
                         limit=limit, after=after, scope=scope)
 
 
-ACTIVE = ("queued", "running")
 DATA_FIELDS = ("dataset_id", "validation_dataset_id", "test_dataset_id")  # in a job's spec
 
 
@@ -157,7 +154,7 @@ def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str 
     row = get(session=session, dataset_id=dataset_id, scope=scope)
     busy = _busy_job(session, row)
     if busy:
-        raise ApiError(409, "conflict", f"dataset {dataset_id} is in use by job {busy}; "
+        raise Conflict("conflict", f"dataset {dataset_id} is in use by job {busy}; "
                        "cancel it or wait until it ends")
     session.delete(row)
     session.commit()  # the record goes first: a failed commit must not lose the file

@@ -8,8 +8,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.domain.errors import Conflict, Invalid
 from service.domain.tables import IdempotencyRow
-from service.errors import ApiError
 
 
 def fingerprint(*parts: bytes | str) -> str:
@@ -30,9 +30,9 @@ def replay(*, session: Session, owner: str, key: str | None, route: str,
     if row is None:
         return None
     if row.route != route or row.request_sha256 != request_sha256:
-        raise ApiError(422, "idempotency_key_reused",
-                       "this Idempotency-Key was already used with a different request",
-                       "Idempotency-Key")
+        raise Invalid("idempotency_key_reused",
+                      "this Idempotency-Key was already used with a different request",
+                      "Idempotency-Key")
     return row.status_code, row.response
 
 
@@ -49,7 +49,7 @@ def remember(*, session: Session, owner: str, key: str | None, route: str,
     except IntegrityError:
         # A concurrent retry with the same key won the race; this request created nothing
         # durable because its transaction is rolled back by the caller.
-        raise ApiError(409, "conflict", "a request with this Idempotency-Key is in progress; "
+        raise Conflict("conflict", "a request with this Idempotency-Key is in progress; "
                        "retry it", "Idempotency-Key") from None
 
 

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from jobspec.model_dir import check_model_dir, weight_map_files
 from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
-from service.errors import ApiError
+from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
 from service.settings import Settings
 
 ALLOWED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".md", ".jinja"}
@@ -67,12 +67,12 @@ REPEATS = re.compile(r"(layers|layer|experts)$")
 MAX_REPEATS = 1024  # real models have up to ~130 layers and ~400 experts
 
 
-def _bad(message: str) -> ApiError:
-    return ApiError(422, "invalid_archive", f"file: {message}", "file")
+def _bad(message: str) -> Invalid:
+    return Invalid("invalid_archive", f"file: {message}", "file")
 
 
-def _too_big(message: str) -> ApiError:
-    return ApiError(413, "payload_too_large", f"file: {message}", "file")
+def _too_big(message: str) -> TooLarge:
+    return TooLarge("payload_too_large", f"file: {message}", "file")
 
 
 def _member_path(name: str) -> PurePosixPath:
@@ -184,9 +184,9 @@ def extract(archive: Path, dest: Path, settings: Settings) -> Path:
         elif zipfile.is_zipfile(archive):
             _extract_zip(archive, dest, budget)
         else:
-            raise ApiError(415, "unsupported_format", "file: upload a .tar.gz, .tar or .zip "
-                           "archive of a Hugging Face model directory", "file")
-    except ApiError:
+            raise Unsupported("unsupported_format", "file: upload a .tar.gz, .tar or .zip "
+                              "archive of a Hugging Face model directory", "file")
+    except DomainError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,

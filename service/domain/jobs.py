@@ -1,15 +1,16 @@
 """Jobs: a typed spec, a row that is the record of the run, and its curve, events, checkpoints."""
 
-from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
-from service.db import rowcount
+from service.domain import lifecycle
+from service.domain.errors import Invalid, LimitReached, not_found
 from service.domain.ids import new_id
+from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.specs import FINETUNE_DATA, FinetuneJobCreate, JobCreate, PretrainJobCreate
@@ -22,10 +23,6 @@ from service.domain.tables import (
     ModelRow,
     utcnow,
 )
-from service.errors import ApiError, not_found
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Progress(BaseModel):
@@ -63,7 +60,7 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, row: JobRow) -> "JobPublic":
         eta = None
-        if row.status == "running" and row.tokens_per_second and row.total_steps > row.step \
+        if lifecycle.is_running(row) and row.tokens_per_second and row.total_steps > row.step \
                 and row.step:
             # Tokens per step as measured so far (fine-tuning batches vary in length).
             tokens_left = (row.total_steps - row.step) * row.tokens_seen / row.step
@@ -71,7 +68,7 @@ class JobPublic(BaseModel):
         error = JobError(code=row.error_code, message=row.error_message or "") \
             if row.error_code else None
         return cls(
-            id=row.id, type=row.type, name=row.name, status=row.status,
+            id=row.id, type=row.type, name=row.name, status=JobStatus(row.status),
             dataset_id=row.dataset_id, spec=row.spec,
             progress=Progress(step=row.step, total_steps=row.total_steps,
                               tokens_seen=row.tokens_seen,
@@ -121,8 +118,8 @@ class CheckpointPublic(BaseModel):
     created_at: Timestamp
 
 
-def _invalid(param: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_request", f"{param}: {message}", param)
+def _invalid(param: str, message: str) -> Invalid:
+    return Invalid("invalid_request", f"{param}: {message}", param)
 
 
 def _own_dataset(session: Session, owner: str, param: str, dataset_id: str | None
@@ -209,17 +206,16 @@ def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) 
         name = job_in.name or f"{job_in.task.replace('_', '-')}-{job_in.base_model_id}"
         # The worker sets the exact count once it has read the data.
         total_steps = job_in.hyperparameters.max_steps or 0
-    active = session.scalar(select(func.count()).select_from(JobRow).where(
-        JobRow.owner == owner, JobRow.status.in_(("queued", "running"))))
+    active = lifecycle.count_active(session, owner)
     if active and active >= max_active:
-        raise ApiError(429, "too_many_jobs",
-                       f"you already have {active} jobs queued or running (the limit is "
-                       f"{max_active}); wait for one to finish or cancel one",
-                       headers={"Retry-After": "60"})
+        raise LimitReached("too_many_jobs",
+                           f"you already have {active} jobs queued or running (the limit is "
+                           f"{max_active}); wait for one to finish or cancel one",
+                           retry_after_s=60)
     spec = job_in.stored_spec()
     spec["name"] = name
-    row = JobRow(id=new_id("job"), owner=owner, type=job_in.type, name=name, status="queued",
-                 spec=spec, dataset_id=job_in.dataset_id, total_steps=total_steps)
+    row = lifecycle.new_job(id=new_id("job"), owner=owner, type=job_in.type, name=name,
+                            spec=spec, dataset_id=job_in.dataset_id, total_steps=total_steps)
     session.add(row)
     session.flush()
     return row
@@ -233,25 +229,18 @@ def get(*, session: Session, job_id: str, scope: str | None) -> JobRow:
 
 
 def list_(*, session: Session, scope: str | None, limit: int, after: str | None,
-          status: str | None = None) -> tuple[list[JobRow], bool]:
+          status: JobStatus | None = None) -> tuple[list[JobRow], bool]:
     stmt = owned(select(JobRow), JobRow, scope)
     if status:
-        stmt = stmt.where(JobRow.status == status)
+        stmt = stmt.where(JobRow.status == status.value)
     return newest_first(session, stmt, JobRow, limit=limit, after=after, scope=scope)
 
 
 def cancel(*, session: Session, job_id: str, scope: str | None) -> JobRow:
-    """Cancel cooperatively: a queued job never starts; a running one stops at its next step.
-
-    Both updates are conditional on the status, so a cancel racing completion leaves the
-    one terminal state that committed first.
-    """
+    """Cancel cooperatively: a queued job never starts; a running one stops at its next step
+    (see lifecycle.cancel)."""
     get(session=session, job_id=job_id, scope=scope)
-    now = utcnow()
-    session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
-                    .values(status="cancelled", cancel_requested=True, finished_at=now))
-    session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                    .values(cancel_requested=True))
+    lifecycle.cancel(session, job_id)
     session.flush()
     row = get(session=session, job_id=job_id, scope=scope)
     session.refresh(row)
@@ -290,36 +279,3 @@ def checkpoints(*, session: Session, job_id: str, scope: str | None) -> list[Che
 
 def mark_enqueued(*, session: Session, job_id: str) -> None:
     session.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=utcnow()))
-
-
-def reap(*, session: Session, heartbeat_timeout_s: float, requeue_after_s: float) -> list[str]:
-    """Jobs to send to the queue again: running ones whose worker died (stale heartbeat) go
-    back to queued, and queued ones whose message may have been lost are re-sent.
-
-    Every change is conditional, so several API processes reaping at once agree, and a
-    duplicate message is harmless: the worker's claim lets only one delivery train.
-    """
-    now = utcnow()
-    stale = now - timedelta(seconds=heartbeat_timeout_s)
-    orphans = session.scalars(select(JobRow.id).where(
-        JobRow.status == "running", JobRow.heartbeat_at < stale)).all()
-    revived = []
-    for job_id in orphans:
-        moved = session.execute(update(JobRow).where(
-            JobRow.id == job_id, JobRow.status == "running", JobRow.heartbeat_at < stale)
-            .values(status="queued", enqueued_at=now))
-        if rowcount(moved):
-            session.add(EventRow(job_id=job_id, level="warning", message=(
-                f"no heartbeat for {heartbeat_timeout_s:.0f} s: the worker died; "
-                "re-queued to resume from the last checkpoint")))
-            revived.append(job_id)
-    lost = now - timedelta(seconds=requeue_after_s)
-    for job_id in session.scalars(select(JobRow.id).where(
-            JobRow.status == "queued", JobRow.enqueued_at < lost)).all():
-        resent = session.execute(update(JobRow).where(
-            JobRow.id == job_id, JobRow.status == "queued", JobRow.enqueued_at < lost)
-            .values(enqueued_at=now))
-        if rowcount(resent):
-            revived.append(job_id)
-    session.commit()
-    return revived

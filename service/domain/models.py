@@ -9,11 +9,11 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.domain.errors import not_found
 from service.domain.ids import new_id
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.tables import ModelRow
-from service.errors import not_found
 from service.storage import ObjectStore
 
 

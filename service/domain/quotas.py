@@ -5,8 +5,8 @@ import is recorded; nothing is stored when it would pass the quota."""
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.domain.errors import TooLarge
 from service.domain.tables import DatasetRow, ModelRow
-from service.errors import ApiError
 from service.settings import Settings
 
 
@@ -25,16 +25,16 @@ def left(session: Session, owner: str, settings: Settings) -> int | None:
     return max(settings.storage_quota_bytes - used_bytes(session, owner), 0)
 
 
-def exceeded(quota: int, used: int, adding: int | None = None) -> ApiError:
-    """413: storing `adding` more bytes (None: any more) would pass the quota."""
+def exceeded(quota: int, used: int, adding: int | None = None) -> TooLarge:
+    """Storing `adding` more bytes (None: any more) would pass the quota."""
     what = "any more" if adding is None else f"{adding} more bytes"
-    return ApiError(413, "storage_quota_exceeded",
+    return TooLarge("storage_quota_exceeded",
                     f"file: storing {what} would pass your storage quota of {quota} bytes "
                     f"({used} in use); delete datasets or models you no longer need", "file")
 
 
 def check(session: Session, owner: str, settings: Settings, adding: int) -> None:
-    """Raise 413 if storing `adding` more bytes would pass the owner's quota."""
+    """Refuse (TooLarge) if storing `adding` more bytes would pass the owner's quota."""
     quota = settings.storage_quota_bytes
     if not quota:
         return

@@ -1,0 +1,46 @@
+"""What the domain refuses, said in its own terms: the kind of refusal, a stable `code`,
+a message for the user and the request part at fault (`param`).
+
+The domain knows nothing of HTTP; service/errors.py maps each kind to its status.
+"""
+
+
+class DomainError(Exception):
+    """A request the domain refuses (the client's doing, never ours)."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+class NotFound(DomainError):
+    """No such object for this caller (another owner's is as unknown as a made-up id)."""
+
+
+class Invalid(DomainError):
+    """Well-formed but not acceptable: a bad value, a damaged file, a reused key."""
+
+
+class Conflict(DomainError):
+    """Acceptable, but not in the object's present state (in use, in progress)."""
+
+
+class TooLarge(DomainError):
+    """Past a size limit or a storage quota."""
+
+
+class Unsupported(DomainError):
+    """A file type the service does not read."""
+
+
+class LimitReached(DomainError):
+    """Too many things at once (e.g. active jobs); worth retrying after `retry_after_s`."""
+
+    def __init__(self, code: str, message: str, param: str | None = None, *,
+                 retry_after_s: int | None = None) -> None:
+        super().__init__(code, message, param)
+        self.retry_after_s = retry_after_s
+
+
+def not_found(kind: str, id_: str) -> NotFound:
+    return NotFound("not_found", f"no {kind} with id {id_!r}")

@@ -1,0 +1,158 @@
+"""A job's status and every move between its statuses, in one place.
+
+    create -> queued -> running -> succeeded | failed | cancelled
+                 ^         |
+                 +---------+  (a retry, or the reaper reviving a job whose worker died)
+    queued -> cancelled (cancel), queued -> failed (out of attempts)
+
+Every move is one conditional UPDATE (`WHERE status = <the state it leaves>`) whose row
+count says whether it happened. Celery delivers at least once and several reapers (API
+processes, workers) run at once, so a move may be tried twice at the same moment: the
+database lets exactly one of them through, and the loser does nothing.
+"""
+
+import logging
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from service.db import rowcount
+from service.domain.tables import EventRow, JobRow, utcnow
+
+log = logging.getLogger("cloze.jobs")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# Plain strings (the enum's values) for SQL: drivers then bind them as text, whatever
+# they make of Enum members.
+ACTIVE: tuple[str, ...] = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+TERMINAL: tuple[str, ...] = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value,
+                             JobStatus.CANCELLED.value)
+
+
+def _move(session: Session, job_id: str, leaving: JobStatus, *conditions: Any,
+          **values: Any) -> bool:
+    """The one way a status changes: only from `leaving` (and `conditions`), atomically."""
+    if isinstance(values.get("status"), JobStatus):
+        values["status"] = values["status"].value
+    moved = session.execute(update(JobRow).where(
+        JobRow.id == job_id, JobRow.status == leaving.value, *conditions).values(**values))
+    return rowcount(moved) == 1
+
+
+def is_running(row: JobRow) -> bool:
+    return row.status == JobStatus.RUNNING.value
+
+
+def new_job(**fields: Any) -> JobRow:
+    """create -> queued: a job is born queued."""
+    return JobRow(status=JobStatus.QUEUED.value, **fields)
+
+
+def count_active(session: Session, owner: str) -> int:
+    """The owner's queued and running jobs."""
+    return session.scalar(select(func.count()).select_from(JobRow).where(
+        JobRow.owner == owner, JobRow.status.in_(ACTIVE))) or 0
+
+
+class Claim(StrEnum):
+    CLAIMED = "claimed"  # this delivery runs the job as a new attempt
+    DUPLICATE = "duplicate"  # not queued: running elsewhere, finished or cancelled
+    EXHAUSTED = "exhausted"  # it was queued with no attempts left: now failed
+
+
+def claim(session: Session, job_id: str, *, max_attempts: int) -> Claim:
+    """queued -> running as attempt n+1, or, with `max_attempts` used up, queued -> failed
+    (a job that kills its worker every time must not loop forever)."""
+    now = utcnow()
+    if _move(session, job_id, JobStatus.QUEUED, JobRow.attempts < max_attempts,
+             status=JobStatus.RUNNING, started_at=now, heartbeat_at=now,
+             attempts=JobRow.attempts + 1):
+        return Claim.CLAIMED
+    if _move(session, job_id, JobStatus.QUEUED, JobRow.attempts >= max_attempts,
+             status=JobStatus.FAILED, finished_at=now, error_code="too_many_attempts",
+             error_message=f"gave up after {max_attempts} attempts: the worker running it "
+                           "stopped each time (crashed or was killed)"):
+        log.error("%s: failed after %d attempts", job_id, max_attempts)
+        return Claim.EXHAUSTED
+    return Claim.DUPLICATE
+
+
+def finish(session: Session, job_id: str, status: JobStatus, **values: Any) -> bool:
+    """running -> succeeded | failed | cancelled; exactly one terminal state wins."""
+    if status.value not in TERMINAL:
+        raise ValueError(f"{status} is not a terminal status")
+    return _move(session, job_id, JobStatus.RUNNING, status=status, finished_at=utcnow(),
+                 **values)
+
+
+def requeue(session: Session, job_id: str) -> bool:
+    """running -> queued: the attempt failed in a way another attempt may heal."""
+    return _move(session, job_id, JobStatus.RUNNING, status=JobStatus.QUEUED,
+                 enqueued_at=utcnow())
+
+
+def heartbeat(session: Session, job_id: str) -> bool:
+    """Not a move: a running attempt says it lives (the reaper revives it once it stops)."""
+    return _move(session, job_id, JobStatus.RUNNING, heartbeat_at=utcnow())
+
+
+def cancel(session: Session, job_id: str) -> None:
+    """queued -> cancelled at once (it never starts); a running job is asked to stop and
+    records `cancelled` itself at its next step. Both are conditional, so a cancel racing
+    completion leaves the one terminal state that committed first."""
+    _move(session, job_id, JobStatus.QUEUED, status=JobStatus.CANCELLED,
+          cancel_requested=True, finished_at=utcnow())
+    _move(session, job_id, JobStatus.RUNNING, cancel_requested=True)
+
+
+def reap(session: Session, *, heartbeat_timeout_s: float, requeue_after_s: float) -> list[str]:
+    """Jobs to send to the queue again (committed): running ones whose worker died (stale
+    heartbeat) go back to queued, and queued ones whose message may have been lost are
+    re-sent.
+
+    Every change is conditional, so several reapers at once agree, and a duplicate message
+    is harmless: the worker's claim lets only one delivery train.
+    """
+    now = utcnow()
+    revived = _revive_stale(session, now, now - timedelta(seconds=heartbeat_timeout_s),
+                            heartbeat_timeout_s)
+    revived += _resend_lost(session, now, now - timedelta(seconds=requeue_after_s))
+    session.commit()
+    return revived
+
+
+def _revive_stale(session: Session, now: datetime, stale: datetime,
+                  heartbeat_timeout_s: float) -> list[str]:
+    """running (no heartbeat since `stale`) -> queued."""
+    revived = []
+    for job_id in session.scalars(select(JobRow.id).where(
+            JobRow.status == JobStatus.RUNNING.value, JobRow.heartbeat_at < stale)).all():
+        if _move(session, job_id, JobStatus.RUNNING, JobRow.heartbeat_at < stale,
+                 status=JobStatus.QUEUED, enqueued_at=now):
+            session.add(EventRow(job_id=job_id, level="warning", message=(
+                f"no heartbeat for {heartbeat_timeout_s:.0f} s: the worker died; "
+                "re-queued to resume from the last checkpoint")))
+            revived.append(job_id)
+    return revived
+
+
+def _resend_lost(session: Session, now: datetime, lost: datetime) -> list[str]:
+    """queued (sent before `lost`) stays queued, sent again: its message may be lost."""
+    resent = []
+    for job_id in session.scalars(select(JobRow.id).where(
+            JobRow.status == JobStatus.QUEUED.value, JobRow.enqueued_at < lost)).all():
+        if _move(session, job_id, JobStatus.QUEUED, JobRow.enqueued_at < lost,
+                 enqueued_at=now):
+            resent.append(job_id)
+    return resent
