@@ -85,6 +85,35 @@ def test_engine_imports_only_training_libraries():
                     f"{path} imports {module}"
 
 
+def test_domain_knows_nothing_of_http():
+    """The domain raises its own exceptions (service/domain/errors.py); service/errors.py
+    alone turns them into HTTP answers."""
+    for path in (ROOT / "service" / "domain").rglob("*.py"):
+        for module in _imports(path):
+            assert module.split(".")[0] not in {"fastapi", "starlette"} and \
+                module != "service.errors" and not module.startswith("service.api"), \
+                f"{path} imports {module}"
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
+            {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert "ApiError" not in names, f"{path} raises an HTTP error"
+
+
+JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled"}
+
+
+def test_job_statuses_are_spelled_only_in_the_lifecycle_module():
+    """Every status and every move between them lives in service/domain/lifecycle.py;
+    elsewhere a status is lifecycle.JobStatus, so no move can skip its conditional UPDATE."""
+    lifecycle = ROOT / "service" / "domain" / "lifecycle.py"
+    for path in [*(ROOT / "service").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
+        if path == lifecycle:
+            continue
+        spelled = [n.lineno for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, ast.Constant) and n.value in JOB_STATUSES]
+        assert not spelled, f"{path} spells a job status on lines {spelled}"
+
+
 def _migrate(url: str, home: Path) -> None:
     env = {**os.environ, "CLOZE_DATABASE_URL": url, "CLOZE_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True,
