@@ -45,17 +45,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class ApiError(Exception):
-    """An error the client caused (or a dependency that is down), with its HTTP status."""
+    """An error the client caused (or a dependency that is down), with its HTTP status: for
+    the API layer (auth, middleware, request parsing); the domain raises DomainError."""
 
     def __init__(self, status: int, code: str, message: str, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param = status, code, message, param
         self.headers = headers
-
-
-def not_found(kind: str, id_: str) -> ApiError:
-    return ApiError(404, "not_found", f"no {kind} with id {id_!r}")
 
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, object]:

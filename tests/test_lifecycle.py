@@ -206,3 +206,24 @@ def test_domain_refusals_keep_their_http_answers(tmp_path, monkeypatch):
         assert (cancelled["status"], cancelled["cancel_requested"]) == ("cancelled", True)
         assert cancelled["finished_at"] is not None
         assert api.delete(f"/v1/datasets/{ds}").status_code == 204  # no longer in use
+
+
+def test_a_worker_attempt_ends_once_and_a_redelivery_is_skipped(tmp_path, monkeypatch):
+    """workers/runner.py through lifecycle: claim, then one terminal state with its reason;
+    the same message delivered again neither trains nor changes the record."""
+    with make_app(tmp_path, monkeypatch) as app:
+        api = client(app)
+        ds = api.post("/v1/datasets", files={"file": ("tiny.txt", b"just a few words\n")})
+        job = api.post("/v1/jobs", json={"dataset_id": ds.json()["id"],
+                                         "model": {"size": "tiny"},
+                                         "tokenizer": {"vocab_size": 300}}).json()["id"]
+        from workers import runner
+
+        runner.run_job(job)
+        first = api.get(f"/v1/jobs/{job}").json()
+        assert (first["status"], first["error"]["code"], first["attempts"]) == \
+            ("failed", "bad_data", 1), first
+        runner.run_job(job)  # a duplicate delivery
+        assert api.get(f"/v1/jobs/{job}").json() == first
+        events = api.get(f"/v1/jobs/{job}/events").json()["data"]
+        assert [e["level"] for e in events].count("error") == 1
