@@ -227,3 +227,43 @@ def test_a_worker_attempt_ends_once_and_a_redelivery_is_skipped(tmp_path, monkey
         assert api.get(f"/v1/jobs/{job}").json() == first
         events = api.get(f"/v1/jobs/{job}/events").json()["data"]
         assert [e["level"] for e in events].count("error") == 1
+
+
+@pytest.mark.slow
+def test_a_worker_attempt_succeeds_or_is_cancelled_once(tmp_path, monkeypatch):
+    """runner.run_job in this process: a short job ends succeeded with its model; a long one
+    cancelled while running ends cancelled with no model; redeliveries change neither."""
+    import time
+
+    with make_app(tmp_path, monkeypatch) as app:
+        api = client(app)
+        text = b"".join(b"the quick brown fox jumps over the lazy dog %d\n" % i
+                        for i in range(3000))
+        ds = api.post("/v1/datasets", files={"file": ("c.txt", text)}).json()["id"]
+        spec = {"dataset_id": ds, "model": {"size": "tiny"}, "tokenizer": {"vocab_size": 300},
+                "hyperparameters": {"max_steps": 3, "batch_size": 4, "sequence_length": 32,
+                                    "warmup_steps": 1}}
+        from workers import runner
+
+        short = api.post("/v1/jobs", json=spec).json()["id"]
+        runner.run_job(short)
+        done = api.get(f"/v1/jobs/{short}").json()
+        assert (done["status"], done["attempts"]) == ("succeeded", 1) and done["model_id"]
+        runner.run_job(short)
+        assert api.get(f"/v1/jobs/{short}").json() == done
+
+        spec["hyperparameters"]["max_steps"] = 100_000
+        long = api.post("/v1/jobs", json=spec).json()["id"]
+        worker = threading.Thread(target=runner.run_job, args=(long,))
+        worker.start()
+        deadline = time.monotonic() + 120
+        while api.get(f"/v1/jobs/{long}").json()["progress"]["step"] < 1:
+            assert time.monotonic() < deadline and worker.is_alive(), "never got going"
+            time.sleep(0.2)
+        asked = api.post(f"/v1/jobs/{long}/cancel").json()
+        assert (asked["status"], asked["cancel_requested"]) == ("running", True)
+        worker.join(timeout=120)
+        ended = api.get(f"/v1/jobs/{long}").json()
+        assert (ended["status"], ended["model_id"]) == ("cancelled", None), ended
+        runner.run_job(long)
+        assert api.get(f"/v1/jobs/{long}").json() == ended
