@@ -50,6 +50,8 @@ def test_compose_file_is_consistent_with_settings():
     assert "noeviction" in services["redis"]["command"]
     assert services["worker"]["command"][:2] == ["cloze", "worker"]
     assert services["api"]["command"][:2] == ["cloze", "api"]
+    # A killed API or worker comes back (the reaper re-queues the dead worker's job).
+    assert services["worker"]["restart"] == services["api"]["restart"] == "unless-stopped"
 
 
 def _imports(path: Path) -> set[str]:
