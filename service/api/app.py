@@ -44,9 +44,10 @@ def create_app() -> FastAPI:
     if settings.api_keys_required:
         log.info("API keys are required (Authorization: Bearer ...)")
     else:
-        log.warning("API keys are NOT required: listening on loopback (%s) only; anyone on "
-                    "this machine can use the API. Set CLOZE_REQUIRE_API_KEYS=true to "
-                    "require them.", settings.host)
+        log.warning("API keys are NOT required for requests from this machine to its "
+                    "loopback address (configured host %s); anyone on this machine can use "
+                    "the API. Requests that reach it any other way need a key. Set "
+                    "CLOZE_REQUIRE_API_KEYS=true to require them always.", settings.host)
     return app
 
 
