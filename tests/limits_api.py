@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import errors
-from service.api import datasets, models
+from service.api import datasets, jobs, models
 from service.api.auth import authenticate
 from service.db import get_session, make_engine
 from service.domain import keys
@@ -69,6 +69,7 @@ def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
     errors.install(app)
     app.include_router(datasets.router)
     app.include_router(models.router)
+    app.include_router(jobs.router)
     app.dependency_overrides.update({
         get_session: session, get_settings: lambda: settings, get_store: lambda: store,
         authenticate: lambda: caller[0]})

@@ -80,3 +80,14 @@ def test_a_retry_of_the_upload_that_filled_the_quota_replays_it(api: Api):
                             headers={"Idempotency-Key": "another"})
     assert_error(other, 413, "storage quota")
     assert len(api.stored()) == 1
+
+
+def test_a_full_quota_refuses_new_jobs(api: Api):
+    """A job would publish a model the owner has no room for: refused before it is queued
+    (admission, so that no finished training is ever thrown away)."""
+    ds = api.upload("a.txt", _corpus(32 * 1024)).json()
+    assert api.upload("b.txt", _corpus(32 * 1024)).status_code == 201
+    r = api.client.post("/v1/jobs", json={"dataset_id": ds["id"]})
+    assert_error(r, 413, "storage quota of 65536 bytes is used up")
+    assert r.json()["error"]["code"] == "storage_quota_exceeded"
+    assert api.client.get("/v1/jobs").json()["data"] == []

@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
-from service.domain import idempotency, jobs
+from service.domain import idempotency, jobs, quotas
 from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
 from service.domain.lifecycle import JobStatus
 from service.domain.schemas import ListOf
@@ -27,6 +27,11 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
                                route=route, request_sha256=fingerprint)
     if first is not None:
         return JSONResponse(first[1], first[0])
+    if quotas.left(session, caller.owner, settings) == 0:
+        # Admission, not publication: a job admitted here publishes its model even if that
+        # passes the quota (hours of training are never thrown away at the end).
+        raise quotas.full_for_jobs(settings.storage_quota_bytes,
+                                   quotas.used_bytes(session, caller.owner))
     row = jobs.create(session=session, job_in=job_in, owner=caller.owner,
                       max_active=settings.max_active_jobs)
     idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,

@@ -33,6 +33,14 @@ def exceeded(quota: int, used: int, adding: int | None = None) -> TooLarge:
                     f"({used} in use); delete datasets or models you no longer need", "file")
 
 
+def full_for_jobs(quota: int, used: int) -> TooLarge:
+    """No room is left for the model a new job would publish."""
+    return TooLarge("storage_quota_exceeded",
+                    f"your storage quota of {quota} bytes is used up ({used} in use), so the "
+                    "model this job would make could not be kept; delete datasets or models "
+                    "you no longer need")
+
+
 def check(session: Session, owner: str, settings: Settings, adding: int) -> None:
     """Refuse (TooLarge) if storing `adding` more bytes would pass the owner's quota."""
     quota = settings.storage_quota_bytes
