@@ -1,13 +1,22 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
-from service.domain import idempotency, jobs, quotas
+from service.api.deps import (
+    After,
+    CallerDep,
+    IdempotencyKey,
+    Limit,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
+from service.domain import idempotency, jobs, models, quotas
 from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
 from service.domain.lifecycle import JobStatus
+from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
 from service.errors import ApiError
@@ -100,3 +109,20 @@ def job_checkpoints(job_id: str, session: SessionDep, caller: CallerDep) -> List
     return ListOf[CheckpointPublic](data=[CheckpointPublic(
         id=r.id, job_id=r.job_id, step=r.step, bytes=r.bytes, sha256=r.sha256,
         metrics=r.metrics, created_at=r.created_at) for r in rows])
+
+
+@router.post("/{job_id}/checkpoints/{step}/publish", status_code=201,
+             response_model=ModelPublic,
+             responses={200: {"model": ModelPublic,
+                              "description": "this step was published before: that model"}})
+async def publish_checkpoint(job_id: str, step: Annotated[int, Path(ge=0, le=2**31 - 1)],
+                             session: SessionDep, store: StoreDep, settings: SettingsDep,
+                             caller: CallerDep) -> ModelPublic | JSONResponse:
+    """Make a model of one checkpoint, as the final export would be, while the job may
+    still run; served by every route of its task. The same step again returns that model."""
+    row, made = await run_in_threadpool(
+        models.publish_checkpoint, session=session, store=store, settings=settings,
+        job_id=job_id, step=step, scope=caller.scope)
+    session.commit()
+    public = ModelPublic.of(row)
+    return public if made else JSONResponse(public.model_dump(mode="json"), 200)

@@ -3,7 +3,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -28,7 +28,7 @@ from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.errors import ApiError
-from service.inference import pipelines, tasks
+from service.inference import loader, pipelines, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -114,6 +114,16 @@ async def _receive_archive(request: Request, tmp: Path, settings: Any
 @router.get("/{model_id}", response_model=ModelPublic)
 def get_model(model_id: str, session: SessionDep, caller: CallerDep) -> ModelPublic:
     return ModelPublic.of(models.get(session=session, model_id=model_id, scope=caller.scope))
+
+
+@router.delete("/{model_id}", status_code=204, response_class=Response)
+def delete_model(model_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep,
+                 caller: CallerDep) -> Response:
+    """Delete the model, its files and this process's loaded copy (409 while a queued or
+    running job starts from it)."""
+    models.delete(session=session, store=store, model_id=model_id, scope=caller.scope)
+    loader.evict(model_id, settings.cache_dir)
+    return Response(status_code=204)
 
 
 @router.get("/{model_id}/download", response_class=StreamingResponse,

@@ -1,5 +1,8 @@
-"""Models: exports of finished jobs, kept as a Hugging Face directory plus an archive."""
+"""Models: exports of finished jobs, imports, and checkpoints published while a job runs,
+each kept as a Hugging Face directory plus an archive."""
 
+import hashlib
+import json
 import tarfile
 import tempfile
 from pathlib import Path
@@ -7,14 +10,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.domain.errors import not_found
+from service.domain import jobs, quotas
+from service.domain.errors import Conflict, DomainError, NotFound, not_found
 from service.domain.ids import new_id
+from service.domain.imports import read_header
+from service.domain.lifecycle import ACTIVE
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
-from service.domain.tables import ModelRow
-from service.storage import ObjectStore
+from service.domain.tables import CheckpointRow, JobRow, ModelRow
+from service.settings import Settings
+from service.storage import CHUNK, ObjectStore
 
 
 class ModelPublic(BaseModel):
@@ -22,6 +30,7 @@ class ModelPublic(BaseModel):
     object: Literal["model"] = "model"
     name: str
     job_id: str | None
+    checkpoint_step: int | None = None  # set when published from that step of job_id
     task: str
     architecture: str
     mask_token: str | None
@@ -31,7 +40,8 @@ class ModelPublic(BaseModel):
 
     @classmethod
     def of(cls, row: ModelRow) -> "ModelPublic":
-        return cls(id=row.id, name=row.name, job_id=row.job_id, task=row.task,
+        return cls(id=row.id, name=row.name, job_id=row.job_id,
+                   checkpoint_step=row.checkpoint_step, task=row.task,
                    architecture=row.architecture, mask_token=row.mask_token, bytes=row.bytes,
                    details=row.details, created_at=row.created_at)
 
@@ -51,7 +61,7 @@ def list_(*, session: Session, scope: str | None, limit: int, after: str | None
 
 def publish(*, session: Session, store: ObjectStore, export_dir: Path, owner: str, name: str,
             job_id: str | None, task: str, architecture: str, mask_token: str | None,
-            details: dict[str, Any]) -> ModelRow:
+            details: dict[str, Any], checkpoint_step: int | None = None) -> ModelRow:
     """Store a model directory as files (for serving) and one archive (for download), then
     record it. The archive holds one top folder named after the model."""
     model_id = new_id("m")
@@ -66,11 +76,202 @@ def publish(*, session: Session, store: ObjectStore, export_dir: Path, owner: st
         size = archive.stat().st_size
     row = ModelRow(id=model_id, owner=owner, name=name, job_id=job_id, task=task,
                    architecture=architecture, mask_token=mask_token, storage_prefix=prefix,
-                   archive_key=archive_key, bytes=size, details=details)
+                   archive_key=archive_key, bytes=size, details=details,
+                   checkpoint_step=checkpoint_step)
     session.add(row)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # e.g. a checkpoint published twice at once: keep no orphans
+        delete_files(store=store, model_id=model_id)
+        raise
     return row
 
 
 def delete_files(*, store: ObjectStore, model_id: str) -> None:
     store.delete_prefix(f"models/{model_id}")
+
+
+# ---- delete -----------------------------------------------------------------------------
+
+
+def _busy_job(session: Session, row: ModelRow) -> str | None:
+    """A queued or running job that starts from the model (its base_model_id), if any.
+    Only its owner's jobs can name it."""
+    active = session.execute(select(JobRow.id, JobRow.spec).where(
+        JobRow.owner == row.owner, JobRow.status.in_(ACTIVE))).all()
+    for job_id, spec in active:
+        if (spec or {}).get("base_model_id") == row.id:
+            return str(job_id)
+    return None
+
+
+def delete(*, session: Session, store: ObjectStore, model_id: str, scope: str | None) -> None:
+    """Delete the model's record, then its files (which frees its bytes of the owner's
+    quota). A model a queued or running job starts from is refused: the job would fail
+    when it downloads its base."""
+    row = get(session=session, model_id=model_id, scope=scope)
+    busy = _busy_job(session, row)
+    if busy:
+        raise Conflict("conflict", f"model {model_id} is the base model of job {busy}; "
+                       "cancel it or wait until it ends")
+    session.delete(row)
+    session.commit()  # the record goes first: no one is served files that are going away
+    delete_files(store=store, model_id=model_id)
+
+
+# ---- publish a checkpoint ---------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+# What a checkpoint holds for resuming only; the rest is what the final export holds (both
+# are save_pretrained of the model and the tokenizer: workers/engine/checkpoint.py).
+TRAINER_FILES = frozenset({"optimizer.safetensors", "trainer_state.json"})
+MAX_MANIFEST_BYTES = 1 << 20
+# Names that only a model with LoRA adapters injected (peft) has: not a plain model.
+ADAPTER_MARKS = (".lora_", ".base_layer.", ".modules_to_save.", ".original_module.")
+
+
+def find_published(session: Session, job_id: str, step: int) -> ModelRow | None:
+    return session.scalars(select(ModelRow).where(
+        ModelRow.job_id == job_id, ModelRow.checkpoint_step == step)).first()
+
+
+def _unverified(step: int, why: str) -> Conflict:
+    return Conflict("checkpoint_corrupt", f"the checkpoint of step {step} does not verify "
+                    f"({why}); publish another step")
+
+
+def _read_manifest(store: ObjectStore, prefix: str, step: int, sha256: str
+                   ) -> dict[str, dict[str, Any]]:
+    """The manifest's file list, after checking the manifest against the digest recorded
+    with the checkpoint (so every file's digest in it can be trusted)."""
+    try:
+        with store.open_read(f"{prefix}/{MANIFEST}") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise Conflict("checkpoint_gone", f"the files of the checkpoint of step {step} are "
+                       "gone (deleted as an older checkpoint meanwhile?)") from None
+    if len(raw) > MAX_MANIFEST_BYTES or hashlib.sha256(raw).hexdigest() != sha256:
+        raise _unverified(step, "its manifest is not the one recorded")
+    try:
+        files = json.loads(raw)["files"]
+        if not isinstance(files, dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise _unverified(step, "its manifest is unreadable") from None
+    for name in files:
+        if Path(name).name != name or name.startswith("."):
+            raise _unverified(step, f"its manifest names a bad file {name!r}")
+    return files
+
+
+def _fetch_verified(store: ObjectStore, prefix: str, step: int,
+                    files: dict[str, dict[str, Any]], dest: Path) -> None:
+    """Copy the listed files to dest, each checked against its size and sha256."""
+    dest.mkdir(parents=True)
+    for name, entry in files.items():
+        digest, size = hashlib.sha256(), 0
+        try:
+            with store.open_read(f"{prefix}/{name}") as src, open(dest / name, "wb") as out:
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+        except FileNotFoundError:
+            raise Conflict("checkpoint_gone", f"{name} of the checkpoint of step {step} is "
+                           "gone (deleted as an older checkpoint meanwhile?)") from None
+        if size != entry.get("bytes") or digest.hexdigest() != entry.get("sha256"):
+            raise _unverified(step, f"{name} does not match its manifest")
+
+
+def _refuse_adapters(directory: Path, step: int) -> None:
+    """A model with LoRA adapters injected loads in no plain transformers class."""
+    try:
+        names = read_header(directory / "model.safetensors")
+    except DomainError:
+        raise _unverified(step, "model.safetensors is not a safetensors file") from None
+    if any(mark in name for name in names for mark in ADAPTER_MARKS):
+        raise Conflict("checkpoint_not_publishable", f"the checkpoint of step {step} holds "
+                       "LoRA adapters that are not merged into the weights; only the final "
+                       "model of a LoRA job is published (merged)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _described(job: JobRow, directory: Path, step: int, metrics: dict[str, Any],
+               base: ModelRow | None) -> dict[str, Any]:
+    """task, architecture, mask_token and details as the job's final model has them
+    (workers/runner.py), for this step."""
+    spec, config = job.spec or {}, _read_json(directory / "config.json")
+    token = _read_json(directory / "tokenizer_config.json").get("mask_token")
+    mask_token = token.get("content") if isinstance(token, dict) else token
+    common = {"checkpoint": {"job_id": job.id, "step": step, "metrics": metrics},
+              "steps": step, "base_model_id": spec.get("base_model_id")}
+    if job.type == "finetune":
+        labels = config.get("id2label") or {}
+        return {"task": str(spec.get("task", "")).replace("_", "-"),
+                "architecture": base.architecture if base is not None
+                else str(config.get("model_type", "")),
+                "mask_token": mask_token,
+                "details": {**common, "task": spec.get("task"),
+                            "labels": [labels[k] for k in sorted(labels, key=int)]
+                            if isinstance(labels, dict) else [],
+                            "adapter": None}}
+    model = spec.get("model") or {}
+    return {"task": "text-generation" if spec.get("objective") == "clm" else "fill-mask",
+            "architecture": model.get("architecture") or str(config.get("model_type", "")),
+            "mask_token": mask_token,
+            "details": {**common, "objective": spec.get("objective"), "model": model,
+                        "sequence_length": (spec.get("hyperparameters") or {})
+                        .get("sequence_length"), "recipe": spec.get("recipe")}}
+
+
+def publish_checkpoint(*, session: Session, store: ObjectStore, settings: Settings,
+                       job_id: str, step: int, scope: str | None) -> tuple[ModelRow, bool]:
+    """A model of one checkpoint of a job (which may still be running), holding what the
+    job's final export would hold at that step: the checkpoint's files less the optimizer
+    and trainer state. (model, True) when made now; (the earlier one, False) when that step
+    was published before. Counts against the job owner's storage quota like an import."""
+    job = jobs.get(session=session, job_id=job_id, scope=scope)
+    ckpt = session.scalars(select(CheckpointRow).where(
+        CheckpointRow.job_id == job.id, CheckpointRow.step == step)).first()
+    if ckpt is None:
+        raise NotFound("not_found", f"job {job_id} has no checkpoint at step {step} (see "
+                       f"/v1/jobs/{job_id}/checkpoints)", "step")
+    if (existing := find_published(session, job.id, step)) is not None:
+        return existing, False
+    if (job.spec or {}).get("adapter"):
+        raise Conflict("checkpoint_not_publishable", f"job {job_id} trains LoRA adapters: "
+                       "its checkpoints hold them unmerged, which no plain model loads; only "
+                       "its final model is published (merged)")
+    files = _read_manifest(store, ckpt.storage_prefix, step, ckpt.sha256)
+    wanted = {n: e for n, e in files.items() if n not in TRAINER_FILES}
+    if not {"model.safetensors", "config.json"} <= set(wanted):
+        raise _unverified(step, "it lacks model.safetensors or config.json")
+    quotas.check(session, job.owner, settings,
+                 sum(int(e.get("bytes") or 0) for e in wanted.values()))
+    base_id = (job.spec or {}).get("base_model_id")
+    base = session.get(ModelRow, base_id) if base_id else None
+    metrics, prefix = dict(ckpt.metrics or {}), ckpt.storage_prefix
+    session.commit()  # give the connection back while the files are copied (seconds)
+    with tempfile.TemporaryDirectory(prefix="cloze-ckpt-") as tmp:
+        export = Path(tmp) / "export"
+        _fetch_verified(store, prefix, step, wanted, export)
+        _refuse_adapters(export, step)
+        described = _described(job, export, step, metrics, base)
+        name = f"{(job.spec or {}).get('name') or job.id}-step-{step}"
+        try:
+            row = publish(session=session, store=store, export_dir=export, owner=job.owner,
+                          name=name[:255], job_id=job.id, checkpoint_step=step, **described)
+        except IntegrityError:  # the same step published by a request running alongside
+            session.rollback()
+            raced = find_published(session, job.id, step)
+            if raced is None:
+                raise
+            return raced, False
+    return row, True

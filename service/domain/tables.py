@@ -129,11 +129,17 @@ class CheckpointRow(Base):
 
 class ModelRow(Base):
     __tablename__ = "models"
+    # One model per checkpoint: publishing a step twice finds the first (final models have
+    # no checkpoint_step, and NULLs never collide).
+    __table_args__ = (Index("ix_models_job_checkpoint", "job_id", "checkpoint_step",
+                            unique=True),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
     name: Mapped[str] = mapped_column(String(255))
     job_id: Mapped[str | None] = mapped_column(String(40))
+    # Set when the model was published from a checkpoint of job_id, not its final export.
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
     task: Mapped[str] = mapped_column(String(32))
     architecture: Mapped[str] = mapped_column(String(32))
     mask_token: Mapped[str | None] = mapped_column(String(32))

@@ -6,6 +6,7 @@ reads safetensors, so nothing from storage is unpickled.
 
 import shutil
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,19 @@ class ModelTooLarge(Exception):
         self.needed, self.limit = needed, limit
 
 
+# Every cache of this process, so a deleted model can be dropped from all of them.
+_CACHES: "weakref.WeakSet[ModelCache]" = weakref.WeakSet()
+
+
+def evict(model_id: str, cache_dir: Path) -> None:
+    """Forget a (deleted) model in this process: unload it from every cache and remove its
+    local copy under cache_dir. Other processes keep theirs in memory until it is dropped
+    as least recently used; they no longer serve it, as each request looks the model up."""
+    for cache in list(_CACHES):
+        cache.evict(model_id)
+    shutil.rmtree(cache_dir / "models" / model_id, ignore_errors=True)
+
+
 class ModelCache:
     """Keeps the most recently used models loaded, at most `capacity` of them and at most
     `max_bytes` of their weights together (least recently used dropped first); loads each
@@ -34,6 +48,7 @@ class ModelCache:
         self._loaded: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        _CACHES.add(self)
 
     @property
     def loaded_bytes(self) -> int:
@@ -44,6 +59,12 @@ class ModelCache:
         """Model ids in the cache, least recently used first."""
         with self._lock:
             return list(self._loaded)
+
+    def evict(self, model_id: str) -> None:
+        """Unload the model and remove its local copy."""
+        with self._lock:
+            self._loaded.pop(model_id, None)
+        shutil.rmtree(self.cache_dir / "models" / model_id, ignore_errors=True)
 
     def local_dir(self, model_id: str, prefix: str) -> Path:
         """The export on local disk, downloaded once (atomically, via a temp folder)."""
