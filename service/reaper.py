@@ -2,6 +2,7 @@
 re-queues jobs whose worker died. Its re-queue is a conditional UPDATE (lifecycle.reap),
 so any number of reapers may run at once and each job is revived once."""
 
+import contextlib
 import logging
 import threading
 
@@ -24,15 +25,17 @@ def reap_once() -> list[str]:
     return revived
 
 
-def start() -> threading.Event:
-    """Run reap_once every reaper_interval_s until the returned event is set."""
+def start(guard: contextlib.AbstractContextManager[object] | None = None) -> threading.Event:
+    """Run reap_once every reaper_interval_s until the returned event is set; each round
+    inside `guard` (a worker's main process: no fork in the middle of a round)."""
     stop = threading.Event()
     interval = get_settings().reaper_interval_s
 
     def loop() -> None:
         while not stop.wait(interval):
             try:
-                reap_once()
+                with guard or contextlib.nullcontext():
+                    reap_once()
             except Exception as exc:  # a database or broker outage: try again next round
                 log.warning("reaper round failed: %s", exc.__class__.__name__)
 

@@ -213,3 +213,34 @@ def test_cloze_up_restarts_a_killed_worker_and_the_job_succeeds(tmp_path: Path, 
         assert restarted[0].is_running()
     finally:
         stack.stop()
+
+
+def test_a_worker_never_forks_in_the_middle_of_a_housekeeping_round():
+    """The pool forks a child per job while the heartbeat and reaper threads run; a fork
+    during one of their rounds would hand the child a lock held forever (seen: a child hung
+    on psycopg's import lock). A fork waits for the round to end."""
+    import os
+    import threading
+    import time
+
+    from workers import celery_app
+
+    entered = threading.Event()
+
+    def round_() -> None:
+        with celery_app._fork_guard:
+            entered.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=round_)
+    thread.start()
+    entered.wait()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child: the guard must be free here, then leave at once
+        os._exit(0 if celery_app._fork_guard.acquire(timeout=1) else 1)
+    waited = time.monotonic() - started
+    _, status = os.waitpid(pid, 0)
+    thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert waited >= 0.3, waited

@@ -6,6 +6,7 @@ API process happens to be. The reaper's updates are conditional: any number may 
 """
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -23,12 +24,22 @@ log = logging.getLogger("cloze.worker")
 _stop = threading.Event()
 _reaper_stops: list[threading.Event] = []
 
+# The pool forks a fresh child for every job (worker_max_tasks_per_child 1) while the
+# heartbeat and reaper threads run. A child forked in the middle of one of their rounds
+# inherits whatever lock that thread held, held forever: seen, a child hung at its first
+# database connection on the import lock of psycopg, which the reaper was importing at the
+# fork. So each round runs under this lock, and a fork waits for the round to end.
+_fork_guard = threading.Lock()
+os.register_at_fork(before=_fork_guard.acquire, after_in_parent=_fork_guard.release,
+                    after_in_child=_fork_guard.release)
+
 
 def _heartbeat(name: str) -> None:
     interval = get_settings().heartbeat_interval_s
     while True:
         try:
-            beat_worker(name)
+            with _fork_guard:
+                beat_worker(name)
         except Exception as exc:  # the broker is down: beat again next round
             log.warning("worker heartbeat failed: %s", exc.__class__.__name__)
         if _stop.wait(interval):
@@ -40,7 +51,7 @@ def _start_housekeeping(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or "worker"
     threading.Thread(target=_heartbeat, args=(name,), name="cloze-heartbeat",
                      daemon=True).start()
-    _reaper_stops.append(reaper.start())
+    _reaper_stops.append(reaper.start(guard=_fork_guard))
 
 
 @worker_shutdown.connect
