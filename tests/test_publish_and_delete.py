@@ -258,3 +258,25 @@ def test_unmerged_adapter_weights_are_refused_whatever_the_spec_says(
     _error(alice.post(f"/v1/jobs/{job}/checkpoints/20/publish"), 409,
            "checkpoint_not_publishable", "LoRA")
     assert not (tmp_path / "objects" / "models").exists()
+
+
+def test_a_full_fine_tuning_checkpoint_is_served_by_classify(alice: TestClient,
+                                                             tmp_path: Path):
+    from transformers import pipeline
+
+    model_dir = bert(tmp_path / "clf", head="classify", labels=3)
+    job = _job(type="finetune", task="text_classification", base_model_id="m_gone",
+               adapter=None)
+    _checkpoint(job, 20, model_dir, tmp_path)
+    r = alice.post(f"/v1/jobs/{job}/checkpoints/20/publish")
+    assert r.status_code == 201, r.text
+    model = r.json()
+    assert (model["task"], model["architecture"]) == ("text-classification", "bert")
+    assert model["details"]["labels"] == ["label_0", "label_1", "label_2"]
+    answer = alice.post(f"/v1/models/{model['id']}/classify", json={"inputs": "a small cat"})
+    assert answer.status_code == 200, answer.text
+    reference = pipeline("text-classification", model=str(model_dir), device="cpu",
+                         top_k=None)(["a small cat"])[0]
+    assert [a["label"] for a in answer.json()[0]] == [a["label"] for a in reference]
+    _error(alice.post(f"/v1/models/{model['id']}/fill-mask", json={"inputs": MASKED}), 422,
+           "wrong_task")
