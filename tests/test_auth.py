@@ -54,7 +54,7 @@ def world(secured: Stack, data_dir: Path) -> dict:
     done = secured.wait_job(job["id"], timeout=300)
     assert done["status"] == "succeeded", done
     return {"keys": keys, "dataset_id": ds["id"], "job_id": job["id"],
-            "model_id": done["model_id"], "task": "fill-mask"}
+            "model_id": done["model_id"], "task": "fill-mask", "step": 4}
 
 
 def routes() -> list[tuple[str, str]]:
@@ -95,6 +95,8 @@ def test_other_owners_ids_are_404_on_every_route(secured, world):
     r = bob.delete(f"/v1/datasets/{world['dataset_id']}")
     assert r.status_code == 404
     assert alice.get(f"/v1/datasets/{world['dataset_id']}").status_code == 200
+    assert bob.delete(f"/v1/models/{world['model_id']}").status_code == 404
+    assert alice.get(f"/v1/models/{world['model_id']}").status_code == 200
 
 
 def test_lists_show_only_your_own_and_admin_sees_all(secured, world):
