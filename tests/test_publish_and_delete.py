@@ -273,10 +273,13 @@ def test_a_full_fine_tuning_checkpoint_is_served_by_classify(alice: TestClient,
     model = r.json()
     assert (model["task"], model["architecture"]) == ("text-classification", "bert")
     assert model["details"]["labels"] == ["label_0", "label_1", "label_2"]
-    answer = alice.post(f"/v1/models/{model['id']}/classify", json={"inputs": "a small cat"})
+    # top_k explicit on both sides: the default depends on the process's max_top_k.
+    answer = alice.post(f"/v1/models/{model['id']}/classify",
+                        json={"inputs": "a small cat", "parameters": {"top_k": 3}})
     assert answer.status_code == 200, answer.text
     reference = pipeline("text-classification", model=str(model_dir), device="cpu",
-                         top_k=None)(["a small cat"])[0]
-    assert [a["label"] for a in answer.json()[0]] == [a["label"] for a in reference]
+                         top_k=3)(["a small cat"])[0]
+    assert [a["label"] for a in answer.json()[0]] == [a["label"] for a in reference], \
+        (answer.json(), reference)
     _error(alice.post(f"/v1/models/{model['id']}/fill-mask", json={"inputs": MASKED}), 422,
            "wrong_task")
