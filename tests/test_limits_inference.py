@@ -304,3 +304,16 @@ def test_no_connection_is_held_while_a_model_runs_or_a_download_streams(world, t
     assert seen == [0, 0]
     engine.dispose()
     get_store.cache_clear()
+
+
+def test_long_texts_are_truncated_for_classification_unless_refused(world):
+    """Classification cuts a long text as fine-tuning cut its training texts (the export's
+    tokenizer holds that length; this model has none, so its 512 positions); with
+    `truncation: false` the text is refused instead."""
+    long_text = " ".join(["the quick brown fox jumps"] * 200)  # ~1,000 tokens
+    r = post(world, "classify", "classify", {"inputs": long_text, "parameters": {"top_k": 2}})
+    assert r.status_code == 200, r.text
+    assert len(r.json()[0]) == 2
+    r = post(world, "classify", "classify",
+             {"inputs": long_text, "parameters": {"top_k": 2, "truncation": False}})
+    refused(r, 413, "input_too_long", "inputs", "longer than the model's 512 tokens")

@@ -27,6 +27,9 @@ class ClassifyParameters(BaseModel):
     model_config = ConfigDict(extra="ignore")
     top_k: int | None = Field(default=None, ge=1)
     function_to_apply: Literal["sigmoid", "softmax", "none"] | None = None
+    # True: a text longer than the model takes is cut to the length it was fine-tuned on
+    # (as training cut it; TEI's `truncate`); false: such a text is refused (413).
+    truncation: bool = True
 
 
 class ClassifyRequest(_Request):
@@ -77,8 +80,13 @@ def classify(*, model_id: str, prefix: str, request: ClassifyRequest) -> Any:
     top_k = check_top_k(params.top_k, min(labels, get_settings().max_top_k))
     check_outputs(len(texts) * min(top_k, labels), "labels (inputs x top_k)",
                   "parameters.top_k")
-    token_ids(predictor, texts)
     kwargs: dict[str, Any] = {"top_k": top_k}
+    if params.truncation:
+        limit = predictor.tokenizer.model_max_length
+        kwargs.update(truncation=True, max_length=min(predictor.max_tokens, limit)
+                      if limit < 1e9 else predictor.max_tokens)
+    else:
+        token_ids(predictor, texts)
     if params.function_to_apply:
         kwargs["function_to_apply"] = params.function_to_apply
     return _plain(run(predictor, texts, **kwargs))

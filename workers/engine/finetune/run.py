@@ -63,6 +63,9 @@ def run_finetune(
         raise ConfigError(f"hyperparameters.sequence_length ({hp.sequence_length}) exceeds "
                           f"what the base model takes ({base.max_length})")
     tokenizer, model = base.tokenizer, base.model
+    # The export's tokenizer says how long the texts it was trained on were: serving
+    # truncates classification inputs to it, as training did.
+    tokenizer.model_max_length = hp.sequence_length
     origin = "randomly initialised" if base_model_dir is None else "from the base model"
     reporter.event("info", f"{type(model).__name__} for {len(labels)} labels {origin}, new "
                            f"head: {', '.join(base.head)}" +
