@@ -317,3 +317,26 @@ def test_long_texts_are_truncated_for_classification_unless_refused(world):
     r = post(world, "classify", "classify",
              {"inputs": long_text, "parameters": {"top_k": 2, "truncation": False}})
     refused(r, 413, "input_too_long", "inputs", "longer than the model's 512 tokens")
+
+
+def test_a_roberta_text_one_past_its_positions_is_a_413(world, tmp_path):
+    """RoBERTa's position table (514) holds pad_token_id + 1 more rows than the texts it
+    takes (512): a 513-token text was let through and crashed the model (500)."""
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
+
+    helpers.tokenizer(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    torch.manual_seed(0)
+    config = RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, vocab_size=len(tok), pad_token_id=1,
+                           max_position_embeddings=514)
+    RobertaForMaskedLM(config).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    world["roberta"] = publish(tmp_path / "model", "fill-mask")
+    # [CLS] + n words + [SEP]: 513 tokens with n = 510 + the mask
+    too_long = " ".join(["the"] * 510 + ["[MASK]"])
+    r = post(world, "roberta", "fill-mask", {"inputs": too_long})
+    refused(r, 413, "input_too_long", "inputs", "longer than the model's 512 tokens")
+    r = post(world, "roberta", "fill-mask", {"inputs": " ".join(["the"] * 509 + ["[MASK]"])})
+    assert r.status_code == 200, r.text

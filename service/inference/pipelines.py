@@ -24,11 +24,24 @@ class Predictor:
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
         config = pipe.model.config
-        self.max_tokens: int = int(getattr(config, "max_position_embeddings", 512))
+        self.max_tokens: int = max_tokens(config)
         # The width of the output layer: fill-mask's top_k can be no larger.
         self.vocab_size: int = int(getattr(config, "vocab_size", 0) or len(pipe.tokenizer))
         self.nbytes = model_bytes(pipe.model)
         self.lock = threading.Lock()  # a pipeline is not safe to call from two threads
+
+
+# Models whose position ids start after the padding id (fairseq's convention): their
+# position table is pad_token_id + 1 rows longer than the texts they take.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+
+
+def max_tokens(config: Any) -> int:
+    """The longest input, in tokens, that the model's position table covers."""
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
 
 
 def model_bytes(model: Any) -> int:
