@@ -6,14 +6,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.domain import quotas
+from service.domain import lifecycle, quotas
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
 from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
-from service.domain.lifecycle import ACTIVE
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
-from service.domain.tables import DatasetRow, JobRow
+from service.domain.tables import DatasetRow
 from service.settings import Settings
 from service.storage import ObjectStore
 
@@ -135,24 +134,13 @@ def list_(*, session: Session, scope: str | None, limit: int, after: str | None
 DATA_FIELDS = ("dataset_id", "validation_dataset_id", "test_dataset_id")  # in a job's spec
 
 
-def _busy_job(session: Session, row: DatasetRow) -> str | None:
-    """A queued or running job that reads the dataset (as training, validation or test
-    data), if any. Only its owner's jobs can name it."""
-    jobs = session.execute(select(JobRow.id, JobRow.dataset_id, JobRow.spec).where(
-        JobRow.owner == row.owner, JobRow.status.in_(ACTIVE))).all()
-    for job_id, dataset_id, spec in jobs:
-        if dataset_id == row.id or any((spec or {}).get(f) == row.id for f in DATA_FIELDS):
-            return str(job_id)
-    return None
-
-
 def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str | None) -> None:
     """Delete the dataset with its corpus and everything made from it: the token shards
     and tokenizers that pretraining jobs prepared (tokenized/<id>/...). A dataset a queued or
     running job reads is refused with 409: deleting it would fail the job, or leave shards
     the job writes later behind with no dataset to delete them with."""
     row = get(session=session, dataset_id=dataset_id, scope=scope)
-    busy = _busy_job(session, row)
+    busy = lifecycle.active_job_naming(session, row.owner, row.id, DATA_FIELDS)
     if busy:
         raise Conflict("conflict", f"dataset {dataset_id} is in use by job {busy}; "
                        "cancel it or wait until it ends")

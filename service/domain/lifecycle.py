@@ -71,6 +71,18 @@ class Claim(StrEnum):
     EXHAUSTED = "exhausted"  # it was queued with no attempts left: now failed
 
 
+def active_job_naming(session: Session, owner: str, object_id: str,
+                      spec_fields: tuple[str, ...]) -> str | None:
+    """A queued or running job of the owner whose spec names object_id in one of
+    spec_fields (a dataset it reads, a base model it starts from), if any."""
+    jobs = session.execute(select(JobRow.id, JobRow.spec).where(
+        JobRow.owner == owner, JobRow.status.in_(ACTIVE))).all()
+    for job_id, spec in jobs:
+        if any((spec or {}).get(field) == object_id for field in spec_fields):
+            return str(job_id)
+    return None
+
+
 def claim(session: Session, job_id: str, *, max_attempts: int) -> Claim:
     """queued -> running as attempt n+1, or, with `max_attempts` used up, queued -> failed
     (a job that kills its worker every time must not loop forever)."""

@@ -13,11 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.domain import jobs, quotas
+from service.domain import jobs, lifecycle, quotas
 from service.domain.errors import Conflict, DomainError, NotFound, not_found
 from service.domain.ids import new_id
 from service.domain.imports import read_header
-from service.domain.lifecycle import ACTIVE
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.tables import CheckpointRow, JobRow, ModelRow
@@ -94,23 +93,12 @@ def delete_files(*, store: ObjectStore, model_id: str) -> None:
 # ---- delete -----------------------------------------------------------------------------
 
 
-def _busy_job(session: Session, row: ModelRow) -> str | None:
-    """A queued or running job that starts from the model (its base_model_id), if any.
-    Only its owner's jobs can name it."""
-    active = session.execute(select(JobRow.id, JobRow.spec).where(
-        JobRow.owner == row.owner, JobRow.status.in_(ACTIVE))).all()
-    for job_id, spec in active:
-        if (spec or {}).get("base_model_id") == row.id:
-            return str(job_id)
-    return None
-
-
 def delete(*, session: Session, store: ObjectStore, model_id: str, scope: str | None) -> None:
     """Delete the model's record, then its files (which frees its bytes of the owner's
     quota). A model a queued or running job starts from is refused: the job would fail
     when it downloads its base."""
     row = get(session=session, model_id=model_id, scope=scope)
-    busy = _busy_job(session, row)
+    busy = lifecycle.active_job_naming(session, row.owner, row.id, ("base_model_id",))
     if busy:
         raise Conflict("conflict", f"model {model_id} is the base model of job {busy}; "
                        "cancel it or wait until it ends")
