@@ -4,8 +4,6 @@ domain's own exceptions (service/domain/errors.py) reach clients exactly as the 
 errors they replaced did: same status, code, message, param and Retry-After."""
 
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,19 +11,6 @@ import pytest
 from tests.inprocess import client, make_app
 
 ALL_STATUSES = "'queued', 'running', 'succeeded', 'failed' or 'cancelled'"
-
-
-@pytest.fixture
-def fresh_postgres(postgres_url: str) -> Iterator[str]:
-    """A database of its own: other tests' jobs never meet this test's reaps."""
-    import psycopg
-
-    admin, name = postgres_url.rsplit("/", 1)[0] + "/postgres", f"life_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

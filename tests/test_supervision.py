@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,19 +64,6 @@ def test_worker_heartbeats_through_redis(tmp_path, monkeypatch, redis_url):
         beat_worker("celery@a", alive=False)
         assert live_workers() == 1
         beat_worker("celery@b", alive=False)
-
-
-@pytest.fixture
-def fresh_postgres(postgres_url: str) -> Iterator[str]:
-    """A database of its own: a stale job here must not be reaped by other tests' stacks."""
-    import psycopg
-
-    admin, name = postgres_url.rsplit("/", 1)[0] + "/postgres", f"reap_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_many_reapers_at_once_revive_a_job_once(tmp_path, monkeypatch, fresh_postgres):
