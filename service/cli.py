@@ -13,6 +13,7 @@ import psutil
 import typer
 from rich.console import Console
 
+from cloze_client.cli import datasets_app, jobs_app, models_app
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -191,6 +192,10 @@ class WorkerSupervisor:
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+# The API's client commands (cloze_client speaks only HTTP: no database or settings here).
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 
 
 @keys_app.command("create")

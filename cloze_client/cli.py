@@ -1,0 +1,367 @@
+"""`cloze datasets|jobs|models ...`: the API from a terminal, through cloze_client.Client.
+
+Ids and data a script may want go to stdout; progress, tables' chrome and errors to
+stderr. A mistake the user can make (an unknown id, a server that is down, a spec file
+that does not parse) prints one line and exits 1, never a traceback."""
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from cloze_client.client import Client
+from cloze_client.errors import ClozeError
+from cloze_client.types import TERMINAL
+from cloze_client.watch import WatchState
+
+datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Submit, list, watch and cancel training jobs.",
+                       no_args_is_help=True)
+models_app = typer.Typer(help="List, show, download and query models.", no_args_is_help=True)
+
+Url = Annotated[str | None, typer.Option(
+    "--url", help="the API's address (default: $CLOZE_URL, else http://127.0.0.1:8000)",
+    show_default=False)]
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", help="an API key (default: $CLOZE_API_KEY)", show_default=False)]
+AsJson = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
+def _out() -> Console:
+    return Console()
+
+
+def fail(message: str) -> NoReturn:
+    error = _err()
+    error.print("[red]error:[/red] ", end="")
+    error.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def connected(url: str | None, api_key: str | None) -> Iterator[Client]:
+    """A client; any ClozeError in the block becomes one line and exit code 1."""
+    try:
+        with Client(url, api_key) as client:
+            yield client
+    except ClozeError as exc:
+        fail(str(exc))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _print_table(columns: list[str], rows: list[list[str]], *, whole: tuple[str, ...] = (),
+                 title: str | None = None) -> None:
+    """A plain table on stdout. Columns named in `whole` (ids) are never cut or wrapped, so
+    they can be copied from a narrow terminal; the others wrap, never lose characters."""
+    table = Table(box=None, header_style="bold", pad_edge=False, title=title)
+    for i, name in enumerate(columns):
+        if name in whole:
+            width = max([len(name), *(len(r[i]) for r in rows)])
+            table.add_column(name, no_wrap=True, min_width=width)
+        else:
+            table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    _out().print(table)
+
+
+def _when(timestamp: str) -> str:
+    """2026-11-28T23:09:31.123456Z -> 2026-11-28 23:09 (UTC)."""
+    return timestamp[:16].replace("T", " ")
+
+
+def _transfer() -> Progress:
+    return Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=_err(), transient=True)
+
+
+# -- datasets -------------------------------------------------------------------------
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+        file: Annotated[Path, typer.Argument(help=".txt, .jsonl, .conll, or .gz of them")],
+        name: Annotated[str | None, typer.Option(help="a name (default: the file's)")] = None,
+        tag_column: Annotated[int | None, typer.Option(
+            help="CoNLL files: the tag column, counted from 0")] = None,
+        url: Url = None, api_key: ApiKey = None) -> None:
+    """Upload a corpus or labelled set with a progress bar; prints the dataset's id."""
+    if not file.is_file():
+        fail(f"{file}: no such file")
+    with connected(url, api_key) as client, _transfer() as bar:
+        task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
+        dataset = client.upload_dataset(
+            file, name=name, tag_column=tag_column,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _err().print(f"{dataset['id']}: {dataset['documents']:,} documents, "
+                 f"{_size(dataset['bytes'])}, {dataset['kind'].replace('_', ' ')} "
+                 f"({dataset['format']})", highlight=False)
+    print(dataset["id"])
+
+
+@datasets_app.command("list")
+def datasets_list(limit: int = 20, after: str | None = None, as_json: AsJson = False,
+                  url: Url = None, api_key: ApiKey = None) -> None:
+    """Your datasets, newest first."""
+    with connected(url, api_key) as client:
+        page = client.list_datasets(limit=limit, after=after)
+    if as_json:
+        return _print_json(page)
+    _print_table(["id", "name", "format", "kind", "documents", "size", "created"], [
+        [d["id"], d["name"], d["format"], d["kind"], f"{d['documents']:,}", _size(d["bytes"]),
+         _when(d["created_at"])] for d in page["data"]], whole=("id",))
+
+
+@datasets_app.command("show")
+def datasets_show(dataset_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """One dataset, as JSON."""
+    with connected(url, api_key) as client:
+        _print_json(client.get_dataset(dataset_id))
+
+
+@datasets_app.command("delete")
+def datasets_delete(dataset_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Delete a dataset (and the token shards made from it)."""
+    with connected(url, api_key) as client:
+        client.delete_dataset(dataset_id)
+    _err().print(f"deleted {dataset_id}")
+
+
+# -- jobs -----------------------------------------------------------------------------
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    """A job spec from a .json or .yaml/.yml file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        fail(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: cannot read it ({exc.__class__.__name__}: {exc})")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            fail(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write the spec "
+                 "as JSON")
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            fail(f"{path}: not valid YAML: {' '.join(str(exc).split())}")
+    else:
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            fail(f"{path}: not valid JSON: {exc}")
+    if not isinstance(spec, dict):
+        fail(f"{path}: a job spec is a mapping (an object), not {type(spec).__name__}")
+    return spec
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+        spec_file: Annotated[Path, typer.Argument(help="the job spec, .json or .yaml")],
+        dataset: Annotated[str | None, typer.Option(
+            "--dataset", help="set the spec's dataset_id")] = None,
+        name: Annotated[str | None, typer.Option(help="set the spec's name")] = None,
+        watch: Annotated[bool, typer.Option("--watch", help="then watch it to the end")] = False,
+        url: Url = None, api_key: ApiKey = None) -> None:
+    """Submit a job spec (POST /v1/jobs); prints the job's id."""
+    spec = read_spec(spec_file)
+    if dataset:
+        spec["dataset_id"] = dataset
+    if name:
+        spec["name"] = name
+    with connected(url, api_key) as client:
+        job = client.submit_job(spec)
+    _err().print(f"{job['id']}: {job['type']} job {job['name']!r}, {job['status']}, "
+                 f"{job['progress']['total_steps']} steps", highlight=False)
+    print(job["id"])
+    if watch:
+        jobs_watch(job["id"], url=url, api_key=api_key)
+
+
+@jobs_app.command("list")
+def jobs_list(limit: int = 20, after: str | None = None,
+              status: Annotated[str | None, typer.Option(
+                  help="only jobs in this status (queued, running, ...)")] = None,
+              as_json: AsJson = False, url: Url = None, api_key: ApiKey = None) -> None:
+    """Your jobs, newest first."""
+    with connected(url, api_key) as client:
+        page = client.list_jobs(limit=limit, after=after, status=status)
+    if as_json:
+        return _print_json(page)
+    _print_table(["id", "name", "type", "status", "step", "train loss", "eval loss", "model"], [
+        [j["id"], j["name"], j["type"], j["status"],
+         f"{j['progress']['step']}/{j['progress']['total_steps']}", _loss(j["train_loss"]),
+         _loss(j["eval_loss"]), j["model_id"] or "-"] for j in page["data"]],
+        whole=("id", "model"))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """One job, as JSON."""
+    with connected(url, api_key) as client:
+        _print_json(client.get_job(job_id))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Cancel a job: a queued one at once, a running one at its next step."""
+    with connected(url, api_key) as client:
+        job = client.cancel_job(job_id)
+    state = job["status"] if job["status"] in TERMINAL else f"{job['status']}, stopping"
+    _err().print(f"{job_id}: {state}")
+
+
+@jobs_app.command("watch")
+def jobs_watch(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Follow a job live (status, step, losses, tokens/s, ETA, loss curve) until it ends:
+    exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    state = WatchState()
+    try:
+        with connected(url, api_key) as client:
+            events = client.stream(job_id)
+            first = next(events, None)  # an unknown job: the error alone, no view
+            if first is not None:
+                state.apply(first)
+            with Live(state.render(), console=_err(), refresh_per_second=4) as live:
+                for event in events:
+                    state.apply(event)
+                    live.update(state.render())
+    except KeyboardInterrupt:
+        _err().print(f"stopped watching {job_id} (the job goes on)")
+        raise typer.Exit(130) from None
+    code, line = state.outcome()
+    print(line)
+    raise typer.Exit(code)
+
+
+METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "learning_rate", "grad_norm",
+                  "tokens_per_second", "tokens_seen", "perplexity", "accuracy"]
+
+
+@jobs_app.command("metrics")
+def jobs_metrics(job_id: str,
+                 as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout")] = False,
+                 max_points: Annotated[int | None, typer.Option(
+                     help="thin a long curve on the server (eval points are kept)")] = None,
+                 as_json: AsJson = False, url: Url = None, api_key: ApiKey = None) -> None:
+    """A job's loss curve: one row per logged step."""
+    with connected(url, api_key) as client:
+        points: list[dict[str, Any]] = [dict(p) for p in
+                                        client.metrics(job_id, max_points=max_points)]
+    if as_json:
+        return _print_json(points)
+    extra = sorted({k for p in points for k in p} - set(METRIC_COLUMNS))
+    columns = [c for c in METRIC_COLUMNS if any(c in p for p in points) or c == "step"] + extra
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(points)
+        return
+    _print_table(columns, [
+        ["" if c not in p else f"{p[c]:.4g}" if isinstance(p[c], float) else str(p[c])
+         for c in columns] for p in points])
+
+
+# -- models ---------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(limit: int = 20, after: str | None = None, as_json: AsJson = False,
+                url: Url = None, api_key: ApiKey = None) -> None:
+    """Your models, newest first."""
+    with connected(url, api_key) as client:
+        page = client.list_models(limit=limit, after=after)
+    if as_json:
+        return _print_json(page)
+    rows = []
+    for m in page["data"]:
+        job = m["job_id"] or "-"
+        if m.get("checkpoint_step") is not None:
+            job += f" @ {m['checkpoint_step']}"
+        rows.append([m["id"], m["name"], m["task"], m["architecture"], _size(m["bytes"]), job,
+                     _when(m["created_at"])])
+    _print_table(["id", "name", "task", "architecture", "size", "job", "created"], rows,
+                 whole=("id",))
+
+
+@models_app.command("show")
+def models_show(model_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """One model, as JSON."""
+    with connected(url, api_key) as client:
+        _print_json(client.get_model(model_id))
+
+
+@models_app.command("download")
+def models_download(
+        model_id: str,
+        directory: Annotated[Path, typer.Argument(
+            help="extract into DIR/<model id>/ (or a .tar.gz path to keep the archive)")],
+        url: Url = None, api_key: ApiKey = None) -> None:
+    """Download a model's export: a plain Hugging Face directory; prints where it went."""
+    if directory.exists() and not directory.is_dir():
+        fail(f"{directory} exists and is not a directory")
+    with connected(url, api_key) as client, _transfer() as bar:
+        task = bar.add_task(f"downloading {model_id}", total=None)
+        where = client.download_model(
+            model_id, directory,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    print(where)
+
+
+@models_app.command("fill-mask")
+def models_fill_mask(
+        model_id: str, text: Annotated[str, typer.Argument(
+            help="text with the model's mask token ([MASK] for BERT, <mask> for RoBERTa)")],
+        top_k: Annotated[int | None, typer.Option(help="predictions per mask")] = None,
+        as_json: AsJson = False, url: Url = None, api_key: ApiKey = None) -> None:
+    """Predict the masked token(s) of TEXT; prints a table per mask."""
+    with connected(url, api_key) as client:
+        answer = client.fill_mask(model_id, text, top_k=top_k)
+    if as_json:
+        return _print_json(answer)
+    per_mask = answer if answer and isinstance(answer[0], list) else [answer]
+    for i, predictions in enumerate(per_mask, 1):
+        _print_table(["score", "token", "sequence"], [
+            [f"{p['score']:.4f}", p["token_str"], p["sequence"]] for p in predictions],
+            title=f"mask {i} of {len(per_mask)}" if len(per_mask) > 1 else None)
+

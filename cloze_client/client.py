@@ -1,0 +1,264 @@
+"""A small typed client of the Cloze API over httpx: datasets, jobs (with their live
+stream), models and fill-mask. Every API error raises ClozeError."""
+
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, Generic, TypedDict, TypeVar, cast
+
+import httpx
+
+from cloze_client.errors import ClozeError
+from cloze_client.sse import StreamEvent, parse
+from cloze_client.types import (
+    TERMINAL,
+    Dataset,
+    Event,
+    FillMaskResult,
+    Job,
+    MetricPoint,
+    Model,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+T = TypeVar("T")
+# (bytes done, bytes in all or None when the server did not say)
+Progress = Callable[[int, int | None], None]
+
+
+class Page(TypedDict, Generic[T]):
+    object: str
+    data: list[T]
+    has_more: bool
+
+
+class _Counted:
+    """A binary file that reports how far it has been read (httpx reads an upload in
+    chunks, seeking to 0 first, so the position is the count)."""
+
+    def __init__(self, file: IO[bytes], progress: Progress, total: int) -> None:
+        self._file, self._progress, self._total = file, progress, total
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._file.read(size)
+        self._progress(self._file.tell(), self._total)
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+
+class Client:
+    """`Client()` talks to $CLOZE_URL (default http://127.0.0.1:8000) with $CLOZE_API_KEY,
+    if set; both may be given instead."""
+
+    # A stream's read timeout: the server sends a keep-alive every 15 s, so 60 s of
+    # silence is a dead connection (reconnected).
+    STREAM_READ_TIMEOUT_S = 60.0
+    # Reconnects in a row, with backoff, before stream() gives up on an unreachable server.
+    STREAM_RETRIES = 8
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, *,
+                 timeout: float = 60.0) -> None:
+        self.url = (url or os.environ.get("CLOZE_URL") or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("CLOZE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers,
+                                  timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _unreachable(self, exc: httpx.TransportError) -> ClozeError:
+        return ClozeError(None, "connection_error", f"cannot reach the Cloze API at "
+                          f"{self.url}: {exc or exc.__class__.__name__} (is it running? set "
+                          "CLOZE_URL or --url)")
+
+    @staticmethod
+    def _error(response: httpx.Response) -> ClozeError:
+        try:
+            body = response.json()["error"]
+            return ClozeError(response.status_code, str(body["code"]), str(body["message"]),
+                              body.get("param"))
+        except (ValueError, KeyError, TypeError):  # not the API's body: a proxy's page
+            text = response.text.strip()[:200] or response.reason_phrase
+            return ClozeError(response.status_code, "http_error", text)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    @staticmethod
+    def _params(**params: Any) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if v is not None}
+
+    # -- datasets ---------------------------------------------------------------------
+
+    def upload_dataset(self, path: str | Path, *, name: str | None = None,
+                       tag_column: int | None = None, progress: Progress | None = None,
+                       idempotency_key: str | None = None) -> Dataset:
+        """Upload a corpus or labelled set (.txt, .jsonl, .conll, or .gz of them), streamed
+        from disk; `progress(sent, total)` is called as it goes."""
+        path = Path(path)
+        total = path.stat().st_size
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        with path.open("rb") as f:
+            body: Any = _Counted(f, progress, total) if progress else f
+            return cast(Dataset, self._json(
+                "POST", "/v1/datasets", files={"file": (path.name, body)},
+                data=self._params(name=name), headers=headers,
+                params=self._params(tag_column=tag_column),
+                timeout=httpx.Timeout(None, connect=10.0)))
+
+    def list_datasets(self, *, limit: int = 20, after: str | None = None) -> Page[Dataset]:
+        return cast(Page[Dataset], self._json("GET", "/v1/datasets",
+                                              params=self._params(limit=limit, after=after)))
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return cast(Dataset, self._json("GET", f"/v1/datasets/{dataset_id}"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def submit_job(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
+        """Queue a pretraining or fine-tuning job (the spec as POST /v1/jobs takes it)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return cast(Job, self._json("POST", "/v1/jobs", json=spec, headers=headers))
+
+    def list_jobs(self, *, limit: int = 20, after: str | None = None,
+                  status: str | None = None) -> Page[Job]:
+        return cast(Page[Job], self._json("GET", "/v1/jobs", params=self._params(
+            limit=limit, after=after, status=status)))
+
+    def get_job(self, job_id: str) -> Job:
+        return cast(Job, self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel_job(self, job_id: str) -> Job:
+        return cast(Job, self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def metrics(self, job_id: str, *, since_step: int | None = None,
+                max_points: int | None = None) -> list[MetricPoint]:
+        page = self._json("GET", f"/v1/jobs/{job_id}/metrics", params=self._params(
+            since_step=since_step, max_points=max_points))
+        return cast(list[MetricPoint], page["data"])
+
+    def events(self, job_id: str, *, limit: int = 100, after: int | None = None
+               ) -> Page[Event]:
+        return cast(Page[Event], self._json("GET", f"/v1/jobs/{job_id}/events",
+                                            params=self._params(limit=limit, after=after)))
+
+    def stream(self, job_id: str, *, last_event_id: str | None = None,
+               reconnect: bool = True) -> Iterator[StreamEvent]:
+        """The job's events as they happen (see StreamEvent), until its final status. A
+        dropped connection, or the server ending a long stream, is resumed after the last
+        event received, so nothing comes twice; with reconnect=False one connection only."""
+        failures = 0
+        while True:
+            got_any = False
+            try:
+                with self._http.stream(
+                        "GET", f"/v1/jobs/{job_id}/stream",
+                        headers={"Last-Event-ID": last_event_id} if last_event_id else {},
+                        timeout=httpx.Timeout(10.0, read=self.STREAM_READ_TIMEOUT_S)) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise self._error(r)
+                    failures = 0
+                    for event in parse(r.iter_lines()):
+                        got_any = True
+                        last_event_id = event.id or last_event_id
+                        yield event
+                        if event.event == "status" and event.data.get("status") in TERMINAL:
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if not reconnect or failures > self.STREAM_RETRIES:
+                    raise self._unreachable(exc) from None
+                time.sleep(min(0.5 * 2 ** (failures - 1), 10.0))
+                continue
+            if not reconnect:
+                return
+            if not got_any and self.get_job(job_id)["status"] in TERMINAL:
+                return  # resumed after its final status: nothing more will come
+
+    # -- models -----------------------------------------------------------------------
+
+    def list_models(self, *, limit: int = 20, after: str | None = None) -> Page[Model]:
+        return cast(Page[Model], self._json("GET", "/v1/models",
+                                            params=self._params(limit=limit, after=after)))
+
+    def get_model(self, model_id: str) -> Model:
+        return cast(Model, self._json("GET", f"/v1/models/{model_id}"))
+
+    def download_model(self, model_id: str, path: str | Path, *,
+                       progress: Progress | None = None) -> Path:
+        """Download a model's export. A path ending in .tar.gz keeps the archive; any other
+        path is a directory the model is extracted into, as `<path>/<model id>/` (a plain
+        Hugging Face directory). Returns the archive or the model's directory."""
+        path = Path(path)
+        archive = path.name.endswith((".tar.gz", ".tgz"))
+        target = path if archive else path / f"{model_id}.tar.gz.part"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._http.stream("GET", f"/v1/models/{model_id}/download",
+                                   timeout=httpx.Timeout(60.0, connect=10.0)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise self._error(r)
+                total = int(r.headers["content-length"]) \
+                    if "content-length" in r.headers else None
+                with target.open("wb") as out:
+                    for chunk in r.iter_bytes():
+                        out.write(chunk)
+                        if progress:
+                            progress(r.num_bytes_downloaded, total)
+            if archive:
+                return target
+            with tarfile.open(target, "r:gz") as tar:
+                tar.extractall(path, filter="data")
+            return path / model_id
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            if not archive:
+                target.unlink(missing_ok=True)
+
+    def fill_mask(self, model_id: str, inputs: str | list[str], *, top_k: int | None = None,
+                  targets: list[str] | None = None) -> list[Any]:
+        """The Hugging Face fill-mask answer: for one text with one mask a flat list of
+        FillMaskResult, best first; else a list per mask (and per input)."""
+        body: dict[str, Any] = {"inputs": inputs}
+        parameters = self._params(top_k=top_k, targets=targets)
+        if parameters:
+            body["parameters"] = parameters
+        return cast(list[Any], self._json("POST", f"/v1/models/{model_id}/fill-mask",
+                                          json=body))
+
+
+__all__ = ["Client", "ClozeError", "FillMaskResult", "Page", "StreamEvent"]

@@ -1,0 +1,100 @@
+"""The API's resources as typed dictionaries: what the JSON holds, checked by mypy and
+still plain dicts (json.dumps, indexing) for scripts."""
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Dataset(TypedDict):
+    id: str
+    object: Literal["dataset"]
+    name: str
+    format: str
+    bytes: int
+    sha256: str
+    documents: int
+    kind: str
+    labels: list[str] | None
+    splits: dict[str, int] | None
+    columns: int | None
+    tag_column: int | None
+    column_samples: list[list[str]] | None
+    created_at: str
+
+
+class Progress(TypedDict):
+    step: int
+    total_steps: int
+    tokens_seen: int
+    tokens_per_second: float | None
+    eta_seconds: float | None
+
+
+class JobError(TypedDict):
+    code: str
+    message: str
+
+
+class Job(TypedDict):
+    id: str
+    object: Literal["job"]
+    type: str
+    name: str
+    status: JobStatus
+    dataset_id: str
+    spec: dict[str, Any]
+    progress: Progress
+    train_loss: float | None
+    eval_loss: float | None
+    model_id: str | None
+    attempts: int
+    cancel_requested: bool
+    error: JobError | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class MetricPoint(TypedDict):
+    """One logged step; only the fields measured at that step are present (and task
+    metrics such as f1 as further keys)."""
+
+    step: int
+    train_loss: NotRequired[float]
+    learning_rate: NotRequired[float]
+    grad_norm: NotRequired[float]
+    tokens_per_second: NotRequired[float]
+    tokens_seen: NotRequired[int]
+    eval_loss: NotRequired[float]
+    perplexity: NotRequired[float]
+    accuracy: NotRequired[float]
+
+
+class Event(TypedDict):
+    id: int
+    level: str
+    message: str
+    created_at: str
+
+
+class Model(TypedDict):
+    id: str
+    object: Literal["model"]
+    name: str
+    job_id: str | None
+    checkpoint_step: int | None
+    task: str
+    architecture: str
+    mask_token: str | None
+    bytes: int
+    details: dict[str, Any]
+    created_at: str
+
+
+class FillMaskResult(TypedDict):
+    score: float
+    token: int
+    token_str: str
+    sequence: str

@@ -1,0 +1,129 @@
+"""`cloze jobs watch`: what the job stream says, kept as one state and drawn with rich."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from cloze_client.sse import StreamEvent
+from cloze_client.types import Job
+
+BARS = "▁▂▃▄▅▆▇█"
+STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green",
+                "failed": "red", "cancelled": "magenta"}
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """The last `width` values as unicode bars, lowest to highest."""
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = high - low
+    return "".join(BARS[0 if span == 0 else round((v - low) / span * (len(BARS) - 1))]
+                   for v in values)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes \
+        else f"{secs}s"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass
+class WatchState:
+    job: Job | None = None
+    points: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+
+    def apply(self, event: StreamEvent) -> None:
+        if event.event == "status":
+            self.job = event.data
+        elif event.event == "metric":
+            # A step comes again with its eval results: merge, by step.
+            self.points.setdefault(event.data["step"], {}).update(event.data)
+        elif event.event == "log":
+            self.logs.append(f"{event.data['level']}: {event.data['message']}")
+
+    def _latest(self, key: str) -> float | None:
+        for step in sorted(self.points, reverse=True):
+            if key in self.points[step]:
+                return float(self.points[step][key])
+        return None
+
+    @property
+    def step(self) -> int:
+        from_points = max(self.points) if self.points else 0
+        return max(from_points, self.job["progress"]["step"] if self.job else 0)
+
+    @property
+    def total_steps(self) -> int:
+        return self.job["progress"]["total_steps"] if self.job else 0
+
+    def train_losses(self) -> list[float]:
+        return [float(p["train_loss"]) for _, p in sorted(self.points.items())
+                if "train_loss" in p]
+
+    def eta_seconds(self) -> float | None:
+        """As the API computes it: the steps left at the tokens per step seen so far."""
+        if not self.job or self.job["status"] != "running":
+            return None
+        tps, seen, step = self._latest("tokens_per_second"), self._latest("tokens_seen"), \
+            self.step
+        if not tps or not seen or not step or self.total_steps <= step:
+            return None
+        return (self.total_steps - step) * seen / step / tps
+
+    def render(self) -> RenderableType:
+        job = self.job
+        status = job["status"] if job else "connecting"
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        title = Text(f"{job['id']}  {job['name']}  " if job else "")
+        title.append(status, style=STATUS_STYLE.get(status, ""))
+        if job and job.get("cancel_requested") and status == "running":
+            title.append(" (cancelling)", style="magenta")
+        grid.add_row("job", title)
+        total = self.total_steps
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=max(total, 1), completed=self.step, width=40),
+                    f"{self.step}/{total or '?'}")
+        grid.add_row("step", bar)
+        grid.add_row("loss", f"train {_num(self._latest('train_loss'))}   "
+                             f"eval {_num(self._latest('eval_loss'))}")
+        tps = self._latest("tokens_per_second")
+        grid.add_row("speed", f"{'-' if tps is None else f'{tps:,.0f}'} tokens/s   "
+                              f"ETA {duration(self.eta_seconds())}")
+        grid.add_row("curve", Text(sparkline(self.train_losses()) or "-", style="cyan"))
+        if job and job["error"]:
+            grid.add_row("error", Text(f"{job['error']['code']}: {job['error']['message']}",
+                                       style="red"))
+        logs = Text("\n".join(self.logs[-5:]), style="dim")
+        return Group(grid, logs) if self.logs else grid
+
+    def outcome(self) -> tuple[int, str]:
+        """The exit code and one line saying how the job ended."""
+        job = self.job
+        if job is None:
+            return 1, "the stream ended before the job's status was known"
+        losses = f"train loss {_num(job['train_loss'])}, eval loss {_num(job['eval_loss'])}"
+        where = f"step {job['progress']['step']}/{job['progress']['total_steps']}"
+        if job["status"] == "succeeded":
+            return 0, f"{job['id']} succeeded at {where}: {losses}; model {job['model_id']}"
+        if job["status"] == "cancelled":
+            return 1, f"{job['id']} was cancelled at {where}"
+        error = job["error"] or {"code": "unknown", "message": "no reason recorded"}
+        return 1, f"{job['id']} {job['status']} at {where}: {error['code']}: " \
+                  f"{error['message']}"

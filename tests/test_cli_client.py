@@ -1,0 +1,160 @@
+"""`cloze datasets|jobs|models` end to end: the commands (typer's CliRunner, and a real
+subprocess where one must run beside the test) against a live embedded stack with a real
+Celery worker, as a user types them."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from service.cli import app
+from tests.stack import ROOT, Stack, corpus_slice
+from tests.test_e2e_pretrain import TINY_JOB
+
+runner = CliRunner()
+
+
+def cloze(*args: str, url: str | None = None) -> Result:
+    return runner.invoke(app, [*args, *(["--url", url] if url else [])])
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+def one_line_error(result: Result, *fragments: str) -> None:
+    """Exit 1, one line on stderr naming the problem, no traceback."""
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def tiny_spec(max_steps: int = 40) -> dict:
+    return {**TINY_JOB, "name": "cli-tiny", "eval_every": 10, "checkpoint_every": max_steps,
+            "hyperparameters": {**TINY_JOB["hyperparameters"], "max_steps": max_steps}}
+
+
+def test_a_server_that_is_down_is_one_line():
+    one_line_error(cloze("jobs", "list", url="http://127.0.0.1:9"),
+                   "cannot reach the Cloze API at http://127.0.0.1:9")
+
+
+def test_bad_spec_files_are_one_line(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"type": "pretrain",')
+    one_line_error(cloze("jobs", "submit", str(broken)), "broken.json", "not valid JSON")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    one_line_error(cloze("jobs", "submit", str(listed)), "list.yaml", "mapping")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("type: [pretrain\n")
+    one_line_error(cloze("jobs", "submit", str(bad_yaml)), "bad.yaml", "not valid YAML")
+    one_line_error(cloze("jobs", "submit", str(tmp_path / "missing.json")), "no such file")
+    one_line_error(cloze("datasets", "upload", str(tmp_path / "missing.txt")),
+                   "no such file")
+
+
+def test_api_errors_are_one_line(embedded_stack: Stack, tmp_path):
+    url = embedded_stack.url
+    one_line_error(cloze("jobs", "show", "job_nope", url=url), "404", "job_nope")
+    one_line_error(cloze("jobs", "watch", "job_nope", url=url), "404", "job_nope")
+    one_line_error(cloze("models", "fill-mask", "m_nope", "a [MASK]", url=url), "404")
+    one_line_error(cloze("datasets", "delete", "ds_nope", url=url), "404")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({**tiny_spec(), "dataset_id": "ds_nope"}))
+    one_line_error(cloze("jobs", "submit", str(spec), url=url), "422", "dataset_id")
+
+
+@pytest.mark.slow
+def test_upload_submit_watch_metrics_and_fill_mask(embedded_stack: Stack, data_dir: Path,
+                                                   tmp_path: Path):
+    stack, url = embedded_stack, embedded_stack.url
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000))
+
+    # upload: the id on stdout, the dataset as the API has it
+    dataset_id = ok(cloze("datasets", "upload", str(corpus), "--name", "cli", url=url)).strip()
+    assert dataset_id.startswith("ds_")
+    shown = json.loads(ok(cloze("datasets", "show", dataset_id, url=url)))
+    assert shown["bytes"] == corpus.stat().st_size and shown["name"] == "cli"
+    assert dataset_id in ok(cloze("datasets", "list", url=url))
+
+    # submit a YAML spec, naming the dataset on the command line
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec()))
+    job_id = ok(cloze("jobs", "submit", str(spec), "--dataset", dataset_id, url=url)).strip()
+    assert job_id.startswith("job_")
+    assert job_id in ok(cloze("jobs", "list", url=url))
+
+    # watch it to the end: exit 0, and the outcome as the API reports it
+    watched = cloze("jobs", "watch", job_id, url=url)
+    job = stack.client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", (job, stack.logs())
+    line = ok(watched).strip().splitlines()[-1]
+    assert line.startswith(f"{job_id} succeeded at step 40/40")
+    assert job["model_id"] in line and f"{job['eval_loss']:.4f}" in line
+
+    # the curve as CSV: every point the API has, the same numbers
+    rows = list(csv.DictReader(io.StringIO(ok(cloze("jobs", "metrics", job_id, "--csv",
+                                                    url=url)))))
+    api = stack.client.get(f"/v1/jobs/{job_id}/metrics").json()["data"]
+    assert [int(r["step"]) for r in rows] == [p["step"] for p in api] and rows
+    assert {"train_loss", "eval_loss", "learning_rate"} <= set(rows[0])
+    for row, point in zip(rows, api, strict=True):
+        for key, value in point.items():
+            assert float(row[key]) == pytest.approx(value), (key, row, point)
+        assert all(row[k] == "" for k in row if k not in point)
+
+    # fill-mask: the API's predictions, as a table
+    model_id = job["model_id"]
+    text = "the [MASK] of the lord."
+    table = ok(cloze("models", "fill-mask", model_id, text, url=url))
+    answer = stack.client.post(f"/v1/models/{model_id}/fill-mask",
+                               json={"inputs": text}).json()
+    lines = table.splitlines()
+    assert lines[0].split() == ["score", "token", "sequence"] and len(lines) == 1 + len(answer)
+    for row, prediction in zip(lines[1:], answer, strict=True):
+        assert row.split()[:2] == [f"{prediction['score']:.4f}", prediction["token_str"]]
+
+    # the export, extracted where asked
+    where = Path(ok(cloze("models", "download", model_id, str(tmp_path / "models"),
+                          url=url)).strip())
+    assert where == tmp_path / "models" / model_id
+    assert {"config.json", "model.safetensors"} <= {p.name for p in where.iterdir()}
+    assert model_id in ok(cloze("models", "list", url=url))
+
+
+@pytest.mark.slow
+def test_watching_a_job_that_is_cancelled_exits_1_with_the_reason(embedded_stack: Stack,
+                                                                  data_dir: Path):
+    """`jobs watch` in its own process follows a running job; `jobs cancel` stops it."""
+    stack, url = embedded_stack, embedded_stack.url
+    ds = stack.upload("c.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000)).json()
+    job = stack.client.post("/v1/jobs", json={**tiny_spec(100_000), "dataset_id": ds["id"],
+                                              "checkpoint_every": 100_000}).json()
+    watch = subprocess.Popen([sys.executable, "-m", "service.cli", "jobs", "watch", job["id"],
+                              "--url", url], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while stack.client.get(f"/v1/jobs/{job['id']}").json()["progress"]["step"] < 10:
+            assert time.monotonic() < deadline and watch.poll() is None, stack.logs()
+            time.sleep(0.5)
+        ok(cloze("jobs", "cancel", job["id"], url=url))
+        out, err = watch.communicate(timeout=120)
+    finally:
+        watch.kill()
+    assert watch.returncode == 1, (out, err)
+    assert out.strip().splitlines()[-1].startswith(f"{job['id']} was cancelled at step ")
+    assert "Traceback" not in err
