@@ -67,11 +67,11 @@ class Client:
     STREAM_RETRIES = 8
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None) -> None:
         self.url = (url or os.environ.get("CLOZE_URL") or DEFAULT_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("CLOZE_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers,
+        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(timeout, connect=10.0))
 
     def __enter__(self) -> "Client":

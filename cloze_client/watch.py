@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloze_client.sse import StreamEvent
-from cloze_client.types import Job
+from cloze_client.types import TERMINAL, Job
 
 BARS = "▁▂▃▄▅▆▇█"
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green",
@@ -122,6 +122,8 @@ class WatchState:
         where = f"step {job['progress']['step']}/{job['progress']['total_steps']}"
         if job["status"] == "succeeded":
             return 0, f"{job['id']} succeeded at {where}: {losses}; model {job['model_id']}"
+        if job["status"] not in TERMINAL:
+            return 1, f"{job['id']} is still {job['status']} at {where}: the stream ended"
         if job["status"] == "cancelled":
             return 1, f"{job['id']} was cancelled at {where}"
         error = job["error"] or {"code": "unknown", "message": "no reason recorded"}

@@ -8,12 +8,15 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
+from cloze_client import Client, ClozeError
 from service.cli import app
 from tests.stack import ROOT, Stack, corpus_slice
 from tests.test_e2e_pretrain import TINY_JOB
@@ -158,3 +161,114 @@ def test_watching_a_job_that_is_cancelled_exits_1_with_the_reason(embedded_stack
     assert watch.returncode == 1, (out, err)
     assert out.strip().splitlines()[-1].startswith(f"{job['id']} was cancelled at step ")
     assert "Traceback" not in err
+
+
+def test_the_url_and_key_come_from_the_environment_or_the_flags(embedded_stack: Stack):
+    down = "http://127.0.0.1:9"
+    result = runner.invoke(app, ["jobs", "list"], env={"CLOZE_URL": down})
+    one_line_error(result, f"cannot reach the Cloze API at {down}")
+    result = runner.invoke(app, ["jobs", "list", "--url", embedded_stack.url],
+                           env={"CLOZE_URL": down})
+    assert result.exit_code == 0, result.stderr
+    # A key is sent: a Cloze-shaped key that is not valid is refused even on loopback.
+    result = runner.invoke(app, ["jobs", "list", "--url", embedded_stack.url],
+                           env={"CLOZE_API_KEY": "cloze_sk_not-a-key"})
+    one_line_error(result, "401", "not valid")
+    result = runner.invoke(app, ["jobs", "list", "--url", embedded_stack.url,
+                                 "--api-key", "cloze_sk_not-a-key"])
+    one_line_error(result, "401", "not valid")
+
+
+def test_a_yaml_spec_without_pyyaml_says_what_to_install(tmp_path, monkeypatch):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("type: pretrain\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` now fails
+    one_line_error(cloze("jobs", "submit", str(spec)), "job.yaml", "PyYAML",
+                   "pip install pyyaml")
+
+
+def test_the_client_imports_nothing_of_the_service():
+    """cloze_client speaks HTTP only: installed on a laptop it needs no torch, no database."""
+    code = ("import sys, cloze_client, cloze_client.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'service', 'workers', 'jobspec', 'torch', 'sqlalchemy', 'celery'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# -- the Python client's stream, over a transport that misbehaves on purpose ----------
+
+
+def _frame(event: str, event_id: str, data: dict) -> bytes:
+    return f"event: {event}\nid: {event_id}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+class _Chunks(httpx.SyncByteStream):
+    def __init__(self, chunks: list[bytes], then: Exception | None = None) -> None:
+        self.chunks, self.then = chunks, then
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        if self.then is not None:
+            raise self.then
+
+
+def test_the_stream_resumes_after_a_drop_and_a_cut_without_repeats():
+    queued = _frame("status", "0.0.0.1", {"id": "job_x", "status": "queued"})
+    point = _frame("metric", "7.5.0.1", {"step": 5, "train_loss": 9.5})
+    line = _frame("log", "7.5.3.1", {"id": 3, "level": "info", "message": "hello"})
+    done = _frame("status", "7.5.3.4", {"id": "job_x", "status": "succeeded"})
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        sse = {"content-type": "text/event-stream"}
+        if len(seen) == 1:  # the connection drops mid-stream
+            return httpx.Response(200, headers=sse, stream=_Chunks(
+                [b"retry: 1000\n\n", queued, point[:20]], httpx.ReadError("connection reset")))
+        if len(seen) == 2:  # the server ends a long stream (its time bound)
+            return httpx.Response(200, headers=sse, stream=_Chunks([point, b": keep-alive\n\n",
+                                                                    line]))
+        return httpx.Response(200, headers=sse, stream=_Chunks([done]))
+
+    with Client("http://cloze.test", transport=httpx.MockTransport(answer)) as client:
+        got = [(e.event, e.id) for e in client.stream("job_x")]
+    assert got == [("status", "0.0.0.1"), ("metric", "7.5.0.1"), ("log", "7.5.3.1"),
+                   ("status", "7.5.3.4")]
+    assert seen == [None, "0.0.0.1", "7.5.3.1"]
+
+
+def test_the_client_raises_one_error_class():
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/stream"):
+            return httpx.Response(404, json={"error": {
+                "code": "not_found", "message": "no job with id 'job_y'", "param": None}})
+        if request.url.path == "/v1/jobs":
+            return httpx.Response(422, json={"error": {
+                "code": "invalid_request", "message": "dataset_id: no dataset",
+                "param": "dataset_id"}})
+        return httpx.Response(502, text="<html>bad gateway</html>")
+
+    with Client("http://cloze.test", transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(ClozeError) as caught:
+            list(client.stream("job_y"))
+        assert (caught.value.status, caught.value.code) == (404, "not_found")
+        with pytest.raises(ClozeError) as caught:
+            client.submit_job({"type": "pretrain"})
+        assert (caught.value.status, caught.value.code, caught.value.param) == (
+            422, "invalid_request", "dataset_id")
+        with pytest.raises(ClozeError) as caught:
+            client.list_models()
+        assert (caught.value.status, caught.value.code) == (502, "http_error")
+        assert "bad gateway" in caught.value.message
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    with Client("http://cloze.test", transport=httpx.MockTransport(down)) as client:
+        client.STREAM_RETRIES = 1
+        with pytest.raises(ClozeError) as caught:
+            list(client.stream("job_z"))
+        assert caught.value.status is None and caught.value.code == "connection_error"
+        assert "http://cloze.test" in str(caught.value)

@@ -38,7 +38,7 @@ class Read:
 
 
 def read_stream(http: httpx.Client, job_id: str, last_event_id: str | None = None,
-                timeout: float = 30) -> Read:
+                timeout: float = 30, first: threading.Event | None = None) -> Read:
     """Every event of one connection, until the server ends the stream."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events, comments, fields = [], [], {}
@@ -53,6 +53,8 @@ def read_stream(http: httpx.Client, job_id: str, last_event_id: str | None = Non
             elif line == "":
                 if "event" in fields:
                     events.append(Event(fields["event"], fields["id"], json.loads(fields["data"])))
+                    if first is not None:
+                        first.set()
                 fields = {}
             else:
                 name, _, value = line.partition(": ")
@@ -160,10 +162,13 @@ class Worker:
             assert lifecycle.finish(s, self.job_id, lifecycle.JobStatus(status), **values)
 
 
-def a_whole_run(worker: Worker, pause: float = 0.0) -> None:
+def a_whole_run(worker: Worker, pause: float = 0.0,
+                watched: threading.Event | None = None) -> None:
     """queued -> running, points at 5, 10 (+ eval), 15, 20 (+ eval), log lines -> succeeded.
-    With a pause longer than a poll after each change, a watcher sees each on its own."""
-    time.sleep(pause)
+    With a pause much longer than a poll after each change, a watcher sees each on its own;
+    `watched`: start once the watcher has its first event (the job queued)."""
+    if watched is not None:
+        assert watched.wait(30)
     worker.claim()
     time.sleep(pause)
     worker.reporter.event("info", "tokenizer trained")
@@ -192,9 +197,10 @@ def summary(events: list[Event]) -> list[tuple[str, Any]]:
 
 def test_a_live_run_streams_in_order_with_growing_ids_and_ends_after_its_final_status(alice):
     job_id = new_job()
-    driver = threading.Thread(target=a_whole_run, args=(Worker(job_id), 0.3))
+    watched = threading.Event()
+    driver = threading.Thread(target=a_whole_run, args=(Worker(job_id), 0.5, watched))
     driver.start()
-    read = read_stream(alice, job_id)
+    read = read_stream(alice, job_id, first=watched)
     driver.join()
     got = summary(read.events)
     # Each change as it happened; a step's eval results re-send its point with them.
@@ -307,3 +313,29 @@ def test_another_owners_job_is_not_found_and_a_bad_last_event_id_is_refused(serv
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = alice.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": "yesterday"})
     assert r.status_code == 422 and r.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_the_python_client_follows_a_run_across_cut_streams(served, monkeypatch):
+    """With the server cutting every stream after 0.4 s, cloze_client's stream() reconnects
+    with Last-Event-ID and sees the run exactly as one long stream would."""
+    from cloze_client import Client
+    from service.api import stream
+
+    monkeypatch.setattr(stream, "MAX_STREAM_S", 0.4)
+    job_id = new_job()
+    watched = threading.Event()
+    driver = threading.Thread(target=a_whole_run, args=(Worker(job_id), 0.5, watched))
+    driver.start()
+    events = []
+    with Client(served.url, api_key=make_key("alice")) as client:
+        for e in client.stream(job_id):
+            events.append(Event(e.event, e.id or "", e.data))
+            watched.set()
+    driver.join()
+    assert summary(events) == [
+        ("status", "queued"), ("status", "running"), ("log", "tokenizer trained"),
+        ("metric", (5, False)), ("metric", (10, False)), ("metric", (10, True)),
+        ("metric", (15, False)), ("metric", (20, False)), ("metric", (20, True)),
+        ("log", "model exported"), ("status", "succeeded")]
+    cursors = [e.cursor for e in events]
+    assert cursors == sorted(set(cursors))
