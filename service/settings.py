@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -100,6 +101,18 @@ class Settings(BaseSettings):
     # ... and at most this many bytes of parameters and buffers among them (least recently
     # used dropped first); a model larger than this on its own is not served.
     model_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # Dynamic batching (service/inference/batcher.py): sequences run together in one forward
+    # pass; how long an idle model waits for more before it runs (0: at once, the requests
+    # that arrive meanwhile form the next batch); sequences that may wait per model before
+    # requests are refused with 503 + Retry-After.
+    inference_max_batch: int = Field(default=32, ge=1, le=1024)
+    inference_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    inference_max_queue: int = Field(default=512, ge=1)
+    # Threads for inference's tensor operations (0: one per CPU this process may use).
+    inference_threads: int = Field(default=0, ge=0)
+    # "auto": bf16 on a GPU or a CPU with native bf16 (AMX, AVX512-BF16), unless it changes
+    # the top-5 on the warm-up probes; fp32 elsewhere (emulated bf16 is slower).
+    inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     # Database connections per process (API or worker). A request that finds the pool
     # exhausted for db_pool_timeout_s gets a 503 with Retry-After instead of waiting.

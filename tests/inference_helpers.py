@@ -36,8 +36,11 @@ def tokenizer(out: Path, vocab_size: int = 200) -> Path:
 
 
 def bert(out: Path, head: str = "mlm", *, vocab_size: int = 200, labels: int = 2,
-         max_positions: int = 512, hidden: int = 32) -> Path:
-    """A tiny BERT (fill-mask, classify or tokens head) with its tokenizer, in `out`."""
+         max_positions: int = 512, hidden: int = 32, init_std: float = 0.02,
+         max_length: int | None = None) -> Path:
+    """A tiny BERT (fill-mask, classify or tokens head) with its tokenizer, in `out`. A large
+    init_std gives peaked predictions (no near-ties); max_length is the tokenizer's
+    model_max_length, as a fine-tuning export sets it."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -54,10 +57,13 @@ def bert(out: Path, head: str = "mlm", *, vocab_size: int = 200, labels: int = 2
     config = BertConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=2 * hidden, vocab_size=len(tok),
                         max_position_embeddings=max_positions, num_labels=labels,
-                        id2label=names, label2id={v: k for k, v in names.items()})
+                        id2label=names, label2id={v: k for k, v in names.items()},
+                        initializer_range=init_std)
     model: Any = {"mlm": BertForMaskedLM, "classify": BertForSequenceClassification,
                   "tokens": BertForTokenClassification}[head](config)
     model.save_pretrained(out / "model")
+    if max_length is not None:
+        tok.model_max_length = max_length
     tok.save_pretrained(out / "model")
     return out / "model"
 
@@ -125,3 +131,28 @@ def api_process(home: Path, env: dict[str, str]) -> Iterator[tuple[str, subproce
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def clear_caches() -> None:
+    """Forget the settings, store, database engine and model cache this process built."""
+    from service import db, storage
+    from service.inference import pipelines
+    from service.settings import get_settings
+
+    for cached in (get_settings, storage.get_store, db.get_engine, db._sessionmaker,
+                   pipelines._cache, pipelines._threads):
+        cached.cache_clear()
+
+
+def publish(directory: Path, task: str) -> str:
+    """Record a model as an import would (the import route is tested elsewhere)."""
+    from service.db import session_scope
+    from service.domain import models
+    from service.domain.tables import LOCAL_OWNER
+    from service.storage import get_store
+
+    with session_scope() as session:
+        row = models.publish(session=session, store=get_store(), export_dir=directory,
+                             owner=LOCAL_OWNER, name=directory.parent.name, job_id=None,
+                             task=task, architecture="bert", mask_token="[MASK]", details={})
+        return row.id

@@ -13,20 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import inference_helpers as helpers
+from tests.inference_helpers import clear_caches as _clear_caches
+from tests.inference_helpers import publish
 
 # Small limits, so each is reached with a small request.
 LIMITS = {"CLOZE_MAX_MASKS_PER_INPUT": "8", "CLOZE_MAX_INFERENCE_OUTPUTS": "400",
           "CLOZE_MAX_TOP_K": "300", "CLOZE_RATE_LIMIT_PER_MINUTE": "0"}
-
-
-def _clear_caches() -> None:
-    from service import db, storage
-    from service.inference import pipelines
-    from service.settings import get_settings
-
-    for cached in (get_settings, storage.get_store, db.get_engine, db._sessionmaker,
-                   pipelines._cache, pipelines._threads):
-        cached.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +41,6 @@ def app_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     get_engine().dispose()
     patch.undo()
     _clear_caches()
-
-
-def publish(directory: Path, task: str) -> str:
-    """Record a model as an import would (the import route is tested elsewhere)."""
-    from service.db import session_scope
-    from service.domain import models
-    from service.domain.tables import LOCAL_OWNER
-    from service.storage import get_store
-
-    with session_scope() as session:
-        row = models.publish(session=session, store=get_store(), export_dir=directory,
-                             owner=LOCAL_OWNER, name=directory.parent.name, job_id=None,
-                             task=task, architecture="bert", mask_token="[MASK]", details={})
-        return row.id
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +269,7 @@ def test_no_connection_is_held_while_a_model_runs_or_a_download_streams(world, t
             seen.append(engine.pool.checkedout())
             yield b"abc"
 
-    def fill_mask(**_: object) -> list[object]:
+    async def fill_mask(**_: object) -> list[object]:
         seen.append(engine.pool.checkedout())
         return []
 

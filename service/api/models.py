@@ -1,9 +1,12 @@
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from pydantic import Field as PydField
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -171,7 +174,7 @@ async def fill_mask_route(model_id: str, request: FillMaskRequest, session: Sess
                           caller: CallerDep) -> Any:
     """Masked-token prediction, wire-compatible with the Hugging Face Inference API."""
     id_, prefix = await run_in_threadpool(_serving, session, caller, model_id, "fill-mask")
-    return await pipelines.call(fill_mask, model_id=id_, prefix=prefix, request=request)
+    return await fill_mask(model_id=id_, prefix=prefix, request=request)
 
 
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
@@ -180,7 +183,7 @@ async def classify_route(model_id: str, request: tasks.ClassifyRequest, session:
     """Text classification in the Hugging Face Inference API format."""
     id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
                                           "text-classification")
-    return await pipelines.call(tasks.classify, model_id=id_, prefix=prefix, request=request)
+    return await tasks.classify(model_id=id_, prefix=prefix, request=request)
 
 
 @router.post("/{model_id}/token-classification", responses=_answer(
@@ -190,8 +193,7 @@ async def token_classification_route(model_id: str, request: tasks.TokenRequest,
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
     id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
                                           "token-classification")
-    return await pipelines.call(tasks.token_classification, model_id=id_, prefix=prefix,
-                                request=request)
+    return await tasks.token_classification(model_id=id_, prefix=prefix, request=request)
 
 
 @router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
@@ -201,6 +203,32 @@ async def generate_route(model_id: str, request: tasks.GenerateRequest, session:
     id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
                                           "text-generation")
     return await pipelines.call(tasks.generate, model_id=id_, prefix=prefix, request=request)
+
+
+class Loaded(BaseModel):
+    id: str
+    task: str
+    bytes: int = PydField(description="memory its parameters and buffers hold")
+    precision: str
+    load_seconds: float = PydField(description="0 when it was loaded already")
+
+
+@router.post("/{model_id}/load", response_model=Loaded)
+async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> Loaded:
+    """Load the model into this server process now (and warm it up), so that the first
+    request is as fast as the ones after it. Models also load on first use."""
+    row = await run_in_threadpool(models.get, session=session, model_id=model_id,
+                                  scope=caller.scope)
+    id_, task, prefix = row.id, row.task, row.storage_prefix
+    _release(session)
+    started = time.perf_counter()
+    served = pipelines.loaded(id_)
+    seconds = 0.0
+    if served is None:
+        served = await pipelines.call(pipelines.load, model_id=id_, prefix=prefix, task=task)
+        seconds = time.perf_counter() - started
+    return Loaded(id=id_, task=task, bytes=served.nbytes,
+                  precision=str(served.dtype).removeprefix("torch."), load_seconds=seconds)
 
 
 @router.get("/{model_id}/{task}/health")

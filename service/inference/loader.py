@@ -39,12 +39,14 @@ def evict(model_id: str, cache_dir: Path) -> None:
 class ModelCache:
     """Keeps the most recently used models loaded, at most `capacity` of them and at most
     `max_bytes` of their weights together (least recently used dropped first); loads each
-    one only once. `size` tells the bytes a loaded value holds."""
+    one only once. `size` tells the bytes a loaded value holds; `close` is called on a value
+    the cache drops (it stops the model's batching thread, which would else keep it alive)."""
 
     def __init__(self, *, store: ObjectStore, cache_dir: Path, capacity: int,
-                 max_bytes: int, size: Callable[[Any], int]) -> None:
+                 max_bytes: int, size: Callable[[Any], int],
+                 close: Callable[[Any], None] = lambda value: None) -> None:
         self.store, self.cache_dir, self.capacity = store, cache_dir, capacity
-        self.max_bytes, self._size = max_bytes, size
+        self.max_bytes, self._size, self._close = max_bytes, size, close
         self._loaded: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -60,10 +62,26 @@ class ModelCache:
         with self._lock:
             return list(self._loaded)
 
+    def peek(self, model_id: str) -> Any | None:
+        """The loaded value (marked as just used), or None when it is not loaded."""
+        with self._lock:
+            if model_id not in self._loaded:
+                return None
+            self._loaded.move_to_end(model_id)
+            return self._loaded[model_id][0]
+
+    def _drop_oldest(self) -> int:
+        """Drop the least recently used value (under the lock); its bytes."""
+        _, (value, dropped) = self._loaded.popitem(last=False)
+        self._close(value)
+        return dropped
+
     def evict(self, model_id: str) -> None:
         """Unload the model and remove its local copy."""
         with self._lock:
-            self._loaded.pop(model_id, None)
+            entry = self._loaded.pop(model_id, None)
+            if entry is not None:
+                self._close(entry[0])
         shutil.rmtree(self.cache_dir / "models" / model_id, ignore_errors=True)
 
     def local_dir(self, model_id: str, prefix: str) -> Path:
@@ -89,8 +107,7 @@ class ModelCache:
         with self._lock:
             total = sum(n for _, n in self._loaded.values())
             while self._loaded and total + on_disk > self.max_bytes:
-                _, (_, dropped) = self._loaded.popitem(last=False)
-                total -= dropped
+                total -= self._drop_oldest()
 
     def get(self, model_id: str, build: Callable[[], Any]) -> Any:
         with self._lock:
@@ -105,11 +122,11 @@ class ModelCache:
             value = build()
             nbytes = self._size(value)
             if nbytes > self.max_bytes:  # e.g. weights a config asked for but the files lack
+                self._close(value)
                 raise ModelTooLarge(nbytes, self.max_bytes)
             with self._lock:
                 self._loaded[model_id] = (value, nbytes)
                 total = sum(n for _, n in self._loaded.values())
                 while len(self._loaded) > self.capacity or total > self.max_bytes:
-                    _, (_, dropped) = self._loaded.popitem(last=False)
-                    total -= dropped
+                    total -= self._drop_oldest()
             return value

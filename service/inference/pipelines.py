@@ -1,68 +1,81 @@
-"""transformers pipelines over exported models, loaded once and shared, plus the limits every
-task applies to its input and output. Using the pipelines themselves is what makes our
-answers equal to `pipeline(task, model=export_dir)` on a downloaded export."""
+"""Exported models loaded once per process and shared (service/inference/served.py), plus the
+limits every task applies to its input and output. The transformers pipeline of each model
+does the pre- and post-processing, which keeps our answers equal to
+`pipeline(task, model=export_dir)` on a downloaded export."""
 
-import threading
+import asyncio
+import os
 from collections.abc import Callable
 from functools import lru_cache, partial
-from itertools import chain
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from service.errors import ApiError
+from service.inference.batcher import Overloaded
 from service.inference.loader import ModelCache, ModelTooLarge
+from service.inference.served import Seq, Served
 from service.settings import get_settings
 from service.storage import get_store
 
 T = TypeVar("T")
 
 
-class Predictor:
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.tokenizer = pipe.tokenizer
-        config = pipe.model.config
-        self.max_tokens: int = max_tokens(config)
-        # The width of the output layer: fill-mask's top_k can be no larger.
-        self.vocab_size: int = int(getattr(config, "vocab_size", 0) or len(pipe.tokenizer))
-        self.nbytes = model_bytes(pipe.model)
-        self.lock = threading.Lock()  # a pipeline is not safe to call from two threads
-
-
-# Models whose position ids start after the padding id (fairseq's convention): their
-# position table is pad_token_id + 1 rows longer than the texts they take.
-OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
-
-
-def max_tokens(config: Any) -> int:
-    """The longest input, in tokens, that the model's position table covers."""
-    positions = int(getattr(config, "max_position_embeddings", 512))
-    if getattr(config, "model_type", None) in OFFSET_POSITIONS:
-        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
-    return positions
-
-
-def model_bytes(model: Any) -> int:
-    """Memory a loaded model holds: its parameters (tied ones once) and buffers."""
-    return sum(t.numel() * t.element_size() for t in chain(model.parameters(), model.buffers()))
-
-
 @lru_cache
 def _cache() -> ModelCache:
     s = get_settings()
     return ModelCache(store=get_store(), cache_dir=s.cache_dir, capacity=s.max_loaded_models,
-                      max_bytes=s.model_cache_bytes, size=lambda p: p.nbytes)
+                      max_bytes=s.model_cache_bytes, size=lambda p: p.nbytes,
+                      close=lambda p: p.close())
 
 
-def load(model_id: str, prefix: str, task: str) -> Predictor:
-    def build() -> Predictor:
+@lru_cache
+def _set_threads() -> None:
+    """Tensor threads for this (API) process, once: one per CPU it may use by default."""
+    import torch
+
+    wanted = get_settings().inference_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(wanted)
+
+
+# Texts that warm a model up (and check bf16 against fp32 for fill-mask): a few lengths.
+PROBES = ["The capital of France is {mask}.",
+          "{mask} quick brown fox jumps over the lazy dog near the river bank.",
+          "我们今天在北京的{mask}学里学习语言模型。",
+          "In the morning the {mask} rose over the hills, and the village woke to the sound of "
+          "bells, carts and voices in the market square."]
+
+
+def _probe(served: Served) -> list[Seq]:
+    import torch
+
+    mask = served.tokenizer.mask_token or ""
+    seqs = []
+    for text in PROBES:
+        ids = served.tokenizer(text.format(mask=mask), truncation=True,
+                               max_length=served.max_tokens)["input_ids"]
+        select = [i for i, t in enumerate(ids) if t == served.tokenizer.mask_token_id]
+        seqs.append(Seq({"input_ids": torch.tensor(ids)}, select or [0]))
+    return seqs
+
+
+def loaded(model_id: str) -> Served | None:
+    """The model when this process has it loaded already (no thread hop needed)."""
+    return _cache().peek(model_id)
+
+
+def load(model_id: str, prefix: str, task: str) -> Served:
+    """The model, loaded (and warmed up) on first use; blocking: call it in a thread."""
+    def build() -> Served:
         from transformers import pipeline  # imported on first use: keeps API start fast
 
+        _set_threads()
         local = _cache().local_dir(model_id, prefix)
         _cache().make_room(local)
-        return Predictor(pipeline(task, model=str(local), device="cpu"))
+        served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings())
+        served.prepare(get_settings(), _probe(served))
+        return served
 
     try:
         return _cache().get(model_id, build)
@@ -70,6 +83,30 @@ def load(model_id: str, prefix: str, task: str) -> Predictor:
         raise ApiError(422, "model_too_large",
                        f"this model needs {exc.needed} bytes of memory to serve; this server "
                        f"serves models of at most {exc.limit} bytes") from None
+
+
+async def load_async(model_id: str, prefix: str, task: str) -> Served:
+    served = loaded(model_id)
+    if served is None:
+        served = await call(load, model_id=model_id, prefix=prefix, task=task)
+    return served
+
+
+async def infer(served: Served, seqs: list[Seq]) -> list[Any]:
+    """Run the sequences in the model's batches; waiting holds no thread. A full queue is
+    a 503 with Retry-After (the load is shed, not queued without bound)."""
+    assert served.batcher is not None
+    try:
+        futures = served.batcher.submit(seqs)
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", f"this model is busy ({exc}); retry shortly",
+                       headers={"Retry-After": "1"}) from None
+    return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+
+
+async def in_thread(func: Callable[..., T], /, *args: Any) -> T:
+    """Short CPU work (tokenizing, decoding) off the event loop."""
+    return await anyio.to_thread.run_sync(partial(func, *args))
 
 
 @lru_cache
@@ -120,14 +157,14 @@ def check_top_k(top_k: int | None, default: int) -> int:
     return top_k or default
 
 
-def token_ids(predictor: Predictor, texts: list[str]) -> list[list[int]]:
+def token_ids(served: Served, texts: list[str]) -> list[list[int]]:
     """Each text's token ids, each within the model's length."""
     ids = []
     for text in texts:
-        row = predictor.tokenizer(text)["input_ids"]
-        if len(row) > predictor.max_tokens:
+        row = served.tokenizer(text)["input_ids"]
+        if len(row) > served.max_tokens:
             raise ApiError(413, "input_too_long",
-                           f"inputs: a text is longer than the model's {predictor.max_tokens} "
+                           f"inputs: a text is longer than the model's {served.max_tokens} "
                            "tokens", "inputs")
         ids.append(row)
     return ids
@@ -142,15 +179,15 @@ def check_outputs(count: int, what: str, param: str) -> None:
                        "request (send fewer inputs or a smaller value)", param)
 
 
-def run(predictor: Predictor, inputs: Any, seed: int | None = None, **kwargs: Any) -> Any:
+def run(served: Served, inputs: Any, seed: int | None = None, **kwargs: Any) -> Any:
     """Call the pipeline under its lock; a seed makes sampling repeatable (set under the same
     lock, so no other request's call comes between the seed and this one)."""
-    with predictor.lock:
+    with served.lock:
         if seed is not None:
             import torch
 
             torch.manual_seed(seed)
         try:
-            return predictor.pipe(inputs, **kwargs)
+            return served.pipe(inputs, **kwargs)
         except ValueError as exc:  # e.g. targets that tokenize to nothing
             raise ApiError(422, "invalid_request", f"parameters: {exc}", "parameters") from None

@@ -3,6 +3,7 @@ Inference API formats (what huggingface_hub's InferenceClient parses)."""
 
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ApiError
@@ -10,11 +11,15 @@ from service.inference.pipelines import (
     check_outputs,
     check_text,
     check_top_k,
+    in_thread,
+    infer,
     load,
+    load_async,
     run,
     texts_of,
     token_ids,
 )
+from service.inference.served import Seq, Served
 from service.settings import get_settings
 
 
@@ -70,41 +75,89 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def classify(*, model_id: str, prefix: str, request: ClassifyRequest) -> Any:
+async def classify(*, model_id: str, prefix: str, request: ClassifyRequest) -> Any:
     """A list of [{label, score}] lists, one per input, best first (as the HF API answers)."""
+    served = await load_async(model_id, prefix, "text-classification")
+    chunks, post = await in_thread(_classify_inputs, served, request)
+    logits = await infer(served, [_seq(chunk) for chunk in chunks])
+    return _plain([served.pipe.postprocess({"logits": x}, **post) for x in logits])
+
+
+def _classify_inputs(served: Served, request: ClassifyRequest
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each text tokenized once, by the pipeline's own preprocessing."""
     texts = texts_of(request.inputs)
     params = request.parameters or ClassifyParameters()
-    predictor = load(model_id, prefix, "text-classification")
-    labels = int(predictor.pipe.model.config.num_labels)
+    labels = int(served.model.config.num_labels)
     # By default every label (as the HF API answers), but never more than max_top_k.
     top_k = check_top_k(params.top_k, min(labels, get_settings().max_top_k))
     check_outputs(len(texts) * min(top_k, labels), "labels (inputs x top_k)",
                   "parameters.top_k")
     kwargs: dict[str, Any] = {"top_k": top_k}
     if params.truncation:
-        limit = predictor.tokenizer.model_max_length
-        kwargs.update(truncation=True, max_length=min(predictor.max_tokens, limit)
-                      if limit < 1e9 else predictor.max_tokens)
-    else:
-        token_ids(predictor, texts)
+        kwargs.update(truncation=True, max_length=served.window)
     if params.function_to_apply:
         kwargs["function_to_apply"] = params.function_to_apply
-    return _plain(run(predictor, texts, **kwargs))
+    pre, _, post = served.pipe._sanitize_parameters(**kwargs)
+    chunks = [served.pipe.preprocess(text, **pre) for text in texts]
+    if not params.truncation:
+        check_lengths(served, chunks)
+    return chunks, post
 
 
-def token_classification(*, model_id: str, prefix: str, request: TokenRequest) -> Any:
-    """[{entity_group, score, word, start, end}] for one input; a list of those for several."""
+def check_lengths(served: Served, chunks: list[dict[str, Any]]) -> None:
+    for chunk in chunks:
+        if chunk["input_ids"].shape[-1] > served.max_tokens:
+            raise ApiError(413, "input_too_long",
+                           f"inputs: a text is longer than the model's {served.max_tokens} "
+                           "tokens", "inputs")
+
+
+def _seq(chunk: dict[str, Any]) -> Seq:
+    """A pipeline's model inputs ([1, T] tensors) as one sequence for the batch."""
+    return Seq({k: v[0] for k, v in chunk.items()
+                if isinstance(v, torch.Tensor) and k in MODEL_INPUTS})
+
+
+MODEL_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+async def token_classification(*, model_id: str, prefix: str, request: TokenRequest) -> Any:
+    """[{entity_group, score, word, start, end}] for one input; a list of those for several.
+    A text longer than the model's window is read in overlapping windows (the pipeline's
+    `stride`), whose entities the pipeline's post-processing merges."""
+    served = await load_async(model_id, prefix, "token-classification")
+    per_text, post = await in_thread(_token_inputs, served, request)
+    flat = [chunk for chunks in per_text for chunk in chunks]
+    logits = iter(await infer(served, [_seq(chunk) for chunk in flat]))
+    answers = [served.pipe.postprocess([{**chunk, "logits": next(logits)} for chunk in chunks],
+                                       **post) for chunks in per_text]
+    return _plain(answers[0] if isinstance(request.inputs, str) else answers)
+
+
+def _token_inputs(served: Served, request: TokenRequest
+                  ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     texts = texts_of(request.inputs)
     params = request.parameters or TokenParameters()
     for label in params.ignore_labels or []:
         check_text(label, "parameters.ignore_labels")
-    predictor = load(model_id, prefix, "token-classification")
-    # At most one entity per token: the tokens bound the answer.
-    check_outputs(sum(len(row) for row in token_ids(predictor, texts)), "tokens", "inputs")
     kwargs: dict[str, Any] = {"aggregation_strategy": params.aggregation_strategy}
     if params.ignore_labels is not None:
         kwargs["ignore_labels"] = params.ignore_labels
-    return _plain(run(predictor, request.inputs, **kwargs))
+    pre, _, post = served.pipe._sanitize_parameters(**kwargs)
+    size = served.window
+    # Windows of `size` tokens, each overlapping the one before by a quarter.
+    pre["tokenizer_params"] = {"return_overflowing_tokens": True, "padding": True,
+                               "stride": size // 4 if size >= 8 else 0}
+    per_text = [list(served.pipe.preprocess(text, **pre)) for text in texts]
+    if params.aggregation_strategy == "none" and any(len(c) > 1 for c in per_text):
+        raise ApiError(413, "input_too_long", f"inputs: a text is longer than the model's "
+                       f"{size}-token window; with parameters.aggregation_strategy other than "
+                       "none, long texts are read in overlapping windows", "inputs")
+    # At most one entity per token: the tokens bound the answer.
+    check_outputs(sum(int(c["attention_mask"].sum()) for chunks in per_text for c in chunks),
+                  "tokens", "inputs")
+    return per_text, post
 
 
 def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:

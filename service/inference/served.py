@@ -1,0 +1,185 @@
+"""A model loaded for serving: its transformers pipeline (whose pre- and post-processing keep
+our answers in the pipeline's exact format), and a batched forward pass of our own.
+
+The forward pass is the lean part: `torch.inference_mode`, sequences padded together by
+length, and for fill-mask the MLM head applied only to the mask positions (as training does:
+the head is a vocabulary-wide matrix, most of the cost of a small model's pass).
+"""
+
+import inspect
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+import torch
+
+from service.inference.batcher import Batcher
+from service.settings import Settings
+
+log = logging.getLogger("cloze.inference")
+
+# Models whose position ids start after the padding id (fairseq's convention): their
+# position table is pad_token_id + 1 rows longer than the texts they take.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
+BATCHED_TASKS = {"fill-mask", "text-classification", "token-classification"}
+
+
+def max_tokens(config: Any) -> int:
+    """The longest input, in tokens, that the model's position table covers."""
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        positions -= int(getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def model_bytes(model: Any) -> int:
+    """Memory a loaded model holds: its parameters (tied ones once) and buffers."""
+    return sum(t.numel() * t.element_size() for t in chain(model.parameters(), model.buffers()))
+
+
+@dataclass
+class Seq:
+    """One sequence for the model: 1-D tensors by input name (input_ids, attention_mask, ...),
+    and for fill-mask the positions whose predictions are wanted."""
+    inputs: dict[str, torch.Tensor]
+    select: list[int] | None = None
+
+    def __len__(self) -> int:
+        return int(self.inputs["input_ids"].shape[0])
+
+
+def length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped by length (shortest first) so that no group spends more than half
+    of its work on padding: one 500-token text does not pad fifteen 12-token ones."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and lengths[i] * (len(groups[-1]) + 1) <= 2 * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
+
+
+def mlm_head(model: Any) -> Any | None:
+    """The masked-LM head, applied to hidden states of any shape: the one child module
+    besides the encoder (BERT's `cls`, RoBERTa's `lm_head`); None when there is no such."""
+    others = [m for name, m in model.named_children() if name != model.base_model_prefix]
+    return others[0] if len(others) == 1 else None
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Served:
+    def __init__(self, pipe: Any, task: str, settings: Settings) -> None:
+        self.pipe, self.task = pipe, task
+        self.tokenizer, self.model = pipe.tokenizer, pipe.model
+        self.model.eval()
+        config = self.model.config
+        self.max_tokens: int = max_tokens(config)
+        # The tokens one pass of a classifier reads: the length it was fine-tuned on (the
+        # tokenizer's model_max_length, as the export keeps it) within its position table.
+        # The pipeline's preprocessing cuts (and windows) texts at the tokenizer's figure.
+        limit = self.tokenizer.model_max_length
+        self.window = min(self.max_tokens, int(limit)) if limit < 1e9 else self.max_tokens
+        self.tokenizer.model_max_length = self.window
+        # The width of the output layer: fill-mask's top_k can be no larger.
+        self.vocab_size: int = int(getattr(config, "vocab_size", 0) or len(self.tokenizer))
+        self.nbytes = model_bytes(self.model)
+        self.device = torch.device(pipe.device)
+        self.lock = threading.Lock()  # generation goes through the pipeline, one at a time
+        accepted = inspect.signature(self.model.forward).parameters
+        self.input_names = [n for n in self.tokenizer.model_input_names if n in accepted]
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.head = mlm_head(self.model) if task == "fill-mask" else None
+        # Fill-mask looks targets up in the vocabulary (built once: get_vocab() copies it).
+        self.vocab: dict[str, int] = self.tokenizer.get_vocab() if task == "fill-mask" else {}
+        self.dtype = torch.float32
+        self.batcher: Batcher | None = None
+        if task in BATCHED_TASKS:
+            self.batcher = Batcher(self.forward, max_batch=settings.inference_max_batch,
+                                   max_wait_s=settings.inference_max_wait_ms / 1000,
+                                   max_queue=settings.inference_max_queue,
+                                   name=str(getattr(config, "name_or_path", task)))
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    # ------------------------------------------------------------------ the forward pass
+
+    def forward(self, seqs: list[Seq]) -> list[torch.Tensor]:
+        """Each sequence's output: fill-mask, softmax rows at its selected positions
+        [len(select), vocab]; otherwise the model's logits for it, [1, ...] as the pipeline
+        hands them to its post-processing (token logits cut to the sequence's length)."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+        with torch.inference_mode():
+            for group in length_groups([len(s) for s in seqs]):
+                for i, result in zip(group, self._forward([seqs[i] for i in group]),
+                                     strict=True):
+                    out[i] = result
+        return out
+
+    def _forward(self, seqs: list[Seq]) -> list[torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        batch = {name: torch.zeros((len(seqs), width), dtype=torch.long)
+                 for name in self.input_names}
+        batch["input_ids"].fill_(self.pad_id)
+        for row, seq in enumerate(seqs):
+            n = len(seq)
+            for name, values in seq.inputs.items():
+                if name in batch:
+                    batch[name][row, :n] = values
+            if "attention_mask" not in seq.inputs and "attention_mask" in batch:
+                batch["attention_mask"][row, :n] = 1
+        batch = {name: t.to(self.device) for name, t in batch.items()}
+        if self.head is not None:
+            hidden = self.model.base_model(**batch).last_hidden_state
+            rows = [torch.tensor(s.select or [], dtype=torch.long) for s in seqs]
+            which = torch.cat([torch.full_like(r, i) for i, r in enumerate(rows)])
+            picked = hidden[which.to(self.device), torch.cat(rows).to(self.device)]
+            probs = self.head(picked).float().softmax(dim=-1).cpu()
+            return list(probs.split([len(r) for r in rows]))
+        logits = self.model(**batch).logits.float().cpu()
+        if logits.dim() == 3:  # per token
+            return [logits[i:i + 1, :len(s)] for i, s in enumerate(seqs)]
+        return [logits[i:i + 1] for i in range(len(seqs))]
+
+    # ------------------------------------------------------------------ loading
+
+    def prepare(self, settings: Settings, probe: list[Seq]) -> None:
+        """Choose the precision, then run the probe once at batch size 1 and once at a few,
+        so the first request after loading is as fast as the ones after it (the first
+        passes pay for allocations and kernel choices)."""
+        if self.head is not None and settings.inference_precision != "fp32":
+            if settings.inference_precision == "bf16" or native_bf16(self.device):
+                self._try_bf16(probe, forced=settings.inference_precision == "bf16")
+        if self.batcher is not None:
+            self.forward(probe[:1])
+            self.forward(probe)
+
+    def _try_bf16(self, probe: list[Seq], *, forced: bool) -> None:
+        """bf16 halves the weights' memory traffic; kept unless it changes the top-5."""
+        reference = self.forward(probe)
+        self.model.to(torch.bfloat16)
+        self.dtype = torch.bfloat16
+        if forced:
+            return
+        same = all(torch.equal(a.topk(5).indices, b.topk(5).indices)
+                   for a, b in zip(reference, self.forward(probe), strict=True))
+        if not same:
+            log.info("bf16 changes this model's top-5 predictions: serving it in fp32")
+            self.model.to(torch.float32)
+            self.dtype = torch.float32
