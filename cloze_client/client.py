@@ -180,7 +180,7 @@ class Client:
         event received, so nothing comes twice; with reconnect=False one connection only."""
         failures = 0
         while True:
-            got_any = False
+            got_any, opened = False, time.monotonic()
             try:
                 with self._http.stream(
                         "GET", f"/v1/jobs/{job_id}/stream",
@@ -204,8 +204,11 @@ class Client:
                 continue
             if not reconnect:
                 return
-            if not got_any and self.get_job(job_id)["status"] in TERMINAL:
-                return  # resumed after its final status: nothing more will come
+            if not got_any:
+                if self.get_job(job_id)["status"] in TERMINAL:
+                    return  # resumed after its final status: nothing more will come
+                if time.monotonic() - opened < 1.0:
+                    time.sleep(1.0)  # an empty answer (a proxy's?) is not retried in a loop
 
     # -- models -----------------------------------------------------------------------
 

@@ -272,3 +272,24 @@ def test_the_client_raises_one_error_class():
             list(client.stream("job_z"))
         assert caught.value.status is None and caught.value.code == "connection_error"
         assert "http://cloze.test" in str(caught.value)
+
+
+def test_an_upload_streams_the_file_and_reports_progress(tmp_path):
+    corpus = tmp_path / "big.txt"
+    corpus.write_bytes(b"one line of text\n" * 50_000)  # 850 kB: many chunks
+    calls: list[tuple[int, int | None]] = []
+    received = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        received["body"] = request.read()
+        return httpx.Response(201, json={"id": "ds_x", "object": "dataset"})
+
+    with Client("http://cloze.test", transport=httpx.MockTransport(answer)) as client:
+        dataset = client.upload_dataset(corpus, name="big",
+                                        progress=lambda done, total: calls.append((done, total)))
+    assert dataset["id"] == "ds_x"
+    assert corpus.read_bytes() in received["body"]
+    assert b'name="name"\r\n\r\nbig\r\n' in received["body"]
+    size = corpus.stat().st_size
+    assert len(calls) > 5 and calls[-1] == (size, size)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)

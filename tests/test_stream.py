@@ -315,13 +315,14 @@ def test_another_owners_job_is_not_found_and_a_bad_last_event_id_is_refused(serv
     assert r.status_code == 422 and r.json()["error"]["param"] == "Last-Event-ID"
 
 
-def test_the_python_client_follows_a_run_across_cut_streams(served, monkeypatch):
-    """With the server cutting every stream after 0.4 s, cloze_client's stream() reconnects
+def test_the_python_client_follows_a_run_across_cut_streams(served, monkeypatch, caplog):
+    """With the server cutting every stream after 1.2 s, cloze_client's stream() reconnects
     with Last-Event-ID and sees the run exactly as one long stream would."""
     from cloze_client import Client
     from service.api import stream
 
-    monkeypatch.setattr(stream, "MAX_STREAM_S", 0.4)
+    monkeypatch.setattr(stream, "MAX_STREAM_S", 1.2)
+    caplog.set_level("INFO", logger="cloze.stream")
     job_id = new_job()
     watched = threading.Event()
     driver = threading.Thread(target=a_whole_run, args=(Worker(job_id), 0.5, watched))
@@ -339,3 +340,4 @@ def test_the_python_client_follows_a_run_across_cut_streams(served, monkeypatch)
         ("log", "model exported"), ("status", "succeeded")]
     cursors = [e.cursor for e in events]
     assert cursors == sorted(set(cursors))
+    assert sum(f"stream of {job_id} ended" in m for m in caplog.messages) >= 3  # 2+ cuts

@@ -116,12 +116,12 @@ def _poll(job_id: str, cursor: Cursor) -> Poll:
         if rank > cursor.status_rank and not final:
             status()
         for row in metrics:
-            point = MetricPoint.of(row).model_dump_json(exclude_none=True)
-            fields = len(MetricPoint.of(row).model_dump(exclude_none=True))
+            point = MetricPoint.of(row)
+            fields = len(point.model_dump(exclude_none=True))
             if row.id == cursor.metric_id and fields <= cursor.metric_fields:
                 continue  # sent before and unchanged
             cursor.metric_id, cursor.metric_fields = row.id, fields
-            frames.append(_frame("metric", cursor, point))
+            frames.append(_frame("metric", cursor, point.model_dump_json(exclude_none=True)))
         for event in events:
             cursor.event_id = event.id
             frames.append(_frame("log", cursor, EventPublic(
