@@ -7,6 +7,7 @@ that does not parse) prints one line and exits 1, never a traceback."""
 import csv
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,9 +263,15 @@ def jobs_watch(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
             first = next(events, None)  # an unknown job: the error alone, no view
             if first is not None:
                 state.apply(first)
+            refreshed = time.monotonic()
             with Live(state.render(), console=_err(), refresh_per_second=4) as live:
                 for event in events:
                     state.apply(event)
+                    if state.needs_total() and time.monotonic() - refreshed > 5:
+                        # A fine-tuning job learns its step count once it has read its
+                        # data; status events come only with status changes.
+                        refreshed = time.monotonic()
+                        state.refresh(client.get_job(job_id))
                     live.update(state.render())
     except KeyboardInterrupt:
         _err().print(f"stopped watching {job_id} (the job goes on)")

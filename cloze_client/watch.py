@@ -56,6 +56,18 @@ class WatchState:
         elif event.event == "log":
             self.logs.append(f"{event.data['level']}: {event.data['message']}")
 
+    def needs_total(self) -> bool:
+        """Running, with points, but no step count known yet (fine-tuning, at first)."""
+        return bool(self.job and self.job["status"] == "running" and self.points
+                    and not self.job["progress"]["total_steps"])
+
+    def refresh(self, job: Job) -> None:
+        """The job's progress from GET /v1/jobs/{id}; its status stays the stream's, so
+        that the final status is the one the stream ends with."""
+        if self.job is not None:
+            job = {**job, "status": self.job["status"]}
+        self.job = job
+
     def _latest(self, key: str) -> float | None:
         for step in sorted(self.points, reverse=True):
             if key in self.points[step]:

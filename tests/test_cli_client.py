@@ -293,3 +293,38 @@ def test_an_upload_streams_the_file_and_reports_progress(tmp_path):
     size = corpus.stat().st_size
     assert len(calls) > 5 and calls[-1] == (size, size)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_the_watch_view_shows_progress_eta_and_the_curve():
+    from rich.console import Console
+
+    from cloze_client.sse import StreamEvent
+    from cloze_client.watch import WatchState, sparkline
+
+    assert sparkline([3.0, 2.0, 1.0, 1.0]) == "█▅▁▁" and sparkline([]) == ""
+    assert sparkline([2.0, 2.0]) == "▁▁"
+    job = {"id": "job_w", "name": "ft", "status": "running", "model_id": None, "error": None,
+           "train_loss": None, "eval_loss": None, "cancel_requested": False,
+           "progress": {"step": 0, "total_steps": 0, "tokens_seen": 0,
+                        "tokens_per_second": None, "eta_seconds": None}}
+    state = WatchState()
+    state.apply(StreamEvent("status", "a", job))
+    for step in (10, 20):
+        state.apply(StreamEvent("metric", "b", {"step": step, "train_loss": 4.0 - step / 10,
+                                                "tokens_per_second": 1000.0,
+                                                "tokens_seen": step * 100}))
+    state.apply(StreamEvent("metric", "c", {"step": 20, "eval_loss": 2.5}))
+    assert state.needs_total() and state.eta_seconds() is None  # no step count yet
+    state.refresh({**job, "status": "succeeded",
+                   "progress": {**job["progress"], "step": 20, "total_steps": 120}})
+    assert state.job["status"] == "running" and not state.needs_total()
+    assert state.eta_seconds() == pytest.approx((120 - 20) * 100 / 1000)  # 10 s
+    console = Console(width=100, record=True)
+    console.print(state.render())
+    text = console.export_text()
+    for shown in ("job_w", "running", "20/120", "train 2.0000", "eval 2.5000",
+                  "1,000 tokens/s", "ETA 10s", "█▁"):
+        assert shown in text, (shown, text)
+    state.apply(StreamEvent("status", "d", {**job, "status": "failed", "error": {
+        "code": "diverged", "message": "the loss became NaN"}}))
+    assert state.outcome() == (1, "job_w failed at step 0/0: diverged: the loss became NaN")
