@@ -1,7 +1,7 @@
 """GET /v1/jobs/{id}/stream, server-sent events, against the whole app served by uvicorn in
 this process (a real socket, so a stream really streams and a client really hangs up) on
-SQLite. The job is moved as the worker moves it: lifecycle's claim and finish, and the
-worker's own DbReporter for log lines, metric points and eval results."""
+SQLite and on Postgres. The job is moved as the worker moves it: lifecycle's claim and
+finish, and the worker's own DbReporter for log lines, metric points and eval results."""
 
 import json
 import threading
@@ -93,11 +93,15 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stream, "POLL_S", 0.05)
 
 
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: None) -> Iterator[Served]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+           fast: None) -> Iterator[Served]:
+    database = {}
+    if request.param == "postgres":
+        database["CLOZE_DATABASE_URL"] = request.getfixturevalue("fresh_postgres")
     # One connection in the pool: a stream that kept one would starve every other request.
-    with make_app(tmp_path, monkeypatch, CLOZE_DB_POOL_SIZE="1",
-                  CLOZE_DB_MAX_OVERFLOW="0") as app:
+    with make_app(tmp_path, monkeypatch, CLOZE_DB_POOL_SIZE="1", CLOZE_DB_MAX_OVERFLOW="0",
+                  **database) as app:
         served = Served(app)
         yield served
         served.stop()
