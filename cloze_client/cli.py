@@ -7,6 +7,7 @@ that does not parse) prints one line and exits 1, never a traceback."""
 import csv
 import json
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,12 +61,17 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def connected(url: str | None, api_key: str | None) -> Iterator[Client]:
-    """A client; any ClozeError in the block becomes one line and exit code 1."""
+    """A client; an API error or a file that cannot be read or written becomes one line
+    and exit code 1."""
     try:
         with Client(url, api_key) as client:
             yield client
     except ClozeError as exc:
         fail(str(exc))
+    except tarfile.TarError as exc:  # a download that is not the archive it should be
+        fail(f"the download is not a readable archive: {exc}")
+    except OSError as exc:  # a file we read or write: permissions, a full disk
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
 
 
 def _print_json(value: Any) -> None:
