@@ -242,3 +242,14 @@ def test_overload_is_a_503_with_retry_after(world, monkeypatch):
     with pytest.raises(ApiError) as refused:
         asyncio.run(pipelines.infer(served, []))
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+
+
+def test_a_request_larger_than_the_queue_is_a_413_not_a_retry(world, monkeypatch):
+    from service.inference import pipelines
+
+    served = pipelines.loaded(world["ids"]["tokens"])
+    assert served is not None and served.batcher is not None
+    monkeypatch.setattr(served.batcher, "max_queue", 3)
+    r = world["client"].post(f"/v1/models/{world['ids']['tokens']}/token-classification",
+                             json={"inputs": " ".join([helpers.WORDS] * 3)})  # 4 windows
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_sequences"

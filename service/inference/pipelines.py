@@ -96,6 +96,10 @@ async def infer(served: Served, seqs: list[Seq]) -> list[Any]:
     """Run the sequences in the model's batches; waiting holds no thread. A full queue is
     a 503 with Retry-After (the load is shed, not queued without bound)."""
     assert served.batcher is not None
+    if len(seqs) > served.batcher.max_queue:  # could never fit, however long one waits
+        raise ApiError(413, "too_many_sequences", f"inputs: this request needs {len(seqs)} "
+                       f"passes of the model (texts, windows of long texts, sub-tokens of "
+                       f"targets); at most {served.batcher.max_queue}", "inputs")
     try:
         futures = served.batcher.submit(seqs)
     except Overloaded as exc:

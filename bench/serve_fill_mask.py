@@ -1,0 +1,319 @@
+"""Fill-mask served over HTTP vs the transformers pipeline in-process, on one export.
+
+For each model (a BERT-mini and a BERT-base-sized one, each pretrained briefly here with the
+Cloze engine so that its predictions are peaked, as a trained model's are): the pipeline in
+this process, one sentence at a time (the reference: what a user could run themselves);
+then `cloze api` in its own process, as served: one client in a loop, then 16 concurrent
+clients, then 16 clients against a server with batching off (max batch 1), all on the same
+sentences. Reports p50/p99 latency, requests/s, errors, whether the top-5 tokens equal the
+pipeline's (scores within 1e-3, fp32), and the first request after POST /load.
+
+    .venv/bin/python bench/serve_fill_mask.py --json /tmp/serve.json
+
+Nothing else should run on the machine meanwhile: every figure is a wall-clock time.
+"""
+
+import argparse
+import gzip
+import io
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "en" / "pretrain"
+sys.path.insert(0, str(ROOT))
+
+from jobspec import PretrainSpec, parse_spec  # noqa: E402
+from workers.engine import prepare_data, run_pretraining  # noqa: E402
+
+SEED = 0
+CLIENTS = 16
+MODELS = {  # name: (size preset, vocabulary, pretraining steps, batch, sequence length)
+    "BERT-mini": ("mini", 8192, 200, 16, 64),
+    "BERT-base-size": ("base", 30522, 15, 8, 64),
+}
+
+
+class Quiet:
+    def event(self, level: str, message: str) -> None:
+        print(f"  {message}", file=sys.stderr)
+
+    def log(self, point: dict[str, Any]) -> None:
+        print(f"  step {point['step']} loss {point['train_loss']:.3f}", file=sys.stderr)
+
+    def eval(self, point: dict[str, Any]) -> None:
+        pass
+
+    def checkpoint(self, step: int, directory: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def corpus(work: Path, megabytes: float) -> Path:
+    out = work / "corpus.txt"
+    with gzip.open(DATA / "train.txt.gz", "rt", encoding="utf-8") as src, \
+            out.open("w", encoding="utf-8") as dst:
+        size = 0
+        for line in src:
+            dst.write(line)
+            size += len(line)
+            if size > megabytes * 1e6:
+                break
+    return out
+
+
+def pretrain(name: str, work: Path, text: Path) -> Path:
+    size, vocab, steps, batch, length = MODELS[name]
+    spec = parse_spec({
+        "type": "pretrain", "dataset_id": "bench", "model": {"size": size},
+        "tokenizer": {"vocab_size": vocab},
+        "hyperparameters": {"max_steps": steps, "batch_size": batch, "sequence_length": length,
+                            "seed": SEED, "warmup_steps": steps // 10,
+                            "learning_rate": 1e-3 if size == "mini" else 3e-4},
+        "log_every": max(1, steps // 4), "eval_every": 10**9, "checkpoint_every": 10**9,
+    })
+    assert isinstance(spec, PretrainSpec)
+    out = work / name
+    prepare_data(spec, str(text), "txt", str(out / "data"), Quiet())
+    result = run_pretraining(spec, str(out / "data"), str(out / "run"), Quiet())
+    assert result.export_dir is not None
+    return Path(result.export_dir)
+
+
+def sentences(count: int) -> list[str]:
+    """Held-out English sentences of 8-30 words, one word of each masked (seeded)."""
+    rng = random.Random(SEED)
+    text = (DATA / "valid.txt").read_text(encoding="utf-8")
+    chosen = []
+    for sentence in text.replace("\n", " ").split(". "):
+        words = sentence.split()
+        if 8 <= len(words) <= 30 and all(w.isascii() for w in words):
+            chosen.append(words)
+    rng.shuffle(chosen)
+    out = []
+    for words in chosen[:count]:
+        at = rng.randrange(len(words))
+        out.append(" ".join(words[:at] + ["[MASK]"] + words[at + 1:]) + ".")
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def summary(latencies: list[float], wall: float, errors: int) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {"p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "req_s": len(latencies) / wall, "errors": errors, "requests": len(latencies)}
+
+
+def run_pipeline(export: Path, texts: list[str]) -> tuple[dict[str, float], list[Any]]:
+    from transformers import pipeline
+
+    pipe = pipeline("fill-mask", model=str(export), device="cpu")
+    for text in texts[:5]:
+        pipe(text)  # warm-up, as the server's load does
+    answers, latencies = [], []
+    started = time.perf_counter()
+    for text in texts:
+        t0 = time.perf_counter()
+        answers.append(pipe(text))
+        latencies.append(time.perf_counter() - t0)
+    return summary(latencies, time.perf_counter() - started, 0), answers
+
+
+class Server:
+    """`cloze api` alone (embedded SQLite, local objects, no worker) on a free port."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        full = {**os.environ, "CLOZE_HOME": str(home), "CLOZE_PORT": str(port),
+                "CLOZE_DATABASE_URL": "", "CLOZE_BROKER_URL": "", "CLOZE_STORAGE_URL": "",
+                "CLOZE_RATE_LIMIT_PER_MINUTE": "0", **env}
+        cli = [sys.executable, "-m", "service.cli"]
+        subprocess.run([*cli, "migrate"], env=full, cwd=ROOT, check=True, capture_output=True)
+        self.log = open(home / "api.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen([*cli, "api"], env=full, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code in (200, 503):
+                    return
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the API did not start") from None
+                time.sleep(0.3)
+
+    def import_model(self, export: Path, name: str) -> str:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(export, arcname="model")
+        r = httpx.post(f"{self.url}/v1/models/import", timeout=300,
+                       files={"file": ("model.tar.gz", buf.getvalue(), "application/gzip")},
+                       data={"name": name})
+        r.raise_for_status()
+        return str(r.json()["id"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def run_clients(url: str, texts: list[str], clients: int
+                ) -> tuple[dict[str, float], list[Any]]:
+    """`clients` threads, each with its own keep-alive connection, share the sentences."""
+    answers: list[Any] = [None] * len(texts)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    next_index = iter(range(len(texts)))
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as http:
+            while True:
+                with lock:
+                    i = next(next_index, None)
+                if i is None:
+                    return
+                t0 = time.perf_counter()
+                r = http.post(url, json={"inputs": texts[i]})
+                took = time.perf_counter() - t0
+                with lock:
+                    latencies.append(took)
+                    if r.status_code == 200:
+                        answers[i] = r.json()
+                    else:
+                        errors[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summary(latencies, time.perf_counter() - started, errors[0]), answers
+
+
+def run_one_client(base: str, model_id: str, texts: list[str]
+                   ) -> tuple[dict[str, float], list[Any]]:
+    """One client on one keep-alive connection: POST /load, then the sentences in turn; the
+    first request after loading is timed apart from the rest."""
+    answers, latencies = [], []
+    with httpx.Client(timeout=300) as http:
+        loaded = http.post(f"{base}/v1/models/{model_id}/load").json()
+        started = time.perf_counter()
+        for text in texts:
+            t0 = time.perf_counter()
+            r = http.post(f"{base}/v1/models/{model_id}/fill-mask", json={"inputs": text})
+            latencies.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            answers.append(r.json())
+    figures = summary(latencies[1:], time.perf_counter() - started, 0)
+    figures.update(first_after_load_ms=1000 * latencies[0],
+                   load_seconds=loaded["load_seconds"])
+    return figures, answers
+
+
+def agreement(ours: list[Any], theirs: list[Any]) -> tuple[int, float]:
+    """Answers whose top-5 tokens equal the pipeline's in order, and the largest score gap."""
+    same, gap = 0, 0.0
+    for a, b in zip(ours, theirs, strict=True):
+        if a is None:
+            continue
+        same += [x["token"] for x in a] == [x["token"] for x in b]
+        gap = max([gap] + [abs(x["score"] - y["score"]) for x, y in zip(a, b, strict=False)])
+    return same, gap
+
+
+def measure(name: str, export: Path, texts: list[str], work: Path) -> dict[str, Any]:
+    print(f"== {name}: pipeline in-process", file=sys.stderr)
+    rows: dict[str, Any] = {}
+    rows["pipeline"], reference = run_pipeline(export, texts)
+    for label, env in [("batched", {}), ("unbatched", {"CLOZE_INFERENCE_MAX_BATCH": "1"})]:
+        server = Server(work / f"home-{name}-{label}", env)
+        try:
+            model_id = server.import_model(export, name)
+            url = f"{server.url}/v1/models/{model_id}/fill-mask"
+            if label == "batched":
+                print(f"== {name}: HTTP, 1 client", file=sys.stderr)
+                rows["http_1"], answers = run_one_client(server.url, model_id, texts)
+                rows["top5_same"], rows["max_score_gap"] = agreement(answers, reference)
+            else:
+                httpx.post(f"{server.url}/v1/models/{model_id}/load", timeout=300)
+            print(f"== {name}: HTTP, {CLIENTS} clients, {label}", file=sys.stderr)
+            rows[f"http_{CLIENTS}_{label}"], _ = run_clients(url, texts, CLIENTS)
+        finally:
+            server.stop()
+    return rows
+
+
+def report(results: dict[str, dict[str, Any]], texts: list[str]) -> None:
+    for name, rows in results.items():
+        size, vocab, steps, batch, length = MODELS[name]
+        print(f"\n== {name} (preset {size!r}, vocabulary {vocab}, pretrained {steps} steps "
+              f"of {batch} x {length}); {len(texts)} sentences, one mask each, top_k 5")
+        print(f"{'':28} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
+        labels = {"pipeline": "pipeline, in-process", "http_1": "HTTP, 1 client",
+                  f"http_{CLIENTS}_batched": f"HTTP, {CLIENTS} clients",
+                  f"http_{CLIENTS}_unbatched": f"HTTP, {CLIENTS} clients, max batch 1"}
+        for key, label in labels.items():
+            r = rows[key]
+            print(f"{label:28} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['req_s']:8.1f} "
+                  f"{r['errors']:7d}")
+        pipe, one, many = rows["pipeline"], rows["http_1"], rows[f"http_{CLIENTS}_batched"]
+        print(f"HTTP 1-client p50 / pipeline p50: {one['p50_ms'] / pipe['p50_ms']:.2f}x "
+              "(goal <= 1.0x)")
+        print(f"HTTP {CLIENTS}-client req/s / pipeline req/s: "
+              f"{many['req_s'] / pipe['req_s']:.2f}x (goal >= 3x)")
+        print(f"HTTP {CLIENTS}-client p99 / p50: {many['p99_ms'] / many['p50_ms']:.2f}x "
+              "(goal <= 3x)")
+        print(f"top-5 tokens equal to the pipeline's: {rows['top5_same']}/{len(texts)}; "
+              f"largest score difference {rows['max_score_gap']:.1e}")
+        print(f"first request after POST /load: {one['first_after_load_ms']:.1f} ms "
+              f"(1-client p50 {one['p50_ms']:.1f} ms; load took {one['load_seconds']:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sentences", type=int, default=200)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--workdir", help="keep the models here (default: a temp dir)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    texts = sentences(args.sentences)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cloze-serve-bench-") as tmp:
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        text = corpus(work, 4)
+        for name in args.models:
+            print(f"== {name}: pretraining", file=sys.stderr)
+            export = pretrain(name, work, text)
+            results[name] = measure(name, export, texts, work)
+    report(results, texts)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
