@@ -100,7 +100,8 @@ def make_plan(served: Served, request: FillMaskRequest) -> Plan:
         raise ApiError(422, "invalid_request", f"parameters.top_k: at most "
                        f"{served.vocab_size}, this model's vocabulary size",
                        "parameters.top_k")
-    ids = [tokenizer(text)["input_ids"] for text in texts]
+    with served.tokenizing:
+        ids = [tokenizer(text)["input_ids"] for text in texts]
     masks = [[i for i, t in enumerate(row) if t == tokenizer.mask_token_id] for row in ids]
     if min(len(m) for m in masks) == 0:
         raise no_mask
@@ -116,7 +117,8 @@ def make_plan(served: Served, request: FillMaskRequest) -> Plan:
                            "inputs")
     plan = Plan(ids, masks, top_k)
     if targets is not None:
-        plan.singles, plan.multis = target_ids(served, targets)
+        with served.tokenizing:
+            plan.singles, plan.multis = target_ids(served, targets)
         per_mask = min(top_k, len(plan.singles) + len(plan.multis))
         passes = sum(len(m) for m in masks) * sum(len(t) for t in plan.multis)
         check_outputs(passes, "forward passes (masks x sub-tokens of the targets)",

@@ -165,7 +165,8 @@ def token_ids(served: Served, texts: list[str]) -> list[list[int]]:
     """Each text's token ids, each within the model's length."""
     ids = []
     for text in texts:
-        row = served.tokenizer(text)["input_ids"]
+        with served.tokenizing:
+            row = served.tokenizer(text)["input_ids"]
         if len(row) > served.max_tokens:
             raise ApiError(413, "input_too_long",
                            f"inputs: a text is longer than the model's {served.max_tokens} "
@@ -186,7 +187,7 @@ def check_outputs(count: int, what: str, param: str) -> None:
 def run(served: Served, inputs: Any, seed: int | None = None, **kwargs: Any) -> Any:
     """Call the pipeline under its lock; a seed makes sampling repeatable (set under the same
     lock, so no other request's call comes between the seed and this one)."""
-    with served.lock:
+    with served.lock, served.tokenizing:
         if seed is not None:
             import torch
 

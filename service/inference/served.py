@@ -100,6 +100,9 @@ class Served:
         self.nbytes = model_bytes(self.model)
         self.device = torch.device(pipe.device)
         self.lock = threading.Lock()  # generation goes through the pipeline, one at a time
+        # A fast tokenizer keeps its truncation and padding settings in one Rust object that
+        # each call may reset ("Already borrowed" when two threads do): one call at a time.
+        self.tokenizing = threading.Lock()
         accepted = inspect.signature(self.model.forward).parameters
         self.input_names = [n for n in self.tokenizer.model_input_names if n in accepted]
         self.pad_id = int(self.tokenizer.pad_token_id or 0)

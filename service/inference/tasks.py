@@ -99,7 +99,8 @@ def _classify_inputs(served: Served, request: ClassifyRequest
     if params.function_to_apply:
         kwargs["function_to_apply"] = params.function_to_apply
     pre, _, post = served.pipe._sanitize_parameters(**kwargs)
-    chunks = [served.pipe.preprocess(text, **pre) for text in texts]
+    with served.tokenizing:
+        chunks = [served.pipe.preprocess(text, **pre) for text in texts]
     if not params.truncation:
         check_lengths(served, chunks)
     return chunks, post
@@ -149,7 +150,8 @@ def _token_inputs(served: Served, request: TokenRequest
     # Windows of `size` tokens, each overlapping the one before by a quarter.
     pre["tokenizer_params"] = {"return_overflowing_tokens": True, "padding": True,
                                "stride": size // 4 if size >= 8 else 0}
-    per_text = [list(served.pipe.preprocess(text, **pre)) for text in texts]
+    with served.tokenizing:
+        per_text = [list(served.pipe.preprocess(text, **pre)) for text in texts]
     if params.aggregation_strategy == "none" and any(len(c) > 1 for c in per_text):
         raise ApiError(413, "input_too_long", f"inputs: a text is longer than the model's "
                        f"{size}-token window; with parameters.aggregation_strategy other than "
