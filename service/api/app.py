@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import errors, reaper
-from service.api import datasets, health, jobs, models, stream
+from service.api import datasets, health, jobs, models, plots, stream, web
 from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
 from service.settings import get_settings
@@ -38,8 +38,9 @@ def create_app() -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.add_middleware(BoundaryMiddleware)  # outermost: Host and Origin first
     app.include_router(health.router)
-    for module in (datasets, jobs, models, stream):
+    for module in (datasets, jobs, models, stream, plots):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
+    app.include_router(web.router)  # the dashboard's pages (not in the API schema)
     log = logging.getLogger("cloze.api")
     if settings.api_keys_required:
         log.info("API keys are required (Authorization: Bearer ...)")

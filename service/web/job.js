@@ -1,0 +1,164 @@
+// "/jobs/{id}": one job, live. Its curves (train/eval loss, learning rate, tokens/s) and
+// log lines arrive by GET /v1/jobs/{id}/stream; checkpoints and the spec by plain GETs.
+"use strict";
+
+(() => {
+  const { api, el, fmt, statusBadge, progressBar, showError, notice, streamJob } = Cloze;
+  const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
+  const points = new Map(); // step -> merged metric point (eval results arrive later)
+  let job = null, charts = null, pending = false;
+
+  const facts = el("div", { class: "facts", id: "facts" });
+  const logBox = el("div", { class: "log", id: "log" });
+  const checkpointBody = el("tbody", { id: "checkpoints" });
+  const specBox = el("pre", { id: "spec" });
+  const actions = el("div", { class: "actions" });
+
+  function showJob() {
+    const p = job.progress;
+    document.title = job.name + " · Cloze";
+    const head = document.querySelector("main h1");
+    head.replaceChildren(job.name + " ", statusBadge(job.status));
+    const fact = (name, value) => el("div", {}, el("b", {}, name), value);
+    facts.replaceChildren(
+      fact("id", job.id), fact("progress", progressBar(p.step, p.total_steps)),
+      fact("train loss", fmt.num(job.train_loss)), fact("eval loss", fmt.num(job.eval_loss)),
+      fact("tokens/s", fmt.num(p.tokens_per_second, 3)), fact("tokens seen", fmt.int(p.tokens_seen)),
+      fact("ETA", job.status === "running" ? fmt.duration(p.eta_seconds) : "–"),
+      fact("attempts", String(job.attempts)), fact("started", fmt.time(job.started_at)),
+      fact("finished", fmt.time(job.finished_at)),
+      fact("model", job.model_id ? el("a", { href: "/playground?model=" +
+        encodeURIComponent(job.model_id) }, job.model_id) : "–"));
+    if (job.error) facts.append(fact("error", job.error.code + ": " + job.error.message));
+    specBox.textContent = JSON.stringify(job.spec, null, 2);
+    const active = !Cloze.TERMINAL.has(job.status);
+    actions.replaceChildren(
+      active ? el("button", { id: "cancel", onclick: cancel }, "Cancel job") : "",
+      el("button", { onclick: () => openSvg() }, "Loss curve as SVG"),
+      el("button", { onclick: () => Cloze.download("/v1/jobs/" + encodeURIComponent(jobId) +
+        "/tensorboard", "events.out.tfevents.cloze") }, "TensorBoard file"),
+      el("a", { href: "/compare?ids=" + encodeURIComponent(jobId) }, "Compare with…"));
+  }
+
+  async function openSvg() {
+    try {
+      const response = await api("/v1/jobs/" + encodeURIComponent(jobId) + "/metrics.svg");
+      window.open(URL.createObjectURL(await response.blob()), "_blank", "noopener");
+    } catch (error) { showError(error); }
+  }
+
+  async function cancel() {
+    try {
+      job = await api("/v1/jobs/" + encodeURIComponent(jobId) + "/cancel", { method: "POST" });
+      showJob();
+    } catch (error) { showError(error); }
+  }
+
+  function series(field, label, color, dots) {
+    const out = [];
+    for (const [step, point] of points) {
+      if (typeof point[field] === "number") out.push([step, point[field]]);
+    }
+    out.sort((a, b) => a[0] - b[0]);
+    return { name: field, label, color, points: out, dots };
+  }
+
+  function redraw() {
+    pending = false;
+    const loss = [series("train_loss", "train loss", "#1f77b4"),
+                  series("eval_loss", "eval loss", "#ff7f0e", true)];
+    Chart.draw(charts.loss.svg, loss, { yLabel: "loss" });
+    Chart.legend(charts.loss.legend, loss);
+    const lr = [series("learning_rate", "learning rate", "#2ca02c")];
+    Chart.draw(charts.lr.svg, lr, { yLabel: "learning rate" });
+    const speed = [series("tokens_per_second", "tokens/s", "#9467bd")];
+    Chart.draw(charts.speed.svg, speed, { yLabel: "tokens/s" });
+  }
+
+  function schedule() {
+    if (!pending) { pending = true; requestAnimationFrame(redraw); }
+  }
+
+  function onMetric(point) {
+    points.set(point.step, { ...(points.get(point.step) || {}), ...point });
+    if (job && point.step > job.progress.step) {
+      job.progress.step = point.step;
+      if (point.tokens_per_second) job.progress.tokens_per_second = point.tokens_per_second;
+      if (point.tokens_seen) job.progress.tokens_seen = point.tokens_seen;
+      if (typeof point.train_loss === "number") job.train_loss = point.train_loss;
+    }
+    if (job && typeof point.eval_loss === "number") job.eval_loss = point.eval_loss;
+    schedule();
+  }
+
+  function onLog(line) {
+    const atEnd = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 4;
+    logBox.append(el("div", { class: line.level },
+      new Date(line.created_at).toLocaleTimeString() + "  " + line.level + "  " + line.message));
+    if (atEnd) logBox.scrollTop = logBox.scrollHeight;
+    if (/checkpoint/i.test(line.message)) loadCheckpoints();
+  }
+
+  async function loadCheckpoints() {
+    try {
+      const list = await api("/v1/jobs/" + encodeURIComponent(jobId) + "/checkpoints");
+      checkpointBody.replaceChildren(...list.data.map((c) => el("tr", {},
+        el("td", { class: "num" }, fmt.int(c.step)), el("td", {}, fmt.time(c.created_at)),
+        el("td", { class: "num" }, fmt.int(c.bytes)),
+        el("td", {}, Object.entries(c.metrics || {}).map(([k, v]) =>
+          k + " " + (typeof v === "number" ? fmt.num(v) : v)).join(", ")),
+        el("td", {}, el("button", { onclick: () => publish(c.step) }, "Publish as model")))));
+      if (!list.data.length) {
+        checkpointBody.append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "none yet")));
+      }
+    } catch (error) { showError(error); }
+  }
+
+  async function publish(step) {
+    try {
+      const model = await api("/v1/jobs/" + encodeURIComponent(jobId) + "/checkpoints/" +
+        step + "/publish", { method: "POST" });
+      notice("Published step " + step + " as " + model.id + ".");
+    } catch (error) { showError(error); }
+  }
+
+  async function refreshJob() {
+    try {
+      job = await api("/v1/jobs/" + encodeURIComponent(jobId));
+      showJob();
+    } catch (error) { showError(error); }
+  }
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    const main = Cloze.main();
+    const grid = el("div", { class: "charts" });
+    main.append(facts, actions, grid);
+    charts = { loss: Chart.card(grid, "loss (train, eval)", "chart-loss"),
+               lr: Chart.card(grid, "learning rate", "chart-lr"),
+               speed: Chart.card(grid, "tokens per second", "chart-speed") };
+    main.append(el("h2", {}, "Events"), logBox,
+      el("h2", {}, "Checkpoints"),
+      el("table", {}, el("thead", {}, el("tr", {}, ["step", "created", "bytes", "metrics", ""]
+        .map((h) => el("th", {}, h)))), checkpointBody),
+      el("h2", {}, "Spec"), specBox);
+    redraw();
+    await refreshJob();
+    if (!job) return;
+    loadCheckpoints();
+    // The progress fields the stream does not carry (ETA) come with a slow poll.
+    const timer = setInterval(() => {
+      if (job && Cloze.TERMINAL.has(job.status)) clearInterval(timer);
+      else if (!document.hidden) refreshJob();
+    }, 5000);
+    await streamJob(jobId, (event) => {
+      if (event.event === "metric") onMetric(event.data);
+      else if (event.event === "log") onLog(event.data);
+      else if (event.event === "status") {
+        job = event.data;
+        showJob();
+        loadCheckpoints();
+      }
+    }, { onError: showError });
+    if (job) showJob();
+  });
+})();
