@@ -8,6 +8,7 @@ stops a job that kills its worker every time from looping forever.
 
 import json
 import logging
+import platform
 import shutil
 import tempfile
 import threading
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy import delete, select
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
+from jobspec.data import tokenized_prefix
 from service.db import session_scope
-from service.domain import lifecycle, models
+from service.domain import calibration, lifecycle, models
 from service.domain.lifecycle import Claim, JobStatus
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow
 from service.queue import enqueue_training
@@ -32,13 +35,12 @@ from workers.engine import (
     StopRequested,
     TooBig,
     check_fits,
-    data_key,
     estimate_pretrain_bytes,
     prepare_data,
     run_pretraining,
     verify_checkpoint,
 )
-from workers.engine.loop import pick_device
+from workers.engine.loop import LoopResult, pick_device
 from workers.reporter import DbReporter, with_db_retry
 
 log = logging.getLogger("cloze.worker")
@@ -221,6 +223,8 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
                              base_model_dir=None if base_dir is None else str(base_dir))
     if result.stopped or result.export_dir is None:
         return None
+    if resume_from is None:
+        _calibrate(spec.model.architecture, spec.objective or "mlm", result)
     task = "text-generation" if spec.objective == "clm" else "fill-mask"
     return _publish(attempt, store, Path(result.export_dir), task=task,
                     architecture=spec.model.architecture, details={
@@ -232,6 +236,38 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
                         "base_model_id": spec.base_model_id,
                         "sequence_length": spec.hyperparameters.sequence_length,
                         "recipe": spec.recipe})
+
+
+def worker_kind(device: torch.device) -> str:
+    """This worker's hardware, as calibration rows name it: jobs on the same kind train at
+    the same speed."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    return f"cpu {model} x{torch.get_num_threads()} threads"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _calibrate(architecture: str, objective: str, result: LoopResult) -> None:
+    """Record the whole loop's measured throughput (a fresh run only: a resumed attempt's
+    clock misses the steps before), for the time estimates of later jobs."""
+    if not result.elapsed_seconds or not result.tokens_seen or not result.num_parameters:
+        return
+    try:
+        with session_scope() as s:
+            calibration.record(s, worker_kind=worker_kind(pick_device(None)),
+                               architecture=architecture, objective=objective,
+                               parameters=result.num_parameters,
+                               tokens_per_second=result.tokens_seen / result.elapsed_seconds)
+    except Exception:  # a figure for estimates: never a reason to fail the job
+        log.warning("could not record the measured throughput", exc_info=True)
 
 
 def _download_base(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
@@ -260,6 +296,8 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
     if result.stopped or result.export_dir is None:
         return None
     assert attempt.base_model is not None
+    if resume_from is None:
+        _calibrate(attempt.base_model.format, spec.task, result)
     return _publish(attempt, store, Path(result.export_dir), task=result.task,
                     architecture=attempt.base_model.format, details={
                         "base_model_id": attempt.base_model.id, "task": spec.task,
@@ -273,7 +311,7 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
 def _prepared_data(attempt: Attempt, spec: PretrainSpec, store: ObjectStore,
                    reporter: DbReporter, work: Path, base_dir: Path | None) -> Path:
     """Token shards for this dataset and tokenizer, made once and reused by later jobs."""
-    prefix = f"tokenized/{attempt.dataset.id}/{data_key(spec)}"
+    prefix = tokenized_prefix(attempt.dataset.id, spec)
     local = work / "data"
     if store.exists(f"{prefix}/meta.json"):  # meta.json is written last: the set is whole
         reporter.event("info", "reusing tokenized data from an earlier job on this dataset "

@@ -2,6 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import (
@@ -13,7 +14,8 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.domain import idempotency, jobs, models, quotas
+from service.domain import estimates, idempotency, jobs, models, quotas
+from service.domain.estimates import JobEstimate
 from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
 from service.domain.lifecycle import JobStatus
 from service.domain.models import ModelPublic
@@ -21,28 +23,46 @@ from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
 from service.errors import ApiError
 from service.queue import enqueue_training
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic, responses={200: {
+    "model": JobEstimate, "description": "dry_run=true: what the job would do; nothing made"}})
 async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
-                     settings: SettingsDep, idempotency_key: IdempotencyKey = None
+                     settings: SettingsDep, store: StoreDep,
+                     idempotency_key: IdempotencyKey = None,
+                     dry_run: Annotated[bool, Query(
+                         description="check the spec as a submission does and answer what "
+                                     "the job would do (tokens, steps, epochs, parameters, "
+                                     "memory, time), creating nothing")] = False,
                      ) -> JobPublic | JSONResponse:
     """Validate the spec, record the job as queued, then hand its id to the training queue."""
+    if dry_run:
+        # The same checks as a submission, then figures instead of a job: no row, no
+        # message, no idempotency record.
+        _check_quota(session, caller.owner, settings)
+        admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
+                              max_active=settings.max_active_jobs)
+        found = await run_in_threadpool(estimates.estimate, session=session, store=store,
+                                        job_in=admitted.job_in, name=admitted.name)
+        session.rollback()
+        return JSONResponse(found.model_dump(mode="json"), 200)
     route = "POST /v1/jobs"
     fingerprint = idempotency.fingerprint(job_in.model_dump_json())
     first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
                                route=route, request_sha256=fingerprint)
     if first is not None:
         return JSONResponse(first[1], first[0])
-    if quotas.left(session, caller.owner, settings) == 0:
-        # Admission, not publication: a job admitted here publishes its model even if that
-        # passes the quota (hours of training are never thrown away at the end).
-        raise quotas.full_for_jobs(settings.storage_quota_bytes,
-                                   quotas.used_bytes(session, caller.owner))
-    row = jobs.create(session=session, job_in=job_in, owner=caller.owner,
-                      max_active=settings.max_active_jobs)
+    _check_quota(session, caller.owner, settings)
+    admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
+                          max_active=settings.max_active_jobs)
+    seconds = await run_in_threadpool(estimates.estimated_seconds, session=session,
+                                      store=store, job_in=admitted.job_in,
+                                      name=admitted.name)
+    row = jobs.create(session=session, admitted=admitted, owner=caller.owner,
+                      estimated_seconds=seconds)
     idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
                          request_sha256=fingerprint, status_code=202,
                          response=JobPublic.of(row).model_dump(mode="json"))
@@ -60,6 +80,14 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     jobs.mark_enqueued(session=session, job_id=row.id)
     session.commit()
     return JobPublic.of(row)
+
+
+def _check_quota(session: Session, owner: str, settings: Settings) -> None:
+    if quotas.left(session, owner, settings) == 0:
+        # Admission, not publication: a job admitted here publishes its model even if that
+        # passes the quota (hours of training are never thrown away at the end).
+        raise quotas.full_for_jobs(settings.storage_quota_bytes,
+                                   quotas.used_bytes(session, owner))
 
 
 @router.get("", response_model=ListOf[JobPublic])

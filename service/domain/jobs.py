@@ -1,5 +1,6 @@
 """Jobs: a typed spec, a row that is the record of the run, and its curve, events, checkpoints."""
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -65,6 +66,10 @@ class JobPublic(BaseModel):
             # Tokens per step as measured so far (fine-tuning batches vary in length).
             tokens_left = (row.total_steps - row.step) * row.tokens_seen / row.step
             eta = round(tokens_left / row.tokens_per_second, 1)
+        elif lifecycle.is_running(row) and not row.step and row.estimated_seconds is not None:
+            # Nothing measured yet (tokenizing, the first steps): the submission's estimate
+            # of the training time, what its dry run answered.
+            eta = row.estimated_seconds
         error = JobError(code=row.error_code, message=row.error_message or "") \
             if row.error_code else None
         return cls(
@@ -193,7 +198,18 @@ def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> 
                                f"{', '.join(extra[:10])}")
 
 
-def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -> JobRow:
+@dataclass(frozen=True)
+class Admitted:
+    """A spec that passed every check a submission makes, with what the job row records."""
+
+    job_in: PretrainJobCreate | FinetuneJobCreate  # re-read with a base model's architecture
+    name: str
+    total_steps: int
+
+
+def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -> Admitted:
+    """Every check of a submission (a dry run makes the same ones, so it refuses what a
+    submission would, with the same errors); nothing is written."""
     if (problem := job_in.inconsistency()) is not None:
         raise _invalid(*problem)
     if isinstance(job_in, PretrainJobCreate):
@@ -212,10 +228,18 @@ def create(*, session: Session, job_in: JobCreate, owner: str, max_active: int) 
                            f"you already have {active} jobs queued or running (the limit is "
                            f"{max_active}); wait for one to finish or cancel one",
                            retry_after_s=60)
+    return Admitted(job_in, name, total_steps)
+
+
+def create(*, session: Session, admitted: Admitted, owner: str,
+           estimated_seconds: float | None = None) -> JobRow:
+    job_in = admitted.job_in
     spec = job_in.stored_spec()
-    spec["name"] = name
-    row = lifecycle.new_job(id=new_id("job"), owner=owner, type=job_in.type, name=name,
-                            spec=spec, dataset_id=job_in.dataset_id, total_steps=total_steps)
+    spec["name"] = admitted.name
+    row = lifecycle.new_job(id=new_id("job"), owner=owner, type=job_in.type,
+                            name=admitted.name, spec=spec, dataset_id=job_in.dataset_id,
+                            total_steps=admitted.total_steps,
+                            estimated_seconds=estimated_seconds)
     session.add(row)
     session.flush()
     return row

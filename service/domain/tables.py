@@ -77,6 +77,9 @@ class JobRow(Base):
     train_loss: Mapped[float | None] = mapped_column(Float)
     eval_loss: Mapped[float | None] = mapped_column(Float)
     model_id: Mapped[str | None] = mapped_column(String(40))
+    # Training time estimated at submission (what a dry run answers); the job's eta until
+    # its first steps are measured.
+    estimated_seconds: Mapped[float | None] = mapped_column(Float)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
@@ -179,3 +182,25 @@ class IdempotencyRow(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ThroughputRow(Base):
+    """A kind of worker's measured training speed for one architecture, objective (or
+    fine-tuning task) and model size: what a dry run's time estimate is made from."""
+
+    __tablename__ = "throughput"
+    __table_args__ = (UniqueConstraint("worker_kind", "architecture", "objective",
+                                       "parameters", name="uq_throughput_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The device as the worker describes it ("cuda NVIDIA H200", "cpu ... x2 threads").
+    worker_kind: Mapped[str] = mapped_column(String(255))
+    architecture: Mapped[str] = mapped_column(String(32))
+    objective: Mapped[str] = mapped_column(String(32))
+    parameters: Mapped[int] = mapped_column(BigInteger)
+    # Tokens trained per second of the whole training loop (evals and checkpoints
+    # included), a running mean over `jobs` measurements.
+    tokens_per_second: Mapped[float] = mapped_column(Float)
+    jobs: Mapped[int] = mapped_column(Integer, default=1)
+    worker: Mapped[str] = mapped_column(String(255))  # the host that measured last
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

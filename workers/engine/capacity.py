@@ -5,22 +5,14 @@ from __future__ import annotations
 import psutil
 import torch
 
+from jobspec.capacity import estimate_bytes
 from workers.engine.errors import EngineError
+
+__all__ = ["TooBig", "available_bytes", "check_fits", "estimate_bytes"]
 
 
 class TooBig(EngineError):
     """The job needs more memory than its worker has."""
-
-
-def estimate_bytes(*, parameters: int, layers: int, hidden: int, intermediate: int, heads: int,
-                   vocab: int, micro_batch: int, sequence_length: int) -> int:
-    """A rough upper bound of training memory: fp32 weights, grads and two AdamW moments,
-    plus activations and logits of one micro-batch (fp32, as if nothing were saved)."""
-    tokens = micro_batch * sequence_length
-    activations = tokens * layers * (16 * hidden + 2 * intermediate) * 4 + \
-        micro_batch * heads * sequence_length ** 2 * layers * 4
-    logits = tokens * vocab * 4 * 2
-    return int(parameters * 16 + activations + logits)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -12,7 +12,6 @@ decoders), or for mlm_nsp a padded segment pair plus its label in one more colum
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from jobspec import PretrainSpec
+from jobspec.data import DATA_FORMAT_VERSION, data_key
 from workers.engine.blocks import BlockPacker, encode_batches, token_dtype
 from workers.engine.corpus import iter_documents
 from workers.engine.errors import CorpusError, EngineError, StopRequested
@@ -30,7 +30,6 @@ from workers.engine.pairs import PairMaker, tokenize_documents
 from workers.engine.reporter import Reporter
 from workers.engine.tokenizer import count_characters, load_tokenizer, train_tokenizer
 
-DATA_FORMAT_VERSION = 2  # 2: objectives and architectures beyond BERT MLM
 META = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 VALID_FILE = "valid.npy"
@@ -40,25 +39,6 @@ SHARD_BYTES = 32 * 2**20
 # run's seed, so eval losses of runs with different seeds are measured on the same text.
 SPLIT_SEED = 0
 STOP_POLL_DOCUMENTS = 256  # while reading the corpus, ask should_stop() this often
-
-
-def data_key(spec: PretrainSpec) -> str:
-    """Short stable hash of every setting that changes the prepared data."""
-    settings = {
-        "format_version": DATA_FORMAT_VERSION,
-        "tokenizer": spec.tokenizer.model_dump(mode="json"),
-        # The base model's tokenizer, for from_model (a model's files never change).
-        "base_model_id": spec.base_model_id if spec.tokenizer.type == "from_model" else None,
-        # Special tokens and row framing differ by architecture and objective.
-        "architecture": spec.model.architecture,
-        "objective": spec.objective,
-        # Stored in the tokenizer as model_max_length.
-        "max_position_embeddings": spec.model.max_position_embeddings,
-        "sequence_length": spec.hyperparameters.sequence_length,
-        "validation_fraction": spec.validation_fraction,
-    }
-    text = json.dumps(settings, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class _Documents:

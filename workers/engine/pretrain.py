@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from jobspec import PretrainSpec
+from jobspec.capacity import estimate_pretrain_bytes
 from workers.engine.architectures import (
     ROBERTA_POSITION_OFFSET,
     build_model,
@@ -34,18 +35,6 @@ from workers.engine.speed import resolve_attention
 class PretrainResult(LoopResult):
     tokenizer_info: dict[str, Any] = field(default_factory=dict)
     corpus_info: dict[str, int] = field(default_factory=dict)
-
-
-def estimate_pretrain_bytes(spec: PretrainSpec, vocab_size: int | None = None) -> int:
-    """Training memory of a model of the spec's shape (before anything is built)."""
-    shape, hp = spec.model.shape(), spec.hyperparameters
-    vocab = vocab_size or spec.tokenizer.vocab_size
-    ffn_matrices = 3 if spec.model.architecture == "llama" else 2  # SwiGLU has three
-    params = (vocab + spec.model.max_position_embeddings) * shape.hidden + shape.layers * (
-        4 * shape.hidden * shape.hidden + ffn_matrices * shape.hidden * shape.intermediate)
-    return estimate_bytes(parameters=params, layers=shape.layers, hidden=shape.hidden,
-                          intermediate=shape.intermediate, heads=shape.heads, vocab=vocab,
-                          micro_batch=hp.micro_batch, sequence_length=hp.sequence_length)
 
 
 def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""What a pretraining job's model holds and needs, from the spec alone (no torch): its exact
+parameter count and a rough upper bound of its training memory.
+
+The worker refuses a job that cannot fit (workers/engine/capacity.py) and the API's dry run
+reports the same figures, so both read them from here.
+"""
+
+from jobspec.model import ENCODERS
+from jobspec.pretrain import PretrainSpec
+
+# RoBERTa numbers positions from padding_idx + 1, so its table has two more rows.
+ROBERTA_POSITION_OFFSET = 2
+
+
+def pretrain_parameters(spec: PretrainSpec, vocab_size: int | None = None) -> int:
+    """Parameters of the model a fresh pretraining job builds (transformers' classes, tied
+    input/output embeddings counted once), for a tokenizer of vocab_size entries (default
+    the spec's: a tokenizer trained on a small corpus may end up with fewer).
+
+    Exact: tests compare it with the built models of every architecture and objective.
+    """
+    shape, arch = spec.model.shape(), spec.model.architecture
+    v = vocab_size or spec.tokenizer.vocab_size
+    h, i, layers = shape.hidden, shape.intermediate, shape.layers
+    positions = spec.model.max_position_embeddings
+    if arch in ENCODERS:
+        positions += ROBERTA_POSITION_OFFSET if arch == "roberta" else 0
+        token_types = 2 if arch == "bert" else 1
+        embeddings = (v + positions + token_types) * h + 2 * h  # + LayerNorm
+        # Q, K, V, output (with biases), two LayerNorms, the two FFN matrices.
+        layer = 4 * (h * h + h) + 4 * h + (h * i + i) + (i * h + h)
+        head = h * h + h + 2 * h + v  # transform, LayerNorm, decoder bias (weight tied)
+        nsp = (h * h + h) + (2 * h + 2) if spec.objective == "mlm_nsp" else 0  # pooler, NSP
+        return embeddings + layers * layer + head + nsp
+    if arch == "gpt2":
+        layer = 4 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h)
+        return (v + positions) * h + layers * layer + 2 * h
+    # llama: no biases, RMSNorm weights only, grouped-query K/V, SwiGLU's three matrices.
+    head_dim = h // shape.heads
+    layer = 2 * h * h + 2 * h * shape.kv_heads * head_dim + 3 * h * i + 2 * h
+    return v * h + layers * layer + h
+
+
+def estimate_bytes(*, parameters: int, layers: int, hidden: int, intermediate: int, heads: int,
+                   vocab: int, micro_batch: int, sequence_length: int) -> int:
+    """A rough upper bound of training memory: fp32 weights, grads and two AdamW moments,
+    plus activations and logits of one micro-batch (fp32, as if nothing were saved)."""
+    tokens = micro_batch * sequence_length
+    activations = tokens * layers * (16 * hidden + 2 * intermediate) * 4 + \
+        micro_batch * heads * sequence_length ** 2 * layers * 4
+    logits = tokens * vocab * 4 * 2
+    return int(parameters * 16 + activations + logits)
+
+
+def estimate_pretrain_bytes(spec: PretrainSpec, vocab_size: int | None = None) -> int:
+    """Training memory of a model of the spec's shape (before anything is built)."""
+    shape, hp = spec.model.shape(), spec.hyperparameters
+    vocab = vocab_size or spec.tokenizer.vocab_size
+    return estimate_bytes(parameters=pretrain_parameters(spec, vocab), layers=shape.layers,
+                          hidden=shape.hidden, intermediate=shape.intermediate,
+                          heads=shape.heads, vocab=vocab, micro_batch=hp.micro_batch,
+                          sequence_length=hp.sequence_length)
