@@ -105,8 +105,9 @@
       checkpointBody.replaceChildren(...list.data.map((c) => el("tr", {},
         el("td", { class: "num" }, fmt.int(c.step)), el("td", {}, fmt.time(c.created_at)),
         el("td", { class: "num" }, fmt.int(c.bytes)),
-        el("td", {}, Object.entries(c.metrics || {}).map(([k, v]) =>
-          k + " " + (typeof v === "number" ? fmt.num(v) : v)).join(", ")),
+        el("td", { class: "wrap" }, ["train_loss", "eval_loss", "accuracy"]
+          .filter((k) => typeof (c.metrics || {})[k] === "number")
+          .map((k) => k + " " + fmt.num(c.metrics[k])).join(", ")),
         el("td", {}, el("button", { onclick: () => publish(c.step) }, "Publish as model")))));
       if (!list.data.length) {
         checkpointBody.append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "none yet")));

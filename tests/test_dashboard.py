@@ -1,0 +1,239 @@
+"""The dashboard in a real browser (Debian's chromium, headless, driven by Playwright).
+
+- With API keys (the whole app served in this process, metric points recorded as the
+  worker records them): the key typed once is kept for the tab and sent on every call, the
+  stream included; the jobs table, a job's live curves, the comparison of two runs;
+  another owner's job shows nothing of it.
+- On the embedded default (no keys), with a real worker: a corpus uploaded and a tiny
+  pretraining job submitted through the forms, the running job in the jobs table, its
+  loss curve drawn while it trains (a screenshot is saved), then fill-mask on its model.
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.inprocess import make_app, make_key
+from tests.stack import Stack, corpus_slice
+from tests.test_stream import Served
+
+CHROMIUM = Path(os.environ.get("CLOZE_TEST_CHROMIUM", "/usr/bin/chromium"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    why = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        why = "playwright is not installed (pip install playwright)"
+    if why is None and not CHROMIUM.exists():
+        why = f"no chromium at {CHROMIUM} (apt-get install -y chromium)"
+    if why is not None:
+        if IN_CI:
+            pytest.fail(f"CI runs the browser tests: {why}")
+        pytest.skip(why)
+    with sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def points(page: Any, chart: str, series: str) -> int:
+    """How many points a chart's series has (0 if not drawn), read from the page."""
+    return int(page.evaluate(
+        """([chart, series]) => {
+            const g = document.querySelector(`#${chart} g.series[data-name="${series}"]`);
+            if (!g) return 0;
+            // count the path's own vertices, not only the attribute the script wrote
+            const vertices = (g.querySelector("path").getAttribute("d").match(/[ML]/g) || []);
+            return Math.min(Number(g.dataset.points), vertices.length);
+        }""", [chart, series]))
+
+
+def wait_points(page: Any, chart: str, series: str, at_least: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while (n := points(page, chart, series)) < at_least:
+        assert time.monotonic() < deadline, f"{chart}/{series}: {n} points, not {at_least}"
+        time.sleep(0.25)
+    return n
+
+
+# --- with keys, in this process -------------------------------------------------------
+
+def new_job(owner: str, name: str) -> str:
+    from service.db import session_scope
+    from service.domain import lifecycle
+    from service.domain.ids import new_id
+
+    job_id = new_id("job")
+    with session_scope() as s:
+        s.add(lifecycle.new_job(id=job_id, owner=owner, type="pretrain", name=name,
+                                spec={"name": name, "objective": "mlm"},
+                                dataset_id="ds_none", total_steps=200))
+    with session_scope() as s:
+        assert lifecycle.claim(s, job_id, max_attempts=3) == lifecycle.Claim.CLAIMED
+    return job_id
+
+
+def record(job_id: str, steps: range, loss_at_zero: float = 9.0) -> None:
+    from service.storage import get_store
+    from workers.reporter import DbReporter
+
+    reporter = DbReporter(job_id, get_store())
+    for step in steps:
+        reporter.log({"step": step, "train_loss": loss_at_zero - step / 40,
+                      "learning_rate": 1e-3, "grad_norm": 1.0,
+                      "tokens_per_second": 900.0 + step, "tokens_seen": step * 512})
+        if step % 20 == 0:
+            reporter.eval({"step": step, "eval_loss": loss_at_zero + 0.3 - step / 40,
+                           "perplexity": 100.0, "accuracy": 0.1})
+    reporter.event("info", f"logged up to step {steps[-1]}")
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    with make_app(tmp_path, monkeypatch, CLOZE_REQUIRE_API_KEYS="true",
+                  CLOZE_RATE_LIMIT_PER_MINUTE="0") as app:
+        served = Served(app)
+        yield served
+        served.stop()
+
+
+def test_with_keys_live_curves_and_comparison(served: Served, page: Any) -> None:
+    alice, bob = make_key("alice"), make_key("bob")
+    first, second = new_job("alice", "first-run"), new_job("alice", "second-run")
+    record(first, range(5, 101, 5))
+    record(second, range(5, 61, 5), loss_at_zero=8.0)
+
+    # No key yet: the page says one is needed.
+    page.goto(served.url + "/")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "key" in page.inner_text("#notice")
+    page.fill("#key-input", alice)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector(f"tr[data-job='{first}']")
+    assert page.locator(f"tr[data-job='{second}']").count() == 1
+    assert "running" in page.inner_text(f"tr[data-job='{first}']")
+    assert page.is_hidden("#notice")
+
+    # The key is kept for the tab: the job page streams with it, and draws new points live.
+    page.goto(f"{served.url}/jobs/{first}")
+    assert wait_points(page, "chart-loss", "train_loss", 20, timeout=30) == 20
+    assert wait_points(page, "chart-loss", "eval_loss", 5, timeout=10) == 5
+    assert wait_points(page, "chart-lr", "learning_rate", 20, timeout=10) == 20
+    assert wait_points(page, "chart-speed", "tokens_per_second", 20, timeout=10) == 20
+    page.wait_for_selector("#log div")
+    assert "logged up to step 100" in page.inner_text("#log")
+    assert '"name": "first-run"' in page.inner_text("#spec")
+    record(first, range(105, 141, 5))
+    assert wait_points(page, "chart-loss", "train_loss", 28, timeout=30) == 28
+    page.wait_for_function("() => document.querySelector('#log').innerText.includes('step 140')")
+
+    # Two runs on one chart.
+    page.goto(f"{served.url}/compare?ids={first},{second}")
+    page.wait_for_selector("#chart-train g.series >> nth=1", state="attached")
+    assert points(page, "chart-train", first) == 28
+    assert points(page, "chart-train", second) == 12
+    assert points(page, "chart-eval", second) == 3
+
+    # Another owner: the job's page shows a 404 and none of its points.
+    page.fill("#key-input", bob)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_load_state()
+    page.goto(f"{served.url}/jobs/{first}")
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "not_found" in page.inner_text("#notice")
+    assert points(page, "chart-loss", "train_loss") == 0
+
+    # sessionStorage: a new tab of a new session starts without a key.
+    fresh = page.context.browser.new_page()
+    fresh.goto(served.url + "/")
+    fresh.wait_for_selector("#notice:not([hidden])")
+    assert fresh.inner_text("#key-state") == "no key"
+    fresh.close()
+
+
+# --- the embedded default, a real worker ------------------------------------------------
+
+def test_embedded_train_watch_and_fill_mask(embedded_stack: Stack, data_dir: Path,
+                                            page: Any, tmp_path: Path) -> None:
+    url = embedded_stack.url
+    corpus = tmp_path / "kjv-slice.txt"
+    corpus.write_bytes(corpus_slice(data_dir / "en/pretrain/valid.txt", 300_000))
+
+    # Upload through the form, then submit a tiny job through the other.
+    page.goto(url + "/new")
+    page.set_input_files("#file", str(corpus))
+    page.fill("#dataset-name", "browser-upload")
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_function(
+        "() => document.querySelector('#notice').innerText.includes('Uploaded ds_')")
+    dataset_id = page.inner_text("#notice").split()[1].rstrip(":")
+    assert page.eval_on_selector("#dataset", "s => s.value") == dataset_id
+    spec = {"type": "pretrain", "objective": "mlm", "name": "browser-bert",
+            "validation_fraction": 0.05, "model": {"architecture": "bert", "size": "tiny"},
+            "tokenizer": {"type": "wordpiece", "vocab_size": 2000, "lowercase": True},
+            "hyperparameters": {"max_steps": 200, "batch_size": 16, "sequence_length": 64,
+                                "learning_rate": 2e-3, "warmup_steps": 5, "seed": 0},
+            "log_every": 2, "eval_every": 20, "checkpoint_every": 100}
+    page.fill("#spec", json.dumps(spec))
+    page.click("#job-form button[type=submit]")
+    page.wait_for_url("**/jobs/job_*")
+    job_id = page.url.rsplit("/", 1)[1]
+
+    # The jobs table lists it, running.
+    page.goto(url + "/")
+    page.wait_for_selector(f"tr[data-job='{job_id}'] [data-status='running']", timeout=120_000)
+    assert "browser-bert" in page.inner_text(f"tr[data-job='{job_id}']")
+
+    # Its page draws the loss curve as it trains.
+    page.goto(f"{url}/jobs/{job_id}")
+    drawn = wait_points(page, "chart-loss", "train_loss", 25, timeout=300)
+    shot = tmp_path / "job-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot of the job page while training ({drawn} points): {shot}")
+    assert shot.stat().st_size > 10_000
+    status = page.get_attribute("main h1 .status", "data-status")
+    assert status == "running", "the job finished before the curve was seen live"
+
+    # To the end: every logged step drawn, eval points, checkpoints, a model.
+    page.wait_for_selector("main h1 [data-status='succeeded']", timeout=600_000)
+    assert wait_points(page, "chart-loss", "train_loss", 100, timeout=30) == 100
+    assert wait_points(page, "chart-loss", "eval_loss", 10, timeout=10) == 10
+    page.wait_for_function("() => document.querySelectorAll('#checkpoints tr').length >= 2")
+    assert page.eval_on_selector_all("#checkpoints tr td:first-child",
+                                     "cells => cells.map(c => c.innerText)") == ["100", "200"]
+    curve = embedded_stack.client.get(f"/v1/jobs/{job_id}/metrics").json()["data"]
+    assert len([p for p in curve if "train_loss" in p]) == 100
+    final = tmp_path / "job-page-final.png"
+    page.screenshot(path=str(final), full_page=True)
+    print(f"screenshot of the finished job: {final}")
+
+    # Fill-mask on its model from the playground.
+    model_id = embedded_stack.client.get(f"/v1/jobs/{job_id}").json()["model_id"]
+    page.click(f"a[href='/playground?model={model_id}']")
+    page.wait_for_selector(f"#model option[value='{model_id}']", state="attached")
+    assert page.eval_on_selector("#model", "s => s.value") == model_id
+    page.fill("#inputs", "and god said, let there be [MASK].")
+    page.click("#fill-mask-form button[type=submit]")
+    page.wait_for_selector("table.answers tbody tr")
+    assert page.locator("table.answers tbody tr").count() == 5
