@@ -254,16 +254,22 @@ def test_parameters_count_every_architecture_exactly():
             assert pretrain_parameters(spec, 777) == built, (arch, objective, shape)
 
 
-def test_a_pretraining_dry_run_matches_the_job_and_calibrates(client: TestClient,
-                                                              corpus: str):
+@pytest.fixture(scope="module")
+def pretrained(client: TestClient, corpus: str) -> dict[str, Any]:
+    """A dry run, then the tiny job it describes, run to the end."""
     before = dry(client, tiny(corpus))
+    return {"before": before, "job": run(client, tiny(corpus))}
+
+
+def test_a_pretraining_dry_run_matches_the_job_and_calibrates(client: TestClient,
+                                                              corpus: str, pretrained):
+    before, job = pretrained["before"], pretrained["job"]
     assert before["type"] == "pretrain" and before["steps"] == 30
     data = before["data"]
     assert data["source"] == "estimated" and data["documents"] > 0
     assert before["time"]["source"] == "default" and before["time"]["worker_kind"] is None
     assert before["memory_bytes"] > before["parameters"] * 16
 
-    job = run(client, tiny(corpus))
     said = events(client, job["id"])
     model = client.get(f"/v1/models/{job['model_id']}").json()
     # Exactly what the job did: steps, parameters (the tokenizer filled its vocabulary).
@@ -323,3 +329,109 @@ def throughput_rows() -> list[dict[str, Any]]:
         return [{"jobs": r.jobs, "objective": r.objective, "parameters": r.parameters,
                  "tokens_per_second": r.tokens_per_second}
                 for r in s.scalars(select(ThroughputRow)).all()]
+
+
+def test_a_finetuning_dry_run_matches_the_job(client: TestClient, pretrained, labelled: str):
+    base = pretrained["job"]["model_id"]
+    spec = {"type": "finetune", "task": "text_classification", "base_model_id": base,
+            "dataset_id": labelled, "hyperparameters": {"epochs": 1, "batch_size": 16,
+                                                        "sequence_length": 64}}
+    before = dry(client, spec)
+    data = before["data"]
+    # 240 records, 10% held out for validation (validation_fraction's default).
+    assert data["source"] == "records" and data["labels"] == 2
+    assert (data["train_examples"], data["validation_examples"]) == (216, 24)
+    assert before["steps"] == 14 and before["epochs"] == round(14 * 16 / 216, 4)
+    assert before["time"]["source"] == "default"
+    auto = dry(client, {**spec, "hyperparameters": {"batch_size": 16}})
+    assert auto["steps"] == 150  # "auto": 3 epochs, at least 150 steps
+
+    job = run(client, spec)
+    said = events(client, job["id"])
+    model = client.get(f"/v1/models/{job['model_id']}").json()
+    assert job["progress"]["step"] == job["progress"]["total_steps"] == before["steps"]
+    assert model["details"]["num_parameters"] == before["parameters"]
+    assert event_number(said, r"of (\d+) training examples") == data["train_examples"]
+    assert event_number(said, r"; (\d+) validation examples") == data["validation_examples"]
+    assert event_number(said, r"examples: ([\d.]+) epochs") == round(before["epochs"], 2)
+    after = dry(client, spec)
+    assert after["time"]["source"] == "measured"
+    assert {r["objective"] for r in throughput_rows()} >= {"mlm", "text_classification"}
+
+
+def test_record_splits_decide_the_examples(client: TestClient, pretrained):
+    with gzip.open(DATA / "spamassassin-sample.jsonl.gz", "rb") as f:
+        lines = f.read().splitlines()[:300]
+    counts = {split: sum(f'"split": "{split}"'.encode() in line for line in lines)
+              for split in ("train", "valid", "test")}
+    ds = client.post("/v1/datasets", files={"file": ("s.jsonl", b"\n".join(lines))}).json()
+    found = dry(client, {"type": "finetune", "task": "text_classification",
+                         "base_model_id": pretrained["job"]["model_id"], "dataset_id": ds["id"],
+                         "hyperparameters": {"max_steps": 7}})
+    assert found["steps"] == 7
+    assert found["data"]["train_examples"] == counts["train"]
+    assert found["data"]["validation_examples"] == counts["valid"]
+
+
+@pytest.mark.parametrize(("name", "kind", "vocab", "architecture"), [
+    ("en-valid.txt.gz", "wordpiece", 1000, "bert"), ("en-valid.txt.gz", "bpe", 8192, "gpt2"),
+    ("en-pretrain.txt.gz", "unigram", 2000, "llama"),
+    ("zh-reviews.txt.gz", "wordpiece", 2000, "bert"), ("zh-reviews.txt.gz", "bpe", 8192, "gpt2"),
+    ("zh-reviews.txt.gz", "unigram", 8192, "llama")])
+def test_token_estimates_are_near_what_the_tokenizer_counts(name: str, kind: str, vocab: int,
+                                                            architecture: str):
+    from jobspec.pretrain import TokenizerSpec
+    from service.domain.estimates import text_tokens
+    from workers.engine.tokenizer import count_characters, train_tokenizer
+
+    with gzip.open(DATA / name, "rb") as f:
+        data = f.read(150_000)
+    docs = data[: data.rfind(b"\n")].decode().splitlines()
+    tokenizer = train_tokenizer(docs, count_characters(docs), TokenizerSpec(
+        type=kind, vocab_size=vocab, lowercase=kind == "wordpiece"), architecture, 512)
+    counted = sum(len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(
+        docs, add_special_tokens=False))
+    estimated = sum(text_tokens(doc, kind=kind, vocab_size=vocab) for doc in docs)
+    assert 1 / TOKENS_FACTOR <= estimated / counted <= TOKENS_FACTOR, (estimated, counted)
+
+
+def test_calibration_on_postgres(fresh_postgres: str):
+    """Rows are made once per key and refined (a running mean); the slowest kind of worker
+    that measured an architecture and objective sets the rate, scaled to another size."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from service.domain import calibration
+    from service.domain.tables import Base
+
+    engine = create_engine(fresh_postgres.replace("postgresql://", "postgresql+psycopg://"))
+    Base.metadata.create_all(engine)
+    key = {"architecture": "bert", "objective": "mlm"}
+    try:
+        with Session(engine) as s:
+            assert calibration.rate(s, **key, parameters=1000) is None
+            calibration.record(s, worker_kind="gpu", **key, parameters=1000,
+                               tokens_per_second=900.0)
+            calibration.record(s, worker_kind="cpu", **key, parameters=1000,
+                               tokens_per_second=100.0)
+            s.commit()
+            calibration.record(s, worker_kind="cpu", **key, parameters=1000,
+                               tokens_per_second=300.0)
+            s.commit()
+            rows = throughput_of(s)
+            assert rows == [("cpu", 2, 200.0), ("gpu", 1, 900.0)]
+            measured = calibration.rate(s, **key, parameters=1000)
+            assert measured == calibration.Rate(200.0, "measured", "cpu")
+            scaled = calibration.rate(s, **key, parameters=4000)
+            assert scaled == calibration.Rate(50.0, "scaled", "cpu")
+            assert calibration.rate(s, architecture="gpt2", objective="clm",
+                                    parameters=1000) is None
+    finally:
+        engine.dispose()
+
+
+def throughput_of(session: Any) -> list[tuple[str, int, float]]:
+    from service.domain.tables import ThroughputRow
+
+    return [(r.worker_kind, r.jobs, r.tokens_per_second) for r in session.scalars(
+        select(ThroughputRow).order_by(ThroughputRow.worker_kind)).all()]

@@ -30,11 +30,14 @@ log = logging.getLogger("cloze.estimates")
 
 # Bytes of a stored dataset read to estimate its tokens (decompressed).
 SAMPLE_BYTES = 1 << 20
-# Tokens per word (a run of letters or digits, or one punctuation mark) of a tokenizer with
-# a vocabulary of a few thousand entries trained on the text; one token per CJK character.
-# Measured on the English and Chinese test slices (tests/test_dry_run.py holds the estimate
-# within a factor of 1.5 of what the worker then counts).
-TOKENS_PER_WORD = 1.25
+# Tokens per word (a run of letters or digits, or one punctuation mark) and per CJK
+# character, of a tokenizer trained on the text, by its vocabulary: a small vocabulary
+# splits more. Fitted to wordpiece, byte-level BPE and unigram tokenizers of 1,000-8,192
+# entries trained on the English and Chinese test slices; tests/test_dry_run.py holds the
+# estimate within TOKENS_FACTOR of the tokenizers' counts.
+PER_WORD_AT_1000, PER_WORD_PER_DOUBLING, PER_WORD_MIN = 1.58, 0.19, 1.0
+# WordPiece keeps every CJK character a token; BPE and unigram merge frequent pairs.
+PER_CJK_PER_DOUBLING, PER_CJK_MIN = 0.16, 0.5
 WORD = re.compile(r"[^\W\d_]+|\d+|[^\w\s]", re.UNICODE)
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
@@ -107,10 +110,15 @@ class _Counting(io.RawIOBase):
         return len(chunk)
 
 
-def text_tokens(text: str) -> float:
-    """Estimated tokens of a text for a tokenizer trained on text like it."""
+def text_tokens(text: str, *, kind: str | None = None, vocab_size: int = 8192) -> float:
+    """Estimated tokens of a text for a tokenizer of this kind and vocabulary trained on
+    text like it."""
+    doublings = max(0.0, math.log2(vocab_size / 1000))
+    per_word = max(PER_WORD_MIN, PER_WORD_AT_1000 - PER_WORD_PER_DOUBLING * doublings)
+    per_cjk = 1.0 if kind in (None, "wordpiece") else \
+        max(PER_CJK_MIN, 1.0 - PER_CJK_PER_DOUBLING * doublings)
     cjk = len(CJK.findall(text))
-    return cjk + TOKENS_PER_WORD * len(WORD.findall(CJK.sub(" ", text)))
+    return per_cjk * cjk + per_word * len(WORD.findall(CJK.sub(" ", text)))
 
 
 def _plain_text(text: str, fmt: str, *, cut: bool) -> str:
@@ -135,7 +143,8 @@ def _plain_text(text: str, fmt: str, *, cut: bool) -> str:
     return "\n".join(words)
 
 
-def _corpus_tokens(store: ObjectStore, dataset: DatasetRow) -> int:
+def _corpus_tokens(store: ObjectStore, dataset: DatasetRow, kind: str | None = None,
+                   vocab_size: int = 8192) -> int:
     """Estimated tokens of a whole text corpus, from a sample scaled to its stored size."""
     sample, stored_per_byte = _read_sample(store, dataset.storage_key)
     if not sample:
@@ -143,7 +152,7 @@ def _corpus_tokens(store: ObjectStore, dataset: DatasetRow) -> int:
     text = _plain_text(sample.decode("utf-8", errors="replace"), dataset.format,
                        cut=len(sample) == SAMPLE_BYTES)
     whole = min(1.0, len(sample) * stored_per_byte / max(dataset.bytes, 1))
-    return round(text_tokens(text) / whole)
+    return round(text_tokens(text, kind=kind, vocab_size=vocab_size) / whole)
 
 
 def _tokenized_meta(store: ObjectStore, dataset_id: str, spec: PretrainJobCreate
@@ -165,7 +174,7 @@ def _pretrain_data(store: ObjectStore, dataset: DatasetRow, spec: PretrainJobCre
                            train_blocks=meta["train_blocks"],
                            validation_blocks=meta["validation_blocks"])
     hp = spec.hyperparameters
-    tokens = _corpus_tokens(store, dataset)
+    tokens = _corpus_tokens(store, dataset, spec.tokenizer.type, spec.tokenizer.vocab_size)
     # Packed rows: separators between documents, framing tokens per row (encoders); pairs
     # for mlm_nsp frame [CLS] a [SEP] b [SEP].
     framing = {"mlm": 2, "mlm_nsp": 3}.get(spec.objective or "", 0)
@@ -262,9 +271,13 @@ def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
     base = session.get(ModelRow, spec.base_model_id)
     assert base is not None  # checked by jobs.admit
     parameters = _finetune_parameters(store, base, spec.task, labels)
+    tokenizer = (base.details or {}).get("tokenizer")
+    kind = tokenizer.get("type") if isinstance(tokenizer, dict) else None
     try:
-        per_example = min(float(hp.sequence_length),
-                          _corpus_tokens(store, train) / max(train.documents, 1) + 2)
+        tokens = _corpus_tokens(store, train, kind if isinstance(kind, str) else None,
+                                _base_vocab(base) or 8192)
+        # Plus the framing tokens ([CLS] ... [SEP]); texts are cut to sequence_length.
+        per_example = min(float(hp.sequence_length), tokens / max(train.documents, 1) + 2)
     except (OSError, ValueError):
         per_example = float(hp.sequence_length)
     data = DataFigures(source="records", documents=train.documents,
