@@ -435,3 +435,19 @@ def throughput_of(session: Any) -> list[tuple[str, int, float]]:
 
     return [(r.worker_kind, r.jobs, r.tokens_per_second) for r in session.scalars(
         select(ThroughputRow).order_by(ThroughputRow.worker_kind)).all()]
+
+
+def test_a_dry_run_whose_text_cannot_be_read_still_answers(client: TestClient):
+    """Figures it cannot work out are null, never a 500 (the worker says what is wrong)."""
+    from service.db import session_scope
+    from service.domain.tables import DatasetRow
+    from service.storage import get_store
+
+    ds = client.post("/v1/datasets", files={"file": ("gone.txt", english(100_000))}).json()
+    with session_scope() as s:
+        row = s.get(DatasetRow, ds["id"])
+        assert row is not None
+        get_store().delete(row.storage_key)
+    found = dry(client, tiny(ds["id"]))
+    assert found["data"]["tokens"] is None and found["epochs"] is None
+    assert found["steps"] == 30 and found["parameters"] > 0

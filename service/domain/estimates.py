@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+import zlib
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -144,9 +145,14 @@ def _plain_text(text: str, fmt: str, *, cut: bool) -> str:
 
 
 def _corpus_tokens(store: ObjectStore, dataset: DatasetRow, kind: str | None = None,
-                   vocab_size: int = 8192) -> int:
-    """Estimated tokens of a whole text corpus, from a sample scaled to its stored size."""
-    sample, stored_per_byte = _read_sample(store, dataset.storage_key)
+                   vocab_size: int = 8192) -> int | None:
+    """Estimated tokens of a whole text corpus, from a sample scaled to its stored size;
+    None if the stored file cannot be read (the worker will say why, if it cannot either)."""
+    try:
+        sample, stored_per_byte = _read_sample(store, dataset.storage_key)
+    except (OSError, EOFError, ValueError, zlib.error):
+        log.warning("cannot sample dataset %s", dataset.id, exc_info=True)
+        return None
     if not sample:
         return 0
     text = _plain_text(sample.decode("utf-8", errors="replace"), dataset.format,
@@ -160,9 +166,12 @@ def _tokenized_meta(store: ObjectStore, dataset_id: str, spec: PretrainJobCreate
     key = f"{tokenized_prefix(dataset_id, spec)}/meta.json"
     if not store.exists(key):
         return None
-    with store.open_read(key) as fh:
-        meta: dict[str, Any] = json.loads(fh.read())
-    return meta
+    try:
+        with store.open_read(key) as fh:
+            meta = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _pretrain_data(store: ObjectStore, dataset: DatasetRow, spec: PretrainJobCreate
@@ -178,9 +187,11 @@ def _pretrain_data(store: ObjectStore, dataset: DatasetRow, spec: PretrainJobCre
     # Packed rows: separators between documents, framing tokens per row (encoders); pairs
     # for mlm_nsp frame [CLS] a [SEP] b [SEP].
     framing = {"mlm": 2, "mlm_nsp": 3}.get(spec.objective or "", 0)
+    vocab = None if spec.base_model_id else spec.tokenizer.vocab_size
+    if tokens is None:
+        return DataFigures(source="estimated", documents=dataset.documents, vocab_size=vocab)
     blocks = (tokens + dataset.documents) // (hp.sequence_length - framing)
     valid = min(blocks, max(1, round(blocks * spec.validation_fraction))) if blocks else 0
-    vocab = None if spec.base_model_id else spec.tokenizer.vocab_size
     return DataFigures(source="estimated", documents=dataset.documents, tokens=tokens,
                        vocab_size=vocab, train_blocks=max(blocks - valid, 1),
                        validation_blocks=valid)
@@ -273,13 +284,11 @@ def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
     parameters = _finetune_parameters(store, base, spec.task, labels)
     tokenizer = (base.details or {}).get("tokenizer")
     kind = tokenizer.get("type") if isinstance(tokenizer, dict) else None
-    try:
-        tokens = _corpus_tokens(store, train, kind if isinstance(kind, str) else None,
-                                _base_vocab(base) or 8192)
-        # Plus the framing tokens ([CLS] ... [SEP]); texts are cut to sequence_length.
-        per_example = min(float(hp.sequence_length), tokens / max(train.documents, 1) + 2)
-    except (OSError, ValueError):
-        per_example = float(hp.sequence_length)
+    tokens = _corpus_tokens(store, train, kind if isinstance(kind, str) else None,
+                            _base_vocab(base) or 8192)
+    # Plus the framing tokens ([CLS] ... [SEP]); texts are cut to sequence_length.
+    per_example = float(hp.sequence_length) if tokens is None else \
+        min(float(hp.sequence_length), tokens / max(train.documents, 1) + 2)
     data = DataFigures(source="records", documents=train.documents,
                        train_examples=n_train, validation_examples=n_valid, labels=labels)
     return data, steps, epochs, parameters, per_example, spec.task, base.architecture
