@@ -24,7 +24,8 @@ def test_a_gzip_bomb_of_newlines_stops_early(api: Api):
     assert len(bomb) < 256 * 1024
     started = time.monotonic()
     assert_error(api.upload("n.txt.gz", bomb), 413, "times its size", "file")
-    assert time.monotonic() - started < 5
+    # ~1 s here; 28 s before the limit existed. Generous: other tests may share the CPU.
+    assert time.monotonic() - started < 15
     assert api.stored() == []
     # Ordinary compressed text is fine.
     lines = b"".join(b"document %d says something about %d\n" % (i, i * 7) for i in range(50_000))
