@@ -97,5 +97,5 @@ def data_dir() -> Path:
     from tests.stack import DATA
 
     if not DATA.exists():
-        pytest.fail(f"shared data not found at {DATA}")
+        pytest.fail(f"test data not found at {DATA}")
     return DATA

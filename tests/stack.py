@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# Slices of real text the tests carry (tests/data/README.md: sources and licences).
+DATA = ROOT / "tests" / "data"
 CLOZE = [sys.executable, "-m", "service.cli"]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

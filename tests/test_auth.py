@@ -44,7 +44,7 @@ def world(secured: Stack, data_dir: Path) -> dict:
     keys = {who: make_key(secured, who) for who in ("alice", "bob")}
     keys["admin"] = make_key(secured, "ops", admin=True)
     alice = client(secured, keys["alice"])
-    corpus = corpus_slice(data_dir / "en/pretrain/valid.txt", 150_000)
+    corpus = corpus_slice(data_dir / "en-valid.txt.gz", 150_000)
     ds = alice.post("/v1/datasets", files={"file": ("a.txt", corpus)}).json()
     job = alice.post("/v1/jobs", json={
         "dataset_id": ds["id"], "model": {"size": "tiny"}, "tokenizer": {"vocab_size": 500},

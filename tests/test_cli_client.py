@@ -84,7 +84,7 @@ def test_upload_submit_watch_metrics_and_fill_mask(embedded_stack: Stack, data_d
                                                    tmp_path: Path):
     stack, url = embedded_stack, embedded_stack.url
     corpus = tmp_path / "corpus.txt"
-    corpus.write_bytes(corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000))
+    corpus.write_bytes(corpus_slice(data_dir / "en-valid.txt.gz", 100_000))
 
     # upload: the id on stdout, the dataset as the API has it
     dataset_id = ok(cloze("datasets", "upload", str(corpus), "--name", "cli", url=url)).strip()
@@ -143,7 +143,7 @@ def test_watching_a_job_that_is_cancelled_exits_1_with_the_reason(embedded_stack
                                                                   data_dir: Path):
     """`jobs watch` in its own process follows a running job; `jobs cancel` stops it."""
     stack, url = embedded_stack, embedded_stack.url
-    ds = stack.upload("c.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000)).json()
+    ds = stack.upload("c.txt", corpus_slice(data_dir / "en-valid.txt.gz", 100_000)).json()
     job = stack.client.post("/v1/jobs", json={**tiny_spec(100_000), "dataset_id": ds["id"],
                                               "checkpoint_every": 100_000}).json()
     watch = subprocess.Popen([sys.executable, "-m", "service.cli", "jobs", "watch", job["id"],

@@ -148,8 +148,13 @@ def test_with_keys_live_curves_and_comparison(served: Served, page: Any) -> None
     assert wait_points(page, "chart-loss", "train_loss", 28, timeout=30) == 28
     page.wait_for_function("() => document.querySelector('#log').innerText.includes('step 140')")
 
-    # Two runs on one chart.
-    page.goto(f"{served.url}/compare?ids={first},{second}")
+    # Two runs on one chart, chosen on the jobs table.
+    page.goto(served.url + "/")
+    for job_id in (first, second):
+        page.check(f"tr[data-job='{job_id}'] input[type=checkbox]")
+    page.click("#compare-button")
+    page.wait_for_url("**/compare?ids=*")
+    assert set(page.url.split("ids=")[1].split(",")) == {first, second}
     page.wait_for_selector("#chart-train g.series >> nth=1", state="attached")
     assert points(page, "chart-train", first) == 28
     assert points(page, "chart-train", second) == 12
@@ -178,7 +183,7 @@ def test_embedded_train_watch_and_fill_mask(embedded_stack: Stack, data_dir: Pat
                                             page: Any, tmp_path: Path) -> None:
     url = embedded_stack.url
     corpus = tmp_path / "kjv-slice.txt"
-    corpus.write_bytes(corpus_slice(data_dir / "en/pretrain/valid.txt", 300_000))
+    corpus.write_bytes(corpus_slice(data_dir / "en-valid.txt.gz", 300_000))
 
     # Upload through the form, then submit a tiny job through the other.
     page.goto(url + "/new")

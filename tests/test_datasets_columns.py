@@ -154,7 +154,7 @@ def test_tag_column_on_data_without_columns(api, objects):
 
 
 def test_prose_stays_plain_text(api):
-    with open(DATA / "en/pretrain/valid.txt", "rb") as fh:
+    with gzip.open(DATA / "en-valid.txt.gz", "rb") as fh:
         lines = [fh.readline() for _ in range(3)]  # long lines: tens of KB each
     prose = upload(api, "valid.txt", b"".join(lines))
     assert (prose["kind"], prose["format"], prose["documents"]) == ("text", "txt", 3)
@@ -170,7 +170,7 @@ def test_prose_stays_plain_text(api):
 
 
 def test_brown_keeps_its_second_column(api):
-    brown = corpus_slice(DATA / "en/pos/brown-valid.conll.gz", 4096)
+    brown = corpus_slice(DATA / "brown-valid.conll.gz", 4096)
     brown = brown[:brown.rfind(b"\n\n") + 2]  # whole sentences
     for filename, data in (("brown.txt", brown), ("brown.conll.gz", gzip.compress(brown))):
         found = upload(api, filename, data)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def spam_slice(data_dir: Path, per_split: dict[str, int]) -> bytes:
     """A seeded sample of the spam set (the file is ordered by source, ham first)."""
-    with gzip.open(data_dir / "en/cls/spamassassin.jsonl.gz", "rt") as f:
+    with gzip.open(data_dir / "spamassassin-sample.jsonl.gz", "rt") as f:
         records = [json.loads(line) for line in f]
     random.Random(0).shuffle(records)
     taken: collections.Counter[str] = collections.Counter()
@@ -48,7 +48,7 @@ def conll_slice(path: Path, sentences: int) -> bytes:
 @pytest.fixture(scope="module")
 def base_model(pg_redis_stack: Stack, data_dir) -> str:
     stack = pg_redis_stack
-    corpus = corpus_slice(data_dir / "en/pretrain/train.txt.gz", 1_500_000)
+    corpus = corpus_slice(data_dir / "en-pretrain.txt.gz", 1_500_000)
     ds = stack.upload("base.txt", corpus).json()["id"]
     job = stack.client.post("/v1/jobs", json={
         "dataset_id": ds, "model": {"size": "tiny"}, "tokenizer": {"vocab_size": 3000},
@@ -112,7 +112,7 @@ def test_tagging_beats_the_most_common_tag(pg_redis_stack, base_model, data_dir,
     from transformers import pipeline
 
     stack = pg_redis_stack
-    pos = data_dir / "en/pos"
+    pos = data_dir
     train = stack.upload("train.conll", conll_slice(pos / "brown-train.conll.gz", 1500)).json()
     valid = stack.upload("valid.conll", conll_slice(pos / "brown-valid.conll.gz", 200)).json()
     test_bytes = conll_slice(pos / "brown-test.conll.gz", 300)

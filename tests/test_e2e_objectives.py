@@ -78,12 +78,12 @@ def _upload_slice(stack: Stack, path: Path, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def english(pg_redis_stack, data_dir) -> str:
-    return _upload_slice(pg_redis_stack, data_dir / "en/pretrain/train.txt.gz", "english")
+    return _upload_slice(pg_redis_stack, data_dir / "en-pretrain.txt.gz", "english")
 
 
 @pytest.fixture(scope="module")
 def chinese(pg_redis_stack, data_dir) -> str:
-    return _upload_slice(pg_redis_stack, data_dir / "zh/pretrain/train.txt", "chinese")
+    return _upload_slice(pg_redis_stack, data_dir / "zh-reviews.txt.gz", "chinese")
 
 
 def test_gpt2_bpe_causal_lm_generates_as_the_pipeline_does(pg_redis_stack, english, tmp_path):

@@ -118,24 +118,24 @@ def pretrain_and_serve(stack: Stack, tmp_path: Path, filename: str, corpus: byte
 
 
 EN_PROBES = ["the [MASK] of the lord.", "and he said unto them, [MASK] ye not?"]
-ZH_PROBES = ["北京是中国的[MASK]都。", "春眠不觉[MASK]，处处闻啼鸟。"]
+ZH_PROBES = ["北京是中国的[MASK]都。", "房间很干[MASK]，服务也很好。"]
 
 
 @pytest.mark.slow
 def test_english_on_postgres_and_redis(pg_redis_stack, data_dir, tmp_path):
-    corpus = corpus_slice(data_dir / "en/pretrain/train.txt.gz", 1_000_000)
+    corpus = corpus_slice(data_dir / "en-pretrain.txt.gz", 1_000_000)
     pretrain_and_serve(pg_redis_stack, tmp_path, "en.txt", corpus, EN_PROBES)
 
 
 @pytest.mark.slow
 def test_chinese_on_postgres_and_redis(pg_redis_stack, data_dir, tmp_path):
-    corpus = corpus_slice(data_dir / "zh/pretrain/train.txt", 1_000_000)
+    corpus = corpus_slice(data_dir / "zh-reviews.txt.gz", 1_000_000)
     pretrain_and_serve(pg_redis_stack, tmp_path, "zh.txt", corpus, ZH_PROBES, vocab_size=6000)
 
 
 @pytest.mark.slow
 def test_english_on_embedded_default(embedded_stack, data_dir, tmp_path):
-    corpus = corpus_slice(data_dir / "en/pretrain/train.txt.gz", 1_000_000)
+    corpus = corpus_slice(data_dir / "en-pretrain.txt.gz", 1_000_000)
     pretrain_and_serve(embedded_stack, tmp_path, "en.txt", corpus, EN_PROBES)
 
 
@@ -144,7 +144,7 @@ def test_only_the_newest_checkpoints_are_kept(embedded_stack, data_dir):
     """keep_checkpoints bounds what a long job leaves in storage: the older checkpoints'
     records and files go as new ones land."""
     stack = embedded_stack
-    ds = stack.upload("c.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000)).json()
+    ds = stack.upload("c.txt", corpus_slice(data_dir / "en-valid.txt.gz", 100_000)).json()
     r = stack.client.post("/v1/jobs", json={
         **TINY_JOB, "dataset_id": ds["id"], "keep_checkpoints": 2,
         "hyperparameters": {**TINY_JOB["hyperparameters"], "max_steps": 40},

@@ -13,7 +13,7 @@ from tests.test_e2e_pretrain import HF_KEYS, TINY_JOB
 def test_a_checkpoint_published_mid_training_answers_fill_mask_until_deleted(
         embedded_stack, data_dir):
     stack = embedded_stack
-    ds = stack.upload("c.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 100_000)).json()
+    ds = stack.upload("c.txt", corpus_slice(data_dir / "en-valid.txt.gz", 100_000)).json()
     r = stack.client.post("/v1/jobs", json={
         **TINY_JOB, "dataset_id": ds["id"],
         "hyperparameters": {**TINY_JOB["hyperparameters"], "max_steps": 60},

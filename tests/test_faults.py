@@ -43,7 +43,7 @@ def stack(tmp_path_factory, postgres_url, redis_url) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def dataset(stack, data_dir) -> str:
-    corpus = corpus_slice(data_dir / "en/pretrain/valid.txt", 400_000)
+    corpus = corpus_slice(data_dir / "en-valid.txt.gz", 400_000)
     return stack.upload("faults.txt", corpus).json()["id"]
 
 

@@ -16,7 +16,7 @@ LONG_JOB = {"model": {"size": "tiny"}, "tokenizer": {"vocab_size": 1000},
 @pytest.mark.slow
 def test_cancel_running_job_stops_within_a_few_steps(pg_redis_stack: Stack, data_dir):
     stack = pg_redis_stack
-    ds = stack.upload("c.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 200_000)).json()
+    ds = stack.upload("c.txt", corpus_slice(data_dir / "en-valid.txt.gz", 200_000)).json()
     job = stack.client.post("/v1/jobs", json={"dataset_id": ds["id"], **LONG_JOB}).json()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

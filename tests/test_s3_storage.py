@@ -68,7 +68,7 @@ def test_whole_loop_with_s3_storage(s3, tmp_path, data_dir):
                                       "CLOZE_STORAGE_URL": f"s3://cloze/{prefix}",
                                       "CLOZE_S3_ENDPOINT_URL": s3}, embedded=True)
     try:
-        corpus = corpus_slice(data_dir / "en/pretrain/train.txt.gz", 600_000)
+        corpus = corpus_slice(data_dir / "en-pretrain.txt.gz", 600_000)
         pretrain_and_serve(stack, tmp_path, "en.txt", corpus, EN_PROBES)
     finally:
         stack.stop()

@@ -160,7 +160,7 @@ def test_cloze_up_restarts_a_killed_worker_and_the_job_succeeds(tmp_path: Path, 
                 "CLOZE_REAPER_INTERVAL_S": "1", "CLOZE_RATE_LIMIT_PER_MINUTE": "0"})
     stack = Stack(tmp_path / "up", env, embedded=True)
     try:
-        ds = stack.upload("sup.txt", corpus_slice(data_dir / "en/pretrain/valid.txt", 400_000))
+        ds = stack.upload("sup.txt", corpus_slice(data_dir / "en-valid.txt.gz", 400_000))
         assert ds.status_code == 201, ds.text
         r = stack.client.post("/v1/jobs", json={"dataset_id": ds.json()["id"], **JOB})
         assert r.status_code == 202, r.text

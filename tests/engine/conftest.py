@@ -11,9 +11,9 @@ import pytest
 from jobspec import PretrainSpec, parse_spec
 from workers.engine import prepare_data
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-EN_TRAIN = DATA / "en" / "pretrain" / "train.txt.gz"
-ZH_TRAIN = DATA / "zh" / "pretrain" / "train.txt"
+DATA = Path(__file__).resolve().parents[1] / "data"  # tests/data/README.md
+EN_TRAIN = DATA / "en-pretrain.txt.gz"
+ZH_TRAIN = DATA / "zh-reviews.txt.gz"
 
 
 class RecordingReporter:
@@ -45,7 +45,7 @@ class RecordingReporter:
 def _slice(path: Path, limit: int, out: Path) -> Path:
     """Copy whole lines from the start of a corpus until about `limit` bytes, into tmp."""
     if not path.exists():
-        pytest.skip(f"corpus not found at {path}")
+        pytest.fail(f"test data not found at {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     size = 0
     with opener(path, "rb") as src, out.open("wb") as dst:
@@ -59,13 +59,13 @@ def _slice(path: Path, limit: int, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def en_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 300 KB of the English pretraining corpus, as plain text."""
+    """About 300 KB of English prose (State of the Union addresses), as plain text."""
     return _slice(EN_TRAIN, 300_000, tmp_path_factory.mktemp("en") / "en.txt")
 
 
 @pytest.fixture(scope="session")
 def zh_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 200 KB of the Chinese pretraining corpus, as plain text."""
+    """About 200 KB of Chinese product and hotel reviews, one per line."""
     return _slice(ZH_TRAIN, 200_000, tmp_path_factory.mktemp("zh") / "zh.txt")
 
 
