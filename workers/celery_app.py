@@ -11,9 +11,15 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
-from service import reaper
+from service import logs, reaper
 from service.queue import beat_worker, celery_config
 from service.settings import get_settings
 
@@ -44,6 +50,17 @@ def _heartbeat(name: str) -> None:
             log.warning("worker heartbeat failed: %s", exc.__class__.__name__)
         if _stop.wait(interval):
             return
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    """CLOZE_LOG_FORMAT=json: Celery's handlers write JSON lines (with the job's id while a
+    job runs) instead of its console format."""
+    if logger is not None and logs.json_wanted():
+        logs.use_json(logger)
+        for name in logs.OWN_HANDLER_LOGGERS:
+            logs.use_json(logging.getLogger(name))
 
 
 @worker_ready.connect

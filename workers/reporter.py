@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import psutil
+import torch
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
@@ -49,12 +51,21 @@ def with_db_retry(fn: Callable[P, R]) -> Callable[P, R]:
 CANCEL_POLL_S = 1.0
 
 
+def device_memory_bytes() -> int:
+    """The job's peak CUDA memory where it trains on a GPU (a worker process runs one job),
+    else the process's resident memory: what GET /metrics shows as device memory."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return int(torch.cuda.max_memory_allocated())
+    return int(psutil.Process().memory_info().rss)
+
+
 class DbReporter:
     def __init__(self, job_id: str, store: ObjectStore) -> None:
         self.job_id, self.store = job_id, store
         self._last_poll = 0.0
         self._stop = False
         self._latest: dict[str, Any] = {}
+        self._last_log: tuple[int, int] | None = None  # (step, tokens_seen) of the last point
         # The job spec's keep_checkpoints, once the spec is read; None keeps every one.
         self.keep_checkpoints: int | None = None
 
@@ -91,7 +102,25 @@ class DbReporter:
             job["total_steps"] = point["total_steps"]
         if "mfu" in point:
             fields["extra"] = {"mfu": point["mfu"]}
+        # For GET /metrics, on the job row (written here anyway), not in the curve.
+        gauges: dict[str, float] = {"device_memory_bytes": device_memory_bytes()}
+        if (seconds := self._step_seconds(point)) is not None:
+            gauges["step_seconds"] = seconds
+        if "mfu" in point:
+            gauges["mfu"] = point["mfu"]
+        job["training_gauges"] = gauges
         self._point(point["step"], fields, job)
+
+    def _step_seconds(self, point: dict[str, Any]) -> float | None:
+        """A step's mean time over the window since the last point: its tokens per step at
+        its throughput (the first point of an attempt: the run's mean tokens per step)."""
+        step, seen, rate = point["step"], point["tokens_seen"], point.get("tokens_per_second")
+        last, self._last_log = self._last_log, (step, seen)
+        if last is not None and step > last[0]:
+            per_step = (seen - last[1]) / (step - last[0])
+        else:
+            per_step = seen / step if step else 0
+        return per_step / rate if rate and per_step else None
 
     def eval(self, point: dict[str, Any]) -> None:
         named = ("eval_loss", "perplexity", "accuracy")

@@ -21,6 +21,7 @@ from sqlalchemy import delete, select
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
 from jobspec.data import tokenized_prefix
+from service import logs
 from service.db import session_scope
 from service.domain import calibration, lifecycle, models
 from service.domain.lifecycle import Claim, JobStatus
@@ -132,6 +133,11 @@ class Heartbeat(threading.Thread):
 
 
 def run_job(job_id: str) -> None:
+    with logs.log_context(job=job_id):  # every log line of this attempt names the job
+        _run_job(job_id)
+
+
+def _run_job(job_id: str) -> None:
     attempt = claim(job_id)
     if attempt is None:
         log.info("%s: not claimable (a duplicate delivery, cancelled or finished); skipping",

@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import errors, reaper
-from service.api import datasets, health, jobs, models, plots, stream, web
+from service import errors, logs, reaper
+from service.api import datasets, health, jobs, metrics, models, plots, stream, web
 from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
+from service.api.observe import ObservabilityMiddleware
 from service.settings import get_settings
 
 
@@ -36,8 +37,10 @@ def create_app() -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
-    app.add_middleware(BoundaryMiddleware)  # outermost: Host and Origin first
+    app.add_middleware(BoundaryMiddleware)  # Host and Origin before any route
+    app.add_middleware(ObservabilityMiddleware)  # outermost: every answer counted and logged
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for module in (datasets, jobs, models, stream, plots):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (not in the API schema)
@@ -52,5 +55,5 @@ def create_app() -> FastAPI:
     return app
 
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+logs.configure()  # the console format, or JSON lines with CLOZE_LOG_FORMAT=json
 app = create_app()

@@ -82,6 +82,9 @@ class JobRow(Base):
     estimated_seconds: Mapped[float | None] = mapped_column(Float)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The newest log point's step time, MFU and device memory, for GET /metrics only (they
+    # are not part of the curve); written with the step by the worker's reporter.
+    training_gauges: Mapped[dict[str, Any] | None]
 
 
 class MetricRow(Base):
