@@ -4,6 +4,7 @@
 
 const Chart = (() => {
   const NS = "http://www.w3.org/2000/svg";
+  const MAX_POINTS = 3000; // drawn per series
   const W = 600, H = 260, LEFT = 58, RIGHT = 12, TOP = 10, BOTTOM = 32;
   const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                   "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -67,8 +68,12 @@ const Chart = (() => {
     svg.append(node("text", { transform: `translate(12 ${TOP + ph / 2}) rotate(-90)`,
                               "text-anchor": "middle" }, yLabel));
     series.forEach((s, i) => {
-      const points = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+      let points = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
       if (!points.length) return;
+      if (points.length > MAX_POINTS) {  // more than the pixels across: thin evenly, keep the last
+        const stride = Math.ceil(points.length / MAX_POINTS);
+        points = points.filter((_, j) => j % stride === 0 || j === points.length - 1);
+      }
       const color = s.color || COLORS[i % COLORS.length];
       const group = node("g", { class: "series", "data-name": s.name, "data-points": points.length });
       const d = points.map(([x, y], j) => (j ? "L" : "M") + px(x) + " " + py(y)).join("");

@@ -38,9 +38,9 @@
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
       if (xhr.status === 201 && body) {
-        notice("Uploaded " + body.id + ": " + fmt.int(body.documents) + " documents, " +
-               fmt.int(body.bytes) + " bytes.");
-        loadDatasets(body.id);
+        // Chosen in the job form first, then said: the next click can submit on it.
+        loadDatasets(body.id).then(() => notice("Uploaded " + body.id + ": " +
+          fmt.int(body.documents) + " documents, " + fmt.int(body.bytes) + " bytes."));
       } else {
         const err = body && body.error ? body.error : { code: "http_" + xhr.status, message: xhr.statusText };
         showError(new Cloze.ApiError(xhr.status, err.code, err.message));
