@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import IN_CI
@@ -77,6 +78,10 @@ def wait_points(page: Any, chart: str, series: str, at_least: int, timeout: floa
     return n
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 # --- with keys, in this process -------------------------------------------------------
 
 def new_job(owner: str, name: str) -> str:
@@ -118,7 +123,8 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
         served.stop()
 
 
-def test_with_keys_live_curves_and_comparison(served: Served, page: Any) -> None:
+def test_with_keys_live_curves_and_comparison(served: Served, page: Any,
+                                               tmp_path: Path) -> None:
     alice, bob = make_key("alice"), make_key("bob")
     first, second = new_job("alice", "first-run"), new_job("alice", "second-run")
     record(first, range(5, 101, 5))
@@ -135,7 +141,22 @@ def test_with_keys_live_curves_and_comparison(served: Served, page: Any) -> None
     assert "running" in page.inner_text(f"tr[data-job='{first}']")
     assert page.is_hidden("#notice")
 
-    # The key is kept for the tab: the job page streams with it, and draws new points live.
+    # The key is kept for the tab: an upload through the form is alice's.
+    corpus = tmp_path / "upload.txt"
+    corpus.write_text("in the beginning was the word.\nand the word was with god.\n" * 50)
+    page.goto(served.url + "/new")
+    page.set_input_files("#file", str(corpus))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_function(
+        "() => document.querySelector('#notice').innerText.includes('Uploaded ds_')")
+    dataset_id = page.inner_text("#notice").split()[1].rstrip(":")
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        mine = http.get(f"/v1/datasets/{dataset_id}", headers=bearer(alice))
+        assert mine.status_code == 200 and mine.json()["documents"] == 100
+        theirs = http.get(f"/v1/datasets/{dataset_id}", headers=bearer(bob))
+        assert theirs.status_code == 404
+
+    # The job page streams with the key, and draws new points live.
     page.goto(f"{served.url}/jobs/{first}")
     assert wait_points(page, "chart-loss", "train_loss", 20, timeout=30) == 20
     assert wait_points(page, "chart-loss", "eval_loss", 5, timeout=10) == 5

@@ -207,6 +207,6 @@ const Cloze = (() => {
   document.addEventListener("DOMContentLoaded", setupKeyForm);
   const main = () => document.getElementById("main");
 
-  return { api, download, streamJob, el, notice, showError, fmt, statusBadge, progressBar,
-           randomKey, sleep, main, TERMINAL, ApiError };
+  return { api, apiKey, download, streamJob, el, notice, showError, fmt, statusBadge,
+           progressBar, randomKey, sleep, main, TERMINAL, ApiError };
 })();

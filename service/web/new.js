@@ -30,7 +30,7 @@
     // XMLHttpRequest, not fetch: it reports upload progress.
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/datasets" + query);
-    const key = sessionStorage.getItem("cloze.apiKey");
+    const key = Cloze.apiKey();
     if (key) xhr.setRequestHeader("Authorization", "Bearer " + key);
     bar.hidden = false;
     xhr.upload.onprogress = (p) => { if (p.lengthComputable) bar.value = p.loaded / p.total; };
