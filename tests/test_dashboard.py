@@ -53,9 +53,12 @@ def page(browser: Any) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # The pages' own Content-Security-Policy must not block anything they do.
+    page.on("console", lambda m: errors.append(m.text)
+            if "Content Security Policy" in m.text else None)
     yield page
     context.close()
-    assert not errors, f"script errors on the page: {errors}"
+    assert not errors, f"script errors or CSP violations on the page: {errors}"
 
 
 def points(page: Any, chart: str, series: str) -> int:
@@ -263,3 +266,31 @@ def test_embedded_train_watch_and_fill_mask(embedded_stack: Stack, data_dir: Pat
     page.click("#fill-mask-form button[type=submit]")
     page.wait_for_selector("table.answers tbody tr")
     assert page.locator("table.answers tbody tr").count() == 5
+
+
+# --- without a browser -----------------------------------------------------------------
+
+def test_pages_and_files_are_served_safely(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pages need no key (they hold no data) but forbid framing and any script not
+    ours; only the dashboard's own files are served; the data behind them still needs a key;
+    a foreign Host is refused on the pages as on the API (DNS rebinding)."""
+    from tests.inprocess import client
+
+    with make_app(tmp_path, monkeypatch, CLOZE_REQUIRE_API_KEYS="true") as app:
+        http = client(app)
+        for path in ("/", "/jobs/job_abc", "/compare?ids=a,b", "/playground", "/new"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            assert "script-src 'self'" in r.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+            assert r.headers["x-frame-options"] == "DENY"
+        for name in ("common.js", "chart.js", "job.js", "style.css"):
+            assert http.get(f"/web/{name}").status_code == 200
+        for name in ("shell.html", "..%2F..%2Fsettings.py", "nope.js", "%2Fetc%2Fpasswd"):
+            r = http.get(f"/web/{name}")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        assert http.get("/v1/jobs").status_code == 401
+    with make_app(tmp_path, monkeypatch) as app:  # keyless loopback: Host is checked
+        r = client(app).get("/", headers={"Host": "evil.example"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
