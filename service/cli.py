@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from cloze_client.cli import datasets_app, jobs_app, models_app
+from service import logs
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -65,7 +66,9 @@ def _proxy_options(settings: Settings) -> dict[str, Any]:
 
 def _worker_argv(concurrency: int) -> list[str]:
     settings = get_settings()
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+    # JSON logs (service/logs.py): no start-up banner between the JSON lines.
+    quiet = ["--quiet"] if logs.json_wanted() else []
+    return [sys.executable, "-m", "celery", *quiet, "-A", "workers.celery_app", "worker",
             "-Q", settings.train_queue, "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 

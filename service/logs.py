@@ -22,7 +22,7 @@ job_id: ContextVar[str | None] = ContextVar("cloze_job_id", default=None)
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Loggers that uvicorn and Celery give handlers of their own (not only the root's).
 OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery.task",
-                       "celery.redirected")
+                       "celery.redirected", "multiprocessing")
 
 
 @contextlib.contextmanager
@@ -79,15 +79,23 @@ def use_json(logger: logging.Logger) -> None:
         handler.setFormatter(formatter)
 
 
+def use_json_everywhere() -> None:
+    """JSON on the root's handlers and on those of the loggers that have their own, and
+    Python's warnings as log lines (a shipper reads one JSON object per line)."""
+    use_json(logging.getLogger())
+    for name in OWN_HANDLER_LOGGERS:
+        use_json(logging.getLogger(name))
+    logging.captureWarnings(True)
+    use_json(logging.getLogger("py.warnings"))
+
+
 def configure(level: int = logging.INFO) -> None:
     """The process's logging: the console format by default, JSON lines with
     CLOZE_LOG_FORMAT=json (also on the handlers uvicorn installed before importing the app)."""
     logging.basicConfig(level=level, format=CONSOLE_FORMAT)
     if not json_wanted():
         return
-    use_json(logging.getLogger())
-    for name in OWN_HANDLER_LOGGERS:
-        use_json(logging.getLogger(name))
+    use_json_everywhere()
     # The API's middleware writes one structured line per request instead (with its
     # route template, status and duration as fields).
     logging.getLogger("uvicorn.access").disabled = True

@@ -23,6 +23,9 @@ from service import logs, reaper
 from service.queue import beat_worker, celery_config
 from service.settings import get_settings
 
+if logs.json_wanted():  # now, before the worker starts: its first warnings are JSON too
+    logs.configure()
+
 app = Celery("cloze", include=["workers.tasks"])
 app.conf.update(celery_config(get_settings()))
 
@@ -59,8 +62,7 @@ def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
     job runs) instead of its console format."""
     if logger is not None and logs.json_wanted():
         logs.use_json(logger)
-        for name in logs.OWN_HANDLER_LOGGERS:
-            logs.use_json(logging.getLogger(name))
+        logs.use_json_everywhere()
 
 
 @worker_ready.connect
