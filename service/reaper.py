@@ -12,6 +12,8 @@ from service.queue import enqueue_training
 from service.settings import get_settings
 
 log = logging.getLogger("cloze.reaper")
+# Past this many jobs in one round, one log line for them all.
+SUMMARY_AFTER = 10
 
 
 def reap_once() -> list[str]:
@@ -21,7 +23,10 @@ def reap_once() -> list[str]:
                                  requeue_after_s=settings.requeue_after_s)
     for job_id in revived:
         enqueue_training(job_id)
-        log.warning("re-queued %s", job_id)
+        if len(revived) <= SUMMARY_AFTER:
+            log.warning("re-queued %s", job_id)
+    if len(revived) > SUMMARY_AFTER:  # one line, not one per job of a long queue
+        log.warning("re-queued %d jobs (%s, ...)", len(revived), ", ".join(revived[:5]))
     return revived
 
 

@@ -48,6 +48,11 @@ class StateCollector(Collector):
     """Reads jobs and workers at scrape time; a dependency that is down leaves its metrics
     out (and says so in cloze_database_up) rather than failing the scrape."""
 
+    def describe(self) -> Iterator[Metric]:
+        # Without describe() the registry would call collect() when registering it, at
+        # import: a database query before the app even starts.
+        return iter(())
+
     def collect(self) -> Iterator[Metric]:
         yield from self._database()
         yield from self._workers()
