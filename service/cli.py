@@ -109,7 +109,7 @@ def up(host: str | None = None, port: int | None = None) -> None:
         console.print("  api keys  not required: listening on loopback only "
                       "(CLOZE_REQUIRE_API_KEYS=true to require them)")
     console.print(f"[bold green]Cloze is running at http://{host}:{port}[/bold green] "
-                  f"(API docs at http://{host}:{port}/docs)")
+                  f"(dashboard there; API docs at http://{host}:{port}/docs)")
     try:
         api(host=host, port=port)
     finally:
