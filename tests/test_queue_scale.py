@@ -1,5 +1,6 @@
-"""A long queue costs the reaper one statement a round, not one per job: many reapers at
-once re-send each lost job once, and the log says so in one line."""
+"""A long queue costs the reaper a bounded round: one statement re-sends at most
+MAX_RESEND_PER_ROUND lost jobs, the longest-waiting first, the next rounds the rest; many
+reapers at once re-send each lost job once; a long round is one log line."""
 
 import logging
 import threading
@@ -10,8 +11,8 @@ import pytest
 from tests.inprocess import make_app
 
 
-def test_many_reapers_resend_each_lost_job_once(tmp_path, monkeypatch, fresh_postgres,
-                                                caplog: pytest.LogCaptureFixture):
+def test_reapers_resend_each_lost_job_once_a_bounded_round_at_a_time(
+        tmp_path, monkeypatch, fresh_postgres, caplog: pytest.LogCaptureFixture):
     with make_app(tmp_path, monkeypatch, CLOZE_DATABASE_URL=fresh_postgres,
                   CLOZE_BROKER_URL="memory://"):
         from service import reaper
@@ -30,7 +31,10 @@ def test_many_reapers_resend_each_lost_job_once(tmp_path, monkeypatch, fresh_pos
                           for job_id in ids)
             return ids
 
-        lost, _fresh = queued(200, hour_ago), queued(1, utcnow())
+        # The longest-waiting first: the first 100 of these have waited longest.
+        lost = [job_id for minutes in range(250)
+                for job_id in queued(1, hour_ago - timedelta(minutes=250 - minutes))]
+        _fresh = queued(1, utcnow())
         start = threading.Barrier(6)
         resent: list[str] = []
 
@@ -43,7 +47,12 @@ def test_many_reapers_resend_each_lost_job_once(tmp_path, monkeypatch, fresh_pos
             t.start()
         for t in threads:
             t.join()
-        assert sorted(resent) == sorted(lost)  # each once, the fresh one not at all
+        # One round's worth (MAX_RESEND_PER_ROUND), each once, however many reapers raced.
+        assert sorted(resent) == sorted(lost[:lifecycle.MAX_RESEND_PER_ROUND])
+        # The next rounds take the rest, each once; the fresh one is never re-sent.
+        for _ in range(3):
+            resent += reaper.reap_once()
+        assert sorted(resent) == sorted(lost)
         with session_scope() as s:
             rows = s.query(JobRow).filter(JobRow.id.in_(lost)).all()
             assert all(r.status == "queued" and r.enqueued_at > hour_ago for r in rows)

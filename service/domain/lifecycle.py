@@ -128,10 +128,18 @@ def cancel(session: Session, job_id: str) -> None:
     _move(session, job_id, JobStatus.RUNNING, cancel_requested=True)
 
 
-def reap(session: Session, *, heartbeat_timeout_s: float, requeue_after_s: float) -> list[str]:
+# Lost messages re-sent in one reaper round at most, the longest-waiting first. A round's
+# cost stays the same however long the queue: 1,000 waiting jobs re-sent at once took ~3 s
+# of the API process (a Celery message each), during which its requests slowed (GET
+# /v1/jobs/{id} p50 2.7x, bench/api_queued_jobs.py --stale). The rest go in the next rounds.
+MAX_RESEND_PER_ROUND = 100
+
+
+def reap(session: Session, *, heartbeat_timeout_s: float, requeue_after_s: float,
+         max_resend: int = MAX_RESEND_PER_ROUND) -> list[str]:
     """Jobs to send to the queue again (committed): running ones whose worker died (stale
     heartbeat) go back to queued, and queued ones whose message may have been lost are
-    re-sent.
+    re-sent (at most `max_resend` of them a round).
 
     Every change is conditional, so several reapers at once agree, and a duplicate message
     is harmless: the worker's claim lets only one delivery train.
@@ -139,7 +147,8 @@ def reap(session: Session, *, heartbeat_timeout_s: float, requeue_after_s: float
     now = utcnow()
     revived = _revive_stale(session, now, now - timedelta(seconds=heartbeat_timeout_s),
                             heartbeat_timeout_s)
-    revived += _resend_lost(session, now, now - timedelta(seconds=requeue_after_s))
+    revived += _resend_lost(session, now, now - timedelta(seconds=requeue_after_s),
+                            max_resend)
     session.commit()
     return revived
 
@@ -159,15 +168,18 @@ def _revive_stale(session: Session, now: datetime, stale: datetime,
     return revived
 
 
-def _resend_lost(session: Session, now: datetime, lost: datetime) -> list[str]:
+def _resend_lost(session: Session, now: datetime, lost: datetime, limit: int) -> list[str]:
     """queued (sent before `lost`) stays queued, sent again: its message may be lost.
 
-    One conditional UPDATE ... RETURNING for them all (a reaper that races it finds them
-    fresh once their row locks are released, and skips them): a round that found 1,000
-    waiting jobs made 1,000 round trips in one transaction, 2.8 s on Postgres holding their
-    row locks (a cancel of one of them waited that long); now one statement.
+    One conditional UPDATE ... RETURNING for the `limit` that waited longest (a reaper
+    racing it finds them fresh once their row locks are released, and skips them): it made
+    a round trip per job in one transaction, 2.8 s on Postgres for 1,000 jobs, holding
+    their row locks all along (a cancel of one of them waited that long).
     """
+    oldest = (select(JobRow.id).where(JobRow.status == JobStatus.QUEUED.value,
+                                      JobRow.enqueued_at < lost)
+              .order_by(JobRow.enqueued_at).limit(limit))
     moved = session.execute(update(JobRow).where(
-        JobRow.status == JobStatus.QUEUED.value, JobRow.enqueued_at < lost)
-        .values(enqueued_at=now).returning(JobRow.id))
+        JobRow.id.in_(oldest.scalar_subquery()), JobRow.status == JobStatus.QUEUED.value,
+        JobRow.enqueued_at < lost).values(enqueued_at=now).returning(JobRow.id))
     return list(moved.scalars())
