@@ -19,6 +19,7 @@ import io
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,6 +89,9 @@ def pretrain(name: str, work: Path, text: Path) -> Path:
     })
     assert isinstance(spec, PretrainSpec)
     out = work / name
+    if (out / "run" / "export" / "config.json").exists():  # an earlier run in --workdir
+        print(f"  reusing {out / 'run' / 'export'}", file=sys.stderr)
+        return out / "run" / "export"
     prepare_data(spec, str(text), "txt", str(out / "data"), Quiet())
     result = run_pretraining(spec, str(out / "data"), str(out / "run"), Quiet())
     assert result.export_dir is not None
@@ -269,8 +273,8 @@ def measure(name: str, export: Path, texts: list[str], work: Path) -> dict[str, 
 
 def report(results: dict[str, dict[str, Any]], texts: list[str]) -> None:
     for name, rows in results.items():
-        size, vocab, steps, batch, length = MODELS[name]
-        print(f"\n== {name} (preset {size!r}, vocabulary {vocab}, pretrained {steps} steps "
+        size, _, steps, batch, length = MODELS[name]
+        print(f"\n== {name} (preset {size!r}, vocabulary {rows['vocab']}, pretrained {steps} steps "
               f"of {batch} x {length}); {len(texts)} sentences, one mask each, top_k 5")
         print(f"{'':28} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}")
         labels = {"pipeline": "pipeline, in-process", "http_1": "HTTP, 1 client",
@@ -307,9 +311,13 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         text = corpus(work, 4)
         for name in args.models:
+            for old in work.glob(f"home-{name}-*"):  # servers' homes of an earlier run
+                shutil.rmtree(old)
             print(f"== {name}: pretraining", file=sys.stderr)
             export = pretrain(name, work, text)
             results[name] = measure(name, export, texts, work)
+            config = json.loads((export / "config.json").read_text())
+            results[name]["vocab"] = config["vocab_size"]  # the tokenizer may learn fewer
     report(results, texts)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

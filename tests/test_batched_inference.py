@@ -234,6 +234,7 @@ def test_overload_is_a_503_with_retry_after(world, monkeypatch):
     from service.inference import pipelines
     from service.inference.batcher import Overloaded
 
+    assert world["client"].post(f"/v1/models/{world['ids']['mlm']}/load").status_code == 200
     served = pipelines.loaded(world["ids"]["mlm"])
     assert served is not None and served.batcher is not None
 
@@ -249,6 +250,7 @@ def test_overload_is_a_503_with_retry_after(world, monkeypatch):
 def test_a_request_larger_than_the_queue_is_a_413_not_a_retry(world, monkeypatch):
     from service.inference import pipelines
 
+    assert world["client"].post(f"/v1/models/{world['ids']['tokens']}/load").status_code == 200
     served = pipelines.loaded(world["ids"]["tokens"])
     assert served is not None and served.batcher is not None
     monkeypatch.setattr(served.batcher, "max_queue", 3)

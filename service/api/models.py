@@ -213,6 +213,26 @@ class Loaded(BaseModel):
     load_seconds: float = PydField(description="0 when it was loaded already")
 
 
+async def _warm_fill_mask(served: Any, id_: str, prefix: str) -> None:
+    mask = served.tokenizer.mask_token
+    await fill_mask(model_id=id_, prefix=prefix, request=FillMaskRequest(
+        inputs=[f"The {mask} of France is Paris.", f"{mask} {mask} sleeps."]))
+
+
+async def _warm_classify(served: Any, id_: str, prefix: str) -> None:
+    await tasks.classify(model_id=id_, prefix=prefix,
+                         request=tasks.ClassifyRequest(inputs=["Warm up.", "A warm-up text."]))
+
+
+async def _warm_tokens(served: Any, id_: str, prefix: str) -> None:
+    await tasks.token_classification(model_id=id_, prefix=prefix, request=tasks.TokenRequest(
+        inputs=["Warm up in Paris.", "A warm-up text from London."]))
+
+
+WARM_UP = {"fill-mask": _warm_fill_mask, "text-classification": _warm_classify,
+           "token-classification": _warm_tokens}
+
+
 @router.post("/{model_id}/load", response_model=Loaded)
 async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> Loaded:
     """Load the model into this server process now (and warm it up), so that the first
@@ -226,6 +246,10 @@ async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> L
     seconds = 0.0
     if served is None:
         served = await pipelines.call(pipelines.load, model_id=id_, prefix=prefix, task=task)
+        # One request down the whole path too (threads, tokenizer, decoding), not only
+        # the forward passes that loading ran.
+        if task in WARM_UP:
+            await WARM_UP[task](served, id_, prefix)
         seconds = time.perf_counter() - started
     return Loaded(id=id_, task=task, bytes=served.nbytes,
                   precision=str(served.dtype).removeprefix("torch."), load_seconds=seconds)
