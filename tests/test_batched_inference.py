@@ -257,3 +257,28 @@ def test_a_request_larger_than_the_queue_is_a_413_not_a_retry(world, monkeypatch
     r = world["client"].post(f"/v1/models/{world['ids']['tokens']}/token-classification",
                              json={"inputs": " ".join([helpers.WORDS] * 3)})  # 4 windows
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_sequences"
+
+
+def test_precision_is_fp32_here_unless_bf16_is_asked_for(world, monkeypatch):
+    """This CPU has no native bf16 (emulated bf16 is slower): auto serves fp32. Asked for,
+    bf16 serves, with the same best prediction on a peaked model."""
+    import torch
+
+    from service.inference import pipelines, served
+    from service.settings import get_settings
+
+    client: TestClient = world["client"]
+    url = f"/v1/models/{world['ids']['mlm']}"
+    body = {"inputs": SENTENCES[0], "parameters": {"top_k": 1}}
+    pipelines._cache().evict(world["ids"]["mlm"])
+    auto = client.post(f"{url}/load").json()
+    if not served.native_bf16(torch.device("cpu")):
+        assert auto["precision"] == "float32"
+    fp32 = client.post(f"{url}/fill-mask", json=body).json()
+    monkeypatch.setattr(get_settings(), "inference_precision", "bf16")
+    pipelines._cache().evict(world["ids"]["mlm"])
+    assert client.post(f"{url}/load").json()["precision"] == "bfloat16"
+    bf16 = client.post(f"{url}/fill-mask", json=body).json()
+    assert bf16[0]["token"] == fp32[0]["token"]
+    monkeypatch.undo()
+    pipelines._cache().evict(world["ids"]["mlm"])
