@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import logs
 from service.domain.errors import (
     Conflict,
     DomainError,
@@ -130,4 +131,8 @@ def install(app: FastAPI) -> None:
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         # Never send a stack trace or a path to the client; the log has it.
         log.exception("unhandled error")
-        return JSONResponse(error_body("internal_error", "internal server error"), 500)
+        # This handler runs outside every middleware (Starlette's ServerErrorMiddleware), so
+        # the request id is added here; the observability middleware left it set for us.
+        rid = logs.request_id.get()
+        return JSONResponse(error_body("internal_error", "internal server error"), 500,
+                            headers={"X-Request-ID": rid} if rid else None)

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -25,19 +25,29 @@ OWN_HANDLER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery.tas
                        "celery.redirected", "multiprocessing")
 
 
-@contextlib.contextmanager
-def log_context(*, job: str | None = None, request: str | None = None) -> Iterator[None]:
-    """Within: log lines carry these ids (those not given keep their current value)."""
+def bind(*, job: str | None = None, request: str | None = None) -> Callable[[], None]:
+    """Set the ids (those given) for the lines that follow; returns what undoes it."""
     tokens = []
     if job is not None:
         tokens.append((job_id, job_id.set(job)))
     if request is not None:
         tokens.append((request_id, request_id.set(request)))
+
+    def reset() -> None:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+    return reset
+
+
+@contextlib.contextmanager
+def log_context(*, job: str | None = None, request: str | None = None) -> Iterator[None]:
+    """Within: log lines carry these ids (those not given keep their current value)."""
+    reset = bind(job=job, request=request)
     try:
         yield
     finally:
-        for var, token in reversed(tokens):
-            var.reset(token)
+        reset()
 
 
 class JsonFormatter(logging.Formatter):

@@ -213,6 +213,27 @@ def test_json_request_lines_carry_the_request_id_and_the_job_id(
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
 
 
+def test_an_unhandled_error_is_counted_answered_and_logged_with_its_request_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_lines: io.StringIO):
+    with make_app(tmp_path, monkeypatch, CLOZE_LOG_FORMAT="json") as app:
+        def boom(thing: str) -> None:
+            raise RuntimeError(f"broken {thing}")
+
+        app.add_api_route("/boom/{thing}", boom)
+        api = client(app)
+        before = scrape(api)
+        r = api.get("/boom/x1", headers={"X-Request-ID": "req-500"})
+        after = scrape(api)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.headers["x-request-id"] == "req-500"
+    labels = {"method": "GET", "route": "/boom/{thing}", "status": "500"}
+    assert value(after, "cloze_http_requests_total", **labels) - \
+        value(before, "cloze_http_requests_total", **labels) == 1
+    errors = [line for line in parsed(json_lines) if line["message"] == "unhandled error"]
+    assert [e["request_id"] for e in errors] == ["req-500"]
+    assert "RuntimeError: broken x1" in errors[0]["exception"]
+
+
 def test_the_console_format_stays_the_default(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch,
                                               json_lines: io.StringIO):

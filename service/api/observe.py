@@ -74,11 +74,16 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        with logs.log_context(request=rid, job=job.group(1) if job else None):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                self._record(scope, status, time.perf_counter() - started)
+        reset = logs.bind(request=rid, job=job.group(1) if job else None)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException:
+            # The ids stay set: the 500 handler runs after this, outside every middleware,
+            # in this request's own task (whose context ends with it), and logs with them.
+            self._record(scope, status, time.perf_counter() - started)
+            raise
+        self._record(scope, status, time.perf_counter() - started)
+        reset()
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "other"
