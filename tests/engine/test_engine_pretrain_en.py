@@ -145,3 +145,16 @@ def test_same_seed_same_run(en_data, tmp_path, make_reporter, make_config):
         run_pretraining(config, str(en_data), str(tmp_path / name), reporter)
         runs.append([(p["train_loss"], p["grad_norm"]) for p in reporter.logs])
     assert runs[0] == runs[1]
+
+
+def test_export_and_checkpoints_carry_a_model_card(en_run):
+    result, reporter, _ = en_run
+    card = (Path(result.export_dir) / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: fill-mask\n")
+    assert "masked language modelling" in card and "finished" in card
+    assert f"{result.tokens_seen:,} tokens seen in 50 steps" in card
+    assert f"| eval_loss | {result.final_eval['eval_loss']:.4f} |" in card
+    assert 'pipeline("fill-mask", model="path/to/this/directory")' in card
+    first = Path(reporter.checkpoints[0][1]) / "README.md"
+    assert "a checkpoint: step 25 of 50" in first.read_text()
+    assert verify_checkpoint(reporter.checkpoints[0][1])  # the card is in its manifest

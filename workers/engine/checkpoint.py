@@ -143,9 +143,13 @@ def save_checkpoint(
     tokenizer: Any,
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
+    card: str | None = None,
 ) -> Path:
-    """Write model, tokenizer, optimizer and trainer state to directory, then the manifest."""
+    """Write model, tokenizer, optimizer and trainer state (and the model card, README.md)
+    to directory, then the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
+    if card is not None:
+        (directory / "README.md").write_text(card, encoding="utf-8")
     model.save_pretrained(directory)  # model.safetensors + config.json
     tokenizer.save_pretrained(directory)  # so a checkpoint is usable on its own
     tensors, optimizer_json = flatten_optimizer(optimizer, model)

@@ -28,6 +28,7 @@ from workers.engine.checkpoint import (
     save_checkpoint,
 )
 from workers.engine.errors import ConfigError, EngineError
+from workers.engine.model_card import model_card
 from workers.engine.objective import Batch, Objective
 from workers.engine.optim import Schedule, build_optimizer, lr_factor, resolve_optimizer_impl
 from workers.engine.reporter import Reporter
@@ -154,6 +155,16 @@ def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
     return state["step"], state["tokens_seen"]
 
 
+def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_parameters: int,
+          evaluation: dict[str, Any] | None) -> str:
+    config = getattr(objective.model, "config", None)
+    return model_card(spec=objective.fingerprint().get("spec", {}), step=step,
+                      total_steps=total, tokens_seen=tokens_seen,
+                      num_parameters=num_parameters, evaluation=evaluation,
+                      mask_token=getattr(objective.tokenizer, "mask_token", None),
+                      architecture=str(getattr(config, "model_type", "transformer")))
+
+
 def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
           device: torch.device, resume_from: str | None = None) -> LoopResult:
     """Train objective.model for settings.total_steps; checkpoint and export under workdir.
@@ -256,6 +267,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
                 tokenizer=objective.tokenizer, optimizer=optimizer,
                 trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
                                "rng": _rng_state(objective, device)},
+                card=_card(objective, step, total, tokens_seen, num_parameters, final_eval),
             )
             last_checkpoint = str(directory)
             reporter.checkpoint(step, last_checkpoint)
@@ -269,6 +281,9 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
             final_eval = {"step": step, **objective.evaluate(device)}
             reporter.eval(final_eval)
         export_dir = str(objective.export(workdir_path / "export"))
+        (Path(export_dir) / "README.md").write_text(
+            _card(objective, step, total, tokens_seen, num_parameters, final_eval),
+            encoding="utf-8")
     elapsed = time.perf_counter() - started
     reporter.event("info", f"finished in {elapsed:.1f} s after {step} steps")
     return LoopResult(

@@ -1,0 +1,74 @@
+"""The README.md model card every export (and every checkpoint) carries: what the model is,
+what it was trained on and how, its last evaluation, and how to load it with transformers.
+The YAML header is the Hugging Face Hub's model-card metadata, so the directory can be
+pushed to a hub as it is."""
+
+from typing import Any
+
+OBJECTIVES = {
+    "mlm": "masked language modelling (as BERT and RoBERTa)",
+    "mlm_nsp": "masked language modelling with next-sentence prediction (BERT's original pair "
+               "task)",
+    "clm": "causal language modelling (next-token prediction, as GPT and Llama)",
+}
+FINETUNE_TASKS = {"text_classification": ("text-classification",
+                                          "AutoModelForSequenceClassification"),
+                  "token_classification": ("token-classification",
+                                           "AutoModelForTokenClassification")}
+
+
+def pipeline_task(spec: dict[str, Any]) -> tuple[str, str]:
+    """The transformers pipeline and Auto class that load the model."""
+    if spec.get("type") == "finetune":
+        return FINETUNE_TASKS.get(spec.get("task", ""), ("text-classification",
+                                                         "AutoModelForSequenceClassification"))
+    if spec.get("objective") == "clm":
+        return "text-generation", "AutoModelForCausalLM"
+    return "fill-mask", "AutoModelForMaskedLM"
+
+
+def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen: int,
+               num_parameters: int, evaluation: dict[str, Any] | None,
+               mask_token: str | None, architecture: str) -> str:
+    task, auto = pipeline_task(spec)
+    finetune = spec.get("type") == "finetune"
+    done = "finished" if step >= total_steps else f"a checkpoint: step {step} of {total_steps}"
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {task}",
+             f"tags: [cloze, {architecture}]", "---", ""]
+    title = spec.get("name") or (f"{architecture} fine-tuned for {task}" if finetune
+                                 else f"{architecture} pretrained by {spec.get('objective')}")
+    lines += [f"# {title}", "",
+              f"A {architecture} model of {num_parameters:,} parameters, trained with Cloze "
+              f"({done}).", "", "## Training", ""]
+    if finetune:
+        lines += [f"- task: {spec.get('task')}, from base model `{spec.get('base_model_id')}`"
+                  + (" with LoRA adapters (merged into this model)"
+                     if spec.get("adapter") else "")]
+    else:
+        objective = spec.get("objective", "")
+        lines += [f"- objective: {OBJECTIVES.get(objective, objective)}"]
+        if spec.get("base_model_id"):
+            lines += [f"- continued from model `{spec['base_model_id']}`"]
+        tok = spec.get("tokenizer") or {}
+        lines += [f"- tokenizer: {tok.get('type')}, {tok.get('vocab_size')} entries"
+                  + (", lowercased" if tok.get("lowercase") else "")]
+    lines += [f"- data: dataset `{spec.get('dataset_id')}`; {tokens_seen:,} tokens seen in "
+              f"{step:,} steps", "", "| hyperparameter | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in (spec.get("hyperparameters") or {}).items()
+              if v is not None]
+    lines += ["", "## Evaluation", ""]
+    if evaluation:
+        lines += [f"On the held-out data at step {evaluation.get('step', step)}:", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in evaluation.items() if k != "step"]
+    else:
+        lines += ["Not evaluated yet."]
+    example = {"fill-mask": f'"Paris is the {mask_token or "[MASK]"} of France."',
+               "text-generation": '"Once upon a time"'}.get(task, '"A text to label."')
+    lines += ["", "## How to use", "", "```python",
+              "from transformers import pipeline", "",
+              f'pipe = pipeline("{task}", model="path/to/this/directory")',
+              f"print(pipe({example}))", "",
+              f"# or: from transformers import {auto}, AutoTokenizer", "```", ""]
+    return "\n".join(lines)
