@@ -6,6 +6,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
+from jobspec.resources import (
+    DEFAULT_PRIORITY,
+    Priority,
+    ResourcesSpec,
+    resources_inconsistency,
+)
 
 
 def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None,
@@ -124,6 +130,10 @@ class FinetuneSpec(Strict):
     # Checkpoints kept in storage: the newest N (older ones are deleted as new ones land);
     # null keeps every one (they count against the owner's storage).
     keep_checkpoints: int | None = Field(default=KEEP_CHECKPOINTS, ge=1, le=10_000)
+    # Which workers may take the job (resources.device) and its place among the jobs
+    # waiting for them (priority: higher first).
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: Priority = DEFAULT_PRIORITY
 
     @property
     def pipeline_task(self) -> str:
@@ -134,6 +144,8 @@ class FinetuneSpec(Strict):
         return self.model_dump(mode="json")
 
     def inconsistency(self) -> tuple[str, str] | None:
+        if (problem := resources_inconsistency(self.resources)) is not None:
+            return problem
         if self.labels is not None:
             if len(set(self.labels)) != len(self.labels):
                 return "labels", "labels must be distinct"

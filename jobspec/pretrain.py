@@ -6,6 +6,12 @@ from pydantic import Field, model_validator
 
 from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
 from jobspec.model import DECODERS, ModelSpec
+from jobspec.resources import (
+    DEFAULT_PRIORITY,
+    Priority,
+    ResourcesSpec,
+    resources_inconsistency,
+)
 
 # Which architectures each objective trains.
 OBJECTIVES: dict[str, tuple[str, ...]] = {
@@ -99,6 +105,10 @@ class PretrainSpec(Strict):
     # A preset of hyperparameters measured to converge fastest ("fast": bench/README.md);
     # it fills the hyperparameters the request leaves out.
     recipe: Literal["fast"] | None = None
+    # Which workers may take the job (resources.device) and its place among the jobs
+    # waiting for them (priority: higher first).
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    priority: Priority = DEFAULT_PRIORITY
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +145,8 @@ class PretrainSpec(Strict):
 
     def inconsistency(self) -> tuple[str, str] | None:
         """(param, message) for the first rule that spans several fields, else None."""
+        if (problem := resources_inconsistency(self.resources)) is not None:
+            return problem
         hp, model, tok = self.hyperparameters, self.model, self.tokenizer
         arch, objective = model.architecture, self.objective or ""
         if arch not in OBJECTIVES.get(objective, (arch,)):

@@ -64,19 +64,76 @@ def _proxy_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
 
 
-def _worker_argv(concurrency: int) -> list[str]:
-    settings = get_settings()
+def _worker_argv(device: str, concurrency: int) -> list[str]:
+    from service.routing import worker_queues
+
     # JSON logs (service/logs.py): no start-up banner between the JSON lines.
     quiet = ["--quiet"] if logs.json_wanted() else []
     return [sys.executable, "-m", "celery", *quiet, "-A", "workers.celery_app", "worker",
-            "-Q", settings.train_queue, "--concurrency", str(concurrency),
+            "-Q", ",".join(worker_queues(get_settings(), device)),
+            "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 
 
+def _worker_env(device: str, gpu_ids: list[str] | None = None) -> dict[str, str]:
+    """What a worker of this device needs in its environment: a CPU worker hides every GPU
+    (its jobs asked for a CPU, and the engine takes a GPU wherever torch sees one); a CUDA
+    worker names its GPUs, one per pool process (workers/celery_app.py)."""
+    from service.routing import GPU_IDS_ENV
+
+    if device == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": "", GPU_IDS_ENV: ""}
+    return {GPU_IDS_ENV: ",".join(gpu_ids or [])}
+
+
+def _cuda_devices() -> list[str]:
+    """The GPUs torch sees here, as CUDA_VISIBLE_DEVICES names them. Asked in this process,
+    which then execs the worker: no CUDA state survives into the worker's parent (a CUDA
+    context made before a fork breaks the children)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return names[:count] if len(names) >= count else [str(i) for i in range(count)]
+
+
 @app.command()
-def worker(concurrency: int = typer.Option(1, help="jobs at once; 1 per CPU box or GPU")) -> None:
-    """Run a Celery worker that trains jobs from the queue."""
-    argv = _worker_argv(concurrency)
+def worker(device: str = typer.Option("cpu", help="cpu or cuda: the queue it serves "
+                                      "(train.cpu or train.cuda) and where it trains"),
+           gpus: int | None = typer.Option(None, min=1, help="cuda: GPUs to use, one job "
+                                           "on each at once (default 1)"),
+           concurrency: int | None = typer.Option(None, min=1, help="cpu: jobs at once "
+                                                  "(default 1; 1 per CPU box)")) -> None:
+    """Run a Celery worker that trains jobs from its device's queue."""
+    if device not in ("cpu", "cuda"):
+        raise typer.BadParameter("must be cpu or cuda", param_hint="--device")
+    if device == "cpu":
+        if gpus is not None:
+            raise typer.BadParameter("a cpu worker uses no GPU; use --device cuda",
+                                     param_hint="--gpus")
+        env, jobs = _worker_env("cpu"), concurrency or 1
+    else:
+        if concurrency is not None:
+            raise typer.BadParameter("a cuda worker runs one job per GPU; use --gpus",
+                                     param_hint="--concurrency")
+        found, jobs = _cuda_devices(), gpus or 1
+        if not found:
+            import torch
+
+            console.print("[red]cloze worker --device cuda: torch sees no CUDA device[/red] "
+                          f"(torch {torch.__version__}, built for CUDA "
+                          f"{torch.version.cuda or 'none: a CPU-only build'}). Install a "
+                          "CUDA build of torch and the NVIDIA driver, check "
+                          "CUDA_VISIBLE_DEVICES, or run `cloze worker --device cpu`.")
+            raise typer.Exit(1)
+        if jobs > len(found):
+            console.print(f"[red]cloze worker --device cuda --gpus {jobs}: torch sees only "
+                          f"{len(found)} CUDA device(s)[/red]")
+            raise typer.Exit(1)
+        env = _worker_env("cuda", found[:jobs])
+    os.environ.update(env)
+    argv = _worker_argv(device, jobs)
     os.execv(argv[0], argv)
 
 
@@ -92,11 +149,12 @@ def _redact(url: str) -> str:
 
 @app.command()
 def up(host: str | None = None, port: int | None = None) -> None:
-    """Everything on one machine: migrate, start a worker process, serve the API."""
+    """Everything on one machine: migrate, start a CPU worker process, serve the API (a GPU
+    here: run `cloze worker --device cuda` beside it)."""
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     migrate()
-    worker = WorkerSupervisor(_worker_argv(1))
+    worker = WorkerSupervisor(_worker_argv("cpu", 1), env=_worker_env("cpu"))
     worker.start()
     console.print(f"[bold]Cloze[/bold] data in {settings.home}")
     console.print(f"  database  {_redact(settings.database_url)}")
@@ -123,8 +181,9 @@ class WorkerSupervisor:
 
     MAX_BACKOFF_S = 60.0
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.argv = argv
+        self.env = {**os.environ, **(env or {})}
         self._proc: subprocess.Popen[bytes] | None = None
         self._children: list[psutil.Process] = []
         self._stop = threading.Event()
@@ -135,7 +194,7 @@ class WorkerSupervisor:
         return self._proc.pid if self._proc else None
 
     def start(self) -> None:
-        self._proc = subprocess.Popen(self.argv, cwd=ROOT)
+        self._proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env)
         threading.Thread(target=self._watch, name="cloze-worker-supervisor",
                          daemon=True).start()
 
@@ -157,7 +216,7 @@ class WorkerSupervisor:
             with self._lock:
                 if self._stop.is_set():
                     return
-                self._proc = subprocess.Popen(self.argv, cwd=ROOT)
+                self._proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env)
             console.print(f"worker restarted: pid {self._proc.pid}")
             backoff, started = min(backoff * 2, self.MAX_BACKOFF_S), time.monotonic()
 

@@ -3,14 +3,18 @@
 The API never imports worker code: it only knows the task's name and queue.
 """
 
+import json
 import os
+import threading
 import time
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from service import routing
 from service.settings import Settings, get_settings
 
 TRAIN_TASK = "cloze.train_job"
@@ -29,7 +33,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     else:
         # Redis redelivers unacked messages after this; it must exceed the longest job
         # and be set for the broker and the result backend alike (celery#7651).
-        transport = {"visibility_timeout": settings.visibility_timeout_s}
+        transport = {"visibility_timeout": settings.visibility_timeout_s,
+                     # Message priorities as Celery's documentation sets them up for Redis:
+                     # one list per priority (0 popped first), ":" in their names.
+                     "priority_steps": list(range(10)), "sep": ":",
+                     "queue_order_strategy": "priority"}
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": transport,
@@ -42,7 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": settings.train_queue,
+        "task_default_queue": routing.device_queue(settings, "cpu"),
         "task_create_missing_queues": True,
         # Training frees its memory (and a GPU) when its process exits.
         "worker_max_tasks_per_child": 1,
@@ -57,11 +65,29 @@ def get_celery() -> Celery:
     return app
 
 
-def enqueue_training(job_id: str) -> None:
+def enqueue_training(job_id: str, spec: Mapping[str, Any] | None = None) -> None:
+    """Send the job to the queue of its device, at its priority (service/routing.py); the
+    spec is read from the job's row when the caller does not have it."""
     settings = get_settings()
-    get_celery().send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=settings.train_queue,
+    if spec is None:
+        spec = _stored_spec(job_id)
+    live = live_queues() if routing.needs_live(spec) else None
+    queue = routing.device_queue(settings, routing.device_of(spec, live, settings))
+    get_celery().send_task(TRAIN_TASK, kwargs={"job_id": job_id}, queue=queue,
+                           priority=routing.broker_priority(spec),
                            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
                                                      "interval_step": 0.5})
+
+
+def _stored_spec(job_id: str) -> Mapping[str, Any]:
+    from sqlalchemy import select
+
+    from service.db import session_scope
+    from service.domain.tables import JobRow
+
+    with session_scope() as session:
+        spec = session.scalar(select(JobRow.spec).where(JobRow.id == job_id))
+    return spec or {}  # a job deleted meanwhile: the worker finds no row and skips it
 
 
 def check_broker() -> None:
@@ -94,20 +120,22 @@ def _worker_dir(settings: Settings) -> Path:
     return settings.broker_dir / "workers"
 
 
-def beat_worker(name: str, *, alive: bool = True) -> None:
-    """Record that the worker `name` is alive (or, with alive=False, that it stopped)."""
+def beat_worker(name: str, *, alive: bool = True, queues: list[str] | None = None) -> None:
+    """Record that the worker `name` is alive and the queues it consumes (or, with
+    alive=False, that it stopped)."""
     settings = get_settings()
+    record = json.dumps({"at": time.time(), "pid": os.getpid(), "queues": queues or []})
     if _redis_broker(settings):
         client, key = _redis_client(settings), _worker_prefix(settings) + name
         if alive:
-            client.set(key, str(time.time()), px=int(settings.heartbeat_timeout_s * 1000))
+            client.set(key, record, px=int(settings.heartbeat_timeout_s * 1000))
         else:
             client.delete(key)
     elif settings.broker_url.startswith("filesystem://"):
         path = _worker_dir(settings) / name.replace("/", "_")
         if alive:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(str(os.getpid()))  # the write is the heartbeat (mtime)
+            path.write_text(record)  # the write is the heartbeat (mtime)
         else:
             path.unlink(missing_ok=True)
 
@@ -124,6 +152,63 @@ def live_workers() -> int | None:
         folder = _worker_dir(settings)
         return sum(1 for p in folder.iterdir() if _mtime(p) > fresh) if folder.is_dir() else 0
     return None
+
+
+def live_queues() -> dict[str, int] | None:
+    """Queue name -> live workers consuming it; None when the broker offers no way to tell.
+    Read at most once per LIVE_QUEUES_TTL_S per process (a job's GET asks it: no Redis scan
+    per request), failures included (an unreachable broker: None, without waiting again)."""
+    with _live_lock:
+        at, value = _live_cache
+        if time.monotonic() - at < LIVE_QUEUES_TTL_S:
+            return value
+    try:
+        value = _read_live_queues()
+    except Exception:
+        value = None
+    with _live_lock:
+        _live_cache[:] = [time.monotonic(), value]
+    return value
+
+
+LIVE_QUEUES_TTL_S = 2.0
+_live_lock = threading.Lock()
+_live_cache: list[Any] = [float("-inf"), None]
+
+
+def _read_live_queues() -> dict[str, int] | None:
+    settings = get_settings()
+    records: list[str | bytes | None]
+    if _redis_broker(settings):
+        client = _redis_client(settings)
+        keys = list(client.scan_iter(match=_worker_prefix(settings) + "*", count=1000))
+        records = client.mget(keys) if keys else []
+    elif settings.broker_url.startswith("filesystem://"):
+        fresh, folder = time.time() - settings.heartbeat_timeout_s, _worker_dir(settings)
+        paths = [p for p in folder.iterdir() if _mtime(p) > fresh] if folder.is_dir() else []
+        records = [_read(p) for p in paths]
+    else:
+        return None
+    counts: dict[str, int] = {}
+    for record in records:
+        for queue in _queues_of(record):
+            counts[queue] = counts.get(queue, 0) + 1
+    return counts
+
+
+def _queues_of(record: str | bytes | None) -> list[str]:
+    try:  # a worker of an older release wrote a bare timestamp: queues unknown
+        queues = json.loads(record or "{}").get("queues", [])
+    except (ValueError, AttributeError):
+        return []
+    return [q for q in queues if isinstance(q, str)]
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _mtime(path: Path) -> float:

@@ -56,8 +56,9 @@ class Stack:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
 
-    def start_worker(self) -> None:
-        self._spawn("worker", ["worker"])
+    def start_worker(self, name: str = "worker", *args: str) -> None:
+        """Start `cloze worker` (more of them under other names; args: its options)."""
+        self._spawn(name, ["worker", *args])
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-6000:]}"

@@ -21,6 +21,7 @@ from celery.signals import (
 
 from service import logs, reaper
 from service.queue import beat_worker, celery_config
+from service.routing import GPU_IDS_ENV
 from service.settings import get_settings
 
 if logs.json_wanted():  # now, before the worker starts: its first warnings are JSON too
@@ -43,12 +44,12 @@ os.register_at_fork(before=_fork_guard.acquire, after_in_parent=_fork_guard.rele
                     after_in_child=_fork_guard.release)
 
 
-def _heartbeat(name: str) -> None:
+def _heartbeat(name: str, queues: list[str]) -> None:
     interval = get_settings().heartbeat_interval_s
     while True:
         try:
             with _fork_guard:
-                beat_worker(name)
+                beat_worker(name, queues=queues)
         except Exception as exc:  # the broker is down: beat again next round
             log.warning("worker heartbeat failed: %s", exc.__class__.__name__)
         if _stop.wait(interval):
@@ -68,7 +69,9 @@ def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
 @worker_ready.connect
 def _start_housekeeping(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or "worker"
-    threading.Thread(target=_heartbeat, args=(name,), name="cloze-heartbeat",
+    # The queues it consumes (-Q), so the API can tell which devices have a live worker.
+    queues = sorted(getattr(app.amqp.queues, "consume_from", None) or {})
+    threading.Thread(target=_heartbeat, args=(name, queues), name="cloze-heartbeat",
                      daemon=True).start()
     _reaper_stops.append(reaper.start(guard=_fork_guard))
 
@@ -82,6 +85,19 @@ def _stop_housekeeping(sender: Any = None, **_: Any) -> None:
         beat_worker(getattr(sender, "hostname", None) or "worker", alive=False)
     except Exception:  # a stale heartbeat expires on its own
         pass
+
+
+@worker_process_init.connect
+def _pin_gpu(**_: Any) -> None:
+    """Pool process i trains on the worker's i-th GPU only. billiard gives a replacement
+    process (one per job: worker_max_tasks_per_child 1) the index of the one it replaces,
+    and CUDA is first touched here, in the child, after this is set."""
+    gpus = [g for g in os.environ.get(GPU_IDS_ENV, "").split(",") if g]
+    if gpus:
+        from billiard.process import current_process
+
+        index = getattr(current_process(), "index", 0) or 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
 
 
 @worker_process_init.connect

@@ -24,6 +24,9 @@ from service.domain.tables import (
     ModelRow,
     utcnow,
 )
+from service.queue import live_queues
+from service.routing import waiting_reason
+from service.settings import get_settings
 
 
 class Progress(BaseModel):
@@ -54,6 +57,9 @@ class JobPublic(BaseModel):
     attempts: int
     cancel_requested: bool
     error: JobError | None
+    # A queued job that no live worker can take says why ("waiting: no worker serves
+    # train.cuda; ..."); null otherwise (running, finished, or waiting its turn).
+    waiting_reason: str | None = None
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
@@ -72,6 +78,9 @@ class JobPublic(BaseModel):
             eta = row.estimated_seconds
         error = JobError(code=row.error_code, message=row.error_message or "") \
             if row.error_code else None
+        waiting = None
+        if row.status == JobStatus.QUEUED.value:  # live workers: from heartbeats, cached
+            waiting = waiting_reason(row.spec, live_queues(), get_settings())
         return cls(
             id=row.id, type=row.type, name=row.name, status=JobStatus(row.status),
             dataset_id=row.dataset_id, spec=row.spec,
@@ -80,6 +89,7 @@ class JobPublic(BaseModel):
                               tokens_per_second=row.tokens_per_second, eta_seconds=eta),
             train_loss=row.train_loss, eval_loss=row.eval_loss, model_id=row.model_id,
             attempts=row.attempts, cancel_requested=row.cancel_requested, error=error,
+            waiting_reason=waiting,
             created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
 
 
