@@ -71,7 +71,9 @@ def _worker_argv(device: str, concurrency: int) -> list[str]:
     quiet = ["--quiet"] if logs.json_wanted() else []
     return [sys.executable, "-m", "celery", *quiet, "-A", "workers.celery_app", "worker",
             "-Q", ",".join(worker_queues(get_settings(), device)),
-            "--concurrency", str(concurrency),
+            # A node name of its own: workers on one machine are counted apart (heartbeats
+            # are keyed by it) and Celery sees no clash. os.execv keeps this pid.
+            "-n", f"cloze-{device}-{os.getpid()}@%h", "--concurrency", str(concurrency),
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 
 
