@@ -20,7 +20,7 @@ def test_compose_file_is_consistent_with_settings():
     services = compose["services"]
     assert {"api", "worker", "postgres", "redis", "minio"} <= set(services)
     fields = {f"CLOZE_{name.upper()}" for name in Settings.model_fields}
-    for name in ("api", "worker", "migrate"):
+    for name in ("api", "worker", "worker-gpu", "migrate"):
         env = services[name]["environment"]
         unknown = {k for k in env if k.startswith("CLOZE_")} - fields
         assert not unknown, f"{name} sets variables no setting reads: {unknown}"
@@ -52,6 +52,39 @@ def test_compose_file_is_consistent_with_settings():
     assert services["api"]["command"][:2] == ["cloze", "api"]
     # A killed API or worker comes back (the reaper re-queues the dead worker's job).
     assert services["worker"]["restart"] == services["api"]["restart"] == "unless-stopped"
+    assert services["worker-gpu"]["restart"] == "unless-stopped"
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_compose_runs_a_cpu_worker_and_a_gpu_worker_under_the_gpu_profile():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    cpu, gpu = services["worker"], services["worker-gpu"]
+    assert _option(cpu["command"], "--device") == "cpu"
+    assert "profiles" not in cpu  # `docker compose up` starts it
+    assert "deploy" not in cpu
+    # Only `docker compose --profile gpu up` starts the GPU worker: a host without a GPU
+    # runs the rest as before.
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["command"][:2] == ["cloze", "worker"]
+    assert _option(gpu["command"], "--device") == "cuda"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert len(devices) == 1 and devices[0]["driver"] == "nvidia"
+    assert devices[0]["capabilities"] == ["gpu"]
+    # One job per GPU: the worker uses as many GPUs as compose reserves for it.
+    assert int(_option(gpu["command"], "--gpus")) == devices[0]["count"]
+    # Its image has a CUDA build of torch (the Dockerfile's TORCH_INDEX).
+    assert "cu" in gpu["build"]["args"]["TORCH_INDEX"].rsplit("/", 1)[1]
+    assert gpu["environment"] == cpu["environment"]
+    assert set(gpu["depends_on"]) == set(cpu["depends_on"])
+    # Each worker its own scratch volume, declared.
+    volumes = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["volumes"]
+    for service in (cpu, gpu):
+        for mount in service.get("volumes", []):
+            assert mount.split(":")[0] in volumes
+    assert gpu["volumes"] != cpu["volumes"]
 
 
 def _imports(path: Path) -> set[str]:
