@@ -1,6 +1,6 @@
 """What every spec section shares."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,3 +25,21 @@ class SpecError(ValueError):
 # Checkpoints a job keeps by default (keep_checkpoints): enough to resume when the newest
 # fails to verify and to compare a few recent steps, bounded whatever the run's length.
 KEEP_CHECKPOINTS = 5
+
+
+class EarlyStopping(Strict):
+    """End a job whose eval metric stopped improving; its model is then the best eval's
+    weights, not the last ones."""
+    # Any metric the job's evals report (eval_loss, perplexity, accuracy, f1, ...).
+    metric: str = Field(default="eval_loss", min_length=1, max_length=64)
+    # None: "min" for losses and perplexity, "max" for everything else.
+    mode: Literal["min", "max"] | None = None
+    # Evals in a row without an improvement larger than min_delta before the job ends.
+    patience: int = Field(default=3, ge=1, le=10_000)
+    min_delta: Finite = Field(default=0.0, ge=0)
+
+    @property
+    def minimize(self) -> bool:
+        if self.mode is not None:
+            return self.mode == "min"
+        return "loss" in self.metric or self.metric == "perplexity"

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
-from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
+from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
 from jobspec.resources import (
     DEFAULT_PRIORITY,
     Priority,
@@ -134,6 +134,7 @@ class FinetuneSpec(Strict):
     # waiting for them (priority: higher first).
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
+    early_stopping: EarlyStopping | None = None
 
     @property
     def pipeline_task(self) -> str:

@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from jobspec.common import KEEP_CHECKPOINTS, Finite, Seed, Strict
+from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
 from jobspec.model import DECODERS, ModelSpec
 from jobspec.resources import (
     DEFAULT_PRIORITY,
@@ -109,6 +109,7 @@ class PretrainSpec(Strict):
     # waiting for them (priority: higher first).
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
+    early_stopping: EarlyStopping | None = None
 
     @model_validator(mode="before")
     @classmethod

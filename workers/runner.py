@@ -241,7 +241,7 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
                         "model": spec.model.model_dump(mode="json"),
                         "base_model_id": spec.base_model_id,
                         "sequence_length": spec.hyperparameters.sequence_length,
-                        "recipe": spec.recipe})
+                        "recipe": spec.recipe}, best_step=result.best_step)
 
 
 def worker_kind(device: torch.device) -> str:
@@ -311,7 +311,7 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
                         "final_eval": result.final_eval, "test": result.test_metrics,
                         "num_parameters": result.num_parameters,
                         "trainable_parameters": result.trainable_parameters,
-                        "adapter": attempt.spec.get("adapter")})
+                        "adapter": attempt.spec.get("adapter")}, best_step=result.best_step)
 
 
 def _prepared_data(attempt: Attempt, spec: PretrainSpec, store: ObjectStore,
@@ -381,12 +381,14 @@ def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
 
 
 def _publish(attempt: Attempt, store: ObjectStore, export: Path, *, task: str,
-             architecture: str, details: dict[str, Any]) -> str:
+             architecture: str, details: dict[str, Any], best_step: int | None) -> str:
+    """The job's model; with early stopping, the best eval's step says which one it is."""
     with session_scope() as s:
         row = models.publish(session=s, store=store, export_dir=export, owner=attempt.owner,
                              name=attempt.spec.get("name") or attempt.job_id,
                              job_id=attempt.job_id, task=task, architecture=architecture,
-                             mask_token=_mask_token(export), details=details)
+                             mask_token=_mask_token(export), details=details,
+                             checkpoint_step=best_step)
         return row.id
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from jobspec.common import EarlyStopping
 from workers.engine.architectures import count_parameters, peak_flops
 from workers.engine.capacity import check_fits
 from workers.engine.checkpoint import (
@@ -27,6 +28,7 @@ from workers.engine.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
+from workers.engine.early_stop import BestSoFar
 from workers.engine.errors import ConfigError, EngineError
 from workers.engine.model_card import model_card
 from workers.engine.objective import Batch, Objective
@@ -56,6 +58,8 @@ class LoopSettings:
     memory_bytes: int = 0
     # Evaluate before the first step (continued pretraining: where the base model stands).
     eval_at_start: bool = False
+    # End the run when an eval metric stops improving; export the best eval's weights.
+    early_stopping: EarlyStopping | None = None
 
     @property
     def total_steps(self) -> int:
@@ -75,6 +79,8 @@ class LoopResult:
     trainable_parameters: int = 0
     last_checkpoint: str | None = None
     elapsed_seconds: float = 0.0
+    # With early stopping: the step whose weights were exported (the best eval's).
+    best_step: int | None = None
 
 
 @dataclass
@@ -143,16 +149,17 @@ def _log_point(window: _Window, step: int, total: int, learning_rate: float,
 
 
 def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
-            optimizer: torch.optim.Optimizer, device: torch.device) -> tuple[int, int]:
+            optimizer: torch.optim.Optimizer, device: torch.device
+            ) -> tuple[int, int, dict[str, Any] | None]:
     """Load a checkpoint of this run into the model, optimizer and random generators;
-    returns (step, tokens seen) at the checkpoint."""
+    returns (step, tokens seen, early stopping's counters) at the checkpoint."""
     state = read_trainer_state(directory)
     if state.get("fingerprint") != fingerprint:
         raise ConfigError("the checkpoint was made by another run (other data, model "
                           "or settings)")
     load_checkpoint(directory, state, objective.weights, optimizer)
     _restore_rng(state["rng"], objective, device)
-    return state["step"], state["tokens_seen"]
+    return state["step"], state["tokens_seen"], state.get("early_stopping")
 
 
 def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_parameters: int,
@@ -195,10 +202,14 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     # Checkpoints are only continued by a run of the same data, shape and settings.
     fingerprint = json.loads(json.dumps(objective.fingerprint()))
     step, tokens_seen = 0, 0
+    best = BestSoFar(settings.early_stopping) if settings.early_stopping else None
     if resume_from is not None:
-        step, tokens_seen = _resume(resume_from, fingerprint, objective, optimizer, device)
+        step, tokens_seen, counters = _resume(resume_from, fingerprint, objective, optimizer,
+                                              device)
         reporter.event("info", f"resumed from the checkpoint of step {step} "
                                f"({tokens_seen} tokens seen)")
+        if best is not None:
+            best.restore(counters, objective.weights, step)
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
@@ -209,8 +220,12 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     last_checkpoint: str | None = None
     workdir_path = Path(workdir)
 
+    early = False
     if settings.eval_at_start and step == 0:
-        reporter.eval({"step": 0, **objective.evaluate(device)})
+        final_eval = {"step": 0, **objective.evaluate(device)}
+        reporter.eval(final_eval)
+        if best is not None:
+            best.update(final_eval, objective.weights)
 
     while step < total:
         if reporter.should_stop():
@@ -259,6 +274,13 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
             final_eval = {"step": step, **objective.evaluate(device)}
             check_finite("eval loss", final_eval["eval_loss"], step)
             reporter.eval(final_eval)
+            if best is not None and best.update(final_eval, objective.weights):
+                early = last = True
+                rule = best.rule
+                reporter.event("info", f"early stopping at step {step} of {total}: "
+                               f"{rule.metric} has not improved by more than {rule.min_delta} "
+                               f"for {rule.patience} evaluations; the best, {best.value:.6g} "
+                               f"at step {best.step}, is the model")
 
         # -- Checkpoint, always at the last step; the manifest is written last.
         if step % settings.checkpoint_every == 0 or last:
@@ -266,11 +288,14 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
                 checkpoint_dir(workdir_path, step), step=step, model=objective.weights,
                 tokenizer=objective.tokenizer, optimizer=optimizer,
                 trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
-                               "rng": _rng_state(objective, device)},
+                               "rng": _rng_state(objective, device),
+                               "early_stopping": best.state() if best else None},
                 card=_card(objective, step, total, tokens_seen, num_parameters, final_eval),
             )
             last_checkpoint = str(directory)
             reporter.checkpoint(step, last_checkpoint)
+        if early:
+            break
 
     # -- Export: only a finished run produces a model.
     export_dir = None
@@ -280,6 +305,13 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         if final_eval is None:  # resumed from the last step's checkpoint
             final_eval = {"step": step, **objective.evaluate(device)}
             reporter.eval(final_eval)
+        if best is not None and best.step is not None and best.step != step:
+            if best.weights is not None:
+                objective.weights.load_state_dict(best.weights)
+                final_eval = best.evaluation
+            else:  # the best's weights were in the memory of the attempt that crashed
+                reporter.event("warning", f"the weights of the best eval (step {best.step}) "
+                               "did not survive the restart; the model is the last step's")
         export_dir = str(objective.export(workdir_path / "export"))
         (Path(export_dir) / "README.md").write_text(
             _card(objective, step, total, tokens_seen, num_parameters, final_eval),
@@ -290,4 +322,5 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         export_dir=export_dir, steps=step, tokens_seen=tokens_seen, stopped=stopped,
         final_eval=final_eval, num_parameters=num_parameters, trainable_parameters=trainable,
         last_checkpoint=last_checkpoint, elapsed_seconds=elapsed,
+        best_step=None if best is None or best.weights is None else best.step,
     )

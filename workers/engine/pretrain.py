@@ -39,9 +39,10 @@ class PretrainResult(LoopResult):
 
 def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:
     """What a checkpoint must share with a run to continue it: data and every setting that
-    changes the numbers (how often to log or checkpoint does not)."""
+    changes the numbers (how often to log or checkpoint, or when to stop early, does not)."""
     settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
-                                                     "checkpoint_every", "recipe"})
+                                                     "checkpoint_every", "recipe",
+                                                     "early_stopping"})
     settings["hyperparameters"].pop("compile")
     return {"data_key": data, "spec": settings}
 
@@ -121,6 +122,7 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
         weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, precision=hp.precision,
         optimizer_impl=hp.optimizer_impl, log_every=spec.log_every,
         eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every,
+        early_stopping=spec.early_stopping,
         flops_per_token=flops_per_token(model, hp.sequence_length),
         memory_bytes=estimate_bytes(
             parameters=sum(p.numel() for p in model.parameters()),

@@ -122,7 +122,7 @@ def run_finetune(
                            "validation examples")
     # What must be the same for a checkpoint to continue this run.
     settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
-                                                     "checkpoint_every"})
+                                                     "checkpoint_every", "early_stopping"})
     fingerprint = {
         "spec": settings, "labels": labels, "base_model": base_model_dir is not None,
         "examples": {name: len(split) for name, split in encoded.items()},
@@ -137,7 +137,8 @@ def run_finetune(
         batch_size=hp.batch_size, micro_batch=hp.batch_size, learning_rate=learning_rate,
         weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, precision=hp.precision,
         log_every=spec.log_every, eval_every=spec.eval_every or steps_per_epoch,
-        checkpoint_every=spec.checkpoint_every or steps_per_epoch, memory_bytes=memory)
+        checkpoint_every=spec.checkpoint_every or steps_per_epoch, memory_bytes=memory,
+        early_stopping=spec.early_stopping)
     result = train(task, loop, workdir, reporter, dev, resume_from)
 
     # -- The test split, scored on the exported model.
