@@ -158,22 +158,24 @@ def live_queues() -> dict[str, int] | None:
     """Queue name -> live workers consuming it; None when the broker offers no way to tell.
     Read at most once per LIVE_QUEUES_TTL_S per process (a job's GET asks it: no Redis scan
     per request), failures included (an unreachable broker: None, without waiting again)."""
+    settings = get_settings()
+    key = (settings.broker_url, settings.train_queue)  # settings may change (tests)
     with _live_lock:
-        at, value = _live_cache
-        if time.monotonic() - at < LIVE_QUEUES_TTL_S:
+        at, cached_key, value = _live_cache
+        if cached_key == key and time.monotonic() - at < LIVE_QUEUES_TTL_S:
             return value
     try:
         value = _read_live_queues()
     except Exception:
         value = None
     with _live_lock:
-        _live_cache[:] = [time.monotonic(), value]
+        _live_cache[:] = [time.monotonic(), key, value]
     return value
 
 
 LIVE_QUEUES_TTL_S = 2.0
 _live_lock = threading.Lock()
-_live_cache: list[Any] = [float("-inf"), None]
+_live_cache: list[Any] = [float("-inf"), None, None]
 
 
 def _read_live_queues() -> dict[str, int] | None:

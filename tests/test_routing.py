@@ -142,6 +142,34 @@ def test_higher_priority_jobs_are_taken_first_on_redis(redis_settings: Settings)
         with conn.channel() as channel:
             cuda = routing.device_queue(redis_settings, "cuda")
             assert channel.client.llen(cuda) == 1  # priority 9 -> list step 0: the bare name
+            channel.client.delete(cuda)
     # The old queue's message has no priority (kombu: 0, the most urgent, as 9 becomes): at
     # one priority a worker's own queue comes before the old one (the order it names them).
     assert taken == ["job_p9", "job_legacy", "job_p5", "job_p1"]
+
+
+def test_heartbeats_say_which_queues_have_workers_and_auto_follows_them(
+        redis_settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    from service import queue
+
+    monkeypatch.setattr(queue, "LIVE_QUEUES_TTL_S", 0.0)  # read the heartbeats every time
+    cpu, cuda = (routing.device_queue(redis_settings, d) for d in ("cpu", "cuda"))
+    queue.beat_worker("cloze-cpu-1@a", queues=routing.worker_queues(redis_settings, "cpu"))
+    queue.beat_worker("cloze-cpu-2@b", queues=routing.worker_queues(redis_settings, "cpu"))
+    # A worker of a release before queues by device wrote a bare timestamp.
+    client = queue._redis_client(redis_settings)
+    client.set(queue._worker_prefix(redis_settings) + "celery@old", "1700000000.0", px=60_000)
+    try:
+        assert queue.live_workers() == 3
+        assert queue.live_queues() == {cpu: 2, redis_settings.train_queue: 2}
+        queue.enqueue_training("job_auto_cpu", {"resources": {"device": "auto"}})
+        assert client.llen(f"{cpu}:4") == 1  # priority 5 -> broker 4: its own list
+        queue.beat_worker("cloze-cuda-3@c", queues=[cuda])
+        assert queue.live_queues() == {cpu: 2, cuda: 1, redis_settings.train_queue: 2}
+        queue.enqueue_training("job_auto_gpu", {"resources": {"device": "auto"}})
+        assert client.llen(f"{cuda}:4") == 1
+    finally:
+        for name in ("cloze-cpu-1@a", "cloze-cpu-2@b", "cloze-cuda-3@c"):
+            queue.beat_worker(name, alive=False)
+        client.delete(queue._worker_prefix(redis_settings) + "celery@old", f"{cpu}:4",
+                      f"{cuda}:4")

@@ -102,3 +102,18 @@ def test_an_auto_job_goes_to_the_cpu_workers_when_no_gpu_worker_is_alive(stack: 
     job = submit(stack, dataset, {**SHORT, "resources": {"device": "auto"}})
     assert job["waiting_reason"] is None  # CPU workers are alive: it waits its turn
     assert stack.wait_job(job["id"], timeout=300)["status"] == "succeeded"
+
+
+def test_embedded_stack_routes_by_device_too(embedded_stack: Stack, data_dir):
+    """`cloze up` (SQLite, the filesystem broker): its one worker serves train.cpu only, so
+    a cuda job waits with the reason and a cpu job is taken."""
+    s = embedded_stack
+    wait_for(s, lambda: (s.client.get("/health").json()["workers"].get("live") or 0) >= 1)
+    ds = s.upload("routing.txt", corpus_slice(data_dir / "en-valid.txt.gz", 60_000)).json()
+    cuda = submit(s, ds["id"], {**SHORT, "resources": {"device": "cuda"}})
+    assert "no worker serves train.cuda;" in cuda["waiting_reason"]
+    cpu = submit(s, ds["id"], SHORT)
+    assert cpu["waiting_reason"] is None
+    assert s.wait_job(cpu["id"], timeout=300)["status"] == "succeeded"
+    assert s.client.get(f"/v1/jobs/{cuda['id']}").json()["status"] == "queued"
+    s.client.post(f"/v1/jobs/{cuda['id']}/cancel")
