@@ -115,6 +115,9 @@ def worker(device: str = typer.Option("cpu", help="cpu or cuda: the queue it ser
             raise typer.BadParameter("a cpu worker uses no GPU; use --device cuda",
                                      param_hint="--gpus")
         env, jobs = _worker_env("cpu"), concurrency or 1
+        if Path("/dev/nvidia0").exists():  # no torch import for a hint
+            console.print("[yellow]this machine has an NVIDIA GPU; a cpu worker leaves it "
+                          "unused: run `cloze worker --device cuda` for GPU jobs[/yellow]")
     else:
         if concurrency is not None:
             raise typer.BadParameter("a cuda worker runs one job per GPU; use --gpus",

@@ -1,6 +1,7 @@
 """Queues by device (service/routing.py): the spec's resources and priority, which queue a
 job goes to, why a job waits, priorities on Redis, and `cloze worker --device`."""
 
+import os
 import subprocess
 import sys
 import uuid
@@ -173,3 +174,26 @@ def test_heartbeats_say_which_queues_have_workers_and_auto_follows_them(
             queue.beat_worker(name, alive=False)
         client.delete(queue._worker_prefix(redis_settings) + "celery@old", f"{cpu}:4",
                       f"{cuda}:4")
+
+
+def test_each_pool_process_of_a_cuda_worker_sees_one_gpu(monkeypatch: pytest.MonkeyPatch):
+    """`--gpus 2` on GPUs 3 and 5: pool process 0 trains on GPU 3, process 1 (and the one
+    that replaces it after its job) on GPU 5; a cpu worker's processes see none."""
+    import billiard.process
+
+    from workers import celery_app
+
+    class Process:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+    monkeypatch.setenv(routing.GPU_IDS_ENV, "3,5")
+    for index, gpu in ((0, "3"), (1, "5")):
+        monkeypatch.setattr(billiard.process, "current_process", lambda i=index: Process(i))
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+        celery_app._pin_gpu()
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == gpu
+    from service.cli import _worker_env
+
+    assert _worker_env("cpu") == {"CUDA_VISIBLE_DEVICES": "", routing.GPU_IDS_ENV: ""}
+    assert _worker_env("cuda", ["3", "5"]) == {routing.GPU_IDS_ENV: "3,5"}
