@@ -52,6 +52,8 @@ class Job(TypedDict):
     attempts: int
     cancel_requested: bool
     error: JobError | None
+    # Queued and no live worker serves its queue: why it waits (else None).
+    waiting_reason: NotRequired[str | None]
     created_at: str
     started_at: str | None
     finished_at: str | None

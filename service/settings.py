@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    # The queue of training jobs; each holds a CPU or GPU for hours: run its workers with
-    # concurrency 1 per device.
+    # Training jobs go to "<train_queue>.cpu" or "<train_queue>.cuda" by their
+    # resources.device (service/routing.py); CPU workers also drain "<train_queue>" itself,
+    # the one queue of earlier releases. Each job holds a CPU or GPU for hours: one job at a
+    # time per device.
     train_queue: str = "train"
     # Celery over Redis redelivers an unacknowledged message after this many seconds, even
     # while it is still running (celery#5935): keep it above the longest job.
