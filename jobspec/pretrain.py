@@ -29,6 +29,17 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULT_WARMUP_STEPS = 100
 
 
+# How a probe's text may write its blank; the model's own mask token replaces it.
+MASK_SPELLINGS = ("[MASK]", "<mask>")
+
+
+class Probe(Strict):
+    """A cloze probe (workers/engine/probes.py): a text with one blank (masked models) or a
+    prompt (causal models), and the expected answer."""
+    text: str = Field(min_length=1, max_length=2000)
+    expected: str = Field(min_length=1, max_length=200)
+
+
 class TokenizerSpec(Strict):
     # None: the architecture's own kind (wordpiece for bert, byte-level bpe for roberta and
     # gpt2, unigram for llama); from_model when continuing a base model.
@@ -110,6 +121,8 @@ class PretrainSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
     early_stopping: EarlyStopping | None = None
+    # Scored at every eval and stored with the eval point (metrics' "probes").
+    probes: list[Probe] | None = Field(default=None, max_length=50)
 
     @model_validator(mode="before")
     @classmethod
@@ -150,6 +163,11 @@ class PretrainSpec(Strict):
             return problem
         hp, model, tok = self.hyperparameters, self.model, self.tokenizer
         arch, objective = model.architecture, self.objective or ""
+        for i, probe in enumerate(self.probes or []):
+            blanks = sum(probe.text.count(m) for m in MASK_SPELLINGS)
+            if objective != "clm" and blanks != 1:
+                return (f"probes.{i}.text", "a masked model's probe has exactly one blank, "
+                        f"written {' or '.join(MASK_SPELLINGS)}")
         if arch not in OBJECTIVES.get(objective, (arch,)):
             return ("objective",
                     f"{objective} trains {' or '.join(OBJECTIVES[objective])}, not {arch}")

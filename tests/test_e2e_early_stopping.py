@@ -1,6 +1,7 @@
-"""Early stopping through the API with a real worker: a job whose eval loss stops improving
-ends before max_steps, and its model is the best eval's, saying which step that is, with a
-model card that shows that eval."""
+"""Early stopping and cloze probes through the API with a real worker: a job whose eval loss
+stops improving ends before max_steps, and its model is the best eval's, saying which step
+that is, with a model card that shows that eval and its probes; every eval point carries
+the probes' ranks."""
 
 import io
 import tarfile
@@ -18,13 +19,17 @@ def test_early_stopping_ends_the_job_and_publishes_the_best_eval(embedded_stack,
     # min_delta 100: no eval after the first is better, so the job ends after two more.
     r = stack.client.post("/v1/jobs", json={
         **TINY_JOB, "dataset_id": ds["id"], "checkpoint_every": 100,
-        "early_stopping": {"metric": "eval_loss", "patience": 2, "min_delta": 100}})
+        "early_stopping": {"metric": "eval_loss", "patience": 2, "min_delta": 100},
+        "probes": [{"text": "the [MASK] of the union", "expected": "state"}]})
     assert r.status_code == 202, r.text
     job = stack.wait_job(r.json()["id"])
     assert job["status"] == "succeeded", (job, stack.logs())
     evals = [p for p in stack.client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"]
              if p.get("eval_loss") is not None]
     assert [p["step"] for p in evals] == [10, 20, 30]  # of max_steps 120
+    for point in evals:
+        [probe] = point["probes"]
+        assert probe["expected"] == "state" and probe["rank"] >= 1 and len(probe["top"]) == 5
     events = stack.client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
     assert any("early stopping at step 30 of 120" in e["message"] for e in events)
 
@@ -39,6 +44,7 @@ def test_early_stopping_ends_the_job_and_publishes_the_best_eval(embedded_stack,
         card = tar.extractfile(f"{model['id']}/README.md").read().decode()
     assert f"| eval_loss | {evals[0]['eval_loss']:.4f} |" in card
     assert "pipeline_tag: fill-mask" in card
+    assert f"| the [MASK] of the union | state | {evals[0]['probes'][0]['rank']} |" in card
     # Model validation: a spec that cannot stop early is refused before it is queued.
     bad = stack.client.post("/v1/jobs", json={**TINY_JOB, "dataset_id": ds["id"],
                                                "early_stopping": {"patience": 0}})

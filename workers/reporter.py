@@ -126,7 +126,7 @@ class DbReporter:
         named = ("eval_loss", "perplexity", "accuracy")
         fields: dict[str, Any] = {k: point.get(k) for k in named}
         extra = {k: v for k, v in point.items() if k not in (*named, "step")
-                 and isinstance(v, int | float)}
+                 and (isinstance(v, int | float) or k == "probes")}
         if extra:
             fields["extra"] = extra
         self._point(point["step"], fields, {"eval_loss": point["eval_loss"]})

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class LoopSettings:
     eval_at_start: bool = False
     # End the run when an eval metric stops improving; export the best eval's weights.
     early_stopping: EarlyStopping | None = None
+    # Cloze probes scored at every eval (workers/engine/probes.py), given the device.
+    probes: Callable[..., list[dict[str, Any]]] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -272,6 +275,8 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         # -- Eval on the held-out data, always at the last step.
         if step % settings.eval_every == 0 or last:
             final_eval = {"step": step, **objective.evaluate(device)}
+            if settings.probes is not None:
+                final_eval["probes"] = settings.probes(device=device)
             check_finite("eval loss", final_eval["eval_loss"], step)
             reporter.eval(final_eval)
             if best is not None and best.update(final_eval, objective.weights):

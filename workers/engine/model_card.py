@@ -61,7 +61,16 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
         lines += [f"On the held-out data at step {evaluation.get('step', step)}:", "",
                   "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in evaluation.items() if k != "step"]
+                  for k, v in evaluation.items() if k not in ("step", "probes")]
+        if evaluation.get("probes"):
+            lines += ["", "Cloze probes (the expected answer's rank and probability, and the "
+                      "model's top 5):", "", "| probe | expected | rank | probability | top 5 |",
+                      "|---|---|---:|---:|---|"]
+            for p in evaluation["probes"]:
+                top = ", ".join(t["token"] for t in p["top"])
+                probability = "" if p["probability"] is None else f"{p['probability']:.4f}"
+                lines += [f"| {_cell(p['text'])} | {_cell(p['expected'])} | {p['rank']} | "
+                          f"{probability} | {_cell(top)} |"]
     else:
         lines += ["Not evaluated yet."]
     example = {"fill-mask": f'"Paris is the {mask_token or "[MASK]"} of France."',
@@ -72,3 +81,8 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
               f"print(pipe({example}))", "",
               f"# or: from transformers import {auto}, AutoTokenizer", "```", ""]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")

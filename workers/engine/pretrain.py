@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from workers.engine.objectives.common import PretrainData
 from workers.engine.objectives.mlm import MaskedLM
 from workers.engine.objectives.nsp import MaskedLMWithNSP
 from workers.engine.optim import Schedule
+from workers.engine.probes import run_probes
 from workers.engine.reporter import Reporter
 from workers.engine.speed import resolve_attention
 
@@ -42,7 +44,7 @@ def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:
     changes the numbers (how often to log or checkpoint, or when to stop early, does not)."""
     settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
                                                      "checkpoint_every", "recipe",
-                                                     "early_stopping"})
+                                                     "early_stopping", "probes"})
     settings["hyperparameters"].pop("compile")
     return {"data_key": data, "spec": settings}
 
@@ -123,6 +125,8 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
         optimizer_impl=hp.optimizer_impl, log_every=spec.log_every,
         eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every,
         early_stopping=spec.early_stopping,
+        probes=None if not spec.probes else partial(
+            run_probes, model, tokenizer, spec.probes, causal=spec.objective == "clm"),
         flops_per_token=flops_per_token(model, hp.sequence_length),
         memory_bytes=estimate_bytes(
             parameters=sum(p.numel() for p in model.parameters()),
