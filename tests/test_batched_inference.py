@@ -166,6 +166,9 @@ def test_a_target_of_several_sub_tokens_is_scored_as_a_whole_word(world):
     assert whole["sequence"] == tok.decode(ids, skip_special_tokens=True)
     assert {a["token_str"] for a in answer} == {tok.decode(pieces), "dog"}
     assert answer[0]["score"] >= answer[1]["score"]
+    # Only several-sub-token targets: still answered, with the same score.
+    alone = post(world, "mlm", "fill-mask", {"inputs": text, "parameters": {"targets": [word]}})
+    assert len(alone) == 1 and abs(alone[0]["score"] - expected) < 1e-6
 
 
 def test_long_texts_are_read_in_overlapping_windows(world):

@@ -194,7 +194,7 @@ def answer(served: Served, plan: Plan, rows: list[torch.Tensor],
                 picks = [(v, (p,)) for v, p in zip(values.tolist(), predictions.tolist(),
                                                     strict=True)]
             else:
-                candidates = torch.tensor(plan.singles)
+                candidates = torch.tensor(plan.singles, dtype=torch.long)
                 top = min(plan.top_k, len(plan.singles) + len(plan.multis))
                 values, order = probs[i, candidates].topk(min(top, len(plan.singles)))
                 picks = [(v, (plan.singles[o],)) for v, o in zip(values.tolist(),
