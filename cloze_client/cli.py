@@ -209,6 +209,8 @@ def jobs_submit(
             "--dataset", help="set the spec's dataset_id")] = None,
         name: Annotated[str | None, typer.Option(help="set the spec's name")] = None,
         watch: Annotated[bool, typer.Option("--watch", help="then watch it to the end")] = False,
+        dry_run: Annotated[bool, typer.Option(
+            "--dry-run", help="only check the spec and print what the job would do")] = False,
         url: Url = None, api_key: ApiKey = None) -> None:
     """Submit a job spec (POST /v1/jobs); prints the job's id."""
     spec = read_spec(spec_file)
@@ -216,6 +218,9 @@ def jobs_submit(
         spec["dataset_id"] = dataset
     if name:
         spec["name"] = name
+    if dry_run:
+        with connected(url, api_key) as client:
+            return _print_json(client.estimate_job(spec))
     with connected(url, api_key) as client:
         job = client.submit_job(spec)
     _err().print(f"{job['id']}: {job['type']} job {job['name']!r}, {job['status']}, "

@@ -96,6 +96,12 @@ def test_upload_submit_watch_metrics_and_fill_mask(embedded_stack: Stack, data_d
     # submit a YAML spec, naming the dataset on the command line
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(tiny_spec()))
+    # a dry run first: what the job would do, and no job made
+    before = stack.client.get("/v1/jobs", params={"limit": 100}).json()["data"]
+    estimate = json.loads(ok(cloze("jobs", "submit", str(spec), "--dataset", dataset_id,
+                                   "--dry-run", url=url)))
+    assert estimate["dry_run"] is True and estimate["steps"] == 40
+    assert stack.client.get("/v1/jobs", params={"limit": 100}).json()["data"] == before
     job_id = ok(cloze("jobs", "submit", str(spec), "--dataset", dataset_id, url=url)).strip()
     assert job_id.startswith("job_")
     assert job_id in ok(cloze("jobs", "list", url=url))
