@@ -40,19 +40,19 @@ def _set_threads() -> None:
 
 
 # Texts that warm a model up (and check bf16 against fp32 for fill-mask): a few lengths.
-PROBES = ["The capital of France is {mask}.",
+WARM_UP_TEXTS = ["The capital of France is {mask}.",
           "{mask} quick brown fox jumps over the lazy dog near the river bank.",
           "我们今天在北京的{mask}学里学习语言模型。",
           "In the morning the {mask} rose over the hills, and the village woke to the sound of "
           "bells, carts and voices in the market square."]
 
 
-def _probe(served: Served) -> list[Seq]:
+def _warm_up_seqs(served: Served) -> list[Seq]:
     import torch
 
     mask = served.tokenizer.mask_token or ""
     seqs = []
-    for text in PROBES:
+    for text in WARM_UP_TEXTS:
         ids = served.tokenizer(text.format(mask=mask), truncation=True,
                                max_length=served.max_tokens)["input_ids"]
         select = [i for i, t in enumerate(ids) if t == served.tokenizer.mask_token_id]
@@ -74,7 +74,7 @@ def load(model_id: str, prefix: str, task: str) -> Served:
         local = _cache().local_dir(model_id, prefix)
         _cache().make_room(local)
         served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings())
-        served.prepare(get_settings(), _probe(served))
+        served.prepare(get_settings(), _warm_up_seqs(served))
         return served
 
     try:

@@ -162,26 +162,26 @@ class Served:
 
     # ------------------------------------------------------------------ loading
 
-    def prepare(self, settings: Settings, probe: list[Seq]) -> None:
-        """Choose the precision, then run the probe once at batch size 1 and once at a few,
-        so the first request after loading is as fast as the ones after it (the first
-        passes pay for allocations and kernel choices)."""
+    def prepare(self, settings: Settings, warm_up: list[Seq]) -> None:
+        """Choose the precision, then run the warm-up sequences once at batch size 1 and
+        once all together, so the first request after loading is as fast as the ones after
+        it (the first passes pay for allocations and kernel choices)."""
         if self.head is not None and settings.inference_precision != "fp32":
             if settings.inference_precision == "bf16" or native_bf16(self.device):
-                self._try_bf16(probe, forced=settings.inference_precision == "bf16")
+                self._try_bf16(warm_up, forced=settings.inference_precision == "bf16")
         if self.batcher is not None:
-            self.forward(probe[:1])
-            self.forward(probe)
+            self.forward(warm_up[:1])
+            self.forward(warm_up)
 
-    def _try_bf16(self, probe: list[Seq], *, forced: bool) -> None:
+    def _try_bf16(self, warm_up: list[Seq], *, forced: bool) -> None:
         """bf16 halves the weights' memory traffic; kept unless it changes the top-5."""
-        reference = self.forward(probe)
+        reference = self.forward(warm_up)
         self.model.to(torch.bfloat16)
         self.dtype = torch.bfloat16
         if forced:
             return
         same = all(torch.equal(a.topk(5).indices, b.topk(5).indices)
-                   for a, b in zip(reference, self.forward(probe), strict=True))
+                   for a, b in zip(reference, self.forward(warm_up), strict=True))
         if not same:
             log.info("bf16 changes this model's top-5 predictions: serving it in fp32")
             self.model.to(torch.float32)
