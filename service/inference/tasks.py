@@ -131,8 +131,12 @@ async def token_classification(*, model_id: str, prefix: str, request: TokenRequ
     per_text, post = await in_thread(_token_inputs, served, request)
     flat = [chunk for chunks in per_text for chunk in chunks]
     logits = iter(await infer(served, [_seq(chunk) for chunk in flat]))
-    answers = [served.pipe.postprocess([{**chunk, "logits": next(logits)} for chunk in chunks],
-                                       **post) for chunks in per_text]
+    outputs = [[{**chunk, "logits": next(logits)} for chunk in chunks] for chunks in per_text]
+
+    def entities() -> list[Any]:  # merging many windows' entities is work: off the loop
+        return [served.pipe.postprocess(chunks, **post) for chunks in outputs]
+
+    answers = await in_thread(entities)
     return _plain(answers[0] if isinstance(request.inputs, str) else answers)
 
 
