@@ -188,7 +188,8 @@ class WorkerSupervisor:
 
     def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.argv = argv
-        self.env = {**os.environ, **(env or {})}
+        # The worker quits when this process dies, even by kill -9 (workers/celery_app.py).
+        self.env = {**os.environ, **(env or {}), "CLOZE_SUPERVISOR_PID": str(os.getpid())}
         self._proc: subprocess.Popen[bytes] | None = None
         self._children: list[psutil.Process] = []
         self._stop = threading.Event()

@@ -230,3 +230,20 @@ def test_a_worker_never_forks_in_the_middle_of_a_housekeeping_round():
     thread.join()
     assert os.waitstatus_to_exitcode(status) == 0
     assert waited >= 0.3, waited
+
+
+@pytest.mark.slow
+def test_killing_cloze_up_takes_its_worker_with_it(tmp_path: Path):
+    """kill -9 of `cloze up` alone (not its process group): its worker and the worker's pool
+    child quit too, where they used to live on, orphaned."""
+    env = {k: "" for k in ("CLOZE_DATABASE_URL", "CLOZE_BROKER_URL", "CLOZE_STORAGE_URL")}
+    stack = Stack(tmp_path / "up", env, embedded=True)
+    try:
+        [main] = _wait(lambda: _workers(stack), 120, "the worker", stack)
+        family = [main, *main.children(recursive=True)]
+        stack.procs["up"].send_signal(signal.SIGKILL)
+        stack.procs["up"].wait(timeout=30)
+        gone, alive = psutil.wait_procs(family, timeout=60)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        stack.stop()

@@ -5,8 +5,11 @@ the reaper, so a dead worker's job is re-queued wherever workers run, not only w
 API process happens to be. The reaper's updates are conditional: any number may run.
 """
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 import threading
 from typing import Any
 
@@ -39,6 +42,23 @@ _reaper_stops: list[threading.Event] = []
 # inherits whatever lock that thread held, held forever: seen, a child hung at its first
 # database connection on the import lock of psycopg, which the reaper was importing at the
 # fork. So each round runs under this lock, and a fork waits for the round to end.
+def _die_with_supervisor() -> None:
+    """Under `cloze up` (which sets CLOZE_SUPERVISOR_PID), the worker asks Linux for SIGQUIT
+    when its parent dies, even by kill -9: a cold shutdown that ends its pool child too,
+    where it would otherwise train on, orphaned, beside the next `cloze up`'s worker (its
+    job is then re-queued by the reaper and resumes from its checkpoint)."""
+    supervisor = os.environ.get("CLOZE_SUPERVISOR_PID")
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT) != 0:
+        return
+    if os.getppid() != int(supervisor):  # it died before we asked
+        os.kill(os.getpid(), signal.SIGQUIT)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_die_with_supervisor()
+
 _fork_guard = threading.Lock()
 os.register_at_fork(before=_fork_guard.acquire, after_in_parent=_fork_guard.release,
                     after_in_child=_fork_guard.release)
