@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests import inference_helpers as helpers
+from tests.inprocess import make_app
 
 # A short wait lets concurrent requests meet in one batch, so the test sees batching happen.
 SETTINGS = {"CLOZE_RATE_LIMIT_PER_MINUTE": "0", "CLOZE_INFERENCE_MAX_WAIT_MS": "150",
@@ -30,31 +31,22 @@ SENTENCES = ["the quick brown [MASK] jumps over the lazy dog",
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("batched")
     patch = pytest.MonkeyPatch()
-    for name in ("CLOZE_DATABASE_URL", "CLOZE_STORAGE_URL", "CLOZE_BROKER_URL",
-                 "CLOZE_REQUIRE_API_KEYS"):
-        patch.delenv(name, raising=False)
-    patch.setenv("CLOZE_HOME", str(home))
-    for name, value in SETTINGS.items():
-        patch.setenv(name, value)
-    helpers.clear_caches()
-    from service.api.app import create_app
-    from service.db import get_engine
-    from service.domain.tables import Base
+    with make_app(home, patch, **SETTINGS) as app:
+        from service.inference import pipelines
 
-    Base.metadata.create_all(get_engine())
-    built = home / "built"
-    dirs = {"mlm": helpers.bert(built / "mlm", init_std=1.0),
-            "classify": helpers.bert(built / "cls", "classify", labels=4, init_std=1.0),
-            # Fine-tuned on 24-token texts, as an export says: longer ones are windowed.
-            "tokens": helpers.bert(built / "tok", "tokens", labels=3, init_std=1.0,
-                                   max_length=24)}
-    tasks = {"mlm": "fill-mask", "classify": "text-classification",
-             "tokens": "token-classification"}
-    ids = {name: helpers.publish(path, tasks[name]) for name, path in dirs.items()}
-    with TestClient(create_app(), base_url="http://127.0.0.1:8000",
-                    client=("127.0.0.1", 50000)) as client:
-        yield {"client": client, "ids": ids, "dirs": dirs}
-    get_engine().dispose()
+        pipelines._cache.cache_clear()  # a model cache over this home's objects
+        built = home / "built"
+        dirs = {"mlm": helpers.bert(built / "mlm", init_std=1.0),
+                "classify": helpers.bert(built / "cls", "classify", labels=4, init_std=1.0),
+                # Fine-tuned on 24-token texts, as an export says: longer ones are windowed.
+                "tokens": helpers.bert(built / "tok", "tokens", labels=3, init_std=1.0,
+                                       max_length=24)}
+        tasks = {"mlm": "fill-mask", "classify": "text-classification",
+                 "tokens": "token-classification"}
+        ids = {name: helpers.publish(path, tasks[name]) for name, path in dirs.items()}
+        with TestClient(app, base_url="http://127.0.0.1:8000",
+                        client=("127.0.0.1", 50000)) as client:
+            yield {"client": client, "ids": ids, "dirs": dirs}
     patch.undo()
     helpers.clear_caches()
 

@@ -182,6 +182,9 @@ def answer(served: Served, plan: Plan, rows: list[torch.Tensor],
            chains: dict[tuple[int, int, tuple[int, ...]], Chain], one_text: bool) -> Any:
     """Each mask's top_k, as FillMaskPipeline.postprocess writes them."""
     tokenizer = served.tokenizer
+    if plan.singles is not None:  # the same for every mask of the request
+        candidates = torch.tensor(plan.singles, dtype=torch.long)
+        top = min(plan.top_k, len(plan.singles) + len(plan.multis))
     results: list[Any] = []
     for t, (ids, positions) in enumerate(zip(plan.ids, plan.masks, strict=True)):
         probs = rows[t]
@@ -194,8 +197,6 @@ def answer(served: Served, plan: Plan, rows: list[torch.Tensor],
                 picks = [(v, (p,)) for v, p in zip(values.tolist(), predictions.tolist(),
                                                     strict=True)]
             else:
-                candidates = torch.tensor(plan.singles, dtype=torch.long)
-                top = min(plan.top_k, len(plan.singles) + len(plan.multis))
                 values, order = probs[i, candidates].topk(min(top, len(plan.singles)))
                 picks = [(v, (plan.singles[o],)) for v, o in zip(values.tolist(),
                                                                  order.tolist(), strict=True)]
