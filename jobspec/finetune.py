@@ -12,6 +12,7 @@ from jobspec.resources import (
     ResourcesSpec,
     resources_inconsistency,
 )
+from jobspec.webhook import WebhookSpec
 
 
 def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None,
@@ -135,6 +136,8 @@ class FinetuneSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
     early_stopping: EarlyStopping | None = None
+    # Status changes are POSTed here, signed (service/webhooks.py).
+    webhook: WebhookSpec | None = None
 
     @property
     def pipeline_task(self) -> str:

@@ -12,6 +12,7 @@ from jobspec.resources import (
     ResourcesSpec,
     resources_inconsistency,
 )
+from jobspec.webhook import WebhookSpec
 
 # Which architectures each objective trains.
 OBJECTIVES: dict[str, tuple[str, ...]] = {
@@ -121,6 +122,8 @@ class PretrainSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
     early_stopping: EarlyStopping | None = None
+    # Status changes are POSTed here, signed (service/webhooks.py).
+    webhook: WebhookSpec | None = None
     # Scored at every eval and stored with the eval point (metrics' "probes").
     probes: list[Probe] | None = Field(default=None, max_length=50)
 

@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     # How long a worker keeps retrying database writes while the database is down.
     db_retry_s: float = Field(default=120.0, ge=0)
 
+    # Webhooks (service/webhooks.py). URLs that resolve to private, loopback, link-local or
+    # other non-global addresses are refused (a webhook must not reach into our network)
+    # unless this is true; None: allowed only while the API listens on loopback only (the
+    # embedded default, one person's own machine).
+    webhook_allow_private: bool | None = None
+    # Attempts per delivery, the first retry's delay (doubled for each next one: 6 attempts
+    # span ~10 min), one attempt's timeout, and how often each API and worker process looks
+    # for deliveries that are due.
+    webhook_max_attempts: int = Field(default=6, ge=1, le=20)
+    webhook_retry_base_s: float = Field(default=20.0, gt=0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    webhook_poll_interval_s: float = Field(default=2.0, gt=0)
+
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
     max_uncompressed_bytes: int = Field(default=20 * 1024**3, ge=1)
@@ -144,6 +157,12 @@ class Settings(BaseSettings):
     def api_keys_required(self) -> bool:
         return self.require_api_keys if self.require_api_keys is not None \
             else not self.loopback_only
+
+    @property
+    def webhook_private_addresses(self) -> bool:
+        """Whether a webhook may point at a private, loopback or link-local address."""
+        return self.webhook_allow_private if self.webhook_allow_private is not None \
+            else self.loopback_only
 
     @property
     def broker_dir(self) -> Path:

@@ -22,7 +22,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from service import logs, reaper
+from service import logs, reaper, webhooks
 from service.queue import beat_worker, celery_config
 from service.routing import GPU_IDS_ENV
 from service.settings import get_settings
@@ -94,6 +94,7 @@ def _start_housekeeping(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, args=(name, queues), name="cloze-heartbeat",
                      daemon=True).start()
     _reaper_stops.append(reaper.start(guard=_fork_guard))
+    _reaper_stops.append(webhooks.start(guard=_fork_guard))
 
 
 @worker_shutdown.connect

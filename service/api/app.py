@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import errors, logs, reaper
+from service import errors, logs, reaper, webhooks
 from service.api import datasets, health, jobs, metrics, models, plots, stream, web
 from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
@@ -17,9 +17,10 @@ from service.settings import get_settings
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    stop = reaper.start()
+    stops = [reaper.start(), webhooks.start()]
     yield
-    stop.set()
+    for stop in stops:
+        stop.set()
 
 
 def create_app() -> FastAPI:

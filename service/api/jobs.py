@@ -14,13 +14,14 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
-from service.domain import estimates, idempotency, jobs, models, quotas
+from service.domain import estimates, idempotency, jobs, models, quotas, webhooks
 from service.domain.estimates import JobEstimate
 from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
 from service.domain.lifecycle import JobStatus
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
+from service.domain.webhooks import WebhookDeliveryPublic
 from service.errors import ApiError
 from service.queue import enqueue_training
 from service.settings import Settings
@@ -43,6 +44,7 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
         # The same checks as a submission, then figures instead of a job: no row, no
         # message, no idempotency record.
         _check_quota(session, caller.owner, settings)
+        await _check_webhook(job_in, settings)
         admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
                               max_active=settings.max_active_jobs)
         found = await run_in_threadpool(estimates.estimate, session=session, store=store,
@@ -56,6 +58,7 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     if first is not None:
         return JSONResponse(first[1], first[0])
     _check_quota(session, caller.owner, settings)
+    await _check_webhook(job_in, settings)
     admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
                           max_active=settings.max_active_jobs)
     seconds = await run_in_threadpool(estimates.estimated_seconds, session=session,
@@ -80,6 +83,13 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     jobs.mark_enqueued(session=session, job_id=row.id)
     session.commit()
     return JobPublic.of(row)
+
+
+async def _check_webhook(job_in: JobCreate, settings: Settings) -> None:
+    """422 for a webhook that reaches non-public addresses (its name is resolved: off
+    the event loop)."""
+    if job_in.webhook is not None:
+        await run_in_threadpool(webhooks.check_target, job_in.webhook.url, settings)
 
 
 def _check_quota(session: Session, owner: str, settings: Settings) -> None:
@@ -129,6 +139,18 @@ def job_events(job_id: str, session: SessionDep, caller: CallerDep,
     data = [EventPublic(id=r.id, level=r.level, message=r.message, created_at=r.created_at)
             for r in rows[:limit]]
     return ListOf[EventPublic](data=data, has_more=len(rows) > limit)
+
+
+@router.get("/{job_id}/webhooks", response_model=ListOf[WebhookDeliveryPublic])
+def job_webhooks(job_id: str, session: SessionDep, caller: CallerDep,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: After = None
+                 ) -> ListOf:
+    """The job's webhook deliveries, one per status change, oldest first: attempts, the
+    last answer's status code or error, and when the next attempt is due."""
+    jobs.get(session=session, job_id=job_id, scope=caller.scope)
+    rows, more = webhooks.deliveries(session, job_id, limit=limit, after=after)
+    return ListOf[WebhookDeliveryPublic](data=[WebhookDeliveryPublic.of(r) for r in rows],
+                                         has_more=more)
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListOf[CheckpointPublic])

@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
-from service.domain import lifecycle
+from service.domain import lifecycle, webhooks
 from service.domain.errors import Invalid, LimitReached, not_found
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
@@ -83,7 +83,7 @@ class JobPublic(BaseModel):
             waiting = waiting_reason(row.spec, live_queues(), get_settings())
         return cls(
             id=row.id, type=row.type, name=row.name, status=JobStatus(row.status),
-            dataset_id=row.dataset_id, spec=row.spec,
+            dataset_id=row.dataset_id, spec=webhooks.public_spec(row.spec),
             progress=Progress(step=row.step, total_steps=row.total_steps,
                               tokens_seen=row.tokens_seen,
                               tokens_per_second=row.tokens_per_second, eta_seconds=eta),
@@ -252,6 +252,8 @@ def create(*, session: Session, admitted: Admitted, owner: str,
                             estimated_seconds=estimated_seconds)
     session.add(row)
     session.flush()
+    # Its first status, queued; the address policy its webhook was accepted under.
+    webhooks.record(session, row.id, private_ok=get_settings().webhook_private_addresses)
     return row
 
 

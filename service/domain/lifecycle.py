@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.db import rowcount
+from service.domain import webhooks
 from service.domain.tables import EventRow, JobRow, utcnow
 
 log = logging.getLogger("cloze.jobs")
@@ -47,7 +48,11 @@ def _move(session: Session, job_id: str, leaving: JobStatus, *conditions: Any,
         values["status"] = values["status"].value
     moved = session.execute(update(JobRow).where(
         JobRow.id == job_id, JobRow.status == leaving.value, *conditions).values(**values))
-    return rowcount(moved) == 1
+    if rowcount(moved) != 1:
+        return False
+    if "status" in values:  # the webhook's delivery commits (or not) with the change
+        webhooks.record(session, job_id)
+    return True
 
 
 def is_running(row: JobRow) -> bool:

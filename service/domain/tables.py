@@ -120,6 +120,36 @@ class EventRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class WebhookDeliveryRow(Base):
+    """One status change of a job to POST to its webhook (the outbox: written in the
+    transaction that changes the status), with its last attempt's outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+                      Index("ix_webhook_deliveries_job_id_id", "job_id", "id"))
+
+    # Ordered by creation (the sender keeps a job's deliveries in this order).
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # What receivers dedupe on (X-Cloze-Delivery); the same for every attempt.
+    delivery_id: Mapped[str] = mapped_column(String(40), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    # The exact bytes signed and sent (UTF-8 JSON), fixed when the status changed.
+    body: Mapped[str] = mapped_column(Text)
+    # pending, delivered or exhausted (service/domain/webhooks.py).
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Whether the API that accepted the webhook let it reach private addresses (its bind
+    # host or CLOZE_WEBHOOK_ALLOW_PRIVATE): a worker's sender cannot tell from its own
+    # settings, which know nothing of the API's host.
+    private_ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class CheckpointRow(Base):
     __tablename__ = "checkpoints"
 

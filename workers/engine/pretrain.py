@@ -41,10 +41,11 @@ class PretrainResult(LoopResult):
 
 def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:
     """What a checkpoint must share with a run to continue it: data and every setting that
-    changes the numbers (how often to log or checkpoint, or when to stop early, does not)."""
+    changes the numbers (how often to log or checkpoint, or when to stop early, does not).
+    The webhook is left out too: its secret must not reach checkpoints or the model card."""
     settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
                                                      "checkpoint_every", "recipe",
-                                                     "early_stopping", "probes"})
+                                                     "early_stopping", "probes", "webhook"})
     settings["hyperparameters"].pop("compile")
     return {"data_key": data, "spec": settings}
 

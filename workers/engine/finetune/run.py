@@ -120,9 +120,11 @@ def run_finetune(
                            f"{total * hp.batch_size / len(train_split):.2f} epochs of "
                            f"{len(train_split)} training examples; {len(encoded['valid'])} "
                            "validation examples")
-    # What must be the same for a checkpoint to continue this run.
+    # What must be the same for a checkpoint to continue this run (not the webhook: its
+    # secret must not reach checkpoints or the model card).
     settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
-                                                     "checkpoint_every", "early_stopping"})
+                                                     "checkpoint_every", "early_stopping",
+                                                     "webhook"})
     fingerprint = {
         "spec": settings, "labels": labels, "base_model": base_model_dir is not None,
         "examples": {name: len(split) for name, split in encoded.items()},
