@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 
+from service import sweeper
 from service.db import session_scope
 from service.domain import lifecycle
 from service.queue import enqueue_training
@@ -41,6 +42,7 @@ def start(guard: contextlib.AbstractContextManager[object] | None = None) -> thr
             try:
                 with guard or contextlib.nullcontext():
                     reap_once()
+                    sweeper.step_all()  # sweeps move even when no trial reports
             except Exception as exc:  # a database or broker outage: try again next round
                 log.warning("reaper round failed: %s", exc.__class__.__name__)
 

@@ -14,6 +14,7 @@ import torch
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+from service import sweeper
 from service.db import session_scope
 from service.domain.ids import new_id
 from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
@@ -130,6 +131,7 @@ class DbReporter:
         if extra:
             fields["extra"] = extra
         self._point(point["step"], fields, {"eval_loss": point["eval_loss"]})
+        sweeper.after_trial_event(self.job_id)  # a sweep's trial: prune it now if it lags
 
     def checkpoint(self, step: int, directory: str) -> None:
         prefix = f"jobs/{self.job_id}/checkpoints/step-{step:08d}"

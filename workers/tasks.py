@@ -1,5 +1,6 @@
 """Celery tasks: each one's whole policy is in its decorator; the body calls one function."""
 
+from service import sweeper
 from service.queue import TRAIN_TASK
 from service.routing import device_queue
 from service.settings import get_settings
@@ -15,3 +16,4 @@ def train_job(job_id: str) -> None:
     # Takes an id, never an object: run_job re-reads the row and claims it atomically,
     # so a duplicate delivery does nothing.
     run_job(job_id)
+    sweeper.after_trial_event(job_id)  # a sweep's trial ended: start the next one now

@@ -237,3 +237,43 @@ class ThroughputRow(Base):
     jobs: Mapped[int] = mapped_column(Integer, default=1)
     worker: Mapped[str] = mapped_column(String(255))  # the host that measured last
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SweepRow(Base):
+    """A hyperparameter sweep: its trials are jobs (sweep_trials); the Optuna study that
+    proposes and prunes them is rebuilt from these rows, never stored (sweep_driver.py)."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
+    name: Mapped[str] = mapped_column(String(255))
+    # A job status: running from submission, then succeeded, failed or cancelled.
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]]
+    # Trials made so far; bumped by a conditional UPDATE, so two drivers never both make
+    # trial n.
+    trials_started: Mapped[int] = mapped_column(Integer, default=0)
+    best_job_id: Mapped[str | None] = mapped_column(String(40))
+    best_value: Mapped[float | None] = mapped_column(Float)
+    model_id: Mapped[str | None] = mapped_column(String(40))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+
+
+class SweepTrialRow(Base):
+    """Trial `number` of a sweep: the job that trains it and the values it was given."""
+
+    __tablename__ = "sweep_trials"
+    __table_args__ = (UniqueConstraint("sweep_id", "number", name="uq_sweep_trials_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        unique=True)
+    params: Mapped[dict[str, Any]]
+    # Stopped by the pruner at `pruned_step` (its job is then cancelled).
+    pruned: Mapped[bool] = mapped_column(Boolean, default=False)
+    pruned_step: Mapped[int | None] = mapped_column(Integer)
