@@ -27,9 +27,26 @@ def sweep(dataset_id: str, **fields: Any) -> dict[str, Any]:
             "parallel": 2, **fields}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sweeps.db'}"
+    return str(request.getfixturevalue("fresh_postgres"))
+
+
 @pytest.fixture
 def api(tmp_path, monkeypatch):
-    with make_app(tmp_path, monkeypatch, CLOZE_RATE_LIMIT_PER_MINUTE="0") as app:
+    yield from _api(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def api_on(tmp_path, monkeypatch, database):
+    """The app on SQLite and on Postgres (the driver's conditional UPDATEs on both)."""
+    yield from _api(tmp_path, monkeypatch, CLOZE_DATABASE_URL=database)
+
+
+def _api(tmp_path, monkeypatch, **env: str):
+    with make_app(tmp_path, monkeypatch, CLOZE_RATE_LIMIT_PER_MINUTE="0", **env) as app:
         c = client(app)
         r = c.post("/v1/datasets", files={"file": ("t.txt", b"the cat sat on the mat.\n" * 50)})
         assert r.status_code == 201, r.text
@@ -200,8 +217,10 @@ def _run(job_id: str, evals: dict[int, float], end: str | None = None) -> None:
             lifecycle.finish(s, job_id, JobStatus.CANCELLED)
 
 
-def test_trials_run_k_at_a_time_the_laggard_is_pruned_and_the_best_model_published(api):
+def test_trials_run_k_at_a_time_the_laggard_is_pruned_and_the_best_model_published(api_on):
     from service import sweeper
+
+    api = api_on
 
     r = api.post("/v1/sweeps", json=sweep(api.dataset_id, trials=3, parallel=2))
     assert r.status_code == 202, r.text
@@ -295,3 +314,33 @@ def test_another_owners_sweep_is_not_found(tmp_path, monkeypatch):
         r = bob.post("/v1/sweeps", json=sweep(ds.json()["id"]))
         assert _error(r)[:2] == (422, "dataset_id")
         assert alice.get(f"/v1/sweeps/{swp['id']}").json()["status"] == "running"
+
+
+def test_drivers_stepping_at_once_make_each_trial_once(api_on):
+    """Every reaper and every trial's worker may step a sweep at the same moment: the
+    conditional UPDATE of trials_started lets one of them make the next trial (and the
+    unique (sweep_id, number) refuses a second; the test fails only without both)."""
+    import threading
+
+    from service import sweeper
+
+    api = api_on
+    swp = api.post("/v1/sweeps", json=sweep(api.dataset_id, trials=3, parallel=1)).json()
+    _run(swp["trials"][0]["job_id"], {10: 3.0}, end="succeeded")
+    start, made = threading.Barrier(4), []
+
+    def step() -> None:
+        start.wait()
+        try:
+            made.extend(sweeper.step_sweep(swp["id"]))
+        except Exception:  # SQLite: a writer that lost the race may be refused outright
+            pass
+
+    threads = [threading.Thread(target=step) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    swp = api.get(f"/v1/sweeps/{swp['id']}").json()
+    assert len(made) == 1 and swp["trials_started"] == 2
+    assert [t["number"] for t in swp["trials"]] == [0, 1] and swp["trials"][1]["job_id"] == made[0]
