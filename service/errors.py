@@ -104,6 +104,8 @@ def install(app: FastAPI) -> None:
             ctx: dict[str, Any] = first.get("ctx") or {}
             param = "type"
             msg = f"must be one of {ctx.get('expected_tags', 'pretrain, finetune')}"
+            if ctx.get("tag") == "sweep":  # a sweep is no job: it has a route of its own
+                msg += "; a sweep is submitted to POST /v1/sweeps"
         message = f"{param}: {msg}" if param else msg
         return JSONResponse(error_body("invalid_request", message, param), 422)
 

@@ -344,3 +344,8 @@ def test_drivers_stepping_at_once_make_each_trial_once(api_on):
     swp = api.get(f"/v1/sweeps/{swp['id']}").json()
     assert len(made) == 1 and swp["trials_started"] == 2
     assert [t["number"] for t in swp["trials"]] == [0, 1] and swp["trials"][1]["job_id"] == made[0]
+
+
+def test_a_sweep_sent_to_the_jobs_route_is_told_where_to_go(api):
+    r = api.post("/v1/jobs", json=sweep(api.dataset_id))
+    assert _error(r)[:2] == (422, "type") and "POST /v1/sweeps" in _error(r)[2], r.text
