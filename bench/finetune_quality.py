@@ -259,7 +259,7 @@ def pretrain(args: argparse.Namespace, corpus: Path, work: Path, started: float
                             "sequence_length": 128, "seed": SEED,
                             "warmup_steps": max(1, args.pretrain_steps // 20)},
         "log_every": 100, "eval_every": max(1, args.pretrain_steps // 6),
-        "checkpoint_every": 10**9,
+        "checkpoint_every": args.checkpoint_every,
     })
     assert isinstance(spec, PretrainSpec)
     saved = work / "pretrained.json"
@@ -269,9 +269,14 @@ def pretrain(args: argparse.Namespace, corpus: Path, work: Path, started: float
         return info["export_dir"], spec, info["figures"]
     reporter = Progress("pretrain", started)
     t0 = time.perf_counter()
-    prepare_data(spec, str(corpus), "txt", str(work / "data"), reporter)
+    # --reuse with a run cut short: continue it exactly from its last checkpoint.
+    done = sorted((work / "pretrain" / "checkpoints").glob("step-*")) if args.reuse else []
+    resume_from = str(done[-1]) if done else None
+    if resume_from is None:
+        prepare_data(spec, str(corpus), "txt", str(work / "data"), reporter)
     prepared = time.perf_counter()
-    result = run_pretraining(spec, str(work / "data"), str(work / "pretrain"), reporter)
+    result = run_pretraining(spec, str(work / "data"), str(work / "pretrain"), reporter,
+                             resume_from=resume_from)
     assert result.export_dir is not None and result.final_eval is not None
     figures = {
         "steps": result.steps, "tokens": result.tokens_seen, "recipe": spec.recipe,
@@ -324,6 +329,9 @@ def main() -> None:
     parser.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                         help="a fine-tuning hyperparameter for every task (JSON value); "
                              "default: none given, the engine's auto defaults")
+    parser.add_argument("--checkpoint-every", type=int, default=10**9, metavar="STEPS",
+                        help="pretraining checkpoints, so that --reuse continues a run cut "
+                             "short (default: none; this is a measurement)")
     parser.add_argument("--no-random", action="store_true", help="skip random init")
     parser.add_argument("--json", help="also write all figures to this file")
     args = parser.parse_args()
