@@ -32,7 +32,7 @@ from cloze_client.types import TERMINAL
 from cloze_client.watch import WatchState
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Submit, list, watch and cancel training jobs.",
+jobs_app = typer.Typer(help="Submit, list, watch, pause, resume and cancel training jobs.",
                        no_args_is_help=True)
 models_app = typer.Typer(help="List, show, download and query models.", no_args_is_help=True)
 
@@ -261,6 +261,24 @@ def jobs_cancel(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
         job = client.cancel_job(job_id)
     state = job["status"] if job["status"] in TERMINAL else f"{job['status']}, stopping"
     _err().print(f"{job_id}: {state}")
+
+
+@jobs_app.command("pause")
+def jobs_pause(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Pause a job: a queued one at once, a running one checkpointed at its next step."""
+    with connected(url, api_key) as client:
+        job = client.pause_job(job_id)
+    pausing = job["status"] == "running" and job.get("pause_requested")
+    state = "running, pausing at its next step" if pausing else job["status"]
+    _err().print(f"{job_id}: {state}")
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Resume a paused job: it continues exactly where it was paused."""
+    with connected(url, api_key) as client:
+        job = client.resume_job(job_id)
+    _err().print(f"{job_id}: {job['status']}")
 
 
 @jobs_app.command("watch")

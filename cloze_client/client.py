@@ -168,6 +168,12 @@ class Client:
     def cancel_job(self, job_id: str) -> Job:
         return cast(Job, self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    def pause_job(self, job_id: str) -> Job:
+        return cast(Job, self._json("POST", f"/v1/jobs/{job_id}/pause"))
+
+    def resume_job(self, job_id: str) -> Job:
+        return cast(Job, self._json("POST", f"/v1/jobs/{job_id}/resume"))
+
     def metrics(self, job_id: str, *, since_step: int | None = None,
                 max_points: int | None = None) -> list[MetricPoint]:
         page = self._json("GET", f"/v1/jobs/{job_id}/metrics", params=self._params(

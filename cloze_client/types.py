@@ -3,7 +3,7 @@ still plain dicts (json.dumps, indexing) for scripts."""
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "paused"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -51,6 +51,8 @@ class Job(TypedDict):
     model_id: str | None
     attempts: int
     cancel_requested: bool
+    # Running, asked to pause: `paused` once its worker has checkpointed the step reached.
+    pause_requested: NotRequired[bool]
     error: JobError | None
     # Queued and no live worker serves its queue: why it waits (else None).
     waiting_reason: NotRequired[str | None]

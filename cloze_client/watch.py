@@ -13,7 +13,7 @@ from cloze_client.types import TERMINAL, Job
 
 BARS = "▁▂▃▄▅▆▇█"
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green",
-                "failed": "red", "cancelled": "magenta"}
+                "failed": "red", "cancelled": "magenta", "paused": "blue"}
 
 
 def sparkline(values: list[float], width: int = 60) -> str:
@@ -107,6 +107,8 @@ class WatchState:
         title.append(status, style=STATUS_STYLE.get(status, ""))
         if job and job.get("cancel_requested") and status == "running":
             title.append(" (cancelling)", style="magenta")
+        elif job and job.get("pause_requested") and status == "running":
+            title.append(" (pausing)", style="yellow")
         grid.add_row("job", title)
         total = self.total_steps
         bar = Table.grid(padding=(0, 1))

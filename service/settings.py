@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(default=600.0, gt=0)
     # Attempts per job before it is failed; errors that cannot heal are never retried.
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # How often a running job reads its cancel and pause flags (a query per step would cost
+    # more than a tiny model's step; a second is "within a few steps" for any model).
+    stop_poll_s: float = Field(default=1.0, ge=0)
     # How long a worker keeps retrying database writes while the database is down.
     db_retry_s: float = Field(default=120.0, ge=0)
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.inprocess import client, make_app
 
-ALL_STATUSES = "'queued', 'running', 'succeeded', 'failed' or 'cancelled'"
+ALL_STATUSES = "'queued', 'running', 'succeeded', 'failed', 'cancelled' or 'paused'"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -161,8 +161,8 @@ def test_domain_refusals_keep_their_http_answers(tmp_path, monkeypatch):
         refused(api.get("/v1/jobs", params={"status": "bogus"}), 422, "invalid_request",
                 f"status: Input should be {ALL_STATUSES}", "status")
         r = api.post("/v1/jobs", json={"dataset_id": ds, "name": "second"})
-        refused(r, 429, "too_many_jobs", "you already have 1 jobs queued or running (the "
-                "limit is 1); wait for one to finish or cancel one", None)
+        refused(r, 429, "too_many_jobs", "you already have 1 jobs queued, running or paused "
+                "(the limit is 1); wait for one to finish or cancel one", None)
         assert r.headers["Retry-After"] == "60"
         refused(api.post("/v1/jobs", json={"dataset_id": ds, "name": "other"},
                          headers={"Idempotency-Key": "k1"}), 422, "idempotency_key_reused",

@@ -134,7 +134,7 @@ def test_domain_knows_nothing_of_http():
         assert "ApiError" not in names, f"{path} raises an HTTP error"
 
 
-JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled"}
+JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled", "paused"}
 
 
 def test_job_statuses_are_spelled_only_in_the_lifecycle_module():

@@ -47,10 +47,6 @@ def with_db_retry(fn: Callable[P, R]) -> Callable[P, R]:
 
     return wrapper
 
-# How often should_stop() reads the cancel flag: a query per training step would cost
-# more than a tiny model's step; a second is "within a few steps" for any model.
-CANCEL_POLL_S = 1.0
-
 
 def device_memory_bytes() -> int:
     """The job's peak CUDA memory where it trains on a GPU (a worker process runs one job),
@@ -65,6 +61,7 @@ class DbReporter:
         self.job_id, self.store = job_id, store
         self._last_poll = 0.0
         self._stop = False
+        self._pausing = False  # the stop asked for is a pause, not a cancel
         self._latest: dict[str, Any] = {}
         self._last_log: tuple[int, int] | None = None  # (step, tokens_seen) of the last point
         # The job spec's keep_checkpoints, once the spec is read; None keeps every one.
@@ -174,11 +171,16 @@ class DbReporter:
     @with_db_retry
     def should_stop(self) -> bool:
         now = time.monotonic()
-        if not self._stop and now - self._last_poll >= CANCEL_POLL_S:
+        if not self._stop and now - self._last_poll >= get_settings().stop_poll_s:
             self._last_poll = now
             with session_scope() as s:
-                self._stop = bool(s.scalar(select(JobRow.cancel_requested)
-                                           .where(JobRow.id == self.job_id)))
+                flags = s.execute(select(JobRow.cancel_requested, JobRow.pause_requested)
+                                  .where(JobRow.id == self.job_id)).one_or_none()
+                cancel, pause = (bool(flags[0]), bool(flags[1])) if flags else (False, False)
+                self._stop, self._pausing = cancel or pause, pause and not cancel
                 s.execute(update(JobRow).where(JobRow.id == self.job_id)
                           .values(heartbeat_at=utcnow()))
         return self._stop
+
+    def pausing(self) -> bool:
+        return self._pausing

@@ -109,6 +109,13 @@ def finish(job_id: str, status: JobStatus, **values: Any) -> bool:
 
 
 @with_db_retry
+def _pause_reached(job_id: str) -> bool:
+    """running -> paused (its step checkpointed); the worker is free for the next job."""
+    with session_scope() as s:
+        return lifecycle.pause_reached(s, job_id)
+
+
+@with_db_retry
 def _requeue(job_id: str) -> None:
     with session_scope() as s:
         lifecycle.requeue(s, job_id)
@@ -200,6 +207,9 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
                             "model, batch_size or micro_batch_size") from None
         raise
     if published is None:
+        # A pause that a cancel overtook (even after the checkpoint) ends cancelled.
+        if reporter.pausing() and _pause_reached(attempt.job_id):
+            return
         reporter.event("info", JobStatus.CANCELLED.value)
         finish(attempt.job_id, JobStatus.CANCELLED)
         return

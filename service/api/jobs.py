@@ -1,3 +1,4 @@
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -27,6 +28,7 @@ from service.queue import enqueue_training
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+log = logging.getLogger("cloze.api")
 
 
 @router.post("", status_code=202, response_model=JobPublic, responses={200: {
@@ -117,6 +119,29 @@ def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
 def cancel_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
     row = jobs.cancel(session=session, job_id=job_id, scope=caller.scope)
     session.commit()
+    return JobPublic.of(row)
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+    """A queued job is paused at once; a running one checkpoints its next step and frees
+    its worker (pause_requested until then). 409 for a finished or cancelling job."""
+    row = jobs.pause(session=session, job_id=job_id, scope=caller.scope)
+    session.commit()
+    return JobPublic.of(row)
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+async def resume_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
+    """Queue a paused job again; it continues exactly from its checkpoint. 409 if not
+    paused."""
+    row = jobs.resume(session=session, job_id=job_id, scope=caller.scope)
+    session.commit()  # the worker must find it queued when the message arrives
+    try:
+        await run_in_threadpool(enqueue_training, row.id)
+    except Exception:  # it is queued: the reaper re-sends it once the queue is back
+        log.warning("%s: resumed, but the queue is unavailable; the reaper re-sends it",
+                    row.id)
     return JobPublic.of(row)
 
 

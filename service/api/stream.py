@@ -72,12 +72,14 @@ class Cursor:
 def status_rank(row: JobRow) -> int:
     """A number that grows with every status move the job makes, read from its row alone
     (so a reconnecting client's cursor says which statuses it has seen): for attempt count
-    a (a claim adds one), running is 2a, queued 2a + 1 and a final status 2a + 2."""
+    a (a claim adds one) and p pauses (a pause adds one), with n = a + p: running and
+    paused are 2n, queued 2n + 1 and a final status 2n + 2."""
+    moves = row.attempts + row.pauses
     if row.status in lifecycle.TERMINAL:
-        return 2 * row.attempts + 2
-    if row.status == JobStatus.RUNNING.value:
-        return 2 * row.attempts
-    return 2 * row.attempts + 1
+        return 2 * moves + 2
+    if row.status == JobStatus.QUEUED.value:
+        return 2 * moves + 1
+    return 2 * moves
 
 
 def _frame(event: str, cursor: Cursor, data: str) -> str:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
 from service.domain import lifecycle, webhooks
-from service.domain.errors import Invalid, LimitReached, not_found
+from service.domain.errors import Conflict, Invalid, LimitReached, not_found
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
@@ -56,6 +56,8 @@ class JobPublic(BaseModel):
     model_id: str | None
     attempts: int
     cancel_requested: bool
+    # Running, asked to pause: `paused` once its worker has checkpointed the step reached.
+    pause_requested: bool = False
     error: JobError | None
     # A queued job that no live worker can take says why ("waiting: no worker serves
     # train.cuda; ..."); null otherwise (running, finished, or waiting its turn).
@@ -88,7 +90,8 @@ class JobPublic(BaseModel):
                               tokens_seen=row.tokens_seen,
                               tokens_per_second=row.tokens_per_second, eta_seconds=eta),
             train_loss=row.train_loss, eval_loss=row.eval_loss, model_id=row.model_id,
-            attempts=row.attempts, cancel_requested=row.cancel_requested, error=error,
+            attempts=row.attempts, cancel_requested=row.cancel_requested,
+            pause_requested=row.pause_requested, error=error,
             waiting_reason=waiting,
             created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
 
@@ -235,8 +238,9 @@ def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -
     active = lifecycle.count_active(session, owner)
     if active and active >= max_active:
         raise LimitReached("too_many_jobs",
-                           f"you already have {active} jobs queued or running (the limit is "
-                           f"{max_active}); wait for one to finish or cancel one",
+                           f"you already have {active} jobs queued, running or paused "
+                           f"(the limit is {max_active}); wait for one to finish or cancel "
+                           "one",
                            retry_after_s=60)
     return Admitted(job_in, name, total_steps)
 
@@ -279,6 +283,39 @@ def cancel(*, session: Session, job_id: str, scope: str | None) -> JobRow:
     lifecycle.cancel(session, job_id)
     session.flush()
     row = get(session=session, job_id=job_id, scope=scope)
+    session.refresh(row)
+    return row
+
+
+def pause(*, session: Session, job_id: str, scope: str | None) -> JobRow:
+    """Pause: a queued job at once, a running one at its next step, once its worker has
+    checkpointed it (see lifecycle.pause); a paused job stays paused."""
+    row = get(session=session, job_id=job_id, scope=scope)
+    if row.status in lifecycle.TERMINAL:
+        raise Conflict("job_finished", f"job {job_id} is {row.status}; only a queued or "
+                       "running job can be paused")
+    if row.cancel_requested:
+        raise Conflict("job_cancelling", f"job {job_id} is being cancelled; it cannot be "
+                       "paused")
+    lifecycle.pause(session, job_id)
+    return _reread(session, row)
+
+
+def resume(*, session: Session, job_id: str, scope: str | None) -> JobRow:
+    """paused -> queued; the caller sends it to the training queue once committed."""
+    row = get(session=session, job_id=job_id, scope=scope)
+    if not lifecycle.resume(session, job_id):
+        session.refresh(row)
+        pausing = " (it is still pausing: resume it once it is paused)" \
+            if row.pause_requested and lifecycle.is_running(row) else ""
+        raise Conflict("job_not_paused", f"job {job_id} is {row.status}{pausing}; only a "
+                       "paused job can be resumed")
+    return _reread(session, row)
+
+
+def _reread(session: Session, row: JobRow) -> JobRow:
+    """The row as a conditional UPDATE left it (the session holds the old values)."""
+    session.flush()
     session.refresh(row)
     return row
 

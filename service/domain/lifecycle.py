@@ -4,6 +4,9 @@
                  ^         |
                  +---------+  (a retry, or the reaper reviving a job whose worker died)
     queued -> cancelled (cancel), queued -> failed (out of attempts)
+    queued -> paused (pause); running -> paused (pause: its worker checkpoints, then lets
+    go); paused -> queued (resume: the next attempt continues from that checkpoint);
+    paused -> cancelled (cancel)
 
 Every move is one conditional UPDATE (`WHERE status = <the state it leaves>`) whose row
 count says whether it happened. Celery delivers at least once and several reapers (API
@@ -21,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.db import rowcount
 from service.domain import webhooks
-from service.domain.tables import EventRow, JobRow, utcnow
+from service.domain.tables import CheckpointRow, EventRow, JobRow, utcnow
 
 log = logging.getLogger("cloze.jobs")
 
@@ -32,6 +35,7 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
 
 
 # Plain strings (the enum's values) for SQL: drivers then bind them as text, whatever
@@ -39,6 +43,9 @@ class JobStatus(StrEnum):
 ACTIVE: tuple[str, ...] = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 TERMINAL: tuple[str, ...] = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value,
                              JobStatus.CANCELLED.value)
+# Not finished: what an owner's job limit counts and what keeps a dataset or base model in
+# use. A paused job holds no worker, but its owner may resume it at any moment.
+UNFINISHED: tuple[str, ...] = (*ACTIVE, JobStatus.PAUSED.value)
 
 
 def _move(session: Session, job_id: str, leaving: JobStatus, *conditions: Any,
@@ -65,9 +72,9 @@ def new_job(**fields: Any) -> JobRow:
 
 
 def count_active(session: Session, owner: str) -> int:
-    """The owner's queued and running jobs."""
+    """The owner's unfinished jobs: queued, running and paused."""
     return session.scalar(select(func.count()).select_from(JobRow).where(
-        JobRow.owner == owner, JobRow.status.in_(ACTIVE))) or 0
+        JobRow.owner == owner, JobRow.status.in_(UNFINISHED))) or 0
 
 
 class Claim(StrEnum):
@@ -78,10 +85,10 @@ class Claim(StrEnum):
 
 def active_job_naming(session: Session, owner: str, object_id: str,
                       spec_fields: tuple[str, ...]) -> str | None:
-    """A queued or running job of the owner whose spec names object_id in one of
-    spec_fields (a dataset it reads, a base model it starts from), if any."""
+    """An unfinished job of the owner (a paused one will read it again) whose spec names
+    object_id in one of spec_fields (a dataset it reads, a base model it starts from)."""
     jobs = session.execute(select(JobRow.id, JobRow.spec).where(
-        JobRow.owner == owner, JobRow.status.in_(ACTIVE))).all()
+        JobRow.owner == owner, JobRow.status.in_(UNFINISHED))).all()
     for job_id, spec in jobs:
         if any((spec or {}).get(field) == object_id for field in spec_fields):
             return str(job_id)
@@ -90,13 +97,15 @@ def active_job_naming(session: Session, owner: str, object_id: str,
 
 def claim(session: Session, job_id: str, *, max_attempts: int) -> Claim:
     """queued -> running as attempt n+1, or, with `max_attempts` used up, queued -> failed
-    (a job that kills its worker every time must not loop forever)."""
+    (a job that kills its worker every time must not loop forever). Each pause adds one
+    to the budget: a paused attempt did not die, and a resume is the owner's say-so."""
     now = utcnow()
-    if _move(session, job_id, JobStatus.QUEUED, JobRow.attempts < max_attempts,
+    budget = max_attempts + JobRow.pauses
+    if _move(session, job_id, JobStatus.QUEUED, JobRow.attempts < budget,
              status=JobStatus.RUNNING, started_at=now, heartbeat_at=now,
              attempts=JobRow.attempts + 1):
         return Claim.CLAIMED
-    if _move(session, job_id, JobStatus.QUEUED, JobRow.attempts >= max_attempts,
+    if _move(session, job_id, JobStatus.QUEUED, JobRow.attempts >= budget,
              status=JobStatus.FAILED, finished_at=now, error_code="too_many_attempts",
              error_message=f"gave up after {max_attempts} attempts: the worker running it "
                            "stopped each time (crashed or was killed)"):
@@ -110,7 +119,7 @@ def finish(session: Session, job_id: str, status: JobStatus, **values: Any) -> b
     if status.value not in TERMINAL:
         raise ValueError(f"{status} is not a terminal status")
     return _move(session, job_id, JobStatus.RUNNING, status=status, finished_at=utcnow(),
-                 **values)
+                 pause_requested=False, **values)
 
 
 def requeue(session: Session, job_id: str) -> bool:
@@ -125,12 +134,48 @@ def heartbeat(session: Session, job_id: str) -> bool:
 
 
 def cancel(session: Session, job_id: str) -> None:
-    """queued -> cancelled at once (it never starts); a running job is asked to stop and
-    records `cancelled` itself at its next step. Both are conditional, so a cancel racing
-    completion leaves the one terminal state that committed first."""
-    _move(session, job_id, JobStatus.QUEUED, status=JobStatus.CANCELLED,
-          cancel_requested=True, finished_at=utcnow())
+    """queued or paused -> cancelled at once (no worker holds it); a running job is asked to
+    stop and records `cancelled` itself at its next step. All are conditional, so a cancel
+    racing completion leaves the one terminal state that committed first."""
+    for idle in (JobStatus.QUEUED, JobStatus.PAUSED):
+        _move(session, job_id, idle, status=JobStatus.CANCELLED, cancel_requested=True,
+              finished_at=utcnow())
     _move(session, job_id, JobStatus.RUNNING, cancel_requested=True)
+
+
+def pause(session: Session, job_id: str) -> None:
+    """queued -> paused at once (no worker holds it); a running job that is not being
+    cancelled is asked to pause, and its worker moves it to paused (pause_reached) once it
+    has checkpointed the step it reached. Pausing a paused job does nothing."""
+    if _move(session, job_id, JobStatus.QUEUED, status=JobStatus.PAUSED,
+             pauses=JobRow.pauses + 1):
+        _paused_event(session, job_id)
+    _move(session, job_id, JobStatus.RUNNING, JobRow.cancel_requested.is_(False),
+          pause_requested=True)
+
+
+def pause_reached(session: Session, job_id: str) -> bool:
+    """running (pause requested, not cancelled) -> paused: its worker checkpointed the step
+    reached and lets the job go."""
+    if not _move(session, job_id, JobStatus.RUNNING, JobRow.pause_requested.is_(True),
+                 JobRow.cancel_requested.is_(False), status=JobStatus.PAUSED,
+                 pause_requested=False, pauses=JobRow.pauses + 1):
+        return False
+    _paused_event(session, job_id)
+    return True
+
+
+def resume(session: Session, job_id: str) -> bool:
+    """paused -> queued: the caller sends it to the training queue; its next attempt
+    continues from the newest checkpoint (the reaper re-sends it if that message is lost)."""
+    return _move(session, job_id, JobStatus.PAUSED, status=JobStatus.QUEUED,
+                 enqueued_at=utcnow())
+
+
+def _paused_event(session: Session, job_id: str) -> None:
+    step = session.scalar(select(func.max(CheckpointRow.step))
+                          .where(CheckpointRow.job_id == job_id)) or 0
+    session.add(EventRow(job_id=job_id, level="info", message=f"paused at step {step}"))
 
 
 # Lost messages re-sent in one reaper round at most, the longest-waiting first. A round's
@@ -164,7 +209,12 @@ def _revive_stale(session: Session, now: datetime, stale: datetime,
     revived = []
     for job_id in session.scalars(select(JobRow.id).where(
             JobRow.status == JobStatus.RUNNING.value, JobRow.heartbeat_at < stale)).all():
+        # Its worker died while pausing it: paused at its newest checkpoint, not revived.
         if _move(session, job_id, JobStatus.RUNNING, JobRow.heartbeat_at < stale,
+                 JobRow.pause_requested.is_(True), JobRow.cancel_requested.is_(False),
+                 status=JobStatus.PAUSED, pause_requested=False, pauses=JobRow.pauses + 1):
+            _paused_event(session, job_id)
+        elif _move(session, job_id, JobStatus.RUNNING, JobRow.heartbeat_at < stale,
                  status=JobStatus.QUEUED, enqueued_at=now):
             session.add(EventRow(job_id=job_id, level="warning", message=(
                 f"no heartbeat for {heartbeat_timeout_s:.0f} s: the worker died; "

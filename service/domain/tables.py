@@ -70,6 +70,10 @@ class JobRow(Base):
     enqueued_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A running job asked to pause: its worker checkpoints the step it reached, then lets go.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # How many times it was paused (each adds an attempt to its max_attempts budget).
+    pauses: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     tokens_seen: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -32,8 +32,14 @@
     if (job.error) facts.append(fact("error", job.error.code + ": " + job.error.message));
     specBox.textContent = JSON.stringify(job.spec, null, 2);
     const active = !Cloze.TERMINAL.has(job.status);
+    // A running job asked to pause or cancel shows neither button until it has.
+    const pausable = (job.status === "queued" || job.status === "running") &&
+      !job.pause_requested && !job.cancel_requested;
     actions.replaceChildren(
-      active ? el("button", { id: "cancel", onclick: cancel }, "Cancel job") : "",
+      pausable ? el("button", { id: "pause", onclick: () => act("pause") }, "Pause job") : "",
+      job.status === "paused" ? el("button", { id: "resume", onclick: () => act("resume") },
+        "Resume job") : "",
+      active ? el("button", { id: "cancel", onclick: () => act("cancel") }, "Cancel job") : "",
       el("button", { onclick: () => openSvg() }, "Loss curve as SVG"),
       el("button", { onclick: () => Cloze.download("/v1/jobs/" + encodeURIComponent(jobId) +
         "/tensorboard", "events.out.tfevents.cloze") }, "TensorBoard file"),
@@ -47,9 +53,9 @@
     } catch (error) { showError(error); }
   }
 
-  async function cancel() {
+  async function act(action) {  // pause, resume or cancel
     try {
-      job = await api("/v1/jobs/" + encodeURIComponent(jobId) + "/cancel", { method: "POST" });
+      job = await api("/v1/jobs/" + encodeURIComponent(jobId) + "/" + action, { method: "POST" });
       showJob();
     } catch (error) { showError(error); }
   }

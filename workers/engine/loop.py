@@ -34,7 +34,7 @@ from workers.engine.errors import ConfigError, EngineError
 from workers.engine.model_card import model_card
 from workers.engine.objective import Batch, Objective
 from workers.engine.optim import Schedule, build_optimizer, lr_factor, resolve_optimizer_impl
-from workers.engine.reporter import Reporter
+from workers.engine.reporter import Pausable, Reporter
 from workers.engine.speed import host_memory_kept, resolve_precision
 
 
@@ -96,6 +96,13 @@ class _Window:
     tokens: int = 0
     seconds: float = 0.0
 
+    def state(self) -> dict[str, Any]:
+        """For a checkpoint between two log points: the resumed run's next point then
+        averages the same steps, to the bit (a float32 sum restored as a float is exact)."""
+        return {"steps": self.steps, "loss": float(self.loss),
+                "grad_norm": float(self.grad_norm), "tokens": self.tokens,
+                "seconds": self.seconds}
+
 
 def check_finite(name: str, value: float, step: int) -> None:
     """EngineError (the job fails at once) if a loss or norm is NaN or infinite."""
@@ -153,16 +160,18 @@ def _log_point(window: _Window, step: int, total: int, learning_rate: float,
 
 def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
             optimizer: torch.optim.Optimizer, device: torch.device
-            ) -> tuple[int, int, dict[str, Any] | None]:
+            ) -> tuple[int, int, dict[str, Any] | None, _Window]:
     """Load a checkpoint of this run into the model, optimizer and random generators;
-    returns (step, tokens seen, early stopping's counters) at the checkpoint."""
+    returns (step, tokens seen, early stopping's counters, the open log window) at the
+    checkpoint."""
     state = read_trainer_state(directory)
     if state.get("fingerprint") != fingerprint:
         raise ConfigError("the checkpoint was made by another run (other data, model "
                           "or settings)")
     load_checkpoint(directory, state, objective.weights, optimizer)
     _restore_rng(state["rng"], objective, device)
-    return state["step"], state["tokens_seen"], state.get("early_stopping")
+    return (state["step"], state["tokens_seen"], state.get("early_stopping"),
+            _Window(**state.get("log_window") or {}))
 
 
 def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_parameters: int,
@@ -205,10 +214,11 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     # Checkpoints are only continued by a run of the same data, shape and settings.
     fingerprint = json.loads(json.dumps(objective.fingerprint()))
     step, tokens_seen = 0, 0
+    window = _Window()
     best = BestSoFar(settings.early_stopping) if settings.early_stopping else None
     if resume_from is not None:
-        step, tokens_seen, counters = _resume(resume_from, fingerprint, objective, optimizer,
-                                              device)
+        step, tokens_seen, counters, window = _resume(resume_from, fingerprint, objective,
+                                                      optimizer, device)
         reporter.event("info", f"resumed from the checkpoint of step {step} "
                                f"({tokens_seen} tokens seen)")
         if best is not None:
@@ -217,11 +227,25 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     peak = peak_flops(device)
-    window = _Window()
     stopped = False
     final_eval: dict[str, Any] | None = None
     last_checkpoint: str | None = None
+    checkpointed = step  # the step of the newest checkpoint (or the start)
     workdir_path = Path(workdir)
+
+    def save() -> str:
+        """Checkpoint the step reached; the manifest is written last."""
+        directory = save_checkpoint(
+            checkpoint_dir(workdir_path, step), step=step, model=objective.weights,
+            tokenizer=objective.tokenizer, optimizer=optimizer,
+            trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
+                           "rng": _rng_state(objective, device),
+                           "early_stopping": best.state() if best else None,
+                           "log_window": window.state()},
+            card=_card(objective, step, total, tokens_seen, num_parameters, final_eval),
+        )
+        reporter.checkpoint(step, str(directory))
+        return str(directory)
 
     early = False
     if settings.eval_at_start and step == 0:
@@ -233,6 +257,9 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     while step < total:
         if reporter.should_stop():
             stopped = True
+            # A pause keeps the step reached, to be resumed exactly by a later run.
+            if isinstance(reporter, Pausable) and reporter.pausing() and step > checkpointed:
+                last_checkpoint = save()
             break
         t0 = time.perf_counter()
         learning_rate = settings.learning_rate * lr_factor(step, settings.schedule)
@@ -287,18 +314,9 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
                                f"for {rule.patience} evaluations; the best, {best.value:.6g} "
                                f"at step {best.step}, is the model")
 
-        # -- Checkpoint, always at the last step; the manifest is written last.
+        # -- Checkpoint, always at the last step.
         if step % settings.checkpoint_every == 0 or last:
-            directory = save_checkpoint(
-                checkpoint_dir(workdir_path, step), step=step, model=objective.weights,
-                tokenizer=objective.tokenizer, optimizer=optimizer,
-                trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
-                               "rng": _rng_state(objective, device),
-                               "early_stopping": best.state() if best else None},
-                card=_card(objective, step, total, tokens_seen, num_parameters, final_eval),
-            )
-            last_checkpoint = str(directory)
-            reporter.checkpoint(step, last_checkpoint)
+            last_checkpoint, checkpointed = save(), step
         if early:
             break
 

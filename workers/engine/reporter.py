@@ -1,6 +1,6 @@
 """The callback interface through which a training run reports progress."""
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class Reporter(Protocol):
@@ -21,3 +21,12 @@ class Reporter(Protocol):
 
     def should_stop(self) -> bool:
         """Polled every step; True asks the run to stop cooperatively."""
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """A Reporter whose stop may be a pause: the run then checkpoints the step it reached
+    before it returns, so that a later run resumes it exactly."""
+
+    def pausing(self) -> bool:
+        """Once should_stop() said yes: True if the stop is a pause, False if a cancel."""
