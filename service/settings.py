@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     # "auto": bf16 on a GPU or a CPU with native bf16 (AMX, AVX512-BF16), unless it changes
     # the top-5 on the warm-up probes; fp32 elsewhere (emulated bf16 is slower).
     inference_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # "trace": serve the batched tasks' forward pass as a TorchScript graph, checked against
+    # the eager pass at load (service/inference/graph.py); "eager": transformers' modules.
+    inference_graph: Literal["trace", "eager"] = "trace"
 
     # Database connections per process (API or worker). A request that finds the pool
     # exhausted for db_pool_timeout_s gets a 503 with Retry-After instead of waiting.

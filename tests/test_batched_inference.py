@@ -19,8 +19,10 @@ from tests import inference_helpers as helpers
 from tests.inprocess import make_app
 
 # A short wait lets concurrent requests meet in one batch, so the test sees batching happen.
+# fp32: answers are compared with the (fp32) pipeline's to 1e-5; "auto" would choose bf16
+# on a CPU with native bf16 (test_precision_... covers it).
 SETTINGS = {"CLOZE_RATE_LIMIT_PER_MINUTE": "0", "CLOZE_INFERENCE_MAX_WAIT_MS": "150",
-            "CLOZE_INFERENCE_MAX_BATCH": "64"}
+            "CLOZE_INFERENCE_MAX_BATCH": "64", "CLOZE_INFERENCE_PRECISION": "fp32"}
 SENTENCES = ["the quick brown [MASK] jumps over the lazy dog",
              "a small cat sleeps under an old [MASK] near the river",
              "paris [MASK] and london england",
@@ -73,8 +75,8 @@ def same(ours: Any, theirs: Any, tol: float = 1e-5) -> None:
         assert set(ours) == set(theirs), (ours, theirs)
         for key in theirs:
             same(ours[key], theirs[key], tol)
-    elif isinstance(theirs, float):
-        assert abs(ours - theirs) <= tol, (ours, theirs)
+    elif isinstance(theirs.item() if hasattr(theirs, "item") else theirs, float):
+        assert abs(ours - float(theirs)) <= tol, (ours, theirs)  # numpy's floats too
     else:
         assert ours == (theirs.item() if hasattr(theirs, "item") else theirs), (ours, theirs)
 
@@ -193,6 +195,55 @@ def test_a_model_loads_and_warms_up_on_request(world):
     assert missing.status_code == 404
 
 
+@pytest.mark.parametrize("model,route,body", [
+    ("mlm", "fill-mask", {"inputs": SENTENCES}),
+    ("classify", "classify", {"inputs": SENTENCES}),
+    ("tokens", "token-classification", {"inputs": SENTENCES[1] + " " + SENTENCES[3]})])
+def test_the_traced_graph_answers_as_the_eager_pass(world, monkeypatch, model, route, body):
+    """Every task's pass is served traced (the answers above come from it); eager, as
+    CLOZE_INFERENCE_GRAPH=eager asks, answers the same."""
+    from service.inference import pipelines
+    from service.settings import get_settings
+
+    client: TestClient = world["client"]
+    url = f"/v1/models/{world['ids'][model]}"
+    pipelines._cache().evict(world["ids"][model])
+    assert client.post(f"{url}/load").json()["graph"] == "traced"
+    traced = post(world, model, route, body)
+    monkeypatch.setattr(get_settings(), "inference_graph", "eager")
+    pipelines._cache().evict(world["ids"][model])
+    assert client.post(f"{url}/load").json()["graph"] == "eager"
+    same(post(world, model, route, body), traced)
+    monkeypatch.undo()
+    pipelines._cache().evict(world["ids"][model])
+
+
+def test_a_graph_that_answers_differently_is_not_served():
+    """Tracing keeps one path of Python control flow: a module whose answer depends on a
+    branch the trace did not take fails the check, and the eager pass is kept."""
+    import torch
+
+    from service.inference import graph
+
+    class Branchy(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):
+            x = input_ids.float()
+            return x * 2 if int(attention_mask.sum()) == attention_mask.numel() else x
+
+    module = Branchy()
+
+    def eager(batch):
+        return module(**batch)
+
+    def batch(mask):
+        return {"input_ids": torch.ones(1, 3, dtype=torch.long),
+                "attention_mask": torch.tensor([mask])}
+
+    padded, full = batch([1, 1, 0]), batch([1, 1, 1])
+    assert graph.trace(module, eager, padded, [padded], 1e-4) is not None
+    assert graph.trace(module, eager, padded, [padded, full], 1e-4) is None
+
+
 def test_a_full_queue_refuses_at_once_and_a_dropped_model_stops_its_thread():
     from service.inference.batcher import Batcher, Overloaded
 
@@ -254,9 +305,10 @@ def test_a_request_larger_than_the_queue_is_a_413_not_a_retry(world, monkeypatch
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_sequences"
 
 
-def test_precision_is_fp32_here_unless_bf16_is_asked_for(world, monkeypatch):
-    """This CPU has no native bf16 (emulated bf16 is slower): auto serves fp32. Asked for,
-    bf16 serves, with the same best prediction on a peaked model."""
+def test_precision_auto_is_bf16_only_where_native_and_bf16_when_asked_for(world, monkeypatch):
+    """auto: fp32 on a CPU without native bf16 (emulated bf16 is slower), else bf16 unless
+    it changes the warm-up top-5. Asked for, bf16 serves, with the same best prediction on
+    a peaked model."""
     import torch
 
     from service.inference import pipelines, served
@@ -266,10 +318,15 @@ def test_precision_is_fp32_here_unless_bf16_is_asked_for(world, monkeypatch):
     url = f"/v1/models/{world['ids']['mlm']}"
     body = {"inputs": SENTENCES[0], "parameters": {"top_k": 1}}
     pipelines._cache().evict(world["ids"]["mlm"])
-    auto = client.post(f"{url}/load").json()
-    if not served.native_bf16(torch.device("cpu")):
-        assert auto["precision"] == "float32"
+    assert client.post(f"{url}/load").json()["precision"] == "float32"  # as configured
     fp32 = client.post(f"{url}/fill-mask", json=body).json()
+    monkeypatch.setattr(get_settings(), "inference_precision", "auto")
+    pipelines._cache().evict(world["ids"]["mlm"])
+    auto = client.post(f"{url}/load").json()["precision"]
+    if not served.native_bf16(torch.device("cpu")):
+        assert auto == "float32"
+    else:
+        assert auto in ("bfloat16", "float32")  # fp32 when bf16 changed the top-5
     monkeypatch.setattr(get_settings(), "inference_precision", "bf16")
     pipelines._cache().evict(world["ids"]["mlm"])
     assert client.post(f"{url}/load").json()["precision"] == "bfloat16"

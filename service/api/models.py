@@ -210,6 +210,9 @@ class Loaded(BaseModel):
     task: str
     bytes: int = PydField(description="memory its parameters and buffers hold")
     precision: str
+    graph: str = PydField(description="traced: the forward pass runs as a TorchScript graph "
+                          "checked against the eager one at load; eager: as transformers' "
+                          "modules (tracing failed or differed, or CLOZE_INFERENCE_GRAPH)")
     load_seconds: float = PydField(description="0 when it was loaded already")
 
 
@@ -252,7 +255,8 @@ async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> L
             await WARM_UP[task](served, id_, prefix)
         seconds = time.perf_counter() - started
     return Loaded(id=id_, task=task, bytes=served.nbytes,
-                  precision=str(served.dtype).removeprefix("torch."), load_seconds=seconds)
+                  precision=str(served.dtype).removeprefix("torch."), graph=served.graph,
+                  load_seconds=seconds)
 
 
 @router.get("/{model_id}/{task}/health")

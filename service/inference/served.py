@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from service.inference import graph
 from service.inference.batcher import Batcher
+from service.inference.graph import Pass
 from service.settings import Settings
 
 log = logging.getLogger("cloze.inference")
@@ -110,6 +112,12 @@ class Served:
         # Fill-mask looks targets up in the vocabulary (built once: get_vocab() copies it).
         self.vocab: dict[str, int] = self.tokenizer.get_vocab() if task == "fill-mask" else {}
         self.dtype = torch.float32
+        # The pass the batches run: fill-mask's encoder (hidden states; the head runs on the
+        # mask rows alone), else the whole model (logits). Eager until prepare() traces it.
+        self._module: torch.nn.Module = (self.model.base_model if self.head is not None
+                                          else self.model)
+        self._pass: Pass = self._eager
+        self.graph = "eager"
         self.batcher: Batcher | None = None
         if task in BATCHED_TASKS:
             self.batcher = Batcher(self.forward, max_batch=settings.inference_max_batch,
@@ -135,7 +143,8 @@ class Served:
                     out[i] = result
         return out
 
-    def _forward(self, seqs: list[Seq]) -> list[torch.Tensor]:
+    def _pad(self, seqs: list[Seq]) -> dict[str, torch.Tensor]:
+        """The sequences as one batch, padded to the longest, on the model's device."""
         width = max(len(s) for s in seqs)
         batch = {name: torch.zeros((len(seqs), width), dtype=torch.long)
                  for name in self.input_names}
@@ -147,18 +156,25 @@ class Served:
                     batch[name][row, :n] = values
             if "attention_mask" not in seq.inputs and "attention_mask" in batch:
                 batch["attention_mask"][row, :n] = 1
-        batch = {name: t.to(self.device) for name, t in batch.items()}
+        return {name: t.to(self.device) for name, t in batch.items()}
+
+    def _forward(self, seqs: list[Seq]) -> list[torch.Tensor]:
+        batch = self._pad(seqs)
         if self.head is not None:
-            hidden = self.model.base_model(**batch).last_hidden_state
+            hidden = self._pass(batch)
             rows = [torch.tensor(s.select or [], dtype=torch.long) for s in seqs]
             which = torch.cat([torch.full_like(r, i) for i, r in enumerate(rows)])
             picked = hidden[which.to(self.device), torch.cat(rows).to(self.device)]
             probs = self.head(picked).float().softmax(dim=-1).cpu()
             return list(probs.split([len(r) for r in rows]))
-        logits = self.model(**batch).logits.float().cpu()
+        logits = self._pass(batch).float().cpu()
         if logits.dim() == 3:  # per token
             return [logits[i:i + 1, :len(s)] for i, s in enumerate(seqs)]
         return [logits[i:i + 1] for i in range(len(seqs))]
+
+    def _eager(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        output = self._module(**batch)
+        return output.last_hidden_state if self.head is not None else output.logits
 
     # ------------------------------------------------------------------ loading
 
@@ -169,9 +185,31 @@ class Served:
         if self.head is not None and settings.inference_precision != "fp32":
             if settings.inference_precision == "bf16" or native_bf16(self.device):
                 self._try_bf16(warm_up, forced=settings.inference_precision == "bf16")
+        if self.batcher is not None and settings.inference_graph == "trace":
+            self._trace()
         if self.batcher is not None:
             self.forward(warm_up[:1])
             self.forward(warm_up)
+
+    def _trace(self) -> None:
+        """Serve the pass as a traced graph if it answers as the eager one does on batches
+        of 1 and several sequences, padded or not, up to the window's length."""
+        example = self._batch([7, 12])
+        checks = [self._batch(lengths) for lengths in
+                  ([5], [16], [3, 11], [1, 40, 2], [min(self.window, 512)])]
+        tolerance = 1e-4 if self.dtype == torch.float32 else 2e-2
+        traced = graph.trace(self._module, self._eager, example, checks, tolerance)
+        if traced is not None:
+            self._pass, self.graph = traced, "traced"
+            # Freezing folds copies of the weights into the graph.
+            self.nbytes += model_bytes(self._module)
+
+    def _batch(self, lengths: list[int]) -> dict[str, torch.Tensor]:
+        """A padded batch of arbitrary tokens with these lengths, as _forward builds them."""
+        generator = torch.Generator().manual_seed(len(lengths))
+        return self._pad([Seq({"input_ids": torch.randint(0, self.vocab_size, (n,),
+                                                          generator=generator)})
+                          for n in lengths])
 
     def _try_bf16(self, warm_up: list[Seq], *, forced: bool) -> None:
         """bf16 halves the weights' memory traffic; kept unless it changes the top-5."""
