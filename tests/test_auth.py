@@ -53,8 +53,18 @@ def world(secured: Stack, data_dir: Path) -> dict:
     secured.client.headers["Authorization"] = f"Bearer {keys['alice']}"
     done = secured.wait_job(job["id"], timeout=300)
     assert done["status"] == "succeeded", done
+    sweep = alice.post("/v1/sweeps", json={
+        "base": {"dataset_id": ds["id"], "model": {"size": "tiny"},
+                 "tokenizer": {"vocab_size": 500},
+                 "hyperparameters": {"max_steps": 4, "batch_size": 4, "sequence_length": 32,
+                                     "warmup_steps": 1}},
+        "search_space": {"hyperparameters.learning_rate": {
+            "type": "loguniform", "low": 1e-4, "high": 1e-3}}, "trials": 1})
+    assert sweep.status_code == 202, sweep.text
+    assert alice.post(f"/v1/sweeps/{sweep.json()['id']}/cancel").status_code == 200
     return {"keys": keys, "dataset_id": ds["id"], "job_id": job["id"],
-            "model_id": done["model_id"], "task": "fill-mask", "step": 4}
+            "model_id": done["model_id"], "task": "fill-mask", "step": 4,
+            "sweep_id": sweep.json()["id"]}
 
 
 def routes() -> list[tuple[str, str]]:
