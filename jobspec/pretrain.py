@@ -10,6 +10,7 @@ from jobspec.resources import (
     DEFAULT_PRIORITY,
     Priority,
     ResourcesSpec,
+    batch_inconsistency,
     resources_inconsistency,
 )
 from jobspec.webhook import WebhookSpec
@@ -163,6 +164,9 @@ class PretrainSpec(Strict):
     def inconsistency(self) -> tuple[str, str] | None:
         """(param, message) for the first rule that spans several fields, else None."""
         if (problem := resources_inconsistency(self.resources)) is not None:
+            return problem
+        if (problem := batch_inconsistency(self.resources,
+                                           self.hyperparameters.batch_size)) is not None:
             return problem
         hp, model, tok = self.hyperparameters, self.model, self.tokenizer
         arch, objective = model.architecture, self.objective or ""

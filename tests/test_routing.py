@@ -19,7 +19,7 @@ SETTINGS = Settings(train_queue="train")
 
 def test_resources_and_priority_default_and_refuse_what_cannot_run():
     spec = parse_spec({"dataset_id": "ds_x"}).stored_spec()
-    assert spec["resources"] == {"device": "auto", "processes": 1}
+    assert spec["resources"] == {"device": "auto", "processes": 1, "strategy": "ddp"}
     assert spec["priority"] == 5
     finetune = parse_spec({"type": "finetune", "task": "text_classification",
                            "base_model_id": "m_x", "dataset_id": "ds_x",
@@ -28,12 +28,20 @@ def test_resources_and_priority_default_and_refuse_what_cannot_run():
     for patch, param, words in (({"resources": {"device": "tpu"}}, "resources.device", "cuda"),
                                 ({"priority": 10}, "priority", "9"),
                                 ({"priority": -1}, "priority", "0"),
-                                ({"resources": {"processes": 2}}, "resources.processes",
+                                ({"resources": {"processes": 3}},
+                                 "hyperparameters.batch_size", "multiple of resources.processes"),
+                                ({"resources": {"processes": 65}}, "resources.processes", "64"),
+                                ({"resources": {"strategy": "fsdp"}}, "resources.strategy",
                                  "not yet"),
+                                ({"type": "finetune", "task": "text_classification",
+                                  "base_model_id": "m_x", "resources": {"processes": 2}},
+                                 "resources.processes", "not yet"),
                                 ({"resources": {"gpus": 1}}, "resources.gpus", "")):
         with pytest.raises(SpecError) as caught:
             parse_spec({"dataset_id": "ds_x", **patch})
         assert caught.value.param == param and words in caught.value.message
+    two = parse_spec({"dataset_id": "ds_x", "resources": {"processes": 2}})
+    assert two.resources.processes == 2 and two.stored_spec()["resources"]["processes"] == 2
 
 
 def test_queue_names_and_the_auto_rule():

@@ -184,3 +184,8 @@ class DbReporter:
 
     def pausing(self) -> bool:
         return self._pausing
+
+    def stopped_elsewhere(self, pausing: bool) -> None:
+        """The run stopped in another process that polled the flags (rank 0 of a
+        multi-process run, workers/multiprocess.py): pausing() then says what it saw."""
+        self._stop, self._pausing = True, pausing

@@ -42,6 +42,7 @@ from workers.engine import (
     verify_checkpoint,
 )
 from workers.engine.loop import LoopResult, pick_device
+from workers.multiprocess import run_multiprocess
 from workers.reporter import DbReporter, with_db_retry
 
 log = logging.getLogger("cloze.worker")
@@ -234,12 +235,17 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
         data_dir = _prepared_data(attempt, spec, store, reporter, work, base_dir)
     except StopRequested:  # cancelled while the corpus was being tokenized
         return None
-    result = run_pretraining(spec, str(data_dir), str(work / "run"), reporter,
-                             resume_from=resume_from,
-                             base_model_dir=None if base_dir is None else str(base_dir))
+    base = None if base_dir is None else str(base_dir)
+    if spec.resources.processes > 1:  # under torchrun, on this machine's GPUs or cores
+        result = run_multiprocess(attempt.job_id, spec, str(data_dir), str(work / "ranks"),
+                                  reporter, pick_device(None), resume_from, base)
+    else:
+        result = run_pretraining(spec, str(data_dir), str(work / "run"), reporter,
+                                 resume_from=resume_from, base_model_dir=base)
     if result.stopped or result.export_dir is None:
         return None
-    if resume_from is None:
+    # Calibration rows are the speed of one process on this kind of worker.
+    if resume_from is None and spec.resources.processes == 1:
         _calibrate(spec.model.architecture, spec.objective or "mlm", result)
     task = "text-generation" if spec.objective == "clm" else "fill-mask"
     return _publish(attempt, store, Path(result.export_dir), task=task,

@@ -29,6 +29,7 @@ from workers.engine.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
+from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.early_stop import BestSoFar
 from workers.engine.errors import ConfigError, EngineError
 from workers.engine.model_card import model_card
@@ -125,20 +126,26 @@ def _micro_batches(batch: Batch, size: int) -> list[Batch]:
     return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, n, size)]
 
 
-def _rng_state(objective: Objective, device: torch.device) -> dict[str, Any]:
-    """Every source of randomness, so a resumed run draws exactly what this one would have."""
-    rng = {"objective": objective.state(),
-           "torch": encode_rng_state(torch.get_rng_state())}  # dropout on CPU
+def _rng_state(objective: Objective, device: torch.device, parallel: Parallel
+               ) -> dict[str, Any]:
+    """Every source of randomness, so a resumed run draws exactly what this one would have.
+    The objective's (data order, masks) is the same on every rank; dropout's is each rank's
+    own (a collective under torch.distributed: every rank calls it)."""
+    rng = {"torch": encode_rng_state(torch.get_rng_state())}  # dropout on CPU
     if device.type == "cuda":
         rng["cuda"] = encode_rng_state(torch.cuda.get_rng_state(device))
-    return rng
+    ranks = parallel.gather(rng)
+    return {"objective": objective.state(), **ranks[0],
+            **({"ranks": ranks} if parallel.active else {})}
 
 
-def _restore_rng(rng: dict[str, Any], objective: Objective, device: torch.device) -> None:
+def _restore_rng(rng: dict[str, Any], objective: Objective, device: torch.device,
+                 parallel: Parallel) -> None:
     objective.restore(rng["objective"])
-    torch.set_rng_state(decode_rng_state(rng["torch"]))
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(decode_rng_state(rng["cuda"]), device)
+    own = rng["ranks"][parallel.rank] if parallel.active else rng
+    torch.set_rng_state(decode_rng_state(own["torch"]))
+    if device.type == "cuda" and "cuda" in own:
+        torch.cuda.set_rng_state(decode_rng_state(own["cuda"]), device)
 
 
 def _log_point(window: _Window, step: int, total: int, learning_rate: float,
@@ -159,7 +166,7 @@ def _log_point(window: _Window, step: int, total: int, learning_rate: float,
 
 
 def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
-            optimizer: torch.optim.Optimizer, device: torch.device
+            optimizer: torch.optim.Optimizer, device: torch.device, parallel: Parallel
             ) -> tuple[int, int, dict[str, Any] | None, _Window]:
     """Load a checkpoint of this run into the model, optimizer and random generators;
     returns (step, tokens seen, early stopping's counters, the open log window) at the
@@ -169,7 +176,7 @@ def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
         raise ConfigError("the checkpoint was made by another run (other data, model "
                           "or settings)")
     load_checkpoint(directory, state, objective.weights, optimizer)
-    _restore_rng(state["rng"], objective, device)
+    _restore_rng(state["rng"], objective, device, parallel)
     return (state["step"], state["tokens_seen"], state.get("early_stopping"),
             _Window(**state.get("log_window") or {}))
 
@@ -185,18 +192,21 @@ def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_par
 
 
 def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
-          device: torch.device, resume_from: str | None = None) -> LoopResult:
+          device: torch.device, resume_from: str | None = None,
+          parallel: Parallel = SINGLE) -> LoopResult:
     """Train objective.model for settings.total_steps; checkpoint and export under workdir.
 
     resume_from, a checkpoint directory of a run with the same fingerprint, continues that
     run exactly where it stopped: same weights, optimizer, rates, random draws and data order.
+    parallel: this process's rank in a multi-process run (workers/engine/distributed.py).
     """
     with host_memory_kept():
-        return _train(objective, settings, workdir, reporter, device, resume_from)
+        return _train(objective, settings, workdir, parallel.reporter(reporter), device,
+                      resume_from, parallel)
 
 
 def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
-           device: torch.device, resume_from: str | None) -> LoopResult:
+           device: torch.device, resume_from: str | None, parallel: Parallel) -> LoopResult:
     started = time.perf_counter()
     total = settings.total_steps
     check_fits(settings.memory_bytes, device)
@@ -211,6 +221,9 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     reporter.event("info", f"{num_parameters:,} parameters, {trainable:,} trained, on "
                            f"{device}; {'bf16' if bf16 else 'fp32'}, {impl} AdamW, "
                            f"{settings.micro_batch} examples per micro-batch; {total} steps")
+    if parallel.active:
+        reporter.event("info", parallel.started())
+        parallel.decorrelate_dropout()
     # Checkpoints are only continued by a run of the same data, shape and settings.
     fingerprint = json.loads(json.dumps(objective.fingerprint()))
     step, tokens_seen = 0, 0
@@ -218,7 +231,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     best = BestSoFar(settings.early_stopping) if settings.early_stopping else None
     if resume_from is not None:
         step, tokens_seen, counters, window = _resume(resume_from, fingerprint, objective,
-                                                      optimizer, device)
+                                                      optimizer, device, parallel)
         reporter.event("info", f"resumed from the checkpoint of step {step} "
                                f"({tokens_seen} tokens seen)")
         if best is not None:
@@ -234,12 +247,15 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     workdir_path = Path(workdir)
 
     def save() -> str:
-        """Checkpoint the step reached; the manifest is written last."""
+        """Checkpoint the step reached (rank 0 writes it); the manifest is written last."""
+        rng = _rng_state(objective, device, parallel)
+        if not parallel.main:
+            return ""
         directory = save_checkpoint(
             checkpoint_dir(workdir_path, step), step=step, model=objective.weights,
             tokenizer=objective.tokenizer, optimizer=optimizer,
             trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
-                           "rng": _rng_state(objective, device),
+                           "rng": rng,
                            "early_stopping": best.state() if best else None,
                            "log_window": window.state()},
             card=_card(objective, step, total, tokens_seen, num_parameters, final_eval),
@@ -268,13 +284,17 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
 
         # -- Forward/backward per micro-batch; each loss is its share of the batch mean, so
         # the accumulated gradient is that of the whole batch.
+        # Under torch.distributed each rank takes its rows of the global batch, and the
+        # norms stay the global batch's (distributed.py).
         batch, norms = objective.next_batch()
         loss_sum = torch.zeros((), device=device)
-        for micro in _micro_batches(batch, settings.micro_batch):
+        for micro in _micro_batches(parallel.shard(batch), settings.micro_batch):
             with autocast:
                 loss = objective.loss(micro, norms, device)
             loss.backward()
             loss_sum += loss.detach()
+        parallel.reduce_gradients(model)
+        loss_sum = parallel.sum(loss_sum)
         # clip_grad_norm_ returns the norm from before clipping, which is what we report.
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
         optimizer.step()
@@ -324,7 +344,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     export_dir = None
     if stopped:
         reporter.event("info", f"stopped at step {step} of {total}; no export written")
-    else:
+    elif parallel.main:  # the other ranks hold the same weights
         if final_eval is None:  # resumed from the last step's checkpoint
             final_eval = {"step": step, **objective.evaluate(device)}
             reporter.eval(final_eval)

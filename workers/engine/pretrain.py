@@ -21,6 +21,7 @@ from workers.engine.architectures import (
 from workers.engine.blocks import ShardedBlocks
 from workers.engine.capacity import check_fits, estimate_bytes
 from workers.engine.data import VALID_FILE, data_key, load_data_tokenizer, load_meta
+from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError, EngineError
 from workers.engine.loop import LoopResult, LoopSettings, pick_device, train
 from workers.engine.objectives.clm import CausalLM
@@ -47,17 +48,22 @@ def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:
                                                      "checkpoint_every", "recipe",
                                                      "early_stopping", "probes", "webhook"})
     settings["hyperparameters"].pop("compile")
+    # How the processes share the model does not change the numbers (nor the checkpoints).
+    settings["resources"].pop("strategy")
     return {"data_key": data, "spec": settings}
 
 
 def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: Reporter,
                     device: str | None = None, resume_from: str | None = None,
-                    base_model_dir: str | None = None) -> PretrainResult:
+                    base_model_dir: str | None = None,
+                    parallel: Parallel = SINGLE) -> PretrainResult:
     """Train on data made by prepare_data; checkpoint and export under workdir.
 
     base_model_dir continues a model (its shape and weights) instead of a fresh one;
     resume_from, a checkpoint of a run with this spec, continues that run exactly.
+    parallel: this process's rank when torchrun runs it on several (workers/multiprocess.py).
     """
+    reporter = parallel.reporter(reporter)
     hp = spec.hyperparameters
     dev = pick_device(device)
 
@@ -139,6 +145,6 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
             sequence_length=hp.sequence_length),
         eval_at_start=base_model_dir is not None,
     )
-    result = train(objective, settings, workdir, reporter, dev, resume_from)
+    result = train(objective, settings, workdir, reporter, dev, resume_from, parallel)
     return PretrainResult(**vars(result), tokenizer_info=meta["tokenizer"],
                           corpus_info=corpus_info)

@@ -125,6 +125,7 @@ def run_finetune(
     settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
                                                      "checkpoint_every", "early_stopping",
                                                      "webhook"})
+    settings["resources"].pop("strategy")  # ddp or fsdp: the same numbers and checkpoints
     fingerprint = {
         "spec": settings, "labels": labels, "base_model": base_model_dir is not None,
         "examples": {name: len(split) for name, split in encoded.items()},

@@ -1,0 +1,134 @@
+"""Multi-process jobs (resources.processes 2) through the API on Postgres and Redis with a
+real worker, which runs them under torchrun with 2 gloo processes: per-step losses equal
+the 1-process job's at the same global batch; a job whose rank 1 is killed mid-run is
+retried from its checkpoint and trains on exactly as if never killed; a paused job resumes
+exactly."""
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from tests.stack import TERMINAL, Stack, corpus_slice
+
+pytestmark = pytest.mark.slow
+
+STEPS, CHECKPOINT_EVERY = 40, 10
+JOB = {"model": {"size": "tiny"}, "tokenizer": {"vocab_size": 800},
+       "hyperparameters": {"max_steps": STEPS, "batch_size": 8, "sequence_length": 64,
+                           "warmup_steps": 5, "learning_rate": 1e-3, "seed": 3,
+                           "precision": "fp32"},
+       "log_every": 1, "eval_every": STEPS, "checkpoint_every": CHECKPOINT_EVERY}
+TWO = {"resources": {"processes": 2}}
+# Float summation order (each rank sums half the batch, gloo sums the halves), slightly
+# amplified by Adam over the steps.
+RELATIVE_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, postgres_url, redis_url) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("multiprocess")
+    s = Stack(home, {
+        "CLOZE_DATABASE_URL": postgres_url, "CLOZE_BROKER_URL": redis_url,
+        "CLOZE_TRAIN_QUEUE": f"mp-{uuid.uuid4().hex[:8]}",
+        "CLOZE_STORAGE_URL": f"file://{home / 'objects'}",
+        "CLOZE_MAX_ATTEMPTS": "3", "CLOZE_RATE_LIMIT_PER_MINUTE": "0",
+        "CLOZE_STOP_POLL_S": "0",
+    }, embedded=False)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def dataset(stack, data_dir) -> str:
+    corpus = corpus_slice(data_dir / "en-valid.txt.gz", 200_000)
+    return stack.upload("mp.txt", corpus).json()["id"]
+
+
+def submit(stack: Stack, dataset: str, **patch) -> str:
+    r = stack.client.post("/v1/jobs", json={"dataset_id": dataset, **JOB, **patch})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def losses(stack: Stack, job_id: str) -> list[float]:
+    points = stack.client.get(f"/v1/jobs/{job_id}/metrics").json()["data"]
+    assert [p["step"] for p in points] == list(range(1, STEPS + 1)), "a row per step"
+    return [p["train_loss"] for p in points]
+
+
+def events(stack: Stack, job_id: str) -> list[str]:
+    return [e["message"] for e in stack.client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
+
+
+def wait_for(stack: Stack, job_id: str, predicate, what: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = stack.client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        assert job["status"] not in TERMINAL, (f"ended before {what}", job, stack.logs())
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id}: no {what} in {timeout}s\n{stack.logs()}")
+
+
+def rank_process(rank: int) -> psutil.Process:
+    """The running rank (torchrun's child running workers.multiprocess) of that rank."""
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "workers.multiprocess" in cmdline and "torch.distributed.run" not in cmdline:
+            try:
+                if proc.environ().get("RANK") == str(rank):
+                    return proc
+            except psutil.Error:
+                continue
+    raise AssertionError(f"no rank {rank} process")
+
+
+@pytest.fixture(scope="module")
+def two_process_losses(stack, dataset) -> list[float]:
+    """The 2-process job run straight through."""
+    job_id = submit(stack, dataset, **TWO)
+    job = stack.wait_job(job_id, timeout=400)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["model_id"] and job["attempts"] == 1
+    assert "training on 2 processes (gloo), each on its slice of every batch" in \
+        events(stack, job_id)
+    return losses(stack, job_id)
+
+
+def test_two_processes_match_one_at_equal_global_batch(stack, dataset, two_process_losses):
+    one = submit(stack, dataset)
+    assert stack.wait_job(one, timeout=400)["status"] == "succeeded"
+    assert two_process_losses == pytest.approx(losses(stack, one), rel=RELATIVE_TOLERANCE)
+
+
+def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_exactly(stack, dataset,
+                                                                     two_process_losses):
+    job_id = submit(stack, dataset, **TWO)
+    wait_for(stack, job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
+             "a checkpoint")
+    rank_process(1).send_signal(signal.SIGKILL)
+
+    job = stack.wait_job(job_id, timeout=400)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 2
+    said = events(stack, job_id)
+    assert any("attempt 1 failed (RanksFailed); retrying" in m for m in said), said
+    assert any(m.startswith("attempt 2: resuming from the checkpoint at step ") for m in said)
+    assert losses(stack, job_id) == two_process_losses
+
+
+def test_a_paused_two_process_job_resumes_exactly(stack, dataset, two_process_losses):
+    job_id = submit(stack, dataset, **TWO)
+    wait_for(stack, job_id, lambda j: j["progress"]["step"] >= 3, "first steps")
+    assert stack.client.post(f"/v1/jobs/{job_id}/pause").status_code == 200
+    paused = wait_for(stack, job_id, lambda j: j["status"] == "paused", "the pause")
+    assert 3 <= paused["progress"]["step"] < STEPS
+    assert stack.client.post(f"/v1/jobs/{job_id}/resume").status_code == 200
+    job = stack.wait_job(job_id, timeout=400)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert losses(stack, job_id) == two_process_losses

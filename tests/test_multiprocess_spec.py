@@ -1,0 +1,53 @@
+"""What a multi-process job may ask for, in this process: POST /v1/jobs takes
+resources.processes with a batch it divides, refuses with 422 an uneven split, fsdp and
+multi-process fine-tuning (not yet); a worker refuses more processes than it has cores."""
+
+import os
+
+import pytest
+
+from jobspec import parse_spec
+from tests.inprocess import client, make_app
+from workers.engine import ConfigError
+
+
+def _refused(r, param: str, words: str) -> None:
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+
+
+def test_the_api_takes_an_even_split_and_refuses_the_rest(tmp_path, monkeypatch):
+    with make_app(tmp_path, monkeypatch) as app:
+        api = client(app)
+        ds = api.post("/v1/datasets", files={"file": ("a.txt", b"one\ntwo\n")}).json()["id"]
+        hp = {"batch_size": 8}
+        r = api.post("/v1/jobs", json={"dataset_id": ds, "hyperparameters": hp,
+                                       "resources": {"processes": 2}})
+        assert r.status_code == 202, r.text
+        assert r.json()["spec"]["resources"] == {"device": "auto", "processes": 2,
+                                                 "strategy": "ddp"}
+
+        _refused(api.post("/v1/jobs", json={"dataset_id": ds, "hyperparameters": hp,
+                                            "resources": {"processes": 3}}),
+                 "hyperparameters.batch_size", "batch_size (8) must be a multiple of "
+                 "resources.processes (3)")
+        _refused(api.post("/v1/jobs", json={"dataset_id": ds, "hyperparameters": hp,
+                                            "resources": {"processes": 2,
+                                                          "strategy": "fsdp"}}),
+                 "resources.strategy", "fsdp is not yet supported")
+        _refused(api.post("/v1/jobs", json={"dataset_id": ds, "resources": {"processes": 0}}),
+                 "resources.processes", "greater than or equal to 1")
+
+
+def test_a_worker_refuses_more_processes_than_its_cores(tmp_path):
+    import torch
+
+    from workers.multiprocess import run_multiprocess
+
+    cores = len(os.sched_getaffinity(0))
+    spec = parse_spec({"dataset_id": "ds_x", "hyperparameters": {"batch_size": 2 * (cores + 1)},
+                       "resources": {"processes": cores + 1}})
+    with pytest.raises(ConfigError, match=f"more than this worker's {cores} CPU cores"):
+        run_multiprocess("job_x", spec, str(tmp_path), str(tmp_path), None,  # type: ignore
+                         torch.device("cpu"))
