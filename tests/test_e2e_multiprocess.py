@@ -1,8 +1,8 @@
 """Multi-process jobs (resources.processes 2) through the API on Postgres and Redis with a
 real worker, which runs them under torchrun with 2 gloo processes: per-step losses equal
-the 1-process job's at the same global batch; a job whose rank 1 is killed mid-run is
-retried from its checkpoint and trains on exactly as if never killed; a paused job resumes
-exactly."""
+the 1-process job's at the same global batch; a job whose rank 1 is killed mid-run, or
+whose worker is killed, is retried from its checkpoint and trains on exactly as if never
+killed (no rank outlives its worker); a paused job resumes exactly."""
 
 import signal
 import time
@@ -37,6 +37,9 @@ def stack(tmp_path_factory, postgres_url, redis_url) -> Iterator[Stack]:
         "CLOZE_STORAGE_URL": f"file://{home / 'objects'}",
         "CLOZE_MAX_ATTEMPTS": "3", "CLOZE_RATE_LIMIT_PER_MINUTE": "0",
         "CLOZE_STOP_POLL_S": "0",
+        # A killed worker's job is re-queued by the next worker's reaper within seconds.
+        "CLOZE_HEARTBEAT_INTERVAL_S": "0.5", "CLOZE_HEARTBEAT_TIMEOUT_S": "5",
+        "CLOZE_REAPER_INTERVAL_S": "1", "CLOZE_REQUEUE_AFTER_S": "20",
     }, embedded=False)
     yield s
     s.stop()
@@ -75,17 +78,19 @@ def wait_for(stack: Stack, job_id: str, predicate, what: str, timeout: float = 2
     raise AssertionError(f"job {job_id}: no {what} in {timeout}s\n{stack.logs()}")
 
 
-def rank_process(rank: int) -> psutil.Process:
-    """The running rank (torchrun's child running workers.multiprocess) of that rank."""
+def ranks(stack: Stack) -> dict[int, psutil.Process]:
+    """This stack's running ranks (torchrun's children running workers.multiprocess)."""
+    found = {}
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if "workers.multiprocess" in cmdline and "torch.distributed.run" not in cmdline:
             try:
-                if proc.environ().get("RANK") == str(rank):
-                    return proc
+                env = proc.environ()
             except psutil.Error:
                 continue
-    raise AssertionError(f"no rank {rank} process")
+            if env.get("CLOZE_TRAIN_QUEUE") == stack.env["CLOZE_TRAIN_QUEUE"]:
+                found[int(env["RANK"])] = proc
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +116,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_exactly(stack, data
     job_id = submit(stack, dataset, **TWO)
     wait_for(stack, job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
              "a checkpoint")
-    rank_process(1).send_signal(signal.SIGKILL)
+    ranks(stack)[1].send_signal(signal.SIGKILL)
 
     job = stack.wait_job(job_id, timeout=400)
     assert job["status"] == "succeeded", (job, stack.logs())
@@ -119,6 +124,26 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_exactly(stack, data
     said = events(stack, job_id)
     assert any("attempt 1 failed (RanksFailed); retrying" in m for m in said), said
     assert any(m.startswith("attempt 2: resuming from the checkpoint at step ") for m in said)
+    assert losses(stack, job_id) == two_process_losses
+
+
+def test_a_killed_worker_leaves_no_rank_training_and_the_job_resumes_exactly(
+        stack, dataset, two_process_losses):
+    """torchrun starts each rank in a session of its own, out of reach of a kill of the
+    worker's process group: they end with it all the same (PR_SET_PDEATHSIG)."""
+    job_id = submit(stack, dataset, **TWO)
+    wait_for(stack, job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
+             "a checkpoint")
+    assert sorted(ranks(stack)) == [0, 1]
+    stack.kill("worker")  # kill -9 the worker, its pool process and torchrun
+    deadline = time.monotonic() + 20
+    while ranks(stack) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ranks(stack), "ranks outlived their worker"
+    stack.start_worker()
+    job = stack.wait_job(job_id, timeout=400)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["attempts"] == 2
     assert losses(stack, job_id) == two_process_losses
 
 

@@ -34,6 +34,8 @@ from workers.reporter import DbReporter
 
 REQUEST, RESULT = "request.json", "result.json"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Looked up now, not between fork and exec, where another thread may hold the loader's lock.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 # What rank 0 raised, raised again by the worker, which maps each to the job's error.
 ERRORS: dict[str, type[BaseException]] = {
     cls.__name__: cls for cls in (ConfigError, CorpusError, EngineError, TooBig, MemoryError,
@@ -87,8 +89,9 @@ def run_multiprocess(job_id: str, spec: PretrainSpec, data_dir: str, workdir: st
 
 def _die_with_parent() -> None:
     """torchrun ends when the worker process does, even by kill -9 (SIGTERM: it then ends
-    its ranks), never training on beside the job's next attempt."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    its ranks), and a rank when torchrun does (torchrun starts each in a session of its
+    own): none trains on beside the job's next attempt."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _rank_main(work: Path) -> None:
