@@ -77,15 +77,16 @@ def _worker_argv(device: str, concurrency: int) -> list[str]:
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
 
 
-def _worker_env(device: str, gpu_ids: list[str] | None = None) -> dict[str, str]:
+def _worker_env(device: str, gpu_ids: list[str] | None = None,
+                gpus_per_job: int = 1) -> dict[str, str]:
     """What a worker of this device needs in its environment: a CPU worker hides every GPU
     (its jobs asked for a CPU, and the engine takes a GPU wherever torch sees one); a CUDA
-    worker names its GPUs, one per pool process (workers/celery_app.py)."""
-    from service.routing import GPU_IDS_ENV
+    worker names its GPUs, gpus_per_job per pool process (workers/celery_app.py)."""
+    from service.routing import GPU_IDS_ENV, GPUS_PER_JOB_ENV
 
     if device == "cpu":
         return {"CUDA_VISIBLE_DEVICES": "", GPU_IDS_ENV: ""}
-    return {GPU_IDS_ENV: ",".join(gpu_ids or [])}
+    return {GPU_IDS_ENV: ",".join(gpu_ids or []), GPUS_PER_JOB_ENV: str(gpus_per_job)}
 
 
 def _cuda_devices() -> list[str]:
@@ -106,14 +107,19 @@ def worker(device: str = typer.Option("cpu", help="cpu or cuda: the queue it ser
            gpus: int | None = typer.Option(None, min=1, help="cuda: GPUs to use, one job "
                                            "on each at once (default 1)"),
            concurrency: int | None = typer.Option(None, min=1, help="cpu: jobs at once "
-                                                  "(default 1; 1 per CPU box)")) -> None:
+                                                  "(default 1; 1 per CPU box)"),
+           gpus_per_job: int = typer.Option(1, min=1, help="cuda: GPUs each job sees, for "
+                                            "jobs of resources.processes up to it (one "
+                                            "process per GPU); --gpus is a multiple of it"),
+           ) -> None:
     """Run a Celery worker that trains jobs from its device's queue."""
     if device not in ("cpu", "cuda"):
         raise typer.BadParameter("must be cpu or cuda", param_hint="--device")
     if device == "cpu":
-        if gpus is not None:
+        if gpus is not None or gpus_per_job != 1:
             raise typer.BadParameter("a cpu worker uses no GPU; use --device cuda",
-                                     param_hint="--gpus")
+                                     param_hint="--gpus" if gpus is not None
+                                     else "--gpus-per-job")
         env, jobs = _worker_env("cpu"), concurrency or 1
         if Path("/dev/nvidia0").exists():  # no torch import for a hint
             console.print("[yellow]this machine has an NVIDIA GPU; a cpu worker leaves it "
@@ -122,7 +128,10 @@ def worker(device: str = typer.Option("cpu", help="cpu or cuda: the queue it ser
         if concurrency is not None:
             raise typer.BadParameter("a cuda worker runs one job per GPU; use --gpus",
                                      param_hint="--concurrency")
-        found, jobs = _cuda_devices(), gpus or 1
+        found, jobs = _cuda_devices(), gpus or gpus_per_job
+        if jobs % gpus_per_job:
+            raise typer.BadParameter(f"--gpus ({jobs}) must be a multiple of --gpus-per-job "
+                                     f"({gpus_per_job})", param_hint="--gpus")
         if not found:
             import torch
 
@@ -136,7 +145,8 @@ def worker(device: str = typer.Option("cpu", help="cpu or cuda: the queue it ser
             console.print(f"[red]cloze worker --device cuda --gpus {jobs}: torch sees only "
                           f"{len(found)} CUDA device(s)[/red]")
             raise typer.Exit(1)
-        env = _worker_env("cuda", found[:jobs])
+        env = _worker_env("cuda", found[:jobs], gpus_per_job)
+        jobs //= gpus_per_job  # the worker's concurrency: jobs at once
     os.environ.update(env)
     argv = _worker_argv(device, jobs)
     os.execv(argv[0], argv)

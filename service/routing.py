@@ -15,6 +15,8 @@ from service.settings import Settings
 # Set by `cloze worker --device cuda --gpus N` for the worker: its GPUs (as
 # CUDA_VISIBLE_DEVICES names them), one per pool process (workers/celery_app.py).
 GPU_IDS_ENV = "CLOZE_WORKER_GPU_IDS"
+# How many of those GPUs each pool process (each job) sees: a multi-process job's ranks.
+GPUS_PER_JOB_ENV = "CLOZE_WORKER_GPUS_PER_JOB"
 
 
 def device_queue(settings: Settings, device: str) -> str:

@@ -96,7 +96,10 @@ def test_a_cuda_worker_refuses_to_start_without_a_cuda_device():
 def test_worker_options_that_do_not_fit_the_device_are_refused():
     for args, words in ((["--device", "tpu"], "cpu or cuda"),
                         (["--device", "cpu", "--gpus", "2"], "--device cuda"),
-                        (["--device", "cuda", "--concurrency", "2"], "--gpus")):
+                        (["--device", "cuda", "--concurrency", "2"], "--gpus"),
+                        (["--device", "cpu", "--gpus-per-job", "2"], "uses no GPU"),
+                        (["--device", "cuda", "--gpus", "3", "--gpus-per-job", "2"],
+                         "multiple of --gpus-per-job")):
         done = _cloze("worker", *args)
         assert done.returncode == 2, done
         assert words in done.stderr, done.stderr
@@ -204,4 +207,25 @@ def test_each_pool_process_of_a_cuda_worker_sees_one_gpu(monkeypatch: pytest.Mon
     from service.cli import _worker_env
 
     assert _worker_env("cpu") == {"CUDA_VISIBLE_DEVICES": "", routing.GPU_IDS_ENV: ""}
-    assert _worker_env("cuda", ["3", "5"]) == {routing.GPU_IDS_ENV: "3,5"}
+    assert _worker_env("cuda", ["3", "5"]) == {routing.GPU_IDS_ENV: "3,5",
+                                               routing.GPUS_PER_JOB_ENV: "1"}
+
+
+def test_gpus_per_job_give_each_pool_process_a_group(monkeypatch: pytest.MonkeyPatch):
+    """`--gpus 4 --gpus-per-job 2` on GPUs 0-3: pool process 0 sees GPUs 0 and 1 (a
+    2-process job's ranks train there), process 1 sees 2 and 3."""
+    import billiard.process
+
+    from service.cli import _worker_env
+    from workers import celery_app
+
+    class Process:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+    for name, value in _worker_env("cuda", ["0", "1", "2", "3"], gpus_per_job=2).items():
+        monkeypatch.setenv(name, value)
+    for index, gpus in ((0, "0,1"), (1, "2,3"), (2, "0,1")):
+        monkeypatch.setattr(billiard.process, "current_process", lambda i=index: Process(i))
+        celery_app._pin_gpu()
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == gpus

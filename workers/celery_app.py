@@ -24,7 +24,7 @@ from celery.signals import (
 
 from service import logs, reaper, webhooks
 from service.queue import beat_worker, celery_config
-from service.routing import GPU_IDS_ENV
+from service.routing import GPU_IDS_ENV, GPUS_PER_JOB_ENV
 from service.settings import get_settings
 
 if logs.json_wanted():  # now, before the worker starts: its first warnings are JSON too
@@ -110,15 +110,18 @@ def _stop_housekeeping(sender: Any = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _pin_gpu(**_: Any) -> None:
-    """Pool process i trains on the worker's i-th GPU only. billiard gives a replacement
-    process (one per job: worker_max_tasks_per_child 1) the index of the one it replaces,
-    and CUDA is first touched here, in the child, after this is set."""
+    """Pool process i trains on the worker's i-th GPU only (its i-th group of
+    --gpus-per-job GPUs, where a multi-process job's ranks train). billiard gives a
+    replacement process (one per job: worker_max_tasks_per_child 1) the index of the one it
+    replaces, and CUDA is first touched here, in the child, after this is set."""
     gpus = [g for g in os.environ.get(GPU_IDS_ENV, "").split(",") if g]
     if gpus:
         from billiard.process import current_process
 
+        per_job = int(os.environ.get(GPUS_PER_JOB_ENV) or 1)
+        groups = [gpus[i:i + per_job] for i in range(0, len(gpus), per_job)]
         index = getattr(current_process(), "index", 0) or 0
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(groups[index % len(groups)])
 
 
 @worker_process_init.connect

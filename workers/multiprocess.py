@@ -47,7 +47,8 @@ class RanksFailed(Exception):
 
 
 def capacity(device: torch.device) -> tuple[int, str]:
-    """How many processes this worker can hold: its GPUs, else its CPU cores."""
+    """How many processes this worker can hold: the GPUs its pool process sees (cloze
+    worker --gpus-per-job), else its CPU cores."""
     if device.type == "cuda":
         return torch.cuda.device_count(), "GPUs"
     return len(os.sched_getaffinity(0)), "CPU cores"
@@ -61,8 +62,10 @@ def run_multiprocess(job_id: str, spec: PretrainSpec, data_dir: str, workdir: st
     processes = spec.resources.processes
     available, unit = capacity(device)
     if processes > available:
+        hint = (f"a worker started with --gpus-per-job {processes}" if device.type == "cuda"
+                else "a machine with more cores")
         raise ConfigError(f"resources.processes ({processes}) is more than this worker's "
-                          f"{available} {unit}; lower it or use a larger worker")
+                          f"{available} {unit}; lower it, or use {hint}")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     request = {"job_id": job_id, "spec": spec.model_dump(mode="json"), "data_dir": data_dir,
