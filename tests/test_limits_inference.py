@@ -6,6 +6,7 @@ config (nothing downloaded or trained)."""
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,9 @@ def test_no_connection_is_held_while_a_model_runs_or_a_download_streams(world, t
         with sessions() as s:
             yield s
             s.commit()
+
+    # The inference routes open their session themselves (one thread trip with the caller).
+    monkeypatch.setattr(models_api, "session_scope", contextmanager(session))
 
     class Store:
         def iter_bytes(self, key: str):

@@ -10,6 +10,7 @@ from pydantic import Field as PydField
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from service.api.auth import authenticate
 from service.api.deps import (
     After,
     CallerDep,
@@ -25,14 +26,15 @@ from service.api.multipart import (
     refuse_declared_oversize,
     stream_parts,
 )
+from service.db import session_scope
 from service.domain import idempotency, imports, models, quotas
-from service.domain.keys import Principal
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.errors import ApiError
 from service.inference import loader, pipelines, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
+from service.settings import get_settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -154,55 +156,52 @@ ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
             "token-classification": "token-classification", "text-generation": "generate"}
 
 
-def _serving(session: Session, caller: Principal, model_id: str, task: str
-             ) -> tuple[str, str]:
-    """The model's id and storage prefix, after which the request's database connection
-    goes back to the pool: inference may wait its turn for the model for seconds, and a
-    connection held meanwhile is one the next request cannot have."""
-    row = models.get(session=session, model_id=model_id, scope=caller.scope)
-    if row.task != task:
-        raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
-                       f"{task}; use /v1/models/{model_id}/{ENDPOINT.get(row.task, row.task)}")
-    served = row.id, row.storage_prefix
-    _release(session)
-    return served
+def _serving(request: Request, model_id: str, task: str) -> tuple[str, str]:
+    """Who calls and the model's id and storage prefix, in one trip to a thread: as the
+    usual dependencies (session, caller) plus the lookup it was four, and each trip costs
+    the event loop more than a small model's answer. The database connection is back in
+    the pool before inference starts: a request may wait its turn for the model for
+    seconds, and a connection held meanwhile is one the next request cannot have."""
+    with session_scope() as session:
+        caller = authenticate(request, session, get_settings())
+        row = models.get(session=session, model_id=model_id, scope=caller.scope)
+        if row.task != task:
+            raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
+                           f"{task}; use /v1/models/{model_id}/"
+                           f"{ENDPOINT.get(row.task, row.task)}")
+        return row.id, row.storage_prefix
 
 
 @router.post("/{model_id}/fill-mask", responses=_answer(
     "a flat list for one input with one mask, else a list of lists"))
-async def fill_mask_route(model_id: str, request: FillMaskRequest, session: SessionDep,
-                          caller: CallerDep) -> Any:
+async def fill_mask_route(model_id: str, body: FillMaskRequest, request: Request) -> Any:
     """Masked-token prediction, wire-compatible with the Hugging Face Inference API."""
-    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id, "fill-mask")
-    return await fill_mask(model_id=id_, prefix=prefix, request=request)
+    id_, prefix = await run_in_threadpool(_serving, request, model_id, "fill-mask")
+    return await fill_mask(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
-async def classify_route(model_id: str, request: tasks.ClassifyRequest, session: SessionDep,
-                         caller: CallerDep) -> Any:
+async def classify_route(model_id: str, body: tasks.ClassifyRequest, request: Request) -> Any:
     """Text classification in the Hugging Face Inference API format."""
-    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
-                                          "text-classification")
-    return await tasks.classify(model_id=id_, prefix=prefix, request=request)
+    id_, prefix = await run_in_threadpool(_serving, request, model_id, "text-classification")
+    return await tasks.classify(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/token-classification", responses=_answer(
     "[{entity_group, score, word, start, end}] for one input; a list of those for several"))
-async def token_classification_route(model_id: str, request: tasks.TokenRequest,
-                                     session: SessionDep, caller: CallerDep) -> Any:
+async def token_classification_route(model_id: str, body: tasks.TokenRequest,
+                                     request: Request) -> Any:
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
-    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
+    id_, prefix = await run_in_threadpool(_serving, request, model_id,
                                           "token-classification")
-    return await tasks.token_classification(model_id=id_, prefix=prefix, request=request)
+    return await tasks.token_classification(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
-async def generate_route(model_id: str, request: tasks.GenerateRequest, session: SessionDep,
-                         caller: CallerDep) -> Any:
+async def generate_route(model_id: str, body: tasks.GenerateRequest, request: Request) -> Any:
     """Text generation in the Hugging Face Inference API format."""
-    id_, prefix = await run_in_threadpool(_serving, session, caller, model_id,
-                                          "text-generation")
-    return await pipelines.call(tasks.generate, model_id=id_, prefix=prefix, request=request)
+    id_, prefix = await run_in_threadpool(_serving, request, model_id, "text-generation")
+    return await pipelines.call(tasks.generate, model_id=id_, prefix=prefix, request=body)
 
 
 class Loaded(BaseModel):

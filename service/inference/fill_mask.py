@@ -68,11 +68,15 @@ class Chain:
 
 async def fill_mask(*, model_id: str, prefix: str, request: FillMaskRequest) -> Any:
     served = await load_async(model_id, prefix, "fill-mask")
-    plan = await in_thread(make_plan, served, request)
+    texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+    plan = await in_thread(make_plan, served, request, work=sum(map(len, texts)))
     rows = await infer(served, [Seq({"input_ids": torch.tensor(ids)}, masks)
                                 for ids, masks in zip(plan.ids, plan.masks, strict=True)])
     chains = await score_chains(served, plan)
-    return await in_thread(answer, served, plan, rows, chains, isinstance(request.inputs, str))
+    # Each prediction is a whole sequence decoded: ~50 characters of work.
+    outputs = plan.top_k * sum(map(len, plan.masks))
+    return await in_thread(answer, served, plan, rows, chains, isinstance(request.inputs, str),
+                           work=outputs * 50)
 
 
 def make_plan(served: Served, request: FillMaskRequest) -> Plan:
@@ -101,8 +105,9 @@ def make_plan(served: Served, request: FillMaskRequest) -> Plan:
                        f"{served.vocab_size}, this model's vocabulary size",
                        "parameters.top_k")
     with served.tokenizing:
-        ids = [tokenizer(text)["input_ids"] for text in texts]
-    masks = [[i for i, t in enumerate(row) if t == tokenizer.mask_token_id] for row in ids]
+        ids: list[list[int]] = tokenizer(texts)["input_ids"]
+    mask_id = tokenizer.mask_token_id  # a property lookup each time: once, not per token
+    masks = [[i for i, t in enumerate(row) if t == mask_id] for row in ids]
     if min(len(m) for m in masks) == 0:
         raise no_mask
     if max(len(m) for m in masks) > settings.max_masks_per_input:
@@ -182,6 +187,7 @@ def answer(served: Served, plan: Plan, rows: list[torch.Tensor],
            chains: dict[tuple[int, int, tuple[int, ...]], Chain], one_text: bool) -> Any:
     """Each mask's top_k, as FillMaskPipeline.postprocess writes them."""
     tokenizer = served.tokenizer
+    pad_id = tokenizer.pad_token_id  # a property lookup each time: once, not per token
     if plan.singles is not None:  # the same for every mask of the request
         candidates = torch.tensor(plan.singles, dtype=torch.long)
         top = min(plan.top_k, len(plan.singles) + len(plan.multis))
@@ -205,7 +211,7 @@ def answer(served: Served, plan: Plan, rows: list[torch.Tensor],
             row = []
             for score, pieces in picks:
                 tokens = [x for x in ids[:pos] + list(pieces) + ids[pos + 1:]
-                          if x != tokenizer.pad_token_id]
+                          if x != pad_id]
                 row.append({"score": score, "token": pieces[0],
                             "token_str": tokenizer.decode(list(pieces)),
                             "sequence": tokenizer.decode(tokens,

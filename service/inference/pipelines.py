@@ -108,8 +108,16 @@ async def infer(served: Served, seqs: list[Seq]) -> list[Any]:
     return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
 
-async def in_thread(func: Callable[..., T], /, *args: Any) -> T:
-    """Short CPU work (tokenizing, decoding) off the event loop."""
+# Tokenizing or decoding this much (characters in, or predictions out) takes well under a
+# millisecond: less than a trip to a worker thread costs the event loop, so it runs there.
+INLINE_WORK = 1000
+
+
+async def in_thread(func: Callable[..., T], /, *args: Any, work: int | None = None) -> T:
+    """Short CPU work (tokenizing, decoding) off the event loop, unless `work` says it is
+    smaller than the trip to a thread."""
+    if work is not None and work <= INLINE_WORK:
+        return func(*args)
     return await anyio.to_thread.run_sync(partial(func, *args))
 
 
