@@ -2,7 +2,8 @@
 real worker, which runs them under torchrun with 2 gloo processes: per-step losses equal
 the 1-process job's at the same global batch; a job whose rank 1 is killed mid-run, or
 whose worker is killed, is retried from its checkpoint and trains on exactly as if never
-killed (no rank outlives its worker); a paused job resumes exactly."""
+killed (no rank outlives its worker); a cancel stops every rank; a paused job resumes
+exactly."""
 
 import signal
 import time
@@ -145,6 +146,20 @@ def test_a_killed_worker_leaves_no_rank_training_and_the_job_resumes_exactly(
     assert job["status"] == "succeeded", (job, stack.logs())
     assert job["attempts"] == 2
     assert losses(stack, job_id) == two_process_losses
+
+
+def test_a_cancelled_two_process_job_stops_on_every_rank(stack, dataset):
+    job_id = submit(stack, dataset, **TWO)
+    wait_for(stack, job_id, lambda j: j["progress"]["step"] >= 3, "first steps")
+    assert stack.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = stack.wait_job(job_id, timeout=120)
+    assert job["status"] == "cancelled", (job, stack.logs())
+    assert job["progress"]["step"] < STEPS and job["model_id"] is None
+    assert any(m.startswith("stopped at step ") for m in events(stack, job_id))
+    deadline = time.monotonic() + 20
+    while ranks(stack) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ranks(stack)
 
 
 def test_a_paused_two_process_job_resumes_exactly(stack, dataset, two_process_losses):

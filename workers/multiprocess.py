@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from jobspec import PretrainSpec, parse_spec
+from service import logs
 from service.storage import get_store
 from workers.engine import ConfigError, CorpusError, EngineError, TooBig, run_pretraining
 from workers.engine.distributed import RankReporter, init_from_env
@@ -100,7 +101,13 @@ def _die_with_parent() -> None:
 def _rank_main(work: Path) -> None:
     """One rank, started by torchrun: train, and on rank 0 write the result file."""
     _die_with_parent()  # a rank ends with its torchrun agent
+    logs.configure()  # rank 0's events in the worker's output, as for a 1-process job
     request = json.loads((work / REQUEST).read_text())
+    with logs.log_context(job=request["job_id"]):
+        _train_rank(work, request)
+
+
+def _train_rank(work: Path, request: dict[str, Any]) -> None:
     spec = parse_spec(request["spec"])
     assert isinstance(spec, PretrainSpec)
     parallel, device = init_from_env()

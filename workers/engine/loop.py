@@ -240,6 +240,8 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     peak = peak_flops(device)
+    if peak is not None:  # tokens/s are the global batch's: MFU is over all the devices
+        peak *= parallel.world
     stopped = False
     final_eval: dict[str, Any] | None = None
     last_checkpoint: str | None = None
