@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from jobspec import PretrainSpec, parse_spec
 from tests.stack import free_port
-from workers.engine import run_pretraining
+from workers.engine import prepare_data, run_pretraining
 from workers.engine.distributed import Parallel
 
 pytestmark = pytest.mark.slow
@@ -93,15 +93,20 @@ def _losses(points: list[dict[str, Any]]) -> list[float]:
 
 
 @pytest.mark.parametrize("precision,hp", [("bf16", {}),
-                                          ("fp32", {"micro_batch_size": 2})],
-                         ids=["mlm-bf16", "mlm-accumulation-fp32"])
-def test_two_processes_match_one_and_resume_exactly(en_data, tmp_path, make_spec, precision,
-                                                    hp):
+                                          ("fp32", {"micro_batch_size": 2}),
+                                          ("fp32", {"architecture": "gpt2"})],
+                         ids=["mlm-bf16", "mlm-accumulation-fp32", "gpt2-clm-fp32"])
+def test_two_processes_match_one_and_resume_exactly(en_data, en_corpus, tmp_path, make_spec,
+                                                    precision, hp):
     spec = _spec(make_spec, precision=precision, **hp)
+    data = en_data
+    if "architecture" in hp:  # its own tokenizer
+        data = tmp_path / "data"
+        prepare_data(spec, str(en_corpus), "txt", str(data), Recorder())
     one = Recorder()
-    run_pretraining(spec, str(en_data), str(tmp_path / "one"), one, device="cpu")
+    run_pretraining(spec, str(data), str(tmp_path / "one"), one, device="cpu")
 
-    mp.spawn(_rank, args=(free_port(), spec.model_dump(mode="json"), str(en_data),
+    mp.spawn(_rank, args=(free_port(), spec.model_dump(mode="json"), str(data),
                           str(tmp_path)), nprocs=2, join=True)
     main = json.loads((tmp_path / "rank0.json").read_text())
     other = json.loads((tmp_path / "rank1.json").read_text())

@@ -10,6 +10,8 @@ the objectives call parts of the model (encoder, head), past DDP's forward hook.
 
 Rank 0 reports, checkpoints and exports; it alone polls for a stop (cancel, pause) and
 broadcasts its decision to all ranks every step, so every rank stops at the same step.
+Every rank evaluates the same held-out rows (the same numbers), so early stopping and
+divergence checks decide alike on all of them without another broadcast.
 """
 
 from __future__ import annotations
@@ -46,12 +48,11 @@ class Parallel:
         return self.world > 1
 
     def shard(self, batch: Batch) -> Batch:
-        """This rank's rows of the global batch."""
+        """This rank's rows of the global batch (batch_size / processes of them: the spec
+        makes it a multiple; were it not, the first ranks would take one row more)."""
         if not self.active:
             return batch
-        rows = len(next(iter(batch.values())))
-        size = rows // self.world
-        return {k: v[self.rank * size:(self.rank + 1) * size] for k, v in batch.items()}
+        return {k: v.tensor_split(self.world)[self.rank] for k, v in batch.items()}
 
     def reduce_gradients(self, model: torch.nn.Module) -> None:
         """Sum the gradients over ranks: each rank's are of its share of the global loss."""
@@ -103,7 +104,8 @@ def _buckets(grads: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     buckets: list[list[torch.Tensor]] = [[]]
     size = 0
     for g in grads:
-        if buckets[-1] and (size + g.numel() > BUCKET_ELEMENTS or g.dtype != buckets[-1][0].dtype):
+        full = size + g.numel() > BUCKET_ELEMENTS
+        if buckets[-1] and (full or g.dtype != buckets[-1][0].dtype):
             buckets.append([])
             size = 0
         buckets[-1].append(g)
