@@ -29,13 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service.inference.fill_mask import FillMaskRequest, answer, make_plan  # noqa: E402
+from service.inference.pipelines import _warm_up_seqs  # noqa: E402
 from service.inference.served import Seq, Served  # noqa: E402
 from service.settings import get_settings  # noqa: E402
 
 TEXT = "the [MASK] of the union is strong and the people are free."
 
 
-def p50(name: str, call: Callable[[], Any], n: int = 200) -> None:
+def p50(name: str, call: Callable[[], Any], n: int = 200, scale: float = 1.0) -> None:
     for _ in range(10):
         call()
     times = []
@@ -43,7 +44,7 @@ def p50(name: str, call: Callable[[], Any], n: int = 200) -> None:
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    print(f"| {name} | {1000 * statistics.median(times):.2f} |")
+    print(f"| {name} | {1000 * scale * statistics.median(times):.2f} |")
 
 
 def over_http(home: Path) -> None:
@@ -84,7 +85,16 @@ def in_process(export: Path) -> None:
             for ids, masks in zip(plan.ids, plan.masks, strict=True)]
     rows = served.forward(seqs)
     p50("in-process: make_plan (checks, tokenizing)", lambda: make_plan(served, request))
-    p50("in-process: our forward, batch of 1", lambda: served.forward(seqs))
+    p50("in-process: our forward, batch of 1, fp32 eager", lambda: served.forward(seqs))
+    served.prepare(get_settings(), _warm_up_seqs(served))  # precision and graph, as served
+    p50(f"in-process: our forward, batch of 1, as served ({served.dtype}, {served.graph})",
+        lambda: served.forward(seqs))
+    batch = seqs * 16
+    p50("in-process: our forward, batch of 16, as served, per sentence",
+        lambda: served.forward(batch), scale=1 / 16)
+    served.close()
+    pipe.model.to(torch.float32)  # prepare() may have made it bf16: fp32 for the rest
+    served = Served(pipe, "fill-mask", get_settings())
     ids = torch.tensor([plan.ids[0]])
     mask = torch.ones_like(ids)
     encoder = served.model.base_model
@@ -108,7 +118,7 @@ def main() -> None:
     work = Path(args.workdir)
     print(f"{args.model}, one sentence of {TEXT.count(' ') + 1} words, p50 of 200 calls\n")
     print("| what | ms |\n|---|---:|")
-    over_http(work / f"home-{args.model}-batched")
+    over_http(work / f"home-{args.model}-served")
     in_process(work / args.model / "run" / "export")
 
 

@@ -209,6 +209,21 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def anonymous_on_the_loop(request: Request, settings: Settings) -> Principal | None:
+    """The anonymous caller, charged, when that needs neither the database (no key is
+    required and none of ours is presented) nor the network (the rate limiter is this
+    process's own); else None: authenticate in a thread. Raises 429 as authenticate does."""
+    if keys_required(request.scope, settings):
+        return None
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and keys.looks_like_key(secret.strip()):
+        return None
+    if settings.rate_limit_per_minute and not isinstance(limiter(settings), RateLimiter):
+        return None
+    _charge(settings, f"ip:{client_address(request.scope, settings)}")
+    return keys.ANONYMOUS
+
+
 def authenticate(request: Request, session: Annotated[Session, Depends(get_session)],
                  settings: Annotated[Settings, Depends(get_settings)]) -> Principal:
     required = keys_required(request.scope, settings)
