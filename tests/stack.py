@@ -30,8 +30,11 @@ class Stack:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # fp32 serving: the tests hold answers to the (fp32) pipeline's within 1e-5, and
+        # "auto" serves bf16 on a CPU with native bf16 (tests/test_batched_inference.py
+        # covers that choice).
         self.env = {**os.environ, "CLOZE_HOME": str(home), "CLOZE_PORT": str(self.port),
-                    "PYTHONUNBUFFERED": "1", **env}
+                    "PYTHONUNBUFFERED": "1", "CLOZE_INFERENCE_PRECISION": "fp32", **env}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         home.mkdir(parents=True, exist_ok=True)
         if embedded:
