@@ -52,7 +52,12 @@ def _die_with_supervisor() -> None:
         return
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGQUIT) != 0:
         return
-    if os.getppid() != int(supervisor):  # it died before we asked
+    _quit_if_orphaned()  # it died before we asked
+
+
+def _quit_if_orphaned() -> None:
+    supervisor = os.environ.get("CLOZE_SUPERVISOR_PID")
+    if supervisor and os.getppid() != int(supervisor):
         os.kill(os.getpid(), signal.SIGQUIT)
 
 
@@ -88,6 +93,10 @@ def _json_logs(logger: logging.Logger | None = None, **_: Any) -> None:
 
 @worker_ready.connect
 def _start_housekeeping(sender: Any = None, **_: Any) -> None:
+    # A supervisor that died while Celery was starting may have sent its SIGQUIT before
+    # Celery's own handler was in place, and it was lost (seen under load: the worker
+    # started, orphaned, and never shut down): ask again now that the handler is there.
+    _quit_if_orphaned()
     name = getattr(sender, "hostname", None) or "worker"
     # The queues it consumes (-Q), so the API can tell which devices have a live worker.
     queues = sorted(getattr(app.amqp.queues, "consume_from", None) or {})
