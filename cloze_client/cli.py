@@ -1,4 +1,4 @@
-"""`cloze datasets|jobs|models ...`: the API from a terminal, through cloze_client.Client.
+"""`cloze datasets|jobs|sweeps|models ...`: the API from a terminal, through cloze_client.Client.
 
 Ids and data a script may want go to stdout; progress, tables' chrome and errors to
 stderr. A mistake the user can make (an unknown id, a server that is down, a spec file
@@ -28,12 +28,14 @@ from rich.table import Table
 
 from cloze_client.client import Client
 from cloze_client.errors import ClozeError
-from cloze_client.types import TERMINAL
+from cloze_client.types import TERMINAL, Sweep, Trial
 from cloze_client.watch import WatchState
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Submit, list, watch, pause, resume and cancel training jobs.",
                        no_args_is_help=True)
+sweeps_app = typer.Typer(help="Submit, list, show, plot and cancel hyperparameter sweeps.",
+                         no_args_is_help=True)
 models_app = typer.Typer(help="List, show, download and query models.", no_args_is_help=True)
 
 Url = Annotated[str | None, typer.Option(
@@ -336,6 +338,97 @@ def jobs_metrics(job_id: str,
     _print_table(columns, [
         ["" if c not in p else f"{p[c]:.4g}" if isinstance(p[c], float) else str(p[c])
          for c in columns] for p in points])
+
+
+# -- sweeps ---------------------------------------------------------------------------
+
+
+@sweeps_app.command("submit")
+def sweeps_submit(
+        spec_file: Annotated[Path, typer.Argument(
+            help="the sweep spec (base job spec, search_space, trials), .json or .yaml")],
+        url: Url = None, api_key: ApiKey = None) -> None:
+    """Submit a sweep (POST /v1/sweeps); its first trials are queued; prints its id."""
+    spec = read_spec(spec_file)
+    with connected(url, api_key) as client:
+        sweep = client.create_sweep(spec)
+    _err().print(f"{sweep['id']}: sweep {sweep['name']!r}, {sweep['status']}, "
+                 f"{sweep['spec']['trials']} trials ({sweep['spec']['parallel']} at once), "
+                 f"{sweep['spec']['direction']} {sweep['spec']['metric']}", highlight=False)
+    print(sweep["id"])
+
+
+def _best(sweep: Sweep) -> str:
+    return "-" if sweep["best_value"] is None else f"{sweep['best_value']:.4g}"
+
+
+@sweeps_app.command("list")
+def sweeps_list(limit: int = 20, after: str | None = None, as_json: AsJson = False,
+                url: Url = None, api_key: ApiKey = None) -> None:
+    """Your sweeps, newest first."""
+    with connected(url, api_key) as client:
+        page = client.list_sweeps(limit=limit, after=after)
+    if as_json:
+        return _print_json(page)
+    _print_table(["id", "name", "status", "trials", "metric", "best", "model", "created"], [
+        [s["id"], s["name"], s["status"], f"{s['trials_started']}/{s['spec']['trials']}",
+         s["spec"]["metric"], _best(s), s["model_id"] or "-", _when(s["created_at"])]
+        for s in page["data"]], whole=("id", "model"))
+
+
+def _params(trial: Trial) -> str:
+    """learning_rate=0.00031, schedule=cosine: the searched fields without their prefix."""
+    return ", ".join(
+        f"{name.removeprefix('hyperparameters.')}="
+        f"{f'{value:.4g}' if isinstance(value, float) else value}"
+        for name, value in trial["params"].items())
+
+
+@sweeps_app.command("show")
+def sweeps_show(sweep_id: str, as_json: AsJson = False, url: Url = None,
+                api_key: ApiKey = None) -> None:
+    """A sweep: its status, best value and model, and one row per trial (* the best)."""
+    with connected(url, api_key) as client:
+        sweep = client.get_sweep(sweep_id)
+    if as_json:
+        return _print_json(sweep)
+    spec = sweep["spec"]
+    print(f"{sweep['id']} {sweep['name']!r}: {sweep['status']}, "
+          f"{sweep['trials_started']}/{spec['trials']} trials started, "
+          f"{spec['direction']} {spec['metric']}, best {_best(sweep)}, "
+          f"model {sweep['model_id'] or '-'}")
+    if sweep["error"]:
+        print(f"error: {sweep['error']['code']}: {sweep['error']['message']}")
+    rows = []
+    for t in sweep["trials"]:
+        pruned = f"at step {t['pruned_step']}" if t["pruned"] else "-"
+        rows.append([str(t["number"]), t["job_id"], t["status"], str(t["step"]), _params(t),
+                     "-" if t["value"] is None else f"{t['value']:.4g}", pruned,
+                     "*" if t["job_id"] == sweep["best_job_id"] else ""])
+    _print_table(["trial", "job", "status", "step", "params", spec["metric"], "pruned",
+                  "best"], rows, whole=("job",))
+
+
+@sweeps_app.command("cancel")
+def sweeps_cancel(sweep_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Cancel a sweep and its trials: queued ones never start, running ones stop."""
+    with connected(url, api_key) as client:
+        sweep = client.cancel_sweep(sweep_id)
+    stopping = sum(t["status"] not in TERMINAL for t in sweep["trials"])
+    _err().print(f"{sweep_id}: {sweep['status']}"
+                 + (f", {stopping} trial(s) stopping" if stopping else ""))
+
+
+@sweeps_app.command("plot")
+def sweeps_plot(
+        sweep_id: str,
+        output: Annotated[Path, typer.Option(
+            "--output", "-o", help="the SVG file to write")],
+        url: Url = None, api_key: ApiKey = None) -> None:
+    """Each trial's eval metric against the step, as an SVG file; prints its path."""
+    with connected(url, api_key) as client:
+        output.write_text(client.sweep_svg(sweep_id), encoding="utf-8")
+    print(output)
 
 
 # -- models ---------------------------------------------------------------------------

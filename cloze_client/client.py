@@ -1,5 +1,5 @@
 """A small typed client of the Cloze API over httpx: datasets, jobs (with their live
-stream), models and fill-mask. Every API error raises ClozeError."""
+stream), sweeps, models and fill-mask. Every API error raises ClozeError."""
 
 import os
 import tarfile
@@ -20,6 +20,7 @@ from cloze_client.types import (
     Job,
     MetricPoint,
     Model,
+    Sweep,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -221,6 +222,30 @@ class Client:
                     return  # resumed after its final status: nothing more will come
                 if time.monotonic() - opened < 1.0:
                     time.sleep(1.0)  # an empty answer (a proxy's?) is not retried in a loop
+
+    # -- sweeps -----------------------------------------------------------------------
+
+    def create_sweep(self, spec: dict[str, Any], *, idempotency_key: str | None = None
+                     ) -> Sweep:
+        """Start a hyperparameter sweep (the spec as POST /v1/sweeps takes it: a base job
+        spec, a search space, trials); its first trials are queued at once."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return cast(Sweep, self._json("POST", "/v1/sweeps", json=spec, headers=headers))
+
+    def list_sweeps(self, *, limit: int = 20, after: str | None = None) -> Page[Sweep]:
+        return cast(Page[Sweep], self._json("GET", "/v1/sweeps",
+                                            params=self._params(limit=limit, after=after)))
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return cast(Sweep, self._json("GET", f"/v1/sweeps/{sweep_id}"))
+
+    def cancel_sweep(self, sweep_id: str) -> Sweep:
+        """Cancel a sweep and every trial it started."""
+        return cast(Sweep, self._json("POST", f"/v1/sweeps/{sweep_id}/cancel"))
+
+    def sweep_svg(self, sweep_id: str) -> str:
+        """Each trial's eval metric against the step, as an SVG image."""
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/metrics.svg").text
 
     # -- models -----------------------------------------------------------------------
 

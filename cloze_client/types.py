@@ -102,3 +102,35 @@ class FillMaskResult(TypedDict):
     token: int
     token_str: str
     sequence: str
+
+
+class Trial(TypedDict):
+    """One trial of a sweep: a job of its own with the hyperparameters it was given."""
+
+    number: int
+    job_id: str
+    params: dict[str, Any]
+    status: JobStatus
+    pruned: bool
+    pruned_step: int | None
+    step: int
+    # What the trial scored (its model's eval; None until it succeeded) and its best eval.
+    value: float | None
+    best_metric: float | None
+
+
+class Sweep(TypedDict):
+    id: str
+    object: Literal["sweep"]
+    name: str
+    status: JobStatus
+    spec: dict[str, Any]
+    trials_started: int
+    trials: list[Trial]
+    best_job_id: str | None
+    best_value: float | None
+    # The best trial's model, published as the sweep's once every trial has ended.
+    model_id: str | None
+    error: JobError | None
+    created_at: str
+    finished_at: str | None
