@@ -13,7 +13,7 @@ import psutil
 import typer
 from rich.console import Console
 
-from cloze_client.cli import datasets_app, jobs_app, models_app
+from cloze_client.cli import datasets_app, jobs_app, models_app, sweeps_app
 from service import logs
 from service.settings import Settings, get_settings
 
@@ -274,6 +274,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
+app.add_typer(sweeps_app, name="sweeps")
 
 
 @keys_app.command("create")

@@ -205,6 +205,38 @@ def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: 
                       resume_from, parallel)
 
 
+def _evaluate(objective: Objective, settings: LoopSettings, device: torch.device, step: int,
+              total: int, reporter: Reporter, best: BestSoFar | None
+              ) -> tuple[dict[str, Any], bool]:
+    """The held-out evaluation at `step`, with the probes, reported; True when early
+    stopping ends the run here."""
+    evaluation: dict[str, Any] = {"step": step, **objective.evaluate(device)}
+    if settings.probes is not None:
+        evaluation["probes"] = settings.probes(device=device)
+    check_finite("eval loss", evaluation["eval_loss"], step)
+    reporter.eval(evaluation)
+    if best is None or not best.update(evaluation, objective.weights):
+        return evaluation, False
+    rule = best.rule
+    reporter.event("info", f"early stopping at step {step} of {total}: {rule.metric} has "
+                   f"not improved by more than {rule.min_delta} for {rule.patience} "
+                   f"evaluations; the best, {best.value:.6g} at step {best.step}, is the model")
+    return evaluation, True
+
+
+def _keep_best(objective: Objective, best: BestSoFar | None, step: int,
+               final_eval: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """With early stopping, the best eval's weights become the model's; its evaluation."""
+    if best is None or best.step is None or best.step == step:
+        return final_eval
+    if best.weights is None:  # the best's weights were in the memory of an attempt that ended
+        reporter.event("warning", f"the weights of the best eval (step {best.step}) did not "
+                       "survive the restart; the model is the last step's")
+        return final_eval
+    objective.weights.load_state_dict(best.weights)
+    return best.evaluation or final_eval  # set whenever best.step is
+
+
 def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
            device: torch.device, resume_from: str | None, parallel: Parallel) -> LoopResult:
     started = time.perf_counter()
@@ -267,10 +299,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
 
     early = False
     if settings.eval_at_start and step == 0:
-        final_eval = {"step": 0, **objective.evaluate(device)}
-        reporter.eval(final_eval)
-        if best is not None:
-            best.update(final_eval, objective.weights)
+        final_eval, _ = _evaluate(objective, settings, device, step, total, reporter, best)
 
     while step < total:
         if reporter.should_stop():
@@ -323,18 +352,9 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
 
         # -- Eval on the held-out data, always at the last step.
         if step % settings.eval_every == 0 or last:
-            final_eval = {"step": step, **objective.evaluate(device)}
-            if settings.probes is not None:
-                final_eval["probes"] = settings.probes(device=device)
-            check_finite("eval loss", final_eval["eval_loss"], step)
-            reporter.eval(final_eval)
-            if best is not None and best.update(final_eval, objective.weights):
-                early = last = True
-                rule = best.rule
-                reporter.event("info", f"early stopping at step {step} of {total}: "
-                               f"{rule.metric} has not improved by more than {rule.min_delta} "
-                               f"for {rule.patience} evaluations; the best, {best.value:.6g} "
-                               f"at step {best.step}, is the model")
+            final_eval, early = _evaluate(objective, settings, device, step, total, reporter,
+                                          best)
+            last = last or early
 
         # -- Checkpoint, always at the last step.
         if step % settings.checkpoint_every == 0 or last:
@@ -350,13 +370,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         if final_eval is None:  # resumed from the last step's checkpoint
             final_eval = {"step": step, **objective.evaluate(device)}
             reporter.eval(final_eval)
-        if best is not None and best.step is not None and best.step != step:
-            if best.weights is not None:
-                objective.weights.load_state_dict(best.weights)
-                final_eval = best.evaluation
-            else:  # the best's weights were in the memory of the attempt that crashed
-                reporter.event("warning", f"the weights of the best eval (step {best.step}) "
-                               "did not survive the restart; the model is the last step's")
+        final_eval = _keep_best(objective, best, step, final_eval, reporter)
         export_dir = str(objective.export(workdir_path / "export"))
         (Path(export_dir) / "README.md").write_text(
             _card(objective, step, total, tokens_seen, num_parameters, final_eval),
