@@ -205,6 +205,32 @@ def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: 
                       resume_from, parallel)
 
 
+def _step(objective: Objective, settings: LoopSettings, optimizer: torch.optim.Optimizer,
+          autocast: contextlib.AbstractContextManager[Any], device: torch.device,
+          parallel: Parallel) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimizer step on the next batch: its loss, the gradient norm before clipping,
+    and its tokens."""
+    # Forward/backward per micro-batch; each loss is its share of the batch mean, so the
+    # accumulated gradient is that of the whole batch. Under torch.distributed each rank
+    # takes its rows of the global batch, and the norms stay the global batch's
+    # (distributed.py).
+    model = objective.model
+    batch, norms = objective.next_batch()
+    loss_sum = torch.zeros((), device=device)
+    for micro in _micro_batches(parallel.shard(batch), settings.micro_batch):
+        with autocast:
+            loss = objective.loss(micro, norms, device)
+        loss.backward()
+        loss_sum += loss.detach()
+    parallel.reduce_gradients(model)
+    loss_sum = parallel.sum(loss_sum)
+    # clip_grad_norm_ returns the norm from before clipping, which is what we report.
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, objective.tokens(batch)
+
+
 def _evaluate(objective: Objective, settings: LoopSettings, device: torch.device, step: int,
               total: int, reporter: Reporter, best: BestSoFar | None
               ) -> tuple[dict[str, Any], bool]:
@@ -313,25 +339,9 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
 
-        # -- Forward/backward per micro-batch; each loss is its share of the batch mean, so
-        # the accumulated gradient is that of the whole batch.
-        # Under torch.distributed each rank takes its rows of the global batch, and the
-        # norms stay the global batch's (distributed.py).
-        batch, norms = objective.next_batch()
-        loss_sum = torch.zeros((), device=device)
-        for micro in _micro_batches(parallel.shard(batch), settings.micro_batch):
-            with autocast:
-                loss = objective.loss(micro, norms, device)
-            loss.backward()
-            loss_sum += loss.detach()
-        parallel.reduce_gradients(model)
-        loss_sum = parallel.sum(loss_sum)
-        # clip_grad_norm_ returns the norm from before clipping, which is what we report.
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss_sum, grad_norm, tokens = _step(objective, settings, optimizer, autocast, device,
+                                            parallel)
         step += 1
-        tokens = objective.tokens(batch)
         tokens_seen += tokens
         window.steps += 1
         window.tokens += tokens
