@@ -8,6 +8,7 @@ the head is a vocabulary-wide matrix, most of the cost of a small model's pass).
 
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ class Served:
         self.vocab_size: int = int(getattr(config, "vocab_size", 0) or len(self.tokenizer))
         self.nbytes = model_bytes(self.model)
         self.device = torch.device(pipe.device)
-        self.threads = torch.get_num_threads()  # as the process set them for inference
+        # Tensor threads for large passes: as configured, not torch's current figure, which
+        # another model's small pass may have just set to 1.
+        self.threads = settings.inference_threads or len(os.sched_getaffinity(0))
         self.lock = threading.Lock()  # generation goes through the pipeline, one at a time
         # A fast tokenizer keeps its truncation and padding settings in one Rust object that
         # each call may reset ("Already borrowed" when two threads do): one call at a time.
