@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -99,6 +100,19 @@ class Stack:
                 return job
             time.sleep(1)
         raise AssertionError(f"job {job_id} did not finish in {timeout}s\n{self.logs()}")
+
+    def wait_until(self, job_id: str, predicate: Callable[[dict], bool], what: str,
+                   timeout: float = 300) -> dict:
+        """The job once `predicate` holds for it, polled every 50 ms; fails at once if the
+        job ends first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.client.get(f"/v1/jobs/{job_id}").json()
+            if predicate(job):
+                return job
+            assert job["status"] not in TERMINAL, (f"ended before {what}", job, self.logs())
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id}: no {what} in {timeout}s\n{self.logs()}")
 
     def stop(self) -> None:
         self.client.close()

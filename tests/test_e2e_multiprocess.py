@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.stack import TERMINAL, Stack, corpus_slice
+from tests.stack import Stack, corpus_slice
 
 pytestmark = pytest.mark.slow
 
@@ -68,17 +68,6 @@ def events(stack: Stack, job_id: str) -> list[str]:
     return [e["message"] for e in stack.client.get(f"/v1/jobs/{job_id}/events").json()["data"]]
 
 
-def wait_for(stack: Stack, job_id: str, predicate, what: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = stack.client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        assert job["status"] not in TERMINAL, (f"ended before {what}", job, stack.logs())
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id}: no {what} in {timeout}s\n{stack.logs()}")
-
-
 def ranks(stack: Stack) -> dict[int, psutil.Process]:
     """This stack's running ranks (torchrun's children running workers.multiprocess)."""
     found = {}
@@ -115,8 +104,8 @@ def test_two_processes_match_one_at_equal_global_batch(stack, dataset, two_proce
 def test_a_killed_rank_fails_the_attempt_and_the_job_resumes_exactly(stack, dataset,
                                                                      two_process_losses):
     job_id = submit(stack, dataset, **TWO)
-    wait_for(stack, job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
-             "a checkpoint")
+    stack.wait_until(job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
+                     "a checkpoint")
     ranks(stack)[1].send_signal(signal.SIGKILL)
 
     job = stack.wait_job(job_id, timeout=400)
@@ -133,8 +122,8 @@ def test_a_killed_worker_leaves_no_rank_training_and_the_job_resumes_exactly(
     """torchrun starts each rank in a session of its own, out of reach of a kill of the
     worker's process group: they end with it all the same (PR_SET_PDEATHSIG)."""
     job_id = submit(stack, dataset, **TWO)
-    wait_for(stack, job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
-             "a checkpoint")
+    stack.wait_until(job_id, lambda j: j["progress"]["step"] > CHECKPOINT_EVERY + 2,
+                     "a checkpoint")
     assert sorted(ranks(stack)) == [0, 1]
     stack.kill("worker")  # kill -9 the worker, its pool process and torchrun
     deadline = time.monotonic() + 20
@@ -150,7 +139,7 @@ def test_a_killed_worker_leaves_no_rank_training_and_the_job_resumes_exactly(
 
 def test_a_cancelled_two_process_job_stops_on_every_rank(stack, dataset):
     job_id = submit(stack, dataset, **TWO)
-    wait_for(stack, job_id, lambda j: j["progress"]["step"] >= 3, "first steps")
+    stack.wait_until(job_id, lambda j: j["progress"]["step"] >= 3, "first steps")
     assert stack.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     job = stack.wait_job(job_id, timeout=120)
     assert job["status"] == "cancelled", (job, stack.logs())
@@ -164,9 +153,9 @@ def test_a_cancelled_two_process_job_stops_on_every_rank(stack, dataset):
 
 def test_a_paused_two_process_job_resumes_exactly(stack, dataset, two_process_losses):
     job_id = submit(stack, dataset, **TWO)
-    wait_for(stack, job_id, lambda j: j["progress"]["step"] >= 3, "first steps")
+    stack.wait_until(job_id, lambda j: j["progress"]["step"] >= 3, "first steps")
     assert stack.client.post(f"/v1/jobs/{job_id}/pause").status_code == 200
-    paused = wait_for(stack, job_id, lambda j: j["status"] == "paused", "the pause")
+    paused = stack.wait_until(job_id, lambda j: j["status"] == "paused", "the pause")
     assert 3 <= paused["progress"]["step"] < STEPS
     assert stack.client.post(f"/v1/jobs/{job_id}/resume").status_code == 200
     job = stack.wait_job(job_id, timeout=400)

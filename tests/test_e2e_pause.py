@@ -2,7 +2,6 @@
 checkpoints the step it reached and frees the worker (another job runs meanwhile); resumed,
 it continues from that checkpoint, and its curve is the uninterrupted run's, step for step."""
 
-import time
 from collections.abc import Iterator
 from typing import cast
 
@@ -10,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.stack import TERMINAL, Stack, corpus_slice
+from tests.stack import Stack, corpus_slice
 from tests.test_e2e_pretrain import TINY_JOB
 
 STEPS = 60
@@ -28,20 +27,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     pause lands a few steps after the request however fast the steps go."""
     env = {k: "" for k in ("CLOZE_DATABASE_URL", "CLOZE_BROKER_URL", "CLOZE_STORAGE_URL")}
     env["CLOZE_STOP_POLL_S"] = "0"
-    stack = Stack(tmp_path_factory.mktemp("pause"), env, embedded=True)
+    stack = Stack(tmp_path_factory.mktemp("the pause"), env, embedded=True)
     yield stack
     stack.stop()
-
-
-def _wait(stack: Stack, job_id: str, done, what: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = stack.client.get(f"/v1/jobs/{job_id}").json()
-        if done(job):
-            return job
-        assert job["status"] not in TERMINAL, (f"ended before the {what}", job, stack.logs())
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id}: no {what} in {timeout}s\n{stack.logs()}")
 
 
 def _curve(stack: Stack, job_id: str) -> list[tuple]:
@@ -55,11 +43,11 @@ def test_a_paused_and_resumed_job_trains_as_if_never_paused(stack, data_dir):
     paused_id = stack.client.post("/v1/jobs", json={**SPEC, "dataset_id": ds["id"]}).json()["id"]
 
     # 1. Pause mid-run: running and asked to pause, then paused at a checkpointed step.
-    _wait(stack, paused_id, lambda j: j["progress"]["step"] >= 2, "first steps")
+    stack.wait_until(paused_id, lambda j: j["progress"]["step"] >= 2, "first steps")
     asked = stack.client.post(f"/v1/jobs/{paused_id}/pause")
     assert asked.status_code == 200, asked.text
     assert (asked.json()["status"], asked.json()["pause_requested"]) == ("running", True)
-    job = _wait(stack, paused_id, lambda j: j["status"] == "paused", "pause")
+    job = stack.wait_until(paused_id, lambda j: j["status"] == "paused", "the pause")
     assert not job["pause_requested"] and job["finished_at"] is None
     [checkpoint] = stack.client.get(f"/v1/jobs/{paused_id}/checkpoints").json()["data"]
     at = checkpoint["step"]
