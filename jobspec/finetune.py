@@ -10,6 +10,7 @@ from jobspec.resources import (
     DEFAULT_PRIORITY,
     Priority,
     ResourcesSpec,
+    batch_inconsistency,
     resources_inconsistency,
 )
 from jobspec.webhook import WebhookSpec
@@ -150,9 +151,9 @@ class FinetuneSpec(Strict):
     def inconsistency(self) -> tuple[str, str] | None:
         if (problem := resources_inconsistency(self.resources)) is not None:
             return problem
-        if self.resources.processes != 1:
-            return ("resources.processes", "multi-process fine-tuning is not yet supported "
-                    "(pretraining is); set processes to 1 (or leave it out)")
+        if (problem := batch_inconsistency(self.resources,
+                                           self.hyperparameters.batch_size)) is not None:
+            return problem
         if self.labels is not None:
             if len(set(self.labels)) != len(self.labels):
                 return "labels", "labels must be distinct"

@@ -3,8 +3,10 @@ real worker, which runs them under torchrun with 2 gloo processes: per-step loss
 the 1-process job's at the same global batch; a job whose rank 1 is killed mid-run, or
 whose worker is killed, is retried from its checkpoint and trains on exactly as if never
 killed (no rank outlives its worker); a cancel stops every rank; a paused job resumes
-exactly."""
+exactly; a 2-process fine-tuning job matches the 1-process one too."""
 
+import gzip
+import json
 import signal
 import time
 import uuid
@@ -84,7 +86,7 @@ def ranks(stack: Stack) -> dict[int, psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def two_process_losses(stack, dataset) -> list[float]:
+def two_process_job(stack, dataset) -> dict:
     """The 2-process job run straight through."""
     job_id = submit(stack, dataset, **TWO)
     job = stack.wait_job(job_id, timeout=400)
@@ -92,7 +94,12 @@ def two_process_losses(stack, dataset) -> list[float]:
     assert job["model_id"] and job["attempts"] == 1
     assert "training on 2 processes (gloo), each on its slice of every batch" in \
         events(stack, job_id)
-    return losses(stack, job_id)
+    return job
+
+
+@pytest.fixture(scope="module")
+def two_process_losses(stack, two_process_job) -> list[float]:
+    return losses(stack, two_process_job["id"])
 
 
 def test_two_processes_match_one_at_equal_global_batch(stack, dataset, two_process_losses):
@@ -161,3 +168,31 @@ def test_a_paused_two_process_job_resumes_exactly(stack, dataset, two_process_lo
     job = stack.wait_job(job_id, timeout=400)
     assert job["status"] == "succeeded", (job, stack.logs())
     assert losses(stack, job_id) == two_process_losses
+
+
+def test_two_process_fine_tuning_matches_one(stack, data_dir, two_process_job):
+    """A few steps of text classification on the 2-process job's model, on 1 and on 2
+    processes: the same per-step losses and eval, and each publishes a classifier."""
+    with gzip.open(data_dir / "spamassassin-sample.jsonl.gz", "rt") as f:
+        records = [json.loads(line) for line in f][::10]  # both classes, ham first
+    body = "".join(json.dumps({"text": r["text"][:300], "label": r["label"]}) + "\n"
+                   for r in records)
+    ds = stack.upload("spam.jsonl", body.encode()).json()["id"]
+    spec = {"type": "finetune", "task": "text_classification", "dataset_id": ds,
+            "base_model_id": two_process_job["model_id"], "log_every": 1,
+            "hyperparameters": {"max_steps": 4, "batch_size": 8, "sequence_length": 32,
+                                "learning_rate": 1e-3, "dropout": 0.0, "precision": "fp32"}}
+    curves = []
+    for processes in (1, 2):
+        r = stack.client.post("/v1/jobs", json={**spec, "resources": {"processes": processes}})
+        assert r.status_code == 202, r.text
+        job = stack.wait_job(r.json()["id"], timeout=400)
+        assert job["status"] == "succeeded", (job, stack.logs())
+        model = stack.client.get(f"/v1/models/{job['model_id']}").json()
+        assert model["task"] == "text-classification"
+        points = stack.client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"]
+        curves.append(([p["train_loss"] for p in points if "train_loss" in p],
+                       [p["eval_loss"] for p in points if "eval_loss" in p]))
+    (one, one_eval), (two, two_eval) = curves
+    assert len(one) == 4 and two == pytest.approx(one, rel=RELATIVE_TOLERANCE)
+    assert two_eval == pytest.approx(one_eval, rel=RELATIVE_TOLERANCE)

@@ -34,8 +34,8 @@ def test_resources_and_priority_default_and_refuse_what_cannot_run():
                                 ({"resources": {"strategy": "fsdp"}}, "resources.strategy",
                                  "not yet"),
                                 ({"type": "finetune", "task": "text_classification",
-                                  "base_model_id": "m_x", "resources": {"processes": 2}},
-                                 "resources.processes", "not yet"),
+                                  "base_model_id": "m_x", "resources": {"processes": 3}},
+                                 "hyperparameters.batch_size", "multiple of resources.processes"),
                                 ({"resources": {"gpus": 1}}, "resources.gpus", "")):
         with pytest.raises(SpecError) as caught:
             parse_spec({"dataset_id": "ds_x", **patch})

@@ -1,15 +1,16 @@
-"""Multi-process pretraining (resources.processes > 1): the job's run under torchrun.
+"""Multi-process jobs (resources.processes > 1): the job's run under torchrun.
 
 The worker (Celery's pool process) claims the job and gets its data and resume checkpoint
 as for any job, then runs
 
     python -m torch.distributed.run --standalone --nproc-per-node N -m workers.multiprocess REQ
 
-and waits. Each rank runs run_pretraining on its slice of every batch (gloo on CPUs, NCCL
-with one GPU each; workers/engine/distributed.py). Rank 0 reports to the database, uploads
-checkpoints and writes the export and a result file, which the worker reads to publish the
-model as usual. A rank that dies makes torchrun end the others and exit non-zero: the
-attempt fails like any crashed attempt, and the job is retried from its last checkpoint.
+and waits. Each rank runs run_pretraining or run_finetune on its slice of every batch (gloo
+on CPUs, NCCL with one GPU each; workers/engine/distributed.py). Rank 0 reports to the
+database, uploads checkpoints and writes the export and a result file, which the worker
+reads to publish the model as usual. A rank that dies makes torchrun end the others and
+exit non-zero: the attempt fails like any crashed attempt, and the job is retried from its
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 
 import torch
 
-from jobspec import PretrainSpec, parse_spec
+from jobspec import FinetuneSpec, PretrainSpec, parse_spec
 from service import logs
 from service.storage import get_store
 from workers.engine import ConfigError, CorpusError, EngineError, TooBig, run_pretraining
-from workers.engine.distributed import RankReporter, init_from_env
+from workers.engine.distributed import Parallel, RankReporter, init_from_env
+from workers.engine.finetune import FinetuneResult, run_finetune
 from workers.engine.pretrain import PretrainResult
 from workers.reporter import DbReporter
 
@@ -55,11 +57,13 @@ def capacity(device: torch.device) -> tuple[int, str]:
     return len(os.sched_getaffinity(0)), "CPU cores"
 
 
-def run_multiprocess(job_id: str, spec: PretrainSpec, data_dir: str, workdir: str,
+def run_multiprocess(job_id: str, spec: PretrainSpec | FinetuneSpec, data: Any, workdir: str,
                      reporter: DbReporter, device: torch.device, resume_from: str | None = None,
-                     base_model_dir: str | None = None) -> PretrainResult:
-    """run_pretraining on spec.resources.processes processes of this machine. reporter: the
-    worker's DbReporter, told how a stop ended (rank 0 saw the flags)."""
+                     base_model_dir: str | None = None) -> PretrainResult | FinetuneResult:
+    """run_pretraining (data: the prepared data's directory) or run_finetune (data: split
+    name -> (path, format[, tag column])) on spec.resources.processes processes of this
+    machine. reporter: the worker's DbReporter, told how a stop ended (rank 0 saw the
+    flags)."""
     processes = spec.resources.processes
     available, unit = capacity(device)
     if processes > available:
@@ -69,7 +73,7 @@ def run_multiprocess(job_id: str, spec: PretrainSpec, data_dir: str, workdir: st
                           f"{available} {unit}; lower it, or use {hint}")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    request = {"job_id": job_id, "spec": spec.model_dump(mode="json"), "data_dir": data_dir,
+    request = {"job_id": job_id, "spec": spec.model_dump(mode="json"), "data": data,
                "workdir": str(work / "run"), "resume_from": resume_from,
                "base_model_dir": base_model_dir}
     (work / REQUEST).write_text(json.dumps(request), encoding="utf-8")
@@ -88,6 +92,8 @@ def run_multiprocess(job_id: str, spec: PretrainSpec, data_dir: str, workdir: st
         raise RanksFailed(f"torchrun exited with status {code}")
     if result["result"]["stopped"]:
         reporter.stopped_elsewhere(pausing=result["pausing"])
+    if isinstance(spec, FinetuneSpec):
+        return FinetuneResult(**result["result"])
     return PretrainResult(**result["result"])
 
 
@@ -109,7 +115,7 @@ def _rank_main(work: Path) -> None:
 
 def _train_rank(work: Path, request: dict[str, Any]) -> None:
     spec = parse_spec(request["spec"])
-    assert isinstance(spec, PretrainSpec)
+    assert isinstance(spec, PretrainSpec | FinetuneSpec)
     parallel, device = init_from_env()
     inner = None
     if parallel.main:
@@ -117,9 +123,7 @@ def _train_rank(work: Path, request: dict[str, Any]) -> None:
         inner.keep_checkpoints = spec.keep_checkpoints
     reporter = RankReporter(parallel, inner)
     try:
-        result = run_pretraining(spec, request["data_dir"], request["workdir"], reporter,
-                                 device=str(device), resume_from=request["resume_from"],
-                                 base_model_dir=request["base_model_dir"], parallel=parallel)
+        result = _run(spec, request, reporter, device, parallel)
     except tuple(ERRORS.values()) as exc:
         if parallel.main:
             name = type(exc).__name__
@@ -130,6 +134,18 @@ def _train_rank(work: Path, request: dict[str, Any]) -> None:
         torch.distributed.destroy_process_group()
     if parallel.main:
         _write_result(work, {"result": vars(result), "pausing": reporter.pausing()})
+
+
+def _run(spec: PretrainSpec | FinetuneSpec, request: dict[str, Any], reporter: RankReporter,
+         device: torch.device, parallel: Parallel) -> PretrainResult | FinetuneResult:
+    if isinstance(spec, FinetuneSpec):
+        data = {split: tuple(given) for split, given in request["data"].items()}
+        return run_finetune(spec, request["base_model_dir"], data, request["workdir"],
+                            reporter, device=str(device), resume_from=request["resume_from"],
+                            parallel=parallel)
+    return run_pretraining(spec, request["data"], request["workdir"], reporter,
+                           device=str(device), resume_from=request["resume_from"],
+                           base_model_dir=request["base_model_dir"], parallel=parallel)
 
 
 def _write_result(work: Path, content: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from workers.engine import (
     verify_checkpoint,
 )
 from workers.engine.loop import LoopResult, pick_device
+from workers.engine.pretrain import PretrainResult
 from workers.multiprocess import run_multiprocess
 from workers.reporter import DbReporter, with_db_retry
 
@@ -242,6 +243,7 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
     else:
         result = run_pretraining(spec, str(data_dir), str(work / "run"), reporter,
                                  resume_from=resume_from, base_model_dir=base)
+    assert isinstance(result, PretrainResult)
     if result.stopped or result.export_dir is None:
         return None
     # Calibration rows are the speed of one process on this kind of worker.
@@ -305,7 +307,7 @@ def _download_base(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
 def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter: DbReporter,
               work: Path, resume_from: str | None) -> str | None:
     """Fine-tune the base model on the labelled data; returns the new model's id or None."""
-    from workers.engine.finetune import run_finetune
+    from workers.engine.finetune import FinetuneResult, run_finetune
 
     base = _download_base(attempt, store, reporter, work)
     data = {}
@@ -313,12 +315,17 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
         local = work / f"{split}.{stored.format}"
         store.get_file(stored.key, local)
         data[split] = (str(local), stored.format, stored.tag_column)
-    result = run_finetune(spec, str(base), data, str(work / "run"), reporter,
-                          resume_from=resume_from)
+    if spec.resources.processes > 1:  # under torchrun, as pretraining (_pretrain)
+        result = run_multiprocess(attempt.job_id, spec, data, str(work / "ranks"), reporter,
+                                  pick_device(None), resume_from, str(base))
+    else:
+        result = run_finetune(spec, str(base), data, str(work / "run"), reporter,
+                              resume_from=resume_from)
+    assert isinstance(result, FinetuneResult)
     if result.stopped or result.export_dir is None:
         return None
     assert attempt.base_model is not None
-    if resume_from is None:
+    if resume_from is None and spec.resources.processes == 1:
         _calibrate(attempt.base_model.format, spec.task, result)
     return _publish(attempt, store, Path(result.export_dir), task=result.task,
                     architecture=attempt.base_model.format, details={

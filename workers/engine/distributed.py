@@ -37,6 +37,8 @@ class Parallel:
 
     rank: int = 0
     world: int = 1
+    # How the ranks hold the model: ddp, a whole copy each (resources.strategy).
+    strategy: str = "ddp"
 
     @property
     def main(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 from jobspec import FinetuneSpec
 from jobspec.finetune import auto_learning_rate, auto_steps
 from workers.engine.capacity import estimate_bytes
+from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError
 from workers.engine.finetune.dataset import encode_tagged, encode_texts
 from workers.engine.finetune.lora import add_lora, unwrap
@@ -42,10 +43,13 @@ def run_finetune(
     device: str | None = None,
     resume_from: str | None = None,
     base_config: dict[str, Any] | None = None,
+    parallel: Parallel = SINGLE,
 ) -> FinetuneResult:
     """Fine-tune base_model_dir (or a random model of base_config) on data: split name ->
     (path, format[, tag column]); checkpoint and export under workdir. resume_from
-    continues exactly."""
+    continues exactly. parallel: this process's rank when torchrun runs it on several
+    (workers/multiprocess.py); rank 0 alone exports and scores the test split."""
+    reporter = parallel.reporter(reporter)
     hp = spec.hyperparameters
     dev = pick_device(device)
 
@@ -142,7 +146,7 @@ def run_finetune(
         log_every=spec.log_every, eval_every=spec.eval_every or steps_per_epoch,
         checkpoint_every=spec.checkpoint_every or steps_per_epoch, memory_bytes=memory,
         early_stopping=spec.early_stopping)
-    result = train(task, loop, workdir, reporter, dev, resume_from)
+    result = train(task, loop, workdir, reporter, dev, resume_from, parallel)
 
     # -- The test split, scored on the exported model.
     test_metrics = None
