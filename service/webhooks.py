@@ -41,10 +41,11 @@ def post(client: httpx.Client, due: Due, settings: Settings) -> tuple[int | None
     """One attempt: (the answer's status code or None, an error or None when delivered)."""
     body = due.body.encode()
     url = httpx.URL(due.url)
+    timestamp = int(time.time())
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                webhooks.EVENT_HEADER: due.event, webhooks.DELIVERY_HEADER: due.delivery_id,
-               webhooks.TIMESTAMP_HEADER: str(int(time.time())),
-               webhooks.SIGNATURE_HEADER: webhooks.sign(due.secret, body)}
+               webhooks.TIMESTAMP_HEADER: str(timestamp),
+               webhooks.SIGNATURE_HEADER: webhooks.sign(due.secret, timestamp, body)}
     extensions = {}
     # The policy the API accepted the webhook under; an explicit false here overrides it.
     if not due.private_ok or settings.webhook_allow_private is False:

@@ -38,8 +38,10 @@ def test_status_changes_are_posted_signed_in_order(pg_redis_stack: Stack, data_d
         assert receiver.events() == ["job.queued", "job.running", "job.succeeded"], \
             (receiver.events(), stack.logs())
         for headers, body in receiver.received:
-            mac = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            signed = headers["X-Cloze-Timestamp"].encode() + b"." + body
+            mac = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
             assert hmac.compare_digest(headers["X-Cloze-Signature"], f"sha256={mac}")
+            assert abs(time.time() - int(headers["X-Cloze-Timestamp"])) < 300
             sent = json.loads(body)
             assert sent["id"] == job["id"] and sent["event"] == f"job.{sent['status']}"
             assert SECRET not in body.decode()

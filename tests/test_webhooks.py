@@ -88,12 +88,15 @@ def _resolving(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", fake)
 
 
-def test_signature_is_hmac_sha256_of_the_raw_body():
+def test_signature_is_hmac_sha256_of_the_timestamp_and_the_raw_body():
     from service.domain.webhooks import sign
 
     body = b'{"event":"job.queued"}'
-    assert sign("key", body) == "sha256=" + hmac.new(b"key", body, hashlib.sha256).hexdigest()
-    assert sign("key", body) != sign("other", body)
+    assert sign("key", 1700000000, body) == "sha256=" + hmac.new(
+        b"key", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign("key", 1700000000, body) != sign("other", 1700000000, body)
+    # A replayed body under a fresh timestamp does not verify.
+    assert sign("key", 1700000000, body) != sign("key", 1700000001, body)
 
 
 def test_each_status_change_is_delivered_signed_in_order(tmp_path, monkeypatch, receiver):
@@ -113,7 +116,8 @@ def test_each_status_change_is_delivered_signed_in_order(tmp_path, monkeypatch, 
         assert _deliver_all() == 3
         assert receiver.events() == ["job.queued", "job.running", "job.succeeded"]
         for headers, body in receiver.received:
-            expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            signed = headers["X-Cloze-Timestamp"].encode() + b"." + body
+            expected = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
             assert headers["X-Cloze-Signature"] == f"sha256={expected}"
             sent = json.loads(body)
             assert sent["id"] == job["id"] and sent["object"] == "job"

@@ -45,9 +45,12 @@ class DeliveryState(StrEnum):
     EXHAUSTED = "exhausted"  # every attempt failed; no more are made
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The X-Cloze-Signature value: HMAC-SHA256 of the raw body, keyed by the secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The X-Cloze-Signature value: HMAC-SHA256 of "<timestamp>." + the raw body, keyed by
+    the secret. The attempt's time is signed so that a receiver can refuse a replay of an
+    old delivery (as Stripe and Standard Webhooks do)."""
+    message = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
