@@ -14,7 +14,10 @@ case "${1:-quality}" in
   gpu)
     python3 bench/gpu.py 2>&1 | tee "$OUT/gpu.txt" ;;
   quality)
-    python3 bench/finetune_quality.py --workdir /tmp/ftq --pretrain-steps "${STEPS:-20000}" \
+    # A call cut at its limit leaves /tmp/ftq on the (still warm) machine: the next call
+    # continues the pretraining from its last checkpoint.
+    reuse=(); [ -f /tmp/ftq/corpus.txt ] && reuse=(--reuse)
+    python3 bench/finetune_quality.py "${reuse[@]}" --workdir /tmp/ftq --pretrain-steps "${STEPS:-20000}" \
       --checkpoint-every 2000 --json "$OUT/quality.json" 2> "$OUT/quality.log" \
       | tee "$OUT/quality.txt" ;;
   *) echo "usage: device_run.sh gpu|quality" >&2; exit 2 ;;
