@@ -23,6 +23,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -34,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+# ../shared/data beside the checkout; CLOZE_BENCH_DATA elsewhere (a device machine, where
+# bench/device_prepare.sh copies what this bench reads).
+DATA = Path(os.environ.get("CLOZE_BENCH_DATA") or ROOT.parent / "shared" / "data")
 sys.path.insert(0, str(ROOT))
 
 from transformers.utils import logging as hf_logging  # noqa: E402
@@ -257,7 +260,8 @@ def pretrain(args: argparse.Namespace, corpus: Path, work: Path, started: float
         "tokenizer": {"vocab_size": VOCAB_SIZE}, "recipe": "fast",
         "hyperparameters": {"max_steps": args.pretrain_steps, "batch_size": 32,
                             "sequence_length": 128, "seed": SEED,
-                            "warmup_steps": max(1, args.pretrain_steps // 20)},
+                            "warmup_steps": max(1, args.pretrain_steps // 20),
+                            **dict(args.pretrain_hp)},
         "log_every": 100, "eval_every": max(1, args.pretrain_steps // 6),
         "checkpoint_every": args.checkpoint_every,
     })
@@ -283,9 +287,23 @@ def pretrain(args: argparse.Namespace, corpus: Path, work: Path, started: float
         "prepare_seconds": prepared - t0, "train_seconds": time.perf_counter() - prepared,
         "eval_loss": result.final_eval["eval_loss"],
         "eval_accuracy": result.final_eval["accuracy"],
+        "adjacent_position_cosine": adjacent_position_cosine(result.export_dir),
     }
     saved.write_text(json.dumps({"export_dir": result.export_dir, "figures": figures}))
     return result.export_dir, spec, figures
+
+
+def adjacent_position_cosine(export_dir: str) -> float:
+    """Mean cosine between the embeddings of adjacent positions (0-127): about 0 while the
+    encoder is a bag of words (random vectors), high once it has a smooth position code,
+    which tagging needs (bench/README.md, "Brown POS")."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(export_dir) / "model.safetensors"))
+    table = next(v for k, v in weights.items() if k.endswith("position_embeddings.weight"))
+    table = torch.nn.functional.normalize(table[:128].float(), dim=-1)
+    return float((table[1:] * table[:-1]).sum(-1).mean())
 
 
 def finetune(task: Task, base_dir: str | None, base_config: dict[str, Any] | None,
@@ -332,12 +350,15 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10**9, metavar="STEPS",
                         help="pretraining checkpoints, so that --reuse continues a run cut "
                              "short (default: none; this is a measurement)")
+    parser.add_argument("--pretrain-hp", action="append", default=[], metavar="NAME=VALUE",
+                        help="a pretraining hyperparameter over the recipe's (JSON value)")
     parser.add_argument("--no-random", action="store_true", help="skip random init")
     parser.add_argument("--json", help="also write all figures to this file")
     args = parser.parse_args()
     if args.pretrain_steps is None:
         args.pretrain_steps = 30 if args.quick else PRETRAIN_STEPS
     overrides = tuple((k, json.loads(v)) for k, v in (h.split("=", 1) for h in args.hp))
+    args.pretrain_hp = [(k, json.loads(v)) for k, v in (h.split("=", 1) for h in args.pretrain_hp)]
     for line in other_benchmarks():
         print(f"warning: another benchmark is running ({line}); timings will suffer",
               file=sys.stderr)
@@ -393,7 +414,8 @@ def report(args: argparse.Namespace, pretrained: dict[str, Any], tasks: list[Tas
           f"({pretrained['tokens'] / 1e6:.1f} M tokens, recipe {pretrained['recipe']}) in "
           f"{pretrained['train_seconds'] / 60:.1f} min (+ {pretrained['prepare_seconds']:.0f} s "
           f"tokenizing); held-out MLM loss {pretrained['eval_loss']:.3f}, masked-token "
-          f"accuracy {pretrained['eval_accuracy']:.3f}.\n")
+          f"accuracy {pretrained['eval_accuracy']:.3f}, adjacent-position cosine "
+          f"{pretrained.get('adjacent_position_cosine', float('nan')):.2f}.\n")
     print("| task | model | test accuracy | test macro-F1 | fine-tuning |")
     print("|---|---|---:|---:|---|")
     verdicts, resolved = [], []
