@@ -9,6 +9,7 @@ from cloze_client.types import (
     Event,
     FillMaskResult,
     Job,
+    JobEstimate,
     MetricPoint,
     Model,
     Sweep,
@@ -16,4 +17,4 @@ from cloze_client.types import (
 )
 
 __all__ = ["Client", "ClozeError", "Dataset", "Event", "FillMaskResult", "Job",
-           "MetricPoint", "Model", "Page", "StreamEvent", "Sweep", "Trial"]
+           "JobEstimate", "MetricPoint", "Model", "Page", "StreamEvent", "Sweep", "Trial"]

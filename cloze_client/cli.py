@@ -28,8 +28,8 @@ from rich.table import Table
 
 from cloze_client.client import Client
 from cloze_client.errors import ClozeError
-from cloze_client.types import TERMINAL, Sweep, Trial
-from cloze_client.watch import WatchState
+from cloze_client.types import TERMINAL, Job, JobEstimate, Sweep, Trial
+from cloze_client.watch import WatchState, duration, elapsed_seconds
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Submit, list, watch, pause, resume and cancel training jobs.",
@@ -95,20 +95,36 @@ def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _print_table(columns: list[str], rows: list[list[str]], *, whole: tuple[str, ...] = (),
+def _print_table(columns: list[str], rows: list[list[str]], *, wrap: tuple[str, ...] = (),
                  title: str | None = None) -> None:
-    """A plain table on stdout. Columns named in `whole` (ids) are never cut or wrapped, so
-    they can be copied from a narrow terminal; the others wrap, never lose characters."""
+    """A plain table on stdout. Only the free-text columns named in `wrap` (names,
+    sentences) wrap to fit a narrow terminal; every other column (ids, numbers, times, and
+    every header) keeps its full width, even if the line must then run past the terminal's
+    edge. Piped into a file or another program, nothing wraps (as with kubectl): one row a
+    line."""
     table = Table(box=None, header_style="bold", pad_edge=False, title=title)
+    least = 2 * (len(columns) - 1)  # the padding between columns
     for i, name in enumerate(columns):
-        if name in whole:
+        if name in wrap:
+            table.add_column(name, overflow="fold")
+            least += min(20, max([len(name), *(len(r[i]) for r in rows)]))
+        else:
             width = max([len(name), *(len(r[i]) for r in rows)])
             table.add_column(name, no_wrap=True, min_width=width)
-        else:
-            table.add_column(name, overflow="fold")
+            least += width
     for row in rows:
         table.add_row(*row)
-    _out().print(table)
+    out = _out()
+    if not out.is_terminal:
+        wide = Console(width=100_000, no_color=True)
+        with wide.capture() as captured:
+            wide.print(table)
+        sys.stdout.write("".join(line.rstrip() + "\n"
+                                 for line in captured.get().splitlines()))
+        return
+    if out.width < least:  # rich would cut or drop columns to fit
+        out = Console(width=least, force_terminal=True)
+    out.print(table)
 
 
 def _when(timestamp: str) -> str:
@@ -155,7 +171,7 @@ def datasets_list(limit: int = 20, after: str | None = None, as_json: AsJson = F
         return _print_json(page)
     _print_table(["id", "name", "format", "kind", "documents", "size", "created"], [
         [d["id"], d["name"], d["format"], d["kind"], f"{d['documents']:,}", _size(d["bytes"]),
-         _when(d["created_at"])] for d in page["data"]], whole=("id",))
+         _when(d["created_at"])] for d in page["data"]], wrap=("name",))
 
 
 @datasets_app.command("show")
@@ -204,6 +220,52 @@ def read_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
+def _count(n: int | None, what: str) -> str | None:
+    return None if n is None else f"{n:,} {what}"
+
+
+def _about(seconds: float) -> str:
+    """A time to wait, as a person says it: 45 s, 23 min, 2 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+TIME_SOURCES = {"measured": "measured on", "scaled": "scaled from another model size measured on",
+                "default": "nothing measured yet: a deliberately slow default rate"}
+
+
+def estimate_lines(e: JobEstimate) -> list[str]:
+    """A dry run's answer for a person: what would run, on what data, for how long."""
+    objective = e["spec"].get("objective") or e["spec"].get("task")
+    epochs = "" if e["epochs"] is None else f" ({e['epochs']:.3g} epochs)"
+    lines = [f"{e['name']}: {e['type']}{f' ({objective})' if objective else ''}, "
+             f"{e['steps']:,} steps{epochs}"]
+    model = [_count(e["parameters"], "parameters"),
+             None if e["memory_bytes"] is None else f"memory up to {_size(e['memory_bytes'])}"]
+    d = e["data"]
+    data = [_count(d["documents"], "documents"), _count(d["tokens"], "tokens"),
+            _count(d["train_blocks"], "training blocks"),
+            _count(d["validation_blocks"], "validation blocks"),
+            _count(d["train_examples"], "training examples"),
+            _count(d["validation_examples"], "validation examples"), _count(d["labels"], "labels")]
+    lines.append(f"  model  {', '.join(x for x in model if x) or '-'}")
+    lines.append(f"  data   {', '.join(x for x in data if x)} ({d['source']})")
+    t = e["time"]
+    if t is None:
+        lines.append("  time   - (no estimate: the data's size is unknown)")
+    else:
+        source = TIME_SOURCES[t["source"]]
+        if t["source"] != "default":
+            source += f" {t['worker_kind'] or 'a worker'}"
+        lines.append(f"  time   about {_about(t['seconds'])} ({t['tokens']:,} tokens at "
+                     f"{t['tokens_per_second']:,.0f} tokens/s, {source})")
+    return lines
+
+
 @jobs_app.command("submit")
 def jobs_submit(
         spec_file: Annotated[Path, typer.Argument(help="the job spec, .json or .yaml")],
@@ -213,6 +275,8 @@ def jobs_submit(
         watch: Annotated[bool, typer.Option("--watch", help="then watch it to the end")] = False,
         dry_run: Annotated[bool, typer.Option(
             "--dry-run", help="only check the spec and print what the job would do")] = False,
+        as_json: Annotated[bool, typer.Option(
+            "--json", help="with --dry-run: print the API's JSON")] = False,
         url: Url = None, api_key: ApiKey = None) -> None:
     """Submit a job spec (POST /v1/jobs); prints the job's id."""
     spec = read_spec(spec_file)
@@ -222,7 +286,12 @@ def jobs_submit(
         spec["name"] = name
     if dry_run:
         with connected(url, api_key) as client:
-            return _print_json(client.estimate_job(spec))
+            estimate = client.estimate_job(spec)
+        if as_json:
+            return _print_json(estimate)
+        _err().print("dry run: nothing was created", style="dim", highlight=False)
+        print("\n".join(estimate_lines(estimate)))
+        return None
     with connected(url, api_key) as client:
         job = client.submit_job(spec)
     _err().print(f"{job['id']}: {job['type']} job {job['name']!r}, {job['status']}, "
@@ -246,14 +315,57 @@ def jobs_list(limit: int = 20, after: str | None = None,
         [j["id"], j["name"], j["type"], j["status"],
          f"{j['progress']['step']}/{j['progress']['total_steps']}", _loss(j["train_loss"]),
          _loss(j["eval_loss"]), j["model_id"] or "-"] for j in page["data"]],
-        whole=("id", "model"))
+        wrap=("name",))
+
+
+def job_lines(job: Job) -> list[str]:
+    """A job for a person (as `gh run view`): what it is, where it stands, how long it
+    took, what it made or why it failed."""
+    p, spec = job["progress"], job["spec"]
+    kind = spec.get("objective") or spec.get("task")
+    lines = [f"{job['id']} {job['name']}: {job['type']}{f' ({kind})' if kind else ''}, "
+             f"{job['status']}"
+             + (" (cancelling)" if job["cancel_requested"] and job["status"] == "running" else "")
+             + (" (pausing)" if job.get("pause_requested") and job["status"] == "running"
+                else "")]
+    progress = [f"{p['step']:,}/{p['total_steps']:,} steps", f"{p['tokens_seen']:,} tokens"]
+    if p["tokens_per_second"] is not None:
+        progress.append(f"{p['tokens_per_second']:,.0f} tokens/s")
+    if job["status"] == "running" and p["eta_seconds"] is not None:
+        progress.append(f"ETA {duration(p['eta_seconds'])}")
+    lines.append(f"  progress  {', '.join(progress)}")
+    lines.append(f"  loss      train {_loss(job['train_loss'])}, eval {_loss(job['eval_loss'])}")
+    started, finished = job["started_at"], job["finished_at"]
+    if not started:
+        times = f"created {_when(job['created_at'])} UTC, not started"
+    else:
+        times = f"started {started[:10]} {started[11:19]} UTC"
+        if finished:  # the date again only if it changed
+            same_day = finished[:10] == started[:10]
+            times += f", finished {finished[11:19] if same_day else _when(finished)}"
+        times += f", {'took' if finished else 'running for'} {duration(elapsed_seconds(job))}"
+    lines.append(f"  time      {times}")
+    lines.append(f"  dataset   {job['dataset_id']}")
+    lines.append(f"  model     {job['model_id'] or '-'}")
+    lines.append(f"  attempts  {job['attempts']}")
+    if job.get("waiting_reason"):
+        lines.append(f"  waiting   {job['waiting_reason']}")
+    if job["error"]:
+        lines.append(f"  error     {job['error']['code']}: {job['error']['message']}")
+    return lines
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
-    """One job, as JSON."""
+def jobs_show(job_id: str, as_json: AsJson = False, url: Url = None,
+              api_key: ApiKey = None) -> None:
+    """One job: status, progress, losses, times, dataset, model, error (--json: all of it,
+    the spec included)."""
     with connected(url, api_key) as client:
-        _print_json(client.get_job(job_id))
+        job = client.get_job(job_id)
+    if as_json:
+        return _print_json(job)
+    print("\n".join(job_lines(job)))
+    return None
 
 
 @jobs_app.command("cancel")
@@ -314,6 +426,10 @@ def jobs_watch(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
 
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "learning_rate", "grad_norm",
                   "tokens_per_second", "tokens_seen", "perplexity", "accuracy"]
+# The table's headers (the CSV keeps the API's names): short enough for 80 columns.
+METRIC_HEADERS = {"train_loss": "train loss", "eval_loss": "eval loss", "learning_rate": "lr",
+                  "grad_norm": "grad norm", "tokens_per_second": "tokens/s",
+                  "tokens_seen": "tokens"}
 
 
 @jobs_app.command("metrics")
@@ -335,7 +451,7 @@ def jobs_metrics(job_id: str,
         writer.writeheader()
         writer.writerows(points)
         return
-    _print_table(columns, [
+    _print_table([METRIC_HEADERS.get(c, c) for c in columns], [
         ["" if c not in p else f"{p[c]:.4g}" if isinstance(p[c], float) else str(p[c])
          for c in columns] for p in points])
 
@@ -373,7 +489,7 @@ def sweeps_list(limit: int = 20, after: str | None = None, as_json: AsJson = Fal
     _print_table(["id", "name", "status", "trials", "metric", "best", "model", "created"], [
         [s["id"], s["name"], s["status"], f"{s['trials_started']}/{s['spec']['trials']}",
          s["spec"]["metric"], _best(s), s["model_id"] or "-", _when(s["created_at"])]
-        for s in page["data"]], whole=("id", "model"))
+        for s in page["data"]], wrap=("name",))
 
 
 def _params(trial: Trial) -> str:
@@ -406,7 +522,7 @@ def sweeps_show(sweep_id: str, as_json: AsJson = False, url: Url = None,
                      "-" if t["value"] is None else f"{t['value']:.4g}", pruned,
                      "*" if t["job_id"] == sweep["best_job_id"] else ""])
     _print_table(["trial", "job", "status", "step", "params", spec["metric"], "pruned",
-                  "best"], rows, whole=("job",))
+                  "best"], rows, wrap=("params",))
 
 
 @sweeps_app.command("cancel")
@@ -450,7 +566,7 @@ def models_list(limit: int = 20, after: str | None = None, as_json: AsJson = Fal
         rows.append([m["id"], m["name"], m["task"], m["architecture"], _size(m["bytes"]), job,
                      _when(m["created_at"])])
     _print_table(["id", "name", "task", "architecture", "size", "job", "created"], rows,
-                 whole=("id",))
+                 wrap=("name",))
 
 
 @models_app.command("show")
@@ -492,5 +608,5 @@ def models_fill_mask(
     for i, predictions in enumerate(per_mask, 1):
         _print_table(["score", "token", "sequence"], [
             [f"{p['score']:.4f}", p["token_str"], p["sequence"]] for p in predictions],
-            title=f"mask {i} of {len(per_mask)}" if len(per_mask) > 1 else None)
+            wrap=("sequence",), title=f"mask {i} of {len(per_mask)}" if len(per_mask) > 1 else None)
 

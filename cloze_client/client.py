@@ -18,6 +18,7 @@ from cloze_client.types import (
     Event,
     FillMaskResult,
     Job,
+    JobEstimate,
     MetricPoint,
     Model,
     Sweep,
@@ -152,11 +153,11 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return cast(Job, self._json("POST", "/v1/jobs", json=spec, headers=headers))
 
-    def estimate_job(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def estimate_job(self, spec: dict[str, Any]) -> JobEstimate:
         """What the job would do (steps, epochs, parameters, memory, time), checked as a
         submission is, creating nothing (POST /v1/jobs?dry_run=true)."""
-        return cast(dict[str, Any], self._json("POST", "/v1/jobs", json=spec,
-                                               params={"dry_run": "true"}))
+        return cast(JobEstimate, self._json("POST", "/v1/jobs", json=spec,
+                                            params={"dry_run": "true"}))
 
     def list_jobs(self, *, limit: int = 20, after: str | None = None,
                   status: str | None = None) -> Page[Job]:

@@ -76,6 +76,47 @@ class MetricPoint(TypedDict):
     accuracy: NotRequired[float]
 
 
+class EstimateData(TypedDict):
+    """What a job would read. source: "tokenized" (exact: an earlier job made its token
+    shards), "estimated" (from a sample of the text) or "records" (a labelled dataset's
+    record counts); a figure that could not be worked out is None."""
+
+    source: Literal["tokenized", "estimated", "records"]
+    documents: int
+    tokens: int | None
+    vocab_size: int | None
+    train_blocks: int | None
+    validation_blocks: int | None
+    train_examples: int | None
+    validation_examples: int | None
+    labels: int | None
+
+
+class EstimateTime(TypedDict):
+    seconds: float
+    tokens: int  # the tokens the training steps go through
+    tokens_per_second: float
+    # "measured" on this model size, "scaled" from another measured size, or "default".
+    source: Literal["measured", "scaled", "default"]
+    worker_kind: str | None
+
+
+class JobEstimate(TypedDict):
+    """What a job would do (POST /v1/jobs?dry_run=true); nothing is created."""
+
+    object: Literal["job_estimate"]
+    dry_run: Literal[True]
+    type: str
+    name: str
+    spec: dict[str, Any]
+    steps: int
+    epochs: float | None
+    parameters: int | None
+    memory_bytes: int | None
+    data: EstimateData
+    time: EstimateTime | None
+
+
 class Event(TypedDict):
     id: int
     level: str

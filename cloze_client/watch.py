@@ -1,6 +1,7 @@
 """`cloze jobs watch`: what the job stream says, kept as one state and drawn with rich."""
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -12,19 +13,35 @@ from cloze_client.sse import StreamEvent
 from cloze_client.types import TERMINAL, Job
 
 BARS = "▁▂▃▄▅▆▇█"
+# Shown beside the losses when the job's evals report them (fine-tuning).
+EVAL_METRICS = ("accuracy", "f1")
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green",
                 "failed": "red", "cancelled": "magenta", "paused": "blue"}
 
 
 def sparkline(values: list[float], width: int = 60) -> str:
-    """The last `width` values as unicode bars, lowest to highest."""
-    values = values[-width:]
+    """The whole curve as at most `width` unicode bars, lowest to highest: a longer curve
+    is cut into `width` runs of consecutive points, each drawn as its mean (so the start
+    of a long run stays in view, as on a W&B chart)."""
+    if len(values) > width:
+        edges = [round(i * len(values) / width) for i in range(width + 1)]
+        values = [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:], strict=False)]
     if not values:
         return ""
     low, high = min(values), max(values)
     span = high - low
     return "".join(BARS[0 if span == 0 else round((v - low) / span * (len(BARS) - 1))]
                    for v in values)
+
+
+def elapsed_seconds(job: Job | None, now: datetime | None = None) -> float | None:
+    """Started to finished (or to now, while it runs); None before it started."""
+    if not job or not job.get("started_at"):
+        return None
+    start = datetime.fromisoformat(str(job["started_at"]).replace("Z", "+00:00"))
+    end = datetime.fromisoformat(str(job["finished_at"]).replace("Z", "+00:00")) \
+        if job.get("finished_at") else now or datetime.now(UTC)
+    return max(0.0, (end - start).total_seconds())
 
 
 def duration(seconds: float | None) -> str:
@@ -115,11 +132,18 @@ class WatchState:
         bar.add_row(ProgressBar(total=max(total, 1), completed=self.step, width=40),
                     f"{self.step}/{total or '?'}")
         grid.add_row("step", bar)
-        grid.add_row("loss", f"train {_num(self._latest('train_loss'))}   "
-                             f"eval {_num(self._latest('eval_loss'))}")
+        losses = f"train {_num(self._latest('train_loss'))}   " \
+                 f"eval {_num(self._latest('eval_loss'))}"
+        for metric in EVAL_METRICS:  # a classifier's scores, where its evals report them
+            if (value := self._latest(metric)) is not None:
+                losses += f"   {metric} {_num(value)}"
+        grid.add_row("loss", losses)
         tps = self._latest("tokens_per_second")
-        grid.add_row("speed", f"{'-' if tps is None else f'{tps:,.0f}'} tokens/s   "
-                              f"ETA {duration(self.eta_seconds())}")
+        timing = f"ETA {duration(self.eta_seconds())}" if status not in TERMINAL \
+            else f"took {duration(elapsed_seconds(job))}"
+        if status == "running":
+            timing = f"elapsed {duration(elapsed_seconds(job))}   {timing}"
+        grid.add_row("speed", f"{'-' if tps is None else f'{tps:,.0f}'} tokens/s   {timing}")
         grid.add_row("curve", Text(sparkline(self.train_losses()) or "-", style="cyan"))
         if job and job["error"]:
             grid.add_row("error", Text(f"{job['error']['code']}: {job['error']['message']}",

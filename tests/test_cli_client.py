@@ -99,8 +99,12 @@ def test_upload_submit_watch_metrics_and_fill_mask(embedded_stack: Stack, data_d
     # a dry run first: what the job would do, and no job made
     before = stack.client.get("/v1/jobs", params={"limit": 100}).json()["data"]
     estimate = json.loads(ok(cloze("jobs", "submit", str(spec), "--dataset", dataset_id,
-                                   "--dry-run", url=url)))
+                                   "--dry-run", "--json", url=url)))
     assert estimate["dry_run"] is True and estimate["steps"] == 40
+    said = ok(cloze("jobs", "submit", str(spec), "--dataset", dataset_id, "--dry-run",
+                    url=url)).splitlines()
+    assert said[0] == "cli-tiny: pretrain (mlm), 40 steps" + said[0].split("40 steps")[1]
+    assert said[3].split()[:2] == ["time", "about"]
     assert stack.client.get("/v1/jobs", params={"limit": 100}).json()["data"] == before
     job_id = ok(cloze("jobs", "submit", str(spec), "--dataset", dataset_id, url=url)).strip()
     assert job_id.startswith("job_")
@@ -334,3 +338,143 @@ def test_the_watch_view_shows_progress_eta_and_the_curve():
     state.apply(StreamEvent("status", "d", {**job, "status": "failed", "error": {
         "code": "diverged", "message": "the loss became NaN"}}))
     assert state.outcome() == (1, "job_w failed at step 0/0: diverged: the loss became NaN")
+
+
+PRETRAIN_ESTIMATE = {
+    "object": "job_estimate", "dry_run": True, "type": "pretrain", "name": "bert-mini-300",
+    "spec": {"type": "pretrain", "objective": "mlm"}, "steps": 300, "epochs": 2.0469,
+    "parameters": 4410112, "memory_bytes": 355_800_000,
+    "data": {"source": "tokenized", "documents": 49, "tokens": 302926, "vocab_size": 4096,
+             "train_blocks": 2345, "validation_blocks": 59, "train_examples": None,
+             "validation_examples": None, "labels": None},
+    "time": {"seconds": 1378.1, "tokens": 614400, "tokens_per_second": 445.8,
+             "source": "scaled", "worker_kind": "cpu AMD EPYC x2 threads"}}
+
+
+def test_a_dry_run_reads_as_sentences_not_json():
+    """`jobs submit --dry-run` says what would run, on what, for how long and where the
+    time comes from (gh and kubectl print for people; --json is there for scripts)."""
+    from cloze_client.cli import estimate_lines
+
+    lines = estimate_lines(PRETRAIN_ESTIMATE)  # type: ignore[arg-type]
+    assert lines[0] == "bert-mini-300: pretrain (mlm), 300 steps (2.05 epochs)"
+    assert "4,410,112 parameters, memory up to 355.8 MB" in lines[1]
+    assert "302,926 tokens, 2,345 training blocks, 59 validation blocks (tokenized)" in lines[2]
+    assert lines[3].split() == ["time", "about", "23", "min", "(614,400", "tokens", "at", "446",
+                                "tokens/s,", "scaled", "from", "another", "model", "size",
+                                "measured", "on", "cpu", "AMD", "EPYC", "x2", "threads)"]
+
+    finetune = {**PRETRAIN_ESTIMATE, "type": "finetune", "name": "spam",
+                "spec": {"task": "text_classification"}, "steps": 88, "epochs": 2.0114,
+                "memory_bytes": None, "parameters": 1003650,
+                "data": {**PRETRAIN_ESTIMATE["data"], "source": "records", "documents": 1200,
+                         "tokens": None, "vocab_size": None, "train_blocks": None,
+                         "validation_blocks": None, "train_examples": 700,
+                         "validation_examples": 180, "labels": 2},
+                "time": {"seconds": 84.9, "tokens": 180224, "tokens_per_second": 2124.0,
+                         "source": "default", "worker_kind": None}}
+    lines = estimate_lines(finetune)  # type: ignore[arg-type]
+    assert lines[0] == "spam: finetune (text_classification), 88 steps (2.01 epochs)"
+    assert lines[1].split() == ["model", "1,003,650", "parameters"]
+    assert "700 training examples, 180 validation examples, 2 labels (records)" in lines[2]
+    assert "about 85 s" in lines[3] and "nothing measured yet" in lines[3]
+    unreadable = {**finetune, "time": None, "epochs": None}
+    assert estimate_lines(unreadable)[3].split()[:2] == ["time", "-"]  # type: ignore[arg-type]
+
+
+def test_tables_keep_ids_numbers_and_headers_whole(capsys, monkeypatch):
+    """Piped: one row a line, nothing cut, no trailing blanks. In a terminal too narrow for
+    the table, only the free-text column wraps; ids, numbers and headers stay whole (the
+    lines then run past the edge rather than lose a column)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from cloze_client import cli
+
+    job_id, model_id = "job_7090a7108e49faf656de45b5", "m_c2350382cda2ea7a9854af54"
+    columns = ["id", "name", "status", "train loss", "tokens/s", "model"]
+    rows = [[job_id, "a rather long run name that wraps", "succeeded", "6.2982", "1,522",
+             model_id]]
+    cli._print_table(columns, rows, wrap=("name",))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("  ")[0] == "id" and "train loss" in out[0] and len(out) == 2
+    assert out[1].startswith(job_id) and out[1].endswith(model_id)
+    assert "a rather long run name that wraps" in out[1]
+
+    narrow = Console(width=40, force_terminal=True)
+    monkeypatch.setattr(cli, "_out", lambda: narrow)
+    cli._print_table(columns, rows, wrap=("name",))
+    text = capsys.readouterr().out
+    plain = [line.rstrip() for line in Text.from_ansi(text).plain.splitlines()]
+    assert "train loss" in plain[0] and "tokens/s" in plain[0]
+    assert plain[1].startswith(job_id) and model_id in plain[1] and "6.2982" in plain[1]
+    assert len(plain) > 2  # the name wrapped onto more lines
+
+
+def test_the_watch_view_shows_the_whole_curve_scores_and_time_taken():
+    """A long run's sparkline is the whole curve (its start too, not the last 60 points);
+    a classifier's accuracy and f1 show beside the losses; running, the time elapsed;
+    finished, the time it took (started to finished)."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from cloze_client.sse import StreamEvent
+    from cloze_client.watch import WatchState, elapsed_seconds, sparkline
+
+    falling = [10.0 - i / 100 for i in range(600)]
+    line = sparkline(falling)
+    assert len(line) == 60 and line[0] == "█" and line[-1] == "▁"
+    assert sparkline(falling[:5]) == "█▆▅▃▁"  # five points: five bars
+
+    job = {"id": "job_c", "name": "spam", "status": "running", "model_id": None,
+           "error": None, "train_loss": None, "eval_loss": None, "cancel_requested": False,
+           "started_at": "2026-11-29T05:39:42.980646Z", "finished_at": None,
+           "progress": {"step": 44, "total_steps": 88, "tokens_seen": 0,
+                        "tokens_per_second": None, "eta_seconds": None}}
+    assert elapsed_seconds(job, now=datetime(2026, 11, 29, 5, 41, 0, tzinfo=UTC)) == \
+        pytest.approx(77.019354)
+    state = WatchState()
+    state.apply(StreamEvent("status", "a", job))
+    state.apply(StreamEvent("metric", "b", {"step": 44, "train_loss": 0.61,
+                                            "tokens_per_second": 1040.0}))
+    state.apply(StreamEvent("metric", "c", {"step": 44, "eval_loss": 0.606,
+                                            "accuracy": 0.6781, "f1": 0.4041}))
+    console = Console(width=100, record=True)
+    console.print(state.render())
+    text = console.export_text()
+    assert "eval 0.6060   accuracy 0.6781   f1 0.4041" in text, text
+    assert "elapsed " in text and "ETA " in text
+    state.apply(StreamEvent("status", "d", {**job, "status": "succeeded",
+                                            "finished_at": "2026-11-29T05:40:24.686969Z"}))
+    console = Console(width=100, record=True)
+    console.print(state.render())
+    text = console.export_text()
+    assert "1,040 tokens/s   took 42s" in text and "ETA" not in text, text
+
+
+def test_jobs_show_reads_as_a_summary():
+    """`jobs show` for a person (as `gh run view`): kind, status, progress, losses, when it
+    ran and how long it took, its model or its error; --json keeps the API's JSON."""
+    from cloze_client.cli import job_lines
+
+    job = {"id": "job_m", "name": "bert-mini-300", "type": "pretrain", "status": "succeeded",
+           "spec": {"objective": "mlm"}, "dataset_id": "ds_c", "model_id": "m_a",
+           "train_loss": 6.25184, "eval_loss": 6.2341, "attempts": 1, "error": None,
+           "cancel_requested": False, "created_at": "2026-11-29T05:17:46.570473Z",
+           "started_at": "2026-11-29T05:17:46.691996Z",
+           "finished_at": "2026-11-29T05:39:23.706371Z",
+           "progress": {"step": 300, "total_steps": 300, "tokens_seen": 614400,
+                        "tokens_per_second": 2320.7, "eta_seconds": None}}
+    lines = job_lines(job)  # type: ignore[arg-type]
+    assert lines[0] == "job_m bert-mini-300: pretrain (mlm), succeeded"
+    assert lines[1].split(None, 1)[1] == "300/300 steps, 614,400 tokens, 2,321 tokens/s"
+    assert lines[2].split(None, 1)[1] == "train 6.2518, eval 6.2341"
+    assert lines[3].split(None, 1)[1] == \
+        "started 2026-11-29 05:17:46 UTC, finished 05:39:23, took 21m 37s"
+    assert "m_a" in lines[5]
+    failed = {**job, "status": "failed", "model_id": None, "finished_at": None,
+              "started_at": None, "error": {"code": "too_big", "message": "needs 9 GB"}}
+    lines = job_lines(failed)  # type: ignore[arg-type]
+    assert lines[3].split(None, 1)[1] == "created 2026-11-29 05:17 UTC, not started"
+    assert lines[-1].split(None, 1)[1] == "too_big: needs 9 GB"
