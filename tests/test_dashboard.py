@@ -2,8 +2,9 @@
 
 - With API keys (the whole app served in this process, metric points recorded as the
   worker records them): the key typed once is kept for the tab and sent on every call, the
-  stream included; the jobs table, a job's live curves, the comparison of two runs;
-  another owner's job shows nothing of it.
+  stream included; a dry run from the job form; the jobs table, a job's live curves, the
+  comparison of two runs; another owner's job shows nothing of it; numbers and axis ticks
+  read as they are; a sweep's list and page (trial table, its plot, cancel).
 - On the embedded default (no keys), with a real worker: a corpus uploaded and a tiny
   pretraining job submitted through the forms, the running job in the jobs table, its
   loss curve drawn while it trains (a screenshot is saved), then fill-mask on its model.
@@ -159,6 +160,19 @@ def test_with_keys_live_curves_and_comparison(served: Served, page: Any,
         theirs = http.get(f"/v1/datasets/{dataset_id}", headers=bearer(bob))
         assert theirs.status_code == 404
 
+    # A dry run from the job form (on the dataset just uploaded): what the job would do,
+    # and nothing made.
+    with httpx.Client(base_url=served.url, timeout=30) as http:
+        jobs_before = http.get("/v1/jobs", headers=bearer(alice)).json()["data"]
+        page.fill("#spec", json.dumps({"name": "estimated", "model": {"size": "tiny"},
+                                       "hyperparameters": {"max_steps": 50}}))
+        page.click("#estimate-button")
+        page.wait_for_selector("#estimate-table")
+        said = page.inner_text("#estimate")
+        assert "50 (" in said and "100 documents" in said and "nothing was created" in said
+        assert "about " in said and "tokens/s" in said
+        assert http.get("/v1/jobs", headers=bearer(alice)).json()["data"] == jobs_before
+
     # The job page streams with the key, and draws new points live.
     page.goto(f"{served.url}/jobs/{first}")
     assert wait_points(page, "chart-loss", "train_loss", 20, timeout=30) == 20
@@ -199,6 +213,118 @@ def test_with_keys_live_curves_and_comparison(served: Served, page: Any,
     fresh.wait_for_selector("#notice:not([hidden])")
     assert fresh.inner_text("#key-state") == "no key"
     fresh.close()
+
+
+def axis_labels(page: Any, chart: str) -> list[str]:
+    """The y axis's tick labels of a chart, top to bottom as drawn (right-aligned texts)."""
+    return list(page.eval_on_selector_all(
+        f"#{chart} > text[text-anchor='end']", "nodes => nodes.map(n => n.textContent)"))
+
+
+def test_numbers_read_as_they_are(served: Served, page: Any) -> None:
+    """What a user reads on the pages: 320 tokens/s reads 320 (it read "32"), the ticks of
+    a learning rate decaying from 1e-3 to 9.5e-4 are all different (they all read "1e-3"),
+    and the jobs table fits the window (its date column pushed the page past the header)."""
+    from service.storage import get_store
+    from workers.reporter import DbReporter
+
+    alice = make_key("alice")
+    job_id = new_job("alice", "a-run-with-a-rather-long-name-to-fit-in-the-table")
+    reporter = DbReporter(job_id, get_store())
+    for step in range(5, 105, 5):
+        reporter.log({"step": step, "train_loss": 7.0 - step / 100,
+                      "learning_rate": 1e-3 - step * 5e-7, "tokens_per_second": 320.0,
+                      "tokens_seen": step * 2048})
+
+    page.goto(served.url + "/")
+    page.fill("#key-input", alice)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector(f"tr[data-job='{job_id}']")
+    assert page.evaluate("""() => document.documentElement.scrollWidth <= window.innerWidth
+        && document.querySelector('#jobs').scrollWidth
+           <= document.querySelector('main').clientWidth""")
+    cells = page.locator(f"tr[data-job='{job_id}'] td")
+    created, shown_id = cells.nth(10), cells.nth(1).locator("a")
+    assert len(created.inner_text()) <= 14 and created.get_attribute("title")
+    assert shown_id.get_attribute("title") == job_id  # cut short on the page, whole on hover
+
+    page.goto(f"{served.url}/jobs/{job_id}")
+    wait_points(page, "chart-lr", "learning_rate", 20, timeout=30)
+    page.wait_for_function("() => document.querySelector('#facts').innerText.includes('320')")
+    speed = page.locator("#facts > div", has_text="tokens/s").inner_text()
+    assert speed.split() == ["tokens/s", "320"], speed
+    ticks = axis_labels(page, "chart-lr")
+    assert len(ticks) >= 3 and len(set(ticks)) == len(ticks), ticks
+    assert all(0.0009 <= float(t) <= 0.00101 for t in ticks), ticks
+    tokens = axis_labels(page, "chart-speed")
+    assert len(set(tokens)) == len(tokens), tokens
+
+
+def test_sweeps_list_and_page(served: Served, page: Any) -> None:
+    """A sweep on the dashboard: listed at /sweeps with its best value so far; its page has
+    the trial table (params, status, value, the best so far marked), the sweep's plot (its
+    metrics.svg, fetched with the key), a comparison of the trials' curves; cancelling it
+    there cancels the trials left; another owner sees none of it."""
+    from service import sweeper
+    from tests.test_sweeps import _run, sweep
+
+    alice, bob = make_key("alice"), make_key("bob")
+    with httpx.Client(base_url=served.url, timeout=30, headers=bearer(alice)) as http:
+        dataset = http.post("/v1/datasets", files={"file": ("t.txt", b"the cat sat.\n" * 50)})
+        created = http.post("/v1/sweeps", json=sweep(dataset.json()["id"], name="lr-search",
+                                                     trials=3, parallel=2))
+        assert created.status_code == 202, created.text
+        sweep_id = created.json()["id"]
+        first = created.json()["trials"][0]["job_id"]
+        _run(first, {10: 3.0, 20: 2.5}, end="succeeded")
+        sweeper.after_trial_event(first)  # what the worker calls as the job ends
+        shown = http.get(f"/v1/sweeps/{sweep_id}").json()
+    # The API names the best trial once the sweep has ended; the pages show the best so far.
+    assert shown["best_job_id"] is None and shown["trials"][0]["value"] == 2.5
+
+    page.goto(served.url + "/sweeps")
+    page.fill("#key-input", alice)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector(f"tr[data-sweep='{sweep_id}']")
+    listed = page.inner_text(f"tr[data-sweep='{sweep_id}']")
+    assert "lr-search" in listed and "running" in listed and "minimize eval_loss" in listed
+    assert page.inner_text(f"tr[data-sweep='{sweep_id}'] td.best") == "2.5"
+
+    page.click(f"a[href='/sweeps/{sweep_id}']")
+    page.wait_for_selector("#trials tr[data-trial='0']")
+    rows = {t["number"]: t for t in shown["trials"]}
+    assert page.locator("#trials tr").count() == len(rows) >= 2
+    best = page.inner_text("#trials tr[data-trial='0']")
+    lr = rows[0]["params"]["hyperparameters.learning_rate"]
+    assert first[:8] in best and "succeeded" in best and "★ best so far" in best
+    assert f"learning_rate {lr:.3g}" in best, (best, lr)
+    assert "★" not in page.inner_text("#trials tr[data-trial='1']")
+    page.wait_for_function(  # the plot drew: an image of the sweep's SVG
+        "() => { const i = document.querySelector('#sweep-plot');"
+        " return i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:'); }")
+    compare = page.get_attribute("a[href^='/compare?ids=']", "href")
+    assert set(compare.split("ids=")[1].split(",")) == {t["job_id"] for t in rows.values()}
+    shot = Path(os.environ.get("CLOZE_TEST_SHOTS", "/tmp")) / "sweep-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"\nscreenshot of the sweep page: {shot}")
+
+    page.click("#cancel")
+    page.wait_for_selector("main h1 [data-status='cancelled']")
+    assert page.locator("#cancel").count() == 0
+    with httpx.Client(base_url=served.url, timeout=30, headers=bearer(alice)) as http:
+        after = http.get(f"/v1/sweeps/{sweep_id}").json()
+    assert after["status"] == "cancelled"
+    assert {t["status"] for t in after["trials"][1:]} == {"cancelled"}
+
+    page.fill("#key-input", bob)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_load_state()
+    page.wait_for_selector("#notice:not([hidden])")
+    assert "not_found" in page.inner_text("#notice")
+    assert page.locator("#trials tr").count() == 0
+    page.goto(served.url + "/sweeps")
+    page.wait_for_selector("#sweeps-body tr")
+    assert "No sweeps yet" in page.inner_text("#sweeps-body")
 
 
 # --- the embedded default, a real worker ------------------------------------------------
@@ -279,7 +405,8 @@ def test_pages_and_files_are_served_safely(tmp_path: Path,
 
     with make_app(tmp_path, monkeypatch, CLOZE_REQUIRE_API_KEYS="true") as app:
         http = client(app)
-        for path in ("/", "/jobs/job_abc", "/compare?ids=a,b", "/playground", "/new"):
+        for path in ("/", "/jobs/job_abc", "/compare?ids=a,b", "/playground", "/new",
+                     "/sweeps", "/sweeps/swp_abc"):
             r = http.get(path)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
             assert "script-src 'self'" in r.headers["content-security-policy"]

@@ -28,7 +28,8 @@ HEADERS = {
 PAGES = {"jobs": ("Jobs", "jobs.js"), "job": ("Job", "job.js"),
          "compare": ("Compare runs", "compare.js"), "playground": ("Fill-mask playground",
                                                                    "playground.js"),
-         "new": ("New dataset or job", "new.js")}
+         "new": ("New dataset or job", "new.js"), "sweeps": ("Sweeps", "sweeps.js"),
+         "sweep": ("Sweep", "sweep.js")}
 
 
 def _page(page: str) -> HTMLResponse:
@@ -62,6 +63,16 @@ def playground_page() -> HTMLResponse:
 @router.get("/new")
 def new_page() -> HTMLResponse:
     return _page("new")
+
+
+@router.get("/sweeps")
+def sweeps_page() -> HTMLResponse:
+    return _page("sweeps")
+
+
+@router.get("/sweeps/{sweep_id}")
+def sweep_page(sweep_id: str) -> HTMLResponse:  # the script reads the id from the address
+    return _page("sweep")
 
 
 @router.get("/web/{name}")

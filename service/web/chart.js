@@ -29,12 +29,22 @@ const Chart = (() => {
     return out;
   }
 
-  function label(v) {
-    if (v === 0) return "0";
-    const a = Math.abs(v);
-    if (a >= 1e5 || a < 1e-3) return v.toExponential(0);
-    if (a >= 1000) return (v / 1000).toPrecision(3).replace(/\.?0+$/, "") + "k";
-    return String(Number(v.toPrecision(4)));
+  // How an axis writes its ticks: one style per axis, with the digits its step needs (so
+  // that ticks 0.00096 and 0.00098 do not both read "1e-3"); 250k and 1.5M for counts.
+  function labeler(ticks) {
+    const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : Math.abs(ticks[0]) || 1;
+    const stepPower = Math.floor(Math.log10(step) + 1e-9);
+    const big = Math.max(...ticks.map(Math.abs));
+    const zero = (write) => (v) => (v === 0 ? "0" : write(v));
+    if (big >= 1e4) {
+      const [unit, suffix] = big >= 1e9 ? [9, "G"] : big >= 1e6 ? [6, "M"] : [3, "k"];
+      return zero((v) => (v / 10 ** unit).toFixed(Math.max(0, unit - stepPower)) + suffix);
+    }
+    if (big < 1e-3) {
+      const digits = Math.max(0, Math.floor(Math.log10(big) + 1e-9) - stepPower);
+      return zero((v) => v.toExponential(digits));
+    }
+    return zero((v) => v.toFixed(Math.max(0, -stepPower)));
   }
 
   // series: [{name, label, color, points: [[x, y], ...], dots, dashed}]
@@ -50,17 +60,18 @@ const Chart = (() => {
     const xt = ticks(Math.min(0, ...all.map((p) => p[0])), Math.max(...all.map((p) => p[0])));
     const yt = ticks(Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1])));
     const [x0, x1, y0, y1] = [xt[0], xt[xt.length - 1], yt[0], yt[yt.length - 1]];
+    const xLabelOf = labeler(xt), yLabelOf = labeler(yt);
     const pw = W - LEFT - RIGHT, ph = H - TOP - BOTTOM;
     const px = (x) => (LEFT + ((x - x0) / (x1 - x0 || 1)) * pw).toFixed(1);
     const py = (y) => (TOP + ph - ((y - y0) / (y1 - y0 || 1)) * ph).toFixed(1);
     const grid = node("g", { class: "grid" });
     for (const x of xt) {
       grid.append(node("line", { x1: px(x), x2: px(x), y1: TOP, y2: TOP + ph }));
-      svg.append(node("text", { x: px(x), y: TOP + ph + 14, "text-anchor": "middle" }, label(x)));
+      svg.append(node("text", { x: px(x), y: TOP + ph + 14, "text-anchor": "middle" }, xLabelOf(x)));
     }
     for (const y of yt) {
       grid.append(node("line", { x1: LEFT, x2: LEFT + pw, y1: py(y), y2: py(y) }));
-      svg.append(node("text", { x: LEFT - 5, y: Number(py(y)) + 4, "text-anchor": "end" }, label(y)));
+      svg.append(node("text", { x: LEFT - 5, y: Number(py(y)) + 4, "text-anchor": "end" }, yLabelOf(y)));
     }
     svg.prepend(grid);
     svg.append(node("rect", { x: LEFT, y: TOP, width: pw, height: ph, fill: "none", stroke: "#bbb" }));
@@ -116,5 +127,5 @@ const Chart = (() => {
     return { svg, legend: key };
   }
 
-  return { draw, legend, card, COLORS, ticks };
+  return { draw, legend, card, COLORS, ticks, labeler };
 })();

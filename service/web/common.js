@@ -156,7 +156,9 @@ const Cloze = (() => {
     num(value, digits = 4) {
       if (value === null || value === undefined || Number.isNaN(value)) return "–";
       if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US");
-      return Number(value).toPrecision(digits).replace(/\.?0+$/, "");
+      const text = Number(value).toPrecision(digits);
+      // Trailing zeros of a fraction only: 320 stays 320 (not "32"), 6.250 reads 6.25.
+      return text.includes(".") ? text.replace(/\.?0+(?=e|$)/, "") : text;
     },
     int: (value) => (value === null || value === undefined ? "–" : Number(value).toLocaleString("en-US")),
     duration(seconds) {
@@ -167,7 +169,26 @@ const Cloze = (() => {
       return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
     },
     time: (iso) => (iso ? new Date(iso).toLocaleString() : "–"),
+    // A table's timestamp, short (the full one is the cell's title): "05:17" today,
+    // "Nov 28, 23:09" on another day.
+    when(iso) {
+      if (!iso) return "–";
+      const date = new Date(iso);
+      const clock = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+      return date.toDateString() === new Date().toDateString()
+        ? date.toLocaleTimeString("en-US", clock)
+        : date.toLocaleString("en-US", { month: "short", day: "numeric", ...clock });
+    },
   };
+
+  // A sweep's best trial: the one the API chose once the sweep ended, else the best of the
+  // trials that have a value so far (the API names none while the sweep runs).
+  function bestTrial(sweep) {
+    if (sweep.best_job_id) return sweep.trials.find((t) => t.job_id === sweep.best_job_id) || null;
+    const sign = sweep.spec.direction === "maximize" ? -1 : 1;
+    return sweep.trials.filter((t) => typeof t.value === "number")
+      .reduce((best, t) => (!best || sign * t.value < sign * best.value ? t : best), null);
+  }
 
   function statusBadge(status) {
     return el("span", { class: "status " + status, "data-status": status }, status);
@@ -208,5 +229,5 @@ const Cloze = (() => {
   const main = () => document.getElementById("main");
 
   return { api, apiKey, download, streamJob, el, notice, showError, fmt, statusBadge,
-           progressBar, randomKey, sleep, main, TERMINAL, ApiError };
+           bestTrial, progressBar, randomKey, sleep, main, TERMINAL, ApiError };
 })();

@@ -20,8 +20,9 @@
     } });
     return el("tr", { "data-job": job.id },
       el("td", {}, box),
-      el("td", {}, el("a", { href: "/jobs/" + encodeURIComponent(job.id) }, job.id)),
-      el("td", {}, job.name),
+      el("td", {}, el("a", { href: "/jobs/" + encodeURIComponent(job.id), class: "id",
+                             title: job.id }, job.id)),
+      el("td", { class: "wrap" }, job.name),
       el("td", {}, job.type + (job.spec && job.spec.objective ? " · " + job.spec.objective : "")),
       el("td", {}, statusBadge(job.status)),
       el("td", {}, progressBar(p.step, p.total_steps)),
@@ -29,9 +30,10 @@
       el("td", { class: "num" }, fmt.num(job.eval_loss)),
       el("td", { class: "num" }, fmt.num(p.tokens_per_second, 3)),
       el("td", { class: "num" }, job.status === "running" ? fmt.duration(p.eta_seconds) : "–"),
-      el("td", {}, fmt.time(job.created_at)),
+      el("td", { title: fmt.time(job.created_at) }, fmt.when(job.created_at)),
       el("td", {}, job.model_id
-        ? el("a", { href: "/playground?model=" + encodeURIComponent(job.model_id) }, job.model_id)
+        ? el("a", { href: "/playground?model=" + encodeURIComponent(job.model_id), class: "id",
+                    title: job.model_id + ": try it in the fill-mask playground" }, job.model_id)
         : "–"));
   }
 
@@ -54,11 +56,11 @@
     const main = Cloze.main();
     main.append(
       el("div", { class: "actions" }, compare, el("a", { href: "/new" }, "New job"), updated),
-      el("table", { id: "jobs" },
+      el("div", { class: "scroll" }, el("table", { id: "jobs" },
         el("thead", {}, el("tr", {}, ["", "id", "name", "type", "status", "progress",
           "train loss", "eval loss", "tokens/s", "ETA", "created", "model"].map(
           (h) => el("th", {}, h)))),
-        body));
+        body)));
     refresh();
     setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
   });

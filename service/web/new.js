@@ -1,5 +1,6 @@
-// "/new": upload a corpus (POST /v1/datasets, with upload progress) and submit a job
-// (POST /v1/jobs with an Idempotency-Key, so a double click makes one job).
+// "/new": upload a corpus (POST /v1/datasets, with upload progress), see what a job spec
+// would do (a dry run) and submit it (POST /v1/jobs with an Idempotency-Key, so a double
+// click makes one job).
 "use strict";
 
 (() => {
@@ -18,6 +19,7 @@
   const bar = el("progress", { id: "upload-progress", max: 1, value: 0, hidden: true });
   const datasetSelect = el("select", { id: "dataset" });
   const spec = el("textarea", { id: "spec", rows: 16 });
+  const estimateBox = el("div", { id: "estimate", hidden: true });
   let idempotencyKey = Cloze.randomKey();
 
   function upload(e) {
@@ -60,16 +62,53 @@
     } catch (error) { showError(error); }
   }
 
-  async function submit(e) {
-    e.preventDefault();
+  // The spec as typed, with the chosen dataset when it names none; null (said) if not JSON.
+  function specBody() {
     let body;
     try {
       body = JSON.parse(spec.value);
     } catch (error) {
       showError("the spec is not valid JSON: " + error.message);
-      return;
+      return null;
     }
-    if (datasetSelect.value && !body.dataset_id) body.dataset_id = datasetSelect.value;
+    if (datasetSelect.value && body && !body.dataset_id) body.dataset_id = datasetSelect.value;
+    return body;
+  }
+
+  // What the job would do, before spending anything (POST /v1/jobs?dry_run=true).
+  async function estimate() {
+    const body = specBody();
+    if (body === null) return;
+    try {
+      const e = await api("/v1/jobs?dry_run=true", { method: "POST", json: body });
+      const d = e.data, t = e.time;
+      const count = (n, what) => (n === null || n === undefined ? null : fmt.int(n) + " " + what);
+      const data = [count(d.documents, "documents"), count(d.tokens, "tokens"),
+        count(d.train_blocks, "training blocks"), count(d.validation_blocks, "validation blocks"),
+        count(d.train_examples, "training examples"),
+        count(d.validation_examples, "validation examples"), count(d.labels, "labels")];
+      const source = !t ? "" : t.source === "default"
+        ? "nothing measured yet: a deliberately slow default rate"
+        : (t.source === "measured" ? "measured on " : "scaled from another size measured on ") +
+          (t.worker_kind || "a worker");
+      const row = (name, value) => el("tr", {}, el("th", {}, name), el("td", { class: "wrap" }, value));
+      estimateBox.replaceChildren(el("table", { id: "estimate-table" },
+        row("steps", fmt.int(e.steps) + (e.epochs === null ? "" : " (" + fmt.num(e.epochs, 3) + " epochs)")),
+        row("parameters", fmt.int(e.parameters)),
+        row("memory", e.memory_bytes === null ? "–" : "up to " + fmt.num(e.memory_bytes / 1e6, 4) + " MB"),
+        row("data", data.filter(Boolean).join(", ") + " (" + d.source + ")"),
+        row("time", t ? "about " + fmt.duration(t.seconds) + " (" + fmt.int(t.tokens) + " tokens at " +
+          fmt.int(Math.round(t.tokens_per_second)) + " tokens/s; " + source + ")" : "–")),
+        el("p", { class: "muted" }, "A dry run: nothing was created."));
+      estimateBox.hidden = false;
+      notice("");
+    } catch (error) { showError(error); }
+  }
+
+  async function submit(e) {
+    e.preventDefault();
+    const body = specBody();
+    if (body === null) return;
     try {
       const job = await api("/v1/jobs", { method: "POST", json: body,
                                           headers: { "Idempotency-Key": idempotencyKey } });
@@ -94,7 +133,10 @@
       el("form", { class: "stack", id: "job-form", onsubmit: submit },
         el("label", {}, "Dataset (used when the spec names none) ", datasetSelect),
         el("label", {}, "Spec (JSON; see the README for every field)", spec),
-        el("div", {}, el("button", { type: "submit" }, "Submit"))));
+        el("div", { class: "actions" }, el("button", { type: "submit" }, "Submit"),
+          el("button", { type: "button", id: "estimate-button", onclick: estimate },
+            "Estimate (dry run)")),
+        estimateBox));
     loadDatasets();
   });
 })();
