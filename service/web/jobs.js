@@ -22,8 +22,10 @@
       el("td", {}, box),
       el("td", {}, el("a", { href: "/jobs/" + encodeURIComponent(job.id), class: "id",
                              title: job.id }, job.id)),
-      el("td", { class: "wrap" }, job.name),
-      el("td", {}, job.type + (job.spec && job.spec.objective ? " · " + job.spec.objective : "")),
+      // The kind under the name (not a column of its own): the name keeps room to be read.
+      el("td", { class: "wrap name" }, el("div", {}, job.name), el("div", { class: "muted small" },
+        job.type + (job.spec && (job.spec.objective || job.spec.task)
+          ? " · " + (job.spec.objective || job.spec.task) : ""))),
       el("td", {}, statusBadge(job.status)),
       el("td", {}, progressBar(p.step, p.total_steps)),
       el("td", { class: "num train-loss" }, fmt.num(job.train_loss)),
@@ -42,7 +44,7 @@
       const page = await api("/v1/jobs?limit=100");
       body.replaceChildren(...page.data.map(row));
       if (!page.data.length) {
-        body.append(el("tr", {}, el("td", { colspan: 12, class: "muted" },
+        body.append(el("tr", {}, el("td", { colspan: 11, class: "muted" },
           "No jobs yet: ", el("a", { href: "/new" }, "upload a corpus and submit one"), ".")));
       }
       updated.textContent = "updated " + new Date().toLocaleTimeString();
@@ -57,7 +59,7 @@
     main.append(
       el("div", { class: "actions" }, compare, el("a", { href: "/new" }, "New job"), updated),
       el("div", { class: "scroll" }, el("table", { id: "jobs" },
-        el("thead", {}, el("tr", {}, ["", "id", "name", "type", "status", "progress",
+        el("thead", {}, el("tr", {}, ["", "id", "name", "status", "progress",
           "train loss", "eval loss", "tokens/s", "ETA", "created", "model"].map(
           (h) => el("th", {}, h)))),
         body)));
