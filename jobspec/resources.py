@@ -24,14 +24,16 @@ class ResourcesSpec(Strict):
     # of every batch. The worker refuses more than its GPUs (or CPU cores).
     processes: int = Field(default=1, ge=1, le=MAX_PROCESSES)
     # How the processes share the model: ddp, a whole copy each (gradients summed); fsdp,
-    # parameters sharded among them (not yet).
+    # parameters, gradients and optimizer state sharded among them per transformer layer
+    # (PyTorch's FSDP2), for a model whose training does not fit one device. The same
+    # numbers and checkpoints either way.
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 def resources_inconsistency(resources: ResourcesSpec) -> tuple[str, str] | None:
-    if resources.strategy == "fsdp":
-        return ("resources.strategy", "fsdp is not yet supported; use ddp (each process "
-                "holds the whole model)")
+    if resources.strategy == "fsdp" and resources.processes < 2:
+        return ("resources.strategy", "fsdp shards the model among the job's processes: "
+                "set resources.processes to 2 or more, or leave strategy out")
     return None
 
 

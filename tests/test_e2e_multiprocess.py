@@ -3,7 +3,7 @@ real worker, which runs them under torchrun with 2 gloo processes: per-step loss
 the 1-process job's at the same global batch; a job whose rank 1 is killed mid-run, or
 whose worker is killed, is retried from its checkpoint and trains on exactly as if never
 killed (no rank outlives its worker); a cancel stops every rank; a paused job resumes
-exactly; a 2-process fine-tuning job matches the 1-process one too."""
+exactly; a 2-process fine-tuning job matches the 1-process one, an fsdp job the ddp one."""
 
 import gzip
 import json
@@ -196,3 +196,14 @@ def test_two_process_fine_tuning_matches_one(stack, data_dir, two_process_job):
     (one, one_eval), (two, two_eval) = curves
     assert len(one) == 4 and two == pytest.approx(one, rel=RELATIVE_TOLERANCE)
     assert two_eval == pytest.approx(one_eval, rel=RELATIVE_TOLERANCE)
+
+
+def test_an_fsdp_job_trains_as_the_ddp_one(stack, dataset, two_process_losses):
+    """resources.strategy fsdp: the model sharded among the 2 processes, the same curve."""
+    job_id = submit(stack, dataset, resources={"processes": 2, "strategy": "fsdp"})
+    job = stack.wait_job(job_id, timeout=400)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    assert job["model_id"]
+    assert ("training on 2 processes (gloo), each on its slice of every batch, the model "
+            "sharded among them (fsdp)") in events(stack, job_id)
+    assert losses(stack, job_id) == pytest.approx(two_process_losses, rel=RELATIVE_TOLERANCE)

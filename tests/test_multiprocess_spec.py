@@ -1,7 +1,7 @@
 """What a multi-process job may ask for, in this process: POST /v1/jobs takes
-resources.processes with a batch it divides, for pretraining and fine-tuning, and refuses
-with 422 an uneven split and fsdp (not yet); a worker refuses more processes than it has
-cores."""
+resources.processes with a batch it divides, for pretraining and fine-tuning, whole (ddp) or
+sharded (fsdp), and refuses with 422 an uneven split and fsdp on one process; a worker
+refuses more processes than it has cores."""
 
 import os
 
@@ -33,10 +33,13 @@ def test_the_api_takes_an_even_split_and_refuses_the_rest(tmp_path, monkeypatch)
                                             "resources": {"processes": 3}}),
                  "hyperparameters.batch_size", "batch_size (8) must be a multiple of "
                  "resources.processes (3)")
+        r = api.post("/v1/jobs", json={"dataset_id": ds, "hyperparameters": hp,
+                                       "resources": {"processes": 2, "strategy": "fsdp"}})
+        assert r.status_code == 202, r.text
+        assert r.json()["spec"]["resources"]["strategy"] == "fsdp"
         _refused(api.post("/v1/jobs", json={"dataset_id": ds, "hyperparameters": hp,
-                                            "resources": {"processes": 2,
-                                                          "strategy": "fsdp"}}),
-                 "resources.strategy", "fsdp is not yet supported")
+                                            "resources": {"strategy": "fsdp"}}),
+                 "resources.strategy", "set resources.processes to 2 or more")
         _refused(api.post("/v1/jobs", json={"dataset_id": ds, "resources": {"processes": 0}}),
                  "resources.processes", "greater than or equal to 1")
         finetune = {"type": "finetune", "task": "text_classification", "dataset_id": ds,
@@ -50,8 +53,8 @@ def test_the_api_takes_an_even_split_and_refuses_the_rest(tmp_path, monkeypatch)
 def test_fine_tuning_takes_several_processes():
     spec = parse_spec({"type": "finetune", "task": "token_classification", "dataset_id": "ds_x",
                        "base_model_id": "m_x", "hyperparameters": {"batch_size": 16},
-                       "resources": {"processes": 4}})
-    assert spec.resources.processes == 4
+                       "resources": {"processes": 4, "strategy": "fsdp"}})
+    assert (spec.resources.processes, spec.resources.strategy) == (4, "fsdp")
 
 
 def test_a_worker_refuses_more_processes_than_its_cores(tmp_path):

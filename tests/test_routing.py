@@ -32,7 +32,7 @@ def test_resources_and_priority_default_and_refuse_what_cannot_run():
                                  "hyperparameters.batch_size", "multiple of resources.processes"),
                                 ({"resources": {"processes": 65}}, "resources.processes", "64"),
                                 ({"resources": {"strategy": "fsdp"}}, "resources.strategy",
-                                 "not yet"),
+                                 "set resources.processes to 2 or more"),
                                 ({"type": "finetune", "task": "text_classification",
                                   "base_model_id": "m_x", "resources": {"processes": 3}},
                                  "hyperparameters.batch_size", "multiple of resources.processes"),

@@ -116,7 +116,7 @@ def _rank_main(work: Path) -> None:
 def _train_rank(work: Path, request: dict[str, Any]) -> None:
     spec = parse_spec(request["spec"])
     assert isinstance(spec, PretrainSpec | FinetuneSpec)
-    parallel, device = init_from_env()
+    parallel, device = init_from_env(spec.resources.strategy)
     inner = None
     if parallel.main:
         inner = DbReporter(request["job_id"], get_store())

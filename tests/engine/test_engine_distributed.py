@@ -1,6 +1,6 @@
-"""The one loop under torch.distributed (2 gloo processes, spawned here): per-step losses
-equal the 1-process run's at the same global batch, and a stopped 2-process run resumes
-exactly."""
+"""The one loop under torch.distributed (2 gloo processes, spawned here), the model whole on
+each rank (ddp) or sharded among them (fsdp): per-step losses equal the 1-process run's at
+the same global batch, and a stopped 2-process run resumes exactly."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 
 from jobspec import PretrainSpec, parse_spec
 from tests.stack import free_port
@@ -58,12 +59,13 @@ def _spec(make_spec: Any, **hp: Any) -> Any:
                        "checkpoint_every": STOP_AT})
 
 
-def _rank(rank: int, port: int, spec_json: dict[str, Any], data: str, out: str) -> None:
+def _rank(rank: int, port: int, spec_json: dict[str, Any], data: str, out: str,
+          strategy: str) -> None:
     """One rank: a straight run, then a run stopped at STOP_AT and its resume."""
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=2)
-    parallel = Parallel(rank=rank, world=2)
+    parallel = Parallel(rank=rank, world=2, strategy=strategy)
     spec = parse_spec(spec_json)
     assert isinstance(spec, PretrainSpec)
     try:
@@ -92,12 +94,16 @@ def _losses(points: list[dict[str, Any]]) -> list[float]:
     return [p["train_loss"] for p in points]
 
 
-@pytest.mark.parametrize("precision,hp", [("bf16", {}),
-                                          ("fp32", {"micro_batch_size": 2}),
-                                          ("fp32", {"architecture": "gpt2"})],
-                         ids=["mlm-bf16", "mlm-accumulation-fp32", "gpt2-clm-fp32"])
+@pytest.mark.parametrize("strategy,precision,hp", [
+    ("ddp", "bf16", {}),
+    ("ddp", "fp32", {"micro_batch_size": 2}),
+    ("ddp", "fp32", {"architecture": "gpt2"}),
+    ("fsdp", "fp32", {"micro_batch_size": 2}),
+    ("fsdp", "fp32", {"architecture": "gpt2"}),
+], ids=["mlm-bf16", "mlm-accumulation-fp32", "gpt2-clm-fp32", "fsdp-mlm-accumulation-fp32",
+        "fsdp-gpt2-clm-fp32"])
 def test_two_processes_match_one_and_resume_exactly(en_data, en_corpus, tmp_path, make_spec,
-                                                    precision, hp):
+                                                    strategy, precision, hp):
     spec = _spec(make_spec, precision=precision, **hp)
     data = en_data
     if "architecture" in hp:  # its own tokenizer
@@ -107,7 +113,7 @@ def test_two_processes_match_one_and_resume_exactly(en_data, en_corpus, tmp_path
     run_pretraining(spec, str(data), str(tmp_path / "one"), one, device="cpu")
 
     mp.spawn(_rank, args=(free_port(), spec.model_dump(mode="json"), str(data),
-                          str(tmp_path)), nprocs=2, join=True)
+                          str(tmp_path), strategy), nprocs=2, join=True)
     main = json.loads((tmp_path / "rank0.json").read_text())
     other = json.loads((tmp_path / "rank1.json").read_text())
 
@@ -117,8 +123,10 @@ def test_two_processes_match_one_and_resume_exactly(en_data, en_corpus, tmp_path
                                                       rel=TOLERANCE[precision])
     assert [p["tokens_seen"] for p in main["straight"]] == \
         [p["tokens_seen"] for p in one.logs]
-    assert "training on 2 processes (gloo), each on its slice of every batch" in \
-        main["events"]
+    started = "training on 2 processes (gloo), each on its slice of every batch"
+    if strategy == "fsdp":
+        started += ", the model sharded among them (fsdp)"
+    assert started in main["events"]
     # Only rank 0 reports, checkpoints and exports.
     assert other["straight"] == [] and other["checkpoints"] == [] and other["export"] is None
     assert main["export"] is not None
@@ -128,3 +136,10 @@ def test_two_processes_match_one_and_resume_exactly(en_data, en_corpus, tmp_path
     assert _losses(main["first"]) + _losses(main["second"]) == _losses(main["straight"])
     state = json.loads((Path(main["checkpoints"][0][1]) / "trainer_state.json").read_text())
     assert len(state["rng"]["ranks"]) == 2  # each rank's own dropout generator
+    # A checkpoint holds the whole model and optimizer (fsdp: gathered), as 1 process's.
+    if precision == "fp32":
+        for name in ("model.safetensors", "optimizer.safetensors"):
+            ours = load_file(Path(main["checkpoints"][0][1]) / name)
+            theirs = load_file(Path(one.checkpoints[0][1]) / name)
+            assert ours.keys() == theirs.keys()
+            assert all(ours[k].allclose(theirs[k], rtol=1e-4, atol=1e-6) for k in theirs)

@@ -12,17 +12,24 @@ Rank 0 reports, checkpoints and exports; it alone polls for a stop (cancel, paus
 broadcasts its decision to all ranks every step, so every rank stops at the same step.
 Every rank evaluates the same held-out rows (the same numbers), so early stopping and
 divergence checks decide alike on all of them without another broadcast.
+
+With resources.strategy fsdp the model is sharded among the ranks (fsdp.py): prepare()
+returns a Parallel whose hooks (call, norm, whole, load, unshard) do what sharding needs;
+the loop calls the same hooks either way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from workers.engine.checkpoint import load_checkpoint
 from workers.engine.objective import Batch
 from workers.engine.reporter import Reporter
 
@@ -37,7 +44,8 @@ class Parallel:
 
     rank: int = 0
     world: int = 1
-    # How the ranks hold the model: ddp, a whole copy each (resources.strategy).
+    # How the ranks hold the model (resources.strategy): ddp, a whole copy each; fsdp,
+    # sharded among them (fsdp.py, once prepare() sharded it).
     strategy: str = "ddp"
 
     @property
@@ -48,6 +56,37 @@ class Parallel:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+    def prepare(self, model: torch.nn.Module, weights: torch.nn.Module,
+                device: torch.device) -> Parallel:
+        """This rank's Parallel for the run of model (on its device; weights: what
+        checkpoints hold, see Objective): under fsdp, one that holds the model sharded."""
+        if self.strategy != "fsdp" or not self.active:
+            return self
+        from workers.engine.fsdp import fully_shard_model  # which subclasses Parallel
+
+        return fully_shard_model(self, model, weights, device)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs), a function that runs the model (a loss, an evaluation)."""
+        return fn(*args, **kwargs)
+
+    def norm(self, value: torch.Tensor) -> torch.Tensor:
+        """The gradient norm clip_grad_norm_ returned, as a plain tensor."""
+        return value
+
+    def whole(self, weights: torch.nn.Module, optimizer: torch.optim.Optimizer
+              ) -> tuple[torch.nn.Module, torch.optim.Optimizer] | None:
+        """What rank 0 checkpoints (the model and optimizer); None on the other ranks."""
+        return (weights, optimizer) if self.main else None
+
+    def load(self, directory: str | Path, state: dict[str, Any], weights: torch.nn.Module,
+             optimizer: torch.optim.Optimizer) -> None:
+        """A checkpoint's weights and optimizer state (read_trainer_state's state)."""
+        load_checkpoint(directory, state, weights, optimizer)
+
+    def unshard(self, objective: Any) -> None:
+        """The run is over: rank 0's objective holds the whole model, to export."""
 
     def shard(self, batch: Batch) -> Batch:
         """This rank's rows of the global batch (batch_size / processes of them: the spec
@@ -93,7 +132,8 @@ class Parallel:
     def started(self) -> str:
         """The event that says where a multi-process run trains."""
         return (f"training on {self.world} processes ({dist.get_backend()}), "
-                "each on its slice of every batch")
+                "each on its slice of every batch" +
+                (", the model sharded among them (fsdp)" if self.strategy == "fsdp" else ""))
 
     def reporter(self, reporter: Reporter) -> Reporter:
         """What the loop reports to on this rank (see RankReporter)."""
@@ -155,7 +195,7 @@ class RankReporter:
         return self._pausing
 
 
-def init_from_env() -> tuple[Parallel, torch.device]:
+def init_from_env(strategy: str = "ddp") -> tuple[Parallel, torch.device]:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR/PORT): NCCL with one GPU per rank where GPUs are, else gloo."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -166,7 +206,8 @@ def init_from_env() -> tuple[Parallel, torch.device]:
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo")
-    return Parallel(rank=dist.get_rank(), world=dist.get_world_size()), device
+    return Parallel(rank=dist.get_rank(), world=dist.get_world_size(),
+                    strategy=strategy), device
 
 
 SINGLE = Parallel()

@@ -25,7 +25,6 @@ from workers.engine.checkpoint import (
     checkpoint_dir,
     decode_rng_state,
     encode_rng_state,
-    load_checkpoint,
     read_trainer_state,
     save_checkpoint,
 )
@@ -175,7 +174,7 @@ def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
     if state.get("fingerprint") != fingerprint:
         raise ConfigError("the checkpoint was made by another run (other data, model "
                           "or settings)")
-    load_checkpoint(directory, state, objective.weights, optimizer)
+    parallel.load(directory, state, objective.weights, optimizer)
     _restore_rng(state["rng"], objective, device, parallel)
     return (state["step"], state["tokens_seen"], state.get("early_stopping"),
             _Window(**state.get("log_window") or {}))
@@ -219,26 +218,27 @@ def _step(objective: Objective, settings: LoopSettings, optimizer: torch.optim.O
     loss_sum = torch.zeros((), device=device)
     for micro in _micro_batches(parallel.shard(batch), settings.micro_batch):
         with autocast:
-            loss = objective.loss(micro, norms, device)
+            loss = parallel.call(objective.loss, micro, norms, device)
         loss.backward()
         loss_sum += loss.detach()
     parallel.reduce_gradients(model)
     loss_sum = parallel.sum(loss_sum)
     # clip_grad_norm_ returns the norm from before clipping, which is what we report.
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    grad_norm = parallel.norm(
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm, objective.tokens(batch)
 
 
 def _evaluate(objective: Objective, settings: LoopSettings, device: torch.device, step: int,
-              total: int, reporter: Reporter, best: BestSoFar | None
+              total: int, reporter: Reporter, best: BestSoFar | None, parallel: Parallel
               ) -> tuple[dict[str, Any], bool]:
     """The held-out evaluation at `step`, with the probes, reported; True when early
     stopping ends the run here."""
-    evaluation: dict[str, Any] = {"step": step, **objective.evaluate(device)}
+    evaluation: dict[str, Any] = {"step": step, **parallel.call(objective.evaluate, device)}
     if settings.probes is not None:
-        evaluation["probes"] = settings.probes(device=device)
+        evaluation["probes"] = parallel.call(settings.probes, device=device)
     check_finite("eval loss", evaluation["eval_loss"], step)
     reporter.eval(evaluation)
     if best is None or not best.update(evaluation, objective.weights):
@@ -275,6 +275,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     bf16 = resolve_precision(settings.precision, device)
     impl = resolve_optimizer_impl(settings.optimizer_impl, device.type)
+    parallel = parallel.prepare(model, objective.weights, device)  # fsdp: sharded now
     optimizer = build_optimizer(model, settings.weight_decay, settings.learning_rate, impl)
     reporter.event("info", f"{num_parameters:,} parameters, {trainable:,} trained, on "
                            f"{device}; {'bf16' if bf16 else 'fp32'}, {impl} AdamW, "
@@ -309,11 +310,12 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     def save() -> str:
         """Checkpoint the step reached (rank 0 writes it); the manifest is written last."""
         rng = _rng_state(objective, device, parallel)
-        if not parallel.main:
+        whole = parallel.whole(objective.weights, optimizer)  # fsdp: gathered to rank 0
+        if whole is None:
             return ""
         directory = save_checkpoint(
-            checkpoint_dir(workdir_path, step), step=step, model=objective.weights,
-            tokenizer=objective.tokenizer, optimizer=optimizer,
+            checkpoint_dir(workdir_path, step), step=step, model=whole[0],
+            tokenizer=objective.tokenizer, optimizer=whole[1],
             trainer_state={"tokens_seen": tokens_seen, "fingerprint": fingerprint,
                            "rng": rng,
                            "early_stopping": best.state() if best else None,
@@ -325,7 +327,8 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
 
     early = False
     if settings.eval_at_start and step == 0:
-        final_eval, _ = _evaluate(objective, settings, device, step, total, reporter, best)
+        final_eval, _ = _evaluate(objective, settings, device, step, total, reporter, best,
+                                  parallel)
 
     while step < total:
         if reporter.should_stop():
@@ -363,7 +366,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         # -- Eval on the held-out data, always at the last step.
         if step % settings.eval_every == 0 or last:
             final_eval, early = _evaluate(objective, settings, device, step, total, reporter,
-                                          best)
+                                          best, parallel)
             last = last or early
 
         # -- Checkpoint, always at the last step.
@@ -376,11 +379,13 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     export_dir = None
     if stopped:
         reporter.event("info", f"stopped at step {step} of {total}; no export written")
-    elif parallel.main:  # the other ranks hold the same weights
+    else:
         if final_eval is None:  # resumed from the last step's checkpoint
-            final_eval = {"step": step, **objective.evaluate(device)}
+            final_eval = {"step": step, **parallel.call(objective.evaluate, device)}
             reporter.eval(final_eval)
         final_eval = _keep_best(objective, best, step, final_eval, reporter)
+        parallel.unshard(objective)  # fsdp: the whole model back on rank 0
+    if not stopped and parallel.main:  # the other ranks hold the same weights
         export_dir = str(objective.export(workdir_path / "export"))
         (Path(export_dir) / "README.md").write_text(
             _card(objective, step, total, tokens_seen, num_parameters, final_eval),
