@@ -343,6 +343,11 @@ def test_a_finetuning_dry_run_matches_the_job(client: TestClient, pretrained, la
     assert (data["train_examples"], data["validation_examples"]) == (216, 24)
     assert before["steps"] == 14 and before["epochs"] == round(14 * 16 / 216, 4)
     assert before["time"]["source"] == "default"
+    # Weights, gradients and AdamW moments at least, more for a longer micro-batch.
+    assert before["memory_bytes"] > before["parameters"] * 16
+    longer = dry(client, {**spec, "hyperparameters": {**spec["hyperparameters"],
+                                                      "sequence_length": 128}})
+    assert longer["memory_bytes"] > before["memory_bytes"]
     auto = dry(client, {**spec, "hyperparameters": {"batch_size": 16}})
     assert auto["steps"] == 150  # "auto": 3 epochs, at least 150 steps
 

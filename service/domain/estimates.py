@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from jobspec.capacity import estimate_pretrain_bytes, pretrain_parameters
+from jobspec.capacity import estimate_bytes, estimate_pretrain_bytes, pretrain_parameters
 from jobspec.data import tokenized_prefix
 from jobspec.finetune import auto_steps
 from service.domain import calibration
@@ -236,10 +236,11 @@ def _examples(train: DatasetRow, valid: DatasetRow | None, fraction: float
     return n - held, held
 
 
-def _finetune_parameters(store: ObjectStore, base: ModelRow, task: str, labels: int
-                         ) -> int | None:
-    """Parameters of the base model with the task's head for `labels` labels, built from
-    its config.json on the meta device (nothing allocated)."""
+def _finetune_model(store: ObjectStore, base: ModelRow, spec: FinetuneJobCreate, labels: int
+                    ) -> tuple[int | None, int | None]:
+    """(parameters, training memory bytes) of the base model with the task's head for
+    `labels` labels, built from its config.json on the meta device (nothing allocated);
+    the memory bound is the one the worker checks (workers/engine/finetune/run.py)."""
     import torch
     import transformers
 
@@ -250,18 +251,29 @@ def _finetune_parameters(store: ObjectStore, base: ModelRow, task: str, labels: 
         config = transformers.AutoConfig.for_model(model_type, **config_dict)
         config.num_labels = labels
         auto = (transformers.AutoModelForSequenceClassification
-                if task == "text_classification" else transformers.AutoModelForTokenClassification)
+                if spec.task == "text_classification"
+                else transformers.AutoModelForTokenClassification)
         with torch.device("meta"):
             model = auto.from_config(config, dtype=None)
-        return sum(p.numel() for p in model.parameters())
+        parameters = sum(p.numel() for p in model.parameters())
+        hp = spec.hyperparameters
+        memory = estimate_bytes(
+            parameters=parameters, layers=config.num_hidden_layers, hidden=config.hidden_size,
+            intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
+            heads=config.num_attention_heads, vocab=labels, micro_batch=hp.batch_size,
+            sequence_length=hp.sequence_length)
+        return parameters, memory
     except Exception:  # an estimate, never a reason to refuse: the worker says what fails
-        log.warning("cannot count the parameters of %s for %s", base.id, task, exc_info=True)
-        return None
+        log.warning("cannot count the parameters of %s for %s", base.id, spec.task,
+                    exc_info=True)
+        return None, None
 
 
 def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
-              ) -> tuple[DataFigures, int, float | None, int | None, float, str, str]:
-    """(data, steps, epochs, parameters, tokens per example, objective key, architecture)."""
+              ) -> tuple[DataFigures, int, float | None, int | None, int | None, float, str,
+                         str]:
+    """(data, steps, epochs, parameters, memory bytes, tokens per example, objective key,
+    architecture)."""
     hp = spec.hyperparameters
     train = session.get(DatasetRow, spec.dataset_id)
     assert train is not None  # checked by jobs.admit
@@ -281,7 +293,7 @@ def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
     epochs = steps * hp.batch_size / n_train if n_train else None
     base = session.get(ModelRow, spec.base_model_id)
     assert base is not None  # checked by jobs.admit
-    parameters = _finetune_parameters(store, base, spec.task, labels)
+    parameters, memory = _finetune_model(store, base, spec, labels)
     tokenizer = (base.details or {}).get("tokenizer")
     kind = tokenizer.get("type") if isinstance(tokenizer, dict) else None
     tokens = _corpus_tokens(store, train, kind if isinstance(kind, str) else None,
@@ -291,7 +303,7 @@ def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
         min(float(hp.sequence_length), tokens / max(train.documents, 1) + 2)
     data = DataFigures(source="records", documents=train.documents,
                        train_examples=n_train, validation_examples=n_valid, labels=labels)
-    return data, steps, epochs, parameters, per_example, spec.task, base.architecture
+    return data, steps, epochs, parameters, memory, per_example, spec.task, base.architecture
 
 
 def estimate(*, session: Session, store: ObjectStore, job_in: PretrainJobCreate |
@@ -307,8 +319,8 @@ def estimate(*, session: Session, store: ObjectStore, job_in: PretrainJobCreate 
         tokens = steps * hp.batch_size * hp.sequence_length
         architecture: str = job_in.model.architecture
     else:
-        data, steps, epochs, parameters, per_example, objective, architecture = _finetune(
-            session, store, job_in)
+        (data, steps, epochs, parameters, memory, per_example, objective,
+         architecture) = _finetune(session, store, job_in)
         tokens = round(steps * job_in.hyperparameters.batch_size * per_example)
     time = None
     if parameters:
