@@ -5,8 +5,10 @@ The worker refuses a job that cannot fit (workers/engine/capacity.py) and the AP
 reports the same figures, so both read them from here.
 """
 
+from jobspec.finetune import FinetuneSpec
 from jobspec.model import ENCODERS
 from jobspec.pretrain import PretrainSpec
+from jobspec.resources import shards
 
 # RoBERTa numbers positions from padding_idx + 1, so its table has two more rows.
 ROBERTA_POSITION_OFFSET = 2
@@ -42,21 +44,33 @@ def pretrain_parameters(spec: PretrainSpec, vocab_size: int | None = None) -> in
 
 
 def estimate_bytes(*, parameters: int, layers: int, hidden: int, intermediate: int, heads: int,
-                   vocab: int, micro_batch: int, sequence_length: int) -> int:
-    """A rough upper bound of training memory: fp32 weights, grads and two AdamW moments,
-    plus activations and logits of one micro-batch (fp32, as if nothing were saved)."""
+                   vocab: int, micro_batch: int, sequence_length: int, shards: int = 1) -> int:
+    """A rough upper bound of one process's training memory: fp32 weights, grads and two
+    AdamW moments, plus activations and logits of one micro-batch (fp32, as if nothing were
+    saved). shards > 1 (fsdp): the process builds the whole model (4 bytes a parameter)
+    before sharding it, then keeps 1/shards of the weights, gradients and moments."""
     tokens = micro_batch * sequence_length
     activations = tokens * layers * (16 * hidden + 2 * intermediate) * 4 + \
         micro_batch * heads * sequence_length ** 2 * layers * 4
     logits = tokens * vocab * 4 * 2
-    return int(parameters * 16 + activations + logits)
+    state = parameters * 16 if shards == 1 else parameters * 4 + parameters * 16 // shards
+    return int(state + activations + logits)
 
 
 def estimate_pretrain_bytes(spec: PretrainSpec, vocab_size: int | None = None) -> int:
-    """Training memory of a model of the spec's shape (before anything is built)."""
+    """One process's training memory for a model of the spec's shape (before anything is
+    built): each process trains batch_size / processes rows of every batch."""
     shape, hp = spec.model.shape(), spec.hyperparameters
     vocab = vocab_size or spec.tokenizer.vocab_size
     return estimate_bytes(parameters=pretrain_parameters(spec, vocab), layers=shape.layers,
                           hidden=shape.hidden, intermediate=shape.intermediate,
-                          heads=shape.heads, vocab=vocab, micro_batch=hp.micro_batch,
-                          sequence_length=hp.sequence_length)
+                          heads=shape.heads, vocab=vocab, micro_batch=rank_micro_batch(spec),
+                          sequence_length=hp.sequence_length, shards=shards(spec.resources))
+
+
+def rank_micro_batch(spec: PretrainSpec | FinetuneSpec) -> int:
+    """Rows of one forward pass in one process: a micro-batch, or a process's share of the
+    batch when that is smaller."""
+    hp = spec.hyperparameters
+    micro = getattr(hp, "micro_batch", hp.batch_size)
+    return min(micro, hp.batch_size // spec.resources.processes)

@@ -30,6 +30,12 @@ class ResourcesSpec(Strict):
     strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
+def shards(resources: ResourcesSpec) -> int:
+    """Among how many processes a job's training state (weights, gradients, AdamW moments)
+    is divided: its processes under fsdp, else 1 (each holds it whole)."""
+    return resources.processes if resources.strategy == "fsdp" else 1
+
+
 def resources_inconsistency(resources: ResourcesSpec) -> tuple[str, str] | None:
     if resources.strategy == "fsdp" and resources.processes < 2:
         return ("resources.strategy", "fsdp shards the model among the job's processes: "

@@ -68,3 +68,25 @@ def test_a_worker_refuses_more_processes_than_its_cores(tmp_path):
     with pytest.raises(ConfigError, match=f"more than this worker's {cores} CPU cores"):
         run_multiprocess("job_x", spec, str(tmp_path), str(tmp_path), None,  # type: ignore
                          torch.device("cpu"))
+
+
+def test_fsdp_lowers_what_each_process_needs():
+    """The memory check and the dry run count one process's share: under fsdp its slice of
+    the training state (after building the whole model once), so a model whose state does
+    not fit one device can fit N of them; under ddp, a whole copy."""
+    from jobspec.capacity import estimate_pretrain_bytes, pretrain_parameters
+
+    def need(processes: int, strategy: str, batch: int = 8) -> int:
+        return estimate_pretrain_bytes(parse_spec({
+            "dataset_id": "ds_1", "model": {"size": "base"},
+            "hyperparameters": {"batch_size": batch, "sequence_length": 128},
+            "resources": {"processes": processes, "strategy": strategy}}))
+
+    one, ddp = need(1, "ddp"), need(2, "ddp")
+    fsdp2, fsdp4 = need(2, "fsdp"), need(4, "fsdp")
+    parameters = pretrain_parameters(parse_spec({"dataset_id": "ds_1",
+                                                 "model": {"size": "base"}}))
+    assert ddp < one  # half the rows of each batch per process, the whole state
+    assert ddp - fsdp2 == parameters * 16 - (parameters * 4 + parameters * 8)
+    assert fsdp4 < fsdp2 < ddp
+    assert need(2, "fsdp", batch=16) > fsdp2  # activations still grow with the batch

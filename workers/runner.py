@@ -231,7 +231,11 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
     if spec.base_model_id is not None:
         base_dir = _download_base(attempt, store, reporter, work)
     else:  # a shape too big for this worker fails now, not after tokenizing
-        check_fits(estimate_pretrain_bytes(spec), pick_device(None))
+        device = pick_device(None)
+        # Per process; the processes of a CPU job share this machine's memory.
+        need = estimate_pretrain_bytes(spec) * (
+            spec.resources.processes if device.type == "cpu" else 1)
+        check_fits(need, device)
     try:
         data_dir = _prepared_data(attempt, spec, store, reporter, work, base_dir)
     except StopRequested:  # cancelled while the corpus was being tokenized

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from jobspec import PretrainSpec
-from jobspec.capacity import estimate_pretrain_bytes
+from jobspec.capacity import estimate_pretrain_bytes, rank_micro_batch
+from jobspec.resources import shards
 from workers.engine.architectures import (
     ROBERTA_POSITION_OFFSET,
     build_model,
@@ -141,8 +142,8 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
             intermediate=getattr(config, "intermediate_size", None)
             or getattr(config, "n_inner", None) or 4 * config.hidden_size,
             heads=config.num_attention_heads,
-            vocab=len(tokenizer), micro_batch=hp.micro_batch,
-            sequence_length=hp.sequence_length),
+            vocab=len(tokenizer), micro_batch=rank_micro_batch(spec),
+            sequence_length=hp.sequence_length, shards=shards(spec.resources)),
         eval_at_start=base_model_dir is not None,
     )
     result = train(objective, settings, workdir, reporter, dev, resume_from, parallel)

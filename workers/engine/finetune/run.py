@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobspec import FinetuneSpec
+from jobspec.capacity import rank_micro_batch
 from jobspec.finetune import auto_learning_rate, auto_steps
+from jobspec.resources import shards
 from workers.engine.capacity import estimate_bytes
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError
@@ -80,8 +82,9 @@ def run_finetune(
                             layers=config.num_hidden_layers, hidden=config.hidden_size,
                             intermediate=getattr(config, "intermediate_size", None)
                             or 4 * config.hidden_size, heads=config.num_attention_heads,
-                            vocab=len(labels), micro_batch=hp.batch_size,
-                            sequence_length=hp.sequence_length)
+                            vocab=len(labels), micro_batch=rank_micro_batch(spec),
+                            sequence_length=hp.sequence_length,
+                            shards=shards(spec.resources))
     # Of the exported model: LoRA's adapters are merged into the weights they adapt.
     num_parameters = sum(p.numel() for p in model.parameters())
     if spec.adapter is not None:
