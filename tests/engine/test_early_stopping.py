@@ -43,6 +43,8 @@ def test_a_run_that_stops_improving_ends_and_exports_its_best_eval(en_data, tmp_
 
 def test_a_resumed_run_stops_where_the_uninterrupted_one_does(en_data, tmp_path,
                                                               make_reporter, make_spec):
+    straight = run_pretraining(spec(make_spec, patience=3), str(en_data),
+                               str(tmp_path / "straight"), make_reporter(), device="cpu")
     first = make_reporter(stop_after_logs=3)  # stops after step 30; its last checkpoint: 25
     run_pretraining(spec(make_spec, patience=3), str(en_data), str(tmp_path / "a"), first,
                     device="cpu")
@@ -51,8 +53,14 @@ def test_a_resumed_run_stops_where_the_uninterrupted_one_does(en_data, tmp_path,
     result = run_pretraining(spec(make_spec, patience=3), str(en_data), str(tmp_path / "a"),
                              second, device="cpu", resume_from=first.checkpoints[0][1])
     # Evals at 10 (best), 20, 30, 40: three without improvement, as without the restart.
-    assert result.steps == 40
-    assert any("did not survive the restart" in m for _, m in second.events)
+    assert result.steps == straight.steps == 40 and result.best_step == 10
+    # The best eval's weights (step 10) came back from the checkpoint of step 25: the
+    # export is the uninterrupted run's, to the bit.
+    assert not any("did not survive the restart" in m for _, m in second.events)
+    exported = load_file(str(Path(result.export_dir) / "model.safetensors"))
+    expected = load_file(str(Path(straight.export_dir) / "model.safetensors"))
+    assert exported.keys() == expected.keys()
+    assert all(torch.equal(exported[k], expected[k]) for k in expected)
 
 
 def test_a_metric_the_evals_do_not_report_fails_the_run_saying_which_they_do(

@@ -22,6 +22,8 @@ from workers.engine.errors import EngineError
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
+# With early stopping, the best eval's weights when they are not the checkpoint's own.
+BEST_WEIGHTS = "best.safetensors"
 FORMAT_VERSION = 3  # 3: one loop; trainer_state holds a fingerprint and the objective's RNG
 
 
@@ -144,9 +146,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
     card: str | None = None,
+    best_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write model, tokenizer, optimizer and trainer state (and the model card, README.md)
-    to directory, then the manifest."""
+    """Write model, tokenizer, optimizer and trainer state (and the model card, README.md;
+    early stopping's best weights) to directory, then the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     if card is not None:
         (directory / "README.md").write_text(card, encoding="utf-8")
@@ -154,6 +157,9 @@ def save_checkpoint(
     tokenizer.save_pretrained(directory)  # so a checkpoint is usable on its own
     tensors, optimizer_json = flatten_optimizer(optimizer, model)
     save_file(tensors, str(directory / "optimizer.safetensors"))
+    if best_weights is not None:
+        save_file({k: v.contiguous() for k, v in best_weights.items()},
+                  str(directory / BEST_WEIGHTS))
     _write_json(directory / TRAINER_STATE, {
         "format_version": FORMAT_VERSION,
         "step": step,
@@ -193,6 +199,12 @@ def load_checkpoint(directory: str | Path, state: dict[str, Any], model: torch.n
         raise EngineError("the checkpoint's weights do not match the model configuration")
     restore_optimizer(optimizer, model,
                       load_file(str(directory / "optimizer.safetensors")), state["optimizer"])
+
+
+def read_best_weights(directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """Early stopping's best weights saved with a checkpoint (verified with it), if any."""
+    path = Path(directory) / BEST_WEIGHTS
+    return load_file(str(path)) if path.is_file() else None
 
 
 def save_export(directory: Path, model: torch.nn.Module, tokenizer: Any) -> Path:

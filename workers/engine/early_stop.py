@@ -1,8 +1,9 @@
 """Early stopping: the best eval so far, a copy of its weights, and the evals since it.
 
 The weights are copied to host memory at each improvement (one more copy of the model in
-RAM), so the export can be the best eval's model, not the last one's; the counters travel in
-checkpoints, so a resumed job stops where the uninterrupted one would."""
+RAM), so the export can be the best eval's model, not the last one's; the counters, and the
+best weights when they are not the checkpoint's own, travel in checkpoints, so a resumed
+(paused, crashed) job stops where the uninterrupted one would and exports the same model."""
 
 from typing import Any
 
@@ -44,13 +45,21 @@ class BestSoFar:
         return {"value": self.value, "step": self.step, "evaluation": self.evaluation,
                 "waited": self.waited}
 
-    def restore(self, state: dict[str, Any] | None, model: torch.nn.Module,
-                step: int) -> None:
-        """After a resume: the counters; the best weights only when the best is the step
-        resumed from (else they were in the memory of the attempt that ended)."""
+    def saved(self, step: int) -> dict[str, torch.Tensor] | None:
+        """The weights a checkpoint of `step` must carry besides its own: the best eval's,
+        when that was an earlier step."""
+        return self.weights if self.step is not None and self.step != step else None
+
+    def restore(self, state: dict[str, Any] | None, model: torch.nn.Module, step: int,
+                saved: dict[str, torch.Tensor] | None) -> None:
+        """After a resume from the checkpoint of `step`: the counters, and the best weights
+        (the model's own when the best is that step, else those saved with it; none from a
+        checkpoint that could not carry them)."""
         if state:
             self.value, self.step = state["value"], state["step"]
             self.evaluation, self.waited = state["evaluation"], state["waited"]
             if self.step == step:
                 self.weights = {k: v.detach().to("cpu", copy=True)
                                 for k, v in model.state_dict().items()}
+            else:
+                self.weights = saved

@@ -25,6 +25,7 @@ from workers.engine.checkpoint import (
     checkpoint_dir,
     decode_rng_state,
     encode_rng_state,
+    read_best_weights,
     read_trainer_state,
     save_checkpoint,
 )
@@ -294,7 +295,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         reporter.event("info", f"resumed from the checkpoint of step {step} "
                                f"({tokens_seen} tokens seen)")
         if best is not None:
-            best.restore(counters, objective.weights, step)
+            best.restore(counters, objective.weights, step, read_best_weights(resume_from))
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
@@ -321,6 +322,8 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
                            "early_stopping": best.state() if best else None,
                            "log_window": window.state()},
             card=_card(objective, step, total, tokens_seen, num_parameters, final_eval),
+            # Under fsdp the best weights are each rank's shards: kept in memory only.
+            best_weights=best.saved(step) if best and parallel.strategy != "fsdp" else None,
         )
         reporter.checkpoint(step, str(directory))
         return str(directory)
