@@ -110,9 +110,10 @@ def delete(*, session: Session, store: ObjectStore, model_id: str, scope: str | 
 # ---- publish a checkpoint ---------------------------------------------------------------
 
 MANIFEST = "manifest.json"
-# What a checkpoint holds for resuming only; the rest is what the final export holds (both
-# are save_pretrained of the model and the tokenizer: workers/engine/checkpoint.py).
-TRAINER_FILES = frozenset({"optimizer.safetensors", "trainer_state.json"})
+# What a checkpoint holds for resuming only (early stopping's best weights among them); the
+# rest is what the final export holds (both are save_pretrained of the model and the
+# tokenizer: workers/engine/checkpoint.py).
+TRAINER_FILES = frozenset({"optimizer.safetensors", "trainer_state.json", "best.safetensors"})
 MAX_MANIFEST_BYTES = 1 << 20
 # Names that only a model with LoRA adapters injected (peft) has: not a plain model.
 ADAPTER_MARKS = (".lora_", ".base_layer.", ".modules_to_save.", ".original_module.")
