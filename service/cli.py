@@ -164,8 +164,9 @@ def _redact(url: str) -> str:
 
 @app.command()
 def up(host: str | None = None, port: int | None = None) -> None:
-    """Everything on one machine: migrate, start a CPU worker process, serve the API (a GPU
-    here: run `cloze worker --device cuda` beside it)."""
+    """Everything on one machine: migrate, a CPU worker process, the API.
+
+    With a GPU here, run `cloze worker --device cuda` beside it."""
     settings = get_settings()
     host, port = host or settings.host, port or settings.port
     migrate()
