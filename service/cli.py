@@ -52,7 +52,8 @@ def api(host: str | None = None, port: int | None = None) -> None:
         get_settings.cache_clear()
     settings = get_settings()
     uvicorn.run("service.api.app:app", host=settings.host, port=port or settings.port,
-                log_level="info", **_proxy_options(settings))
+                log_level="info", timeout_keep_alive=settings.keep_alive_s,
+                **_proxy_options(settings))
 
 
 def _proxy_options(settings: Settings) -> dict[str, Any]:

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     # Proxies (addresses or CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto are
     # believed; from anyone else those headers are ignored. Empty: none.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # How long an idle keep-alive connection stays open. Longer than the idle timeout of the
+    # load balancers and clients in front (60 s on AWS ALB and nginx): with uvicorn's 5 s,
+    # a request sent on a connection the server is just closing fails (a 502 at a proxy,
+    # a ReadError at a client).
+    keep_alive_s: int = Field(default=65, ge=1, le=3600)
     # Callers the in-process rate limiter remembers at once (the least recent are dropped).
     rate_limit_max_callers: int = Field(default=100_000, ge=1)
 
