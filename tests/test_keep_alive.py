@@ -11,15 +11,27 @@ REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def _answer(sock: socket.socket) -> bytes:
-    """One response's status line and headers (the body of /health is small, read whole)."""
+    """One whole response (headers, then the body's Content-Length bytes), so the next read
+    starts at the next response; what came before the server closed the connection, if it
+    did."""
     sock.settimeout(10)
     data = b""
-    while b"\r\n\r\n" not in data:
+    while b"\r\n\r\n" not in data or len(data) < _length(data):
         chunk = sock.recv(65536)
         if not chunk:
-            return data  # the server closed the connection
+            return data
         data += chunk
     return data
+
+
+def _length(data: bytes) -> int:
+    """The whole response's length, once its headers are in."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(head) + 4
 
 
 def test_an_idle_keep_alive_connection_outlives_uvicorns_default(tmp_path):
