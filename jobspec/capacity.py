@@ -1,9 +1,11 @@
-"""What a pretraining job's model holds and needs, from the spec alone (no torch): its exact
-parameter count and a rough upper bound of its training memory.
+"""What a job's model holds and needs, without torch: a pretraining model's exact parameter
+count, and a rough upper bound of one process's training memory.
 
 The worker refuses a job that cannot fit (workers/engine/capacity.py) and the API's dry run
 reports the same figures, so both read them from here.
 """
+
+from typing import Any
 
 from jobspec.finetune import FinetuneSpec
 from jobspec.model import ENCODERS
@@ -66,6 +68,17 @@ def estimate_pretrain_bytes(spec: PretrainSpec, vocab_size: int | None = None) -
                           hidden=shape.hidden, intermediate=shape.intermediate,
                           heads=shape.heads, vocab=vocab, micro_batch=rank_micro_batch(spec),
                           sequence_length=hp.sequence_length, shards=shards(spec.resources))
+
+
+def estimate_finetune_bytes(spec: FinetuneSpec, config: Any, parameters: int,
+                            labels: int) -> int:
+    """One process's training memory for fine-tuning a base model (config: its transformers
+    config) of `parameters` parameters, the task's head for `labels` labels included."""
+    return estimate_bytes(
+        parameters=parameters, layers=config.num_hidden_layers, hidden=config.hidden_size,
+        intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
+        heads=config.num_attention_heads, vocab=labels, micro_batch=rank_micro_batch(spec),
+        sequence_length=spec.hyperparameters.sequence_length, shards=shards(spec.resources))
 
 
 def rank_micro_batch(spec: PretrainSpec | FinetuneSpec) -> int:

@@ -19,15 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from jobspec.capacity import (
-    estimate_bytes,
-    estimate_pretrain_bytes,
-    pretrain_parameters,
-    rank_micro_batch,
-)
+from jobspec.capacity import estimate_finetune_bytes, estimate_pretrain_bytes, pretrain_parameters
 from jobspec.data import tokenized_prefix
 from jobspec.finetune import auto_steps
-from jobspec.resources import shards
 from service.domain import calibration
 from service.domain.specs import FinetuneJobCreate, PretrainJobCreate
 from service.domain.tables import DatasetRow, ModelRow
@@ -262,14 +256,7 @@ def _finetune_model(store: ObjectStore, base: ModelRow, spec: FinetuneJobCreate,
         with torch.device("meta"):
             model = auto.from_config(config, dtype=None)
         parameters = sum(p.numel() for p in model.parameters())
-        hp = spec.hyperparameters
-        memory = estimate_bytes(
-            parameters=parameters, layers=config.num_hidden_layers, hidden=config.hidden_size,
-            intermediate=getattr(config, "intermediate_size", None) or 4 * config.hidden_size,
-            heads=config.num_attention_heads, vocab=labels,
-            micro_batch=rank_micro_batch(spec), sequence_length=hp.sequence_length,
-            shards=shards(spec.resources))
-        return parameters, memory
+        return parameters, estimate_finetune_bytes(spec, config, parameters, labels)
     except Exception:  # an estimate, never a reason to refuse: the worker says what fails
         log.warning("cannot count the parameters of %s for %s", base.id, spec.task,
                     exc_info=True)

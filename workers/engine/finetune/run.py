@@ -7,10 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobspec import FinetuneSpec
-from jobspec.capacity import rank_micro_batch
+from jobspec.capacity import estimate_finetune_bytes
 from jobspec.finetune import auto_learning_rate, auto_steps
-from jobspec.resources import shards
-from workers.engine.capacity import estimate_bytes
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError
 from workers.engine.finetune.dataset import encode_tagged, encode_texts
@@ -78,13 +76,8 @@ def run_finetune(
                            (f"; unused base weights: {len(base.unused)} (e.g. "
                             f"{base.unused[0]})" if base.unused else ""))
     config: Any = model.config
-    memory = estimate_bytes(parameters=sum(p.numel() for p in model.parameters()),
-                            layers=config.num_hidden_layers, hidden=config.hidden_size,
-                            intermediate=getattr(config, "intermediate_size", None)
-                            or 4 * config.hidden_size, heads=config.num_attention_heads,
-                            vocab=len(labels), micro_batch=rank_micro_batch(spec),
-                            sequence_length=hp.sequence_length,
-                            shards=shards(spec.resources))
+    memory = estimate_finetune_bytes(spec, config, sum(p.numel() for p in model.parameters()),
+                                     len(labels))
     # Of the exported model: LoRA's adapters are merged into the weights they adapt.
     num_parameters = sum(p.numel() for p in model.parameters())
     if spec.adapter is not None:
