@@ -42,6 +42,23 @@ class RecordingReporter:
         return self.stop_after_logs is not None and len(self.logs) >= self.stop_after_logs
 
 
+def tiny_bert_export(corpus: Path, out: Path, *, vocab_size: int, dropout: float) -> str:
+    """A tiny BertForMaskedLM export, as pretraining writes one: WordPiece trained on the
+    corpus, random weights (for tests of fine-tuning, not of pretraining)."""
+    from jobspec import ModelSpec, TokenizerSpec
+    from workers.engine.architectures import build_model
+    from workers.engine.checkpoint import save_export
+    from workers.engine.corpus import iter_documents
+    from workers.engine.tokenizer import count_characters, train_tokenizer
+
+    docs = list(iter_documents(str(corpus), "txt"))
+    spec = TokenizerSpec(type="wordpiece", vocab_size=vocab_size, lowercase=True)
+    tokenizer = train_tokenizer(docs, count_characters(docs), spec, "bert", 512)
+    shape = ModelSpec(hidden_size=64, num_layers=2, num_heads=2)
+    model = build_model(shape, "mlm", tokenizer, seed=0, attention="eager", dropout=dropout)
+    return str(save_export(out, model, tokenizer))
+
+
 def _slice(path: Path, limit: int, out: Path) -> Path:
     """Copy whole lines from the start of a corpus until about `limit` bytes, into tmp."""
     if not path.exists():

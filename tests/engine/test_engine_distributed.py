@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from jobspec import PretrainSpec, parse_spec
+from tests.engine.conftest import RecordingReporter
 from tests.stack import free_port
 from workers.engine import prepare_data, run_pretraining
 from workers.engine.distributed import Parallel
@@ -26,31 +27,6 @@ STEPS, STOP_AT = 8, 4
 # process up to float summation order, which Adam amplifies a little over the steps. In
 # bf16 (the default where the CPU has it) half-batch matmuls round differently: 1e-4.
 TOLERANCE = {"fp32": 1e-5, "bf16": 1e-4}
-
-
-class Recorder:
-    """Rank 0's reporter: keeps the log points; stops once `stop_after` of them arrived."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.logs: list[dict[str, Any]] = []
-        self.events: list[str] = []
-        self.checkpoints: list[tuple[int, str]] = []
-        self.stop_after = stop_after
-
-    def event(self, level: str, message: str) -> None:
-        self.events.append(message)
-
-    def log(self, point: dict[str, Any]) -> None:
-        self.logs.append(point)
-
-    def eval(self, point: dict[str, Any]) -> None:
-        pass
-
-    def checkpoint(self, step: int, directory: str) -> None:
-        self.checkpoints.append((step, directory))
-
-    def should_stop(self) -> bool:
-        return self.stop_after is not None and len(self.logs) >= self.stop_after
 
 
 def _spec(make_spec: Any, **hp: Any) -> Any:
@@ -70,19 +46,19 @@ def _rank(rank: int, port: int, spec_json: dict[str, Any], data: str, out: str,
     assert isinstance(spec, PretrainSpec)
     try:
         runs: dict[str, Any] = {}
-        straight = Recorder()
+        straight = RecordingReporter()
         run_pretraining(spec, data, f"{out}/straight", straight, device="cpu",
                         parallel=parallel)
-        first = Recorder(stop_after=STOP_AT)
+        first = RecordingReporter(stop_after_logs=STOP_AT)
         stopped = run_pretraining(spec, data, f"{out}/first", first, device="cpu",
                                   parallel=parallel)
         # Rank 0 alone writes checkpoints; the others resume from the files it wrote.
         checkpoint = f"{out}/first/checkpoints/step-{STOP_AT:08d}"
-        second = Recorder()
+        second = RecordingReporter()
         resumed = run_pretraining(spec, data, f"{out}/second", second, device="cpu",
                                   resume_from=checkpoint, parallel=parallel)
         runs = {"straight": straight.logs, "first": first.logs, "second": second.logs,
-                "events": straight.events, "checkpoints": first.checkpoints,
+                "events": [m for _, m in straight.events], "checkpoints": first.checkpoints,
                 "stopped": [stopped.stopped, stopped.steps],
                 "export": resumed.export_dir}
         Path(f"{out}/rank{rank}.json").write_text(json.dumps(runs))
@@ -108,8 +84,8 @@ def test_two_processes_match_one_and_resume_exactly(en_data, en_corpus, tmp_path
     data = en_data
     if "architecture" in hp:  # its own tokenizer
         data = tmp_path / "data"
-        prepare_data(spec, str(en_corpus), "txt", str(data), Recorder())
-    one = Recorder()
+        prepare_data(spec, str(en_corpus), "txt", str(data), RecordingReporter())
+    one = RecordingReporter()
     run_pretraining(spec, str(data), str(tmp_path / "one"), one, device="cpu")
 
     mp.spawn(_rank, args=(free_port(), spec.model_dump(mode="json"), str(data),

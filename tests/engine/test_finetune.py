@@ -14,14 +14,11 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, pipeline
 
-from jobspec import FinetuneSpec, ModelSpec, TokenizerSpec
+from jobspec import FinetuneSpec
 from jobspec.finetune import auto_learning_rate, auto_steps
+from tests.engine.conftest import tiny_bert_export
 from workers.engine import ConfigError, CorpusError
-from workers.engine.architectures import build_model
-from workers.engine.checkpoint import save_export
-from workers.engine.corpus import iter_documents
 from workers.engine.finetune import FinetuneResult, run_finetune
-from workers.engine.tokenizer import count_characters, train_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +32,9 @@ LOG_KEYS = {"step", "total_steps", "train_loss", "learning_rate", "grad_norm", "
 
 @pytest.fixture(scope="module")
 def base(en_corpus, tmp_path_factory) -> str:
-    """A tiny BertForMaskedLM export, as pretraining writes one: WordPiece trained on the
-    English slice, random weights (these tests are about fine-tuning, not pretraining)."""
-    docs = list(iter_documents(str(en_corpus), "txt"))
-    spec = TokenizerSpec(type="wordpiece", vocab_size=2000, lowercase=True)
-    tokenizer = train_tokenizer(docs, count_characters(docs), spec, "bert", 512)
-    shape = ModelSpec(hidden_size=64, num_layers=2, num_heads=2)
-    model = build_model(shape, "mlm", tokenizer, seed=0, attention="eager", dropout=0.1)
-    return str(save_export(tmp_path_factory.mktemp("base"), model, tokenizer))
+    """A tiny BertForMaskedLM export with random weights, English WordPiece."""
+    return tiny_bert_export(en_corpus, tmp_path_factory.mktemp("base"), vocab_size=2000,
+                            dropout=0.1)
 
 
 @pytest.fixture(scope="module")

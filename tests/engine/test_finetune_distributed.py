@@ -18,14 +18,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from jobspec import FinetuneSpec, ModelSpec, TokenizerSpec
+from jobspec import FinetuneSpec
+from tests.engine.conftest import RecordingReporter, tiny_bert_export
 from tests.stack import free_port
-from workers.engine.architectures import build_model
-from workers.engine.checkpoint import save_export
-from workers.engine.corpus import iter_documents
 from workers.engine.distributed import Parallel
 from workers.engine.finetune import run_finetune
-from workers.engine.tokenizer import count_characters, train_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -36,41 +33,12 @@ STEPS, STOP_AT = 6, 3
 TOLERANCE = 1e-5
 
 
-class Recorder:
-    """Rank 0's reporter: keeps the log points; stops once `stop_after` of them arrived."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.logs: list[dict[str, Any]] = []
-        self.evals: list[dict[str, Any]] = []
-        self.events: list[str] = []
-        self.checkpoints: list[tuple[int, str]] = []
-        self.stop_after = stop_after
-
-    def event(self, level: str, message: str) -> None:
-        self.events.append(message)
-
-    def log(self, point: dict[str, Any]) -> None:
-        self.logs.append(point)
-
-    def eval(self, point: dict[str, Any]) -> None:
-        self.evals.append(point)
-
-    def checkpoint(self, step: int, directory: str) -> None:
-        self.checkpoints.append((step, directory))
-
-    def should_stop(self) -> bool:
-        return self.stop_after is not None and len(self.logs) >= self.stop_after
-
-
 @pytest.fixture(scope="module")
 def base(en_corpus, tmp_path_factory) -> str:
-    """A tiny BertForMaskedLM export with random weights (as in test_finetune.py)."""
-    docs = list(iter_documents(str(en_corpus), "txt"))
-    spec = TokenizerSpec(type="wordpiece", vocab_size=1000, lowercase=True)
-    tokenizer = train_tokenizer(docs, count_characters(docs), spec, "bert", 512)
-    shape = ModelSpec(hidden_size=64, num_layers=2, num_heads=2)
-    model = build_model(shape, "mlm", tokenizer, seed=0, attention="eager", dropout=0.0)
-    return str(save_export(tmp_path_factory.mktemp("base"), model, tokenizer))
+    """A tiny BertForMaskedLM export with random weights; no dropout, so that 2 processes
+    draw the same numbers as one."""
+    return tiny_bert_export(en_corpus, tmp_path_factory.mktemp("base"), vocab_size=1000,
+                            dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -114,19 +82,19 @@ def _rank(rank: int, port: int, spec_json: dict[str, Any], base: str,
     parallel = Parallel(rank=rank, world=2, strategy=strategy)
     spec = FinetuneSpec.model_validate(spec_json)
     try:
-        straight = Recorder()
+        straight = RecordingReporter()
         done = run_finetune(spec, base, data, f"{out}/straight", straight, device="cpu",
                             parallel=parallel)
-        first = Recorder(stop_after=STOP_AT)
+        first = RecordingReporter(stop_after_logs=STOP_AT)
         stopped = run_finetune(spec, base, data, f"{out}/first", first, device="cpu",
                                parallel=parallel)
         # Rank 0 alone writes checkpoints; the others resume from the files it wrote.
         checkpoint = f"{out}/first/checkpoints/step-{STOP_AT:08d}"
-        second = Recorder()
+        second = RecordingReporter()
         resumed = run_finetune(spec, base, data, f"{out}/second", second, device="cpu",
                                resume_from=checkpoint, parallel=parallel)
         runs = {"straight": straight.logs, "first": first.logs, "second": second.logs,
-                "events": straight.events, "evals": straight.evals,
+                "events": [m for _, m in straight.events], "evals": straight.evals,
                 "checkpoints": first.checkpoints, "stopped": [stopped.stopped, stopped.steps],
                 "export": done.export_dir, "resumed_export": resumed.export_dir}
         Path(f"{out}/rank{rank}.json").write_text(json.dumps(runs))
@@ -159,7 +127,7 @@ LORA = {"type": "lora", "r": 2, "dropout": 0.0}
 ], ids=["text", "tagging", "text-lora", "text-fsdp", "tagging-lora-fsdp"])
 def test_two_processes_match_one_and_resume_exactly(base, data, tmp_path, task, adapter,
                                                     strategy):
-    one = Recorder()
+    one = RecordingReporter()
     single = run_finetune(_spec(task, adapter), base, data[task], str(tmp_path / "one"), one,
                           device="cpu")
     main, other = _two_processes(_spec(task, adapter, processes=2, strategy=strategy), base,
@@ -197,7 +165,7 @@ def _rank_once(rank: int, port: int, spec_json: dict[str, Any], base: str,
                             world_size=2)
     try:
         result = run_finetune(FinetuneSpec.model_validate(spec_json), base, data, out,
-                              Recorder(), device="cpu",
+                              RecordingReporter(), device="cpu",
                               parallel=Parallel(rank=rank, world=2, strategy=strategy))
         if rank == 0:
             Path(f"{out}/result.json").write_text(json.dumps(
@@ -215,7 +183,7 @@ def test_fsdp_early_stopping_exports_the_best_eval(base, data, tmp_path):
     spec.update(eval_every=1, early_stopping={"metric": "eval_loss", "mode": "max",
                                               "patience": 2})
     single = run_finetune(FinetuneSpec.model_validate(spec), base, data[task],
-                          str(tmp_path / "one"), Recorder(), device="cpu")
+                          str(tmp_path / "one"), RecordingReporter(), device="cpu")
     assert single.best_step is not None and single.best_step < single.steps < STEPS
     spec["resources"] = {"processes": 2, "strategy": "fsdp"}
     mp.spawn(_rank_once, args=(free_port(), spec, base, data[task], str(tmp_path / "two"),
