@@ -12,6 +12,7 @@ import platform
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,7 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
               work: Path, resume_from: str | None) -> str | None:
     """Pretrain (or continue a base model) on the corpus; the new model's id, or None if
     cancelled."""
+    started = time.monotonic()
     base_dir = None
     if spec.base_model_id is not None:
         base_dir = _download_base(attempt, store, reporter, work)
@@ -250,20 +252,21 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
     assert isinstance(result, PretrainResult)
     if result.stopped or result.export_dir is None:
         return None
+    task = "text-generation" if spec.objective == "clm" else "fill-mask"
+    published = _publish(attempt, store, Path(result.export_dir), task=task,
+                         architecture=spec.model.architecture, details={
+                             "num_parameters": result.num_parameters,
+                             "tokenizer": result.tokenizer_info, "corpus": result.corpus_info,
+                             "steps": result.steps, "tokens_seen": result.tokens_seen,
+                             "final_eval": result.final_eval, "objective": spec.objective,
+                             "model": spec.model.model_dump(mode="json"),
+                             "base_model_id": spec.base_model_id,
+                             "sequence_length": spec.hyperparameters.sequence_length,
+                             "recipe": spec.recipe}, best_step=result.best_step)
     # Calibration rows are the speed of one process on this kind of worker.
     if resume_from is None and spec.resources.processes == 1:
-        _calibrate(spec.model.architecture, spec.objective or "mlm", result)
-    task = "text-generation" if spec.objective == "clm" else "fill-mask"
-    return _publish(attempt, store, Path(result.export_dir), task=task,
-                    architecture=spec.model.architecture, details={
-                        "num_parameters": result.num_parameters,
-                        "tokenizer": result.tokenizer_info, "corpus": result.corpus_info,
-                        "steps": result.steps, "tokens_seen": result.tokens_seen,
-                        "final_eval": result.final_eval, "objective": spec.objective,
-                        "model": spec.model.model_dump(mode="json"),
-                        "base_model_id": spec.base_model_id,
-                        "sequence_length": spec.hyperparameters.sequence_length,
-                        "recipe": spec.recipe}, best_step=result.best_step)
+        _calibrate(spec.model.architecture, spec.objective or "mlm", result, started)
+    return published
 
 
 def worker_kind(device: torch.device) -> str:
@@ -283,17 +286,21 @@ def _cpuinfo() -> str:
         return ""
 
 
-def _calibrate(architecture: str, objective: str, result: LoopResult) -> None:
-    """Record the whole loop's measured throughput (a fresh run only: a resumed attempt's
-    clock misses the steps before), for the time estimates of later jobs."""
+def _calibrate(architecture: str, objective: str, result: LoopResult, started: float
+               ) -> None:
+    """Record the whole loop's measured throughput, and the rest of the attempt since
+    `started` (monotonic) as setup, for the time estimates of later jobs (a fresh run only:
+    a resumed attempt's clock misses the steps before)."""
     if not result.elapsed_seconds or not result.tokens_seen or not result.num_parameters:
         return
+    setup = max(0.0, time.monotonic() - started - result.elapsed_seconds)
     try:
         with session_scope() as s:
             calibration.record(s, worker_kind=worker_kind(pick_device(None)),
                                architecture=architecture, objective=objective,
                                parameters=result.num_parameters,
-                               tokens_per_second=result.tokens_seen / result.elapsed_seconds)
+                               tokens_per_second=result.tokens_seen / result.elapsed_seconds,
+                               setup_seconds=setup)
     except Exception:  # a figure for estimates: never a reason to fail the job
         log.warning("could not record the measured throughput", exc_info=True)
 
@@ -313,6 +320,7 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
     """Fine-tune the base model on the labelled data; returns the new model's id or None."""
     from workers.engine.finetune import FinetuneResult, run_finetune
 
+    started = time.monotonic()
     base = _download_base(attempt, store, reporter, work)
     data = {}
     for split, stored in attempt.data.items():
@@ -329,16 +337,17 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
     if result.stopped or result.export_dir is None:
         return None
     assert attempt.base_model is not None
+    published = _publish(attempt, store, Path(result.export_dir), task=result.task,
+                         architecture=attempt.base_model.format, details={
+                             "base_model_id": attempt.base_model.id, "task": spec.task,
+                             "labels": result.labels, "steps": result.steps,
+                             "final_eval": result.final_eval, "test": result.test_metrics,
+                             "num_parameters": result.num_parameters,
+                             "trainable_parameters": result.trainable_parameters,
+                             "adapter": attempt.spec.get("adapter")}, best_step=result.best_step)
     if resume_from is None and spec.resources.processes == 1:
-        _calibrate(attempt.base_model.format, spec.task, result)
-    return _publish(attempt, store, Path(result.export_dir), task=result.task,
-                    architecture=attempt.base_model.format, details={
-                        "base_model_id": attempt.base_model.id, "task": spec.task,
-                        "labels": result.labels, "steps": result.steps,
-                        "final_eval": result.final_eval, "test": result.test_metrics,
-                        "num_parameters": result.num_parameters,
-                        "trainable_parameters": result.trainable_parameters,
-                        "adapter": attempt.spec.get("adapter")}, best_step=result.best_step)
+        _calibrate(attempt.base_model.format, spec.task, result, started)
+    return published
 
 
 def _prepared_data(attempt: Attempt, spec: PretrainSpec, store: ObjectStore,

@@ -37,6 +37,8 @@ class Rate:
     tokens_per_second: float
     source: Literal["measured", "scaled"]
     worker_kind: str | None
+    # What such a job spent outside its training loop (loading, tokenizing, publishing).
+    setup_seconds: float = 0.0
 
 
 def default_seconds(*, parameters: int, tokens: int, steps: int) -> float:
@@ -65,12 +67,14 @@ def rate(session: Session, *, architecture: str, objective: str, parameters: int
                   key=lambda r: r.tokens_per_second * r.parameters / parameters)
     return Rate(slowest.tokens_per_second * slowest.parameters / parameters,
                 "measured" if slowest.parameters == parameters else "scaled",
-                slowest.worker_kind)
+                slowest.worker_kind, slowest.setup_seconds)
 
 
 def record(session: Session, *, worker_kind: str, architecture: str, objective: str,
-           parameters: int, tokens_per_second: float) -> ThroughputRow:
-    """Fold one job's measured throughput into its row (made on first use)."""
+           parameters: int, tokens_per_second: float, setup_seconds: float = 0.0
+           ) -> ThroughputRow:
+    """Fold one job's measured throughput, and the time it spent outside its training
+    loop, into its row (made on first use)."""
     key = (ThroughputRow.worker_kind == worker_kind,
            ThroughputRow.architecture == architecture, ThroughputRow.objective == objective,
            ThroughputRow.parameters == parameters)
@@ -78,7 +82,8 @@ def record(session: Session, *, worker_kind: str, architecture: str, objective: 
     if row is None:
         row = ThroughputRow(worker_kind=worker_kind, architecture=architecture,
                             objective=objective, parameters=parameters,
-                            tokens_per_second=tokens_per_second, jobs=1,
+                            tokens_per_second=tokens_per_second,
+                            setup_seconds=setup_seconds, jobs=1,
                             worker=socket.gethostname(), updated_at=utcnow())
         try:
             with session.begin_nested():  # another worker may make the row meanwhile
@@ -89,6 +94,7 @@ def record(session: Session, *, worker_kind: str, architecture: str, objective: 
             assert row is not None
     row.tokens_per_second = (1 - NEW_WEIGHT) * row.tokens_per_second + \
         NEW_WEIGHT * tokens_per_second
+    row.setup_seconds = (1 - NEW_WEIGHT) * row.setup_seconds + NEW_WEIGHT * setup_seconds
     row.jobs += 1
     row.worker = socket.gethostname()
     row.updated_at = utcnow()

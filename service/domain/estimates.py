@@ -60,9 +60,13 @@ class DataFigures(BaseModel):
 
 
 class TimeFigures(BaseModel):
-    seconds: float
+    seconds: float  # setup_seconds + tokens / tokens_per_second
     tokens: int  # tokens the training steps go through
     tokens_per_second: float
+    # Outside the training loop: loading the base model, reading or tokenizing the data,
+    # publishing the export (measured with the rate; None for the default, which counts
+    # a fixed allowance).
+    setup_seconds: float | None = None
     # "measured": a worker measured this model size; "scaled": from another size it
     # measured, by the parameter ratio; "default": no measurement yet, a conservative rate.
     source: Literal["measured", "scaled", "default"]
@@ -327,9 +331,11 @@ def estimate(*, session: Session, store: ObjectStore, job_in: PretrainJobCreate 
                                tokens_per_second=round(tokens / seconds, 1),
                                source="default", worker_kind=None)
         else:
-            time = TimeFigures(seconds=round(tokens / rate.tokens_per_second, 1),
-                               tokens=tokens, tokens_per_second=round(rate.tokens_per_second, 1),
-                               source=rate.source, worker_kind=rate.worker_kind)
+            time = TimeFigures(
+                seconds=round(rate.setup_seconds + tokens / rate.tokens_per_second, 1),
+                tokens=tokens, tokens_per_second=round(rate.tokens_per_second, 1),
+                setup_seconds=round(rate.setup_seconds, 1), source=rate.source,
+                worker_kind=rate.worker_kind)
     return JobEstimate(type=job_in.type, name=name, spec={**job_in.stored_spec(), "name": name},
                        steps=steps, epochs=None if epochs is None else round(epochs, 4),
                        parameters=parameters, memory_bytes=memory, data=data, time=time)

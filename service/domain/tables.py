@@ -238,6 +238,10 @@ class ThroughputRow(Base):
     # Tokens trained per second of the whole training loop (evals and checkpoints
     # included), a running mean over `jobs` measurements.
     tokens_per_second: Mapped[float] = mapped_column(Float)
+    # Seconds of the job outside that loop (base model download and load, reading or
+    # tokenizing the data, publishing the export), the same running mean: a short
+    # fine-tune spends about as long on these as on training.
+    setup_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     jobs: Mapped[int] = mapped_column(Integer, default=1)
     worker: Mapped[str] = mapped_column(String(255))  # the host that measured last
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
