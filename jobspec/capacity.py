@@ -27,22 +27,24 @@ def pretrain_parameters(spec: PretrainSpec, vocab_size: int | None = None) -> in
     v = vocab_size or spec.tokenizer.vocab_size
     h, i, layers = shape.hidden, shape.intermediate, shape.layers
     positions = spec.model.max_position_embeddings
+    # The output layer's own weights when untied (the masked LMs' decoder with its bias).
+    output = 0 if spec.model.ties_embeddings() else v * h + (v if arch in ENCODERS else 0)
     if arch in ENCODERS:
         positions += ROBERTA_POSITION_OFFSET if arch == "roberta" else 0
         token_types = 2 if arch == "bert" else 1
         embeddings = (v + positions + token_types) * h + 2 * h  # + LayerNorm
         # Q, K, V, output (with biases), two LayerNorms, the two FFN matrices.
         layer = 4 * (h * h + h) + 4 * h + (h * i + i) + (i * h + h)
-        head = h * h + h + 2 * h + v  # transform, LayerNorm, decoder bias (weight tied)
+        head = h * h + h + 2 * h + v  # transform, LayerNorm, decoder bias
         nsp = (h * h + h) + (2 * h + 2) if spec.objective == "mlm_nsp" else 0  # pooler, NSP
-        return embeddings + layers * layer + head + nsp
+        return embeddings + layers * layer + head + nsp + output
     if arch == "gpt2":
         layer = 4 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h)
-        return (v + positions) * h + layers * layer + 2 * h
+        return (v + positions) * h + layers * layer + 2 * h + output
     # llama: no biases, RMSNorm weights only, grouped-query K/V, SwiGLU's three matrices.
     head_dim = h // shape.heads
     layer = 2 * h * h + 2 * h * shape.kv_heads * head_dim + 3 * h * i + 2 * h
-    return v * h + layers * layer + h
+    return v * h + layers * layer + h + output
 
 
 def estimate_bytes(*, parameters: int, layers: int, hidden: int, intermediate: int, heads: int,

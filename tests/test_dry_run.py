@@ -241,7 +241,9 @@ def test_parameters_count_every_architecture_exactly():
 
     shapes = [{"size": "tiny"}, {"size": "mini"},
               {"hidden_size": 96, "num_layers": 3, "num_heads": 3, "intermediate_size": 200,
-               "max_position_embeddings": 64}]
+               "max_position_embeddings": 64},
+              # each architecture's other choice (untied for the masked LMs by default)
+              {"size": "tiny", "tie_embeddings": True}, {"size": "tiny", "tie_embeddings": False}]
     for (arch, objective), cls in MODEL_CLASSES.items():
         for shape in shapes + ([{"size": "tiny", "num_key_value_heads": 1}]
                                if arch == "llama" else []):

@@ -83,3 +83,25 @@ def test_masked_positions_are_padded_to_a_bucket_with_ignored_rows():
     assert len(positions) == len(targets) == POSITION_BUCKET
     assert positions[:2].tolist() == [3, 57] and targets[:2].tolist() == [11, 12]
     assert (targets[2:] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("architecture,given,tied", [
+    ("bert", None, False), ("roberta", None, False), ("gpt2", None, True), ("llama", None, True),
+    ("bert", True, True), ("llama", False, False)])
+def test_masked_lms_are_untied_by_default(tokenizer, architecture, given, tied):
+    """Untied, a masked LM's word embeddings are not grown by the output layer's gradient
+    (bench/README.md, "Untied embeddings"); the head's bias transformers leaves unused is
+    frozen, so the optimizer (and a sharded resume) holds state only for what trains."""
+    objective = "clm" if architecture in ("gpt2", "llama") else "mlm"
+    spec = ModelSpec(architecture=architecture, size="tiny", tie_embeddings=given)
+    model = build_model(spec, objective, tokenizer, seed=0, attention="eager", dropout=0.0)
+    output = model.get_output_embeddings()
+    assert (output.weight is model.get_input_embeddings().weight) is tied
+    assert model.config.tie_word_embeddings is tied
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen == ([] if tied or objective == "clm" else
+                      ["cls.predictions.bias" if architecture == "bert" else "lm_head.bias"])
+    ids = torch.randint(5, len(tokenizer), (2, 8))
+    logits = model(input_ids=ids).logits
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -64,21 +64,24 @@ def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, dropout: f
                    max_position_embeddings=positions + (ROBERTA_POSITION_OFFSET
                                                         if arch == "roberta" else 0),
                    hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                   pad_token_id=pad, **extra)
+                   pad_token_id=pad, tie_word_embeddings=spec.ties_embeddings(), **extra)
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab, n_embd=shape.hidden, n_layer=shape.layers,
                           n_head=shape.heads, n_inner=shape.intermediate, n_positions=positions,
                           resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-                          bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+                          bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                          tie_word_embeddings=spec.ties_embeddings())
     if arch == "llama":
         # RoPE, RMSNorm and SwiGLU come with transformers' Llama; input and output
-        # embeddings tied, as small Llamas (3.2 1B) do: a large share of a small model.
+        # embeddings tied by default, as small Llamas (3.2 1B) do: a large share of a
+        # small model.
         return LlamaConfig(vocab_size=vocab, hidden_size=shape.hidden,
                            num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
                            num_key_value_heads=shape.kv_heads,
                            intermediate_size=shape.intermediate,
                            max_position_embeddings=positions, attention_dropout=dropout,
-                           tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos,
+                           tie_word_embeddings=spec.ties_embeddings(), bos_token_id=bos,
+                           eos_token_id=eos,
                            pad_token_id=pad)
     raise ConfigError(f"unknown architecture {arch!r}")
 
@@ -103,7 +106,20 @@ def build_model(spec: ModelSpec, objective: str, tokenizer: PreTrainedTokenizerB
     config = model_config(spec, tokenizer, dropout)
     # Training-time choice only: config.json does not record it, so the export is unaffected.
     config._attn_implementation = attention
-    return cls(config)
+    return freeze_unused(cls(config))
+
+
+def freeze_unused(model: PreTrainedModel) -> PreTrainedModel:
+    """Untied, a BERT or RoBERTa masked-LM head keeps the bias it would share with its
+    decoder as a parameter no forward pass reads (transformers ties the two only with the
+    embeddings). Frozen, it takes no optimizer state (which a sharded resume would expect of
+    every trained parameter); it is still saved, and loads as it is."""
+    for module in model.modules():
+        decoder, bias = getattr(module, "decoder", None), getattr(module, "bias", None)
+        if isinstance(decoder, torch.nn.Linear) and isinstance(bias, torch.nn.Parameter) \
+                and decoder.bias is not bias:
+            bias.requires_grad_(False)
+    return model
 
 
 def check_confined(directory: str | Path) -> None:
@@ -135,10 +151,11 @@ def load_model(directory: str | Path, objective: str, *, attention: str,
     auto: Any = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM,
                  "mlm_nsp": BertForPreTraining}[objective]
     try:
-        return auto.from_pretrained(str(directory), config=config, use_safetensors=True,
-                                    attn_implementation=attention)
+        model = auto.from_pretrained(str(directory), config=config, use_safetensors=True,
+                                     attn_implementation=attention)
     except (OSError, ValueError, KeyError) as exc:
         raise EngineError(f"cannot load the base model for {objective}: {exc}") from None
+    return freeze_unused(model)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -147,9 +164,14 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def flops_per_token(model: torch.nn.Module, sequence_length: int) -> float:
-    """Training FLOPs per token: 6 x non-embedding parameters + attention (PaLM's count)."""
-    embeddings = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
-                     for p in m.parameters(recurse=False))
+    """Training FLOPs per token: 6 x non-embedding parameters + attention (PaLM's count).
+    An untied output layer counts as an embedding too, so a model's figure does not depend
+    on the tying."""
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    output = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    if output is not None and not any(output.weight is t.weight for t in tables):
+        tables.append(output)
+    embeddings = sum(p.numel() for m in tables for p in m.parameters(recurse=False))
     config: Any = getattr(model, "config", None)
     layers = getattr(config, "num_hidden_layers", 0)
     hidden = getattr(config, "hidden_size", 0)
