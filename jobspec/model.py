@@ -44,7 +44,8 @@ class ModelSpec(Strict):
     # masked LMs, tied for the causal ones (as GPT-2 and small Llamas). Tied, the masked
     # LM's output gradient grows the word embeddings until they drown the position
     # embeddings, and the encoder stays a bag of words far longer (BERT-mini: held-out
-    # loss 4.79 untied vs 5.68 tied after 1,000 steps; bench/README.md, "Brown POS").
+    # loss 4.79 untied vs 5.68 tied after 1,000 steps; bench/README.md, "Untied
+    # embeddings").
     tie_embeddings: bool | None = None
 
     def ties_embeddings(self) -> bool:

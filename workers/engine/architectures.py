@@ -81,8 +81,7 @@ def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, dropout: f
                            intermediate_size=shape.intermediate,
                            max_position_embeddings=positions, attention_dropout=dropout,
                            tie_word_embeddings=spec.ties_embeddings(), bos_token_id=bos,
-                           eos_token_id=eos,
-                           pad_token_id=pad)
+                           eos_token_id=eos, pad_token_id=pad)
     raise ConfigError(f"unknown architecture {arch!r}")
 
 
