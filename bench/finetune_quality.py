@@ -52,7 +52,7 @@ SEED = 0
 CORPORA = [("en/pretrain/train.txt.gz", "txt.gz"), ("zh/pretrain/train.txt", "txt")]
 PRETRAIN_STEPS = 1200
 # Blocks of 32 tokens, 128 a step (4,096 tokens, as 32 x 128): at this budget short blocks
-# give the lower held-out loss and the better tagger (bench/README.md, "Brown POS").
+# give the lower held-out loss and the better tagger (bench/README.md, "Untied embeddings").
 PRETRAIN_BATCH, PRETRAIN_BLOCK = 128, 32
 VOCAB_SIZE = 16384  # ~6,000 CJK characters take part of it
 # Brown genres (the second letter of a document id) grouped into 5 topics.
