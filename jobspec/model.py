@@ -49,6 +49,7 @@ class ModelSpec(Strict):
     tie_embeddings: bool | None = None
 
     def ties_embeddings(self) -> bool:
+        """tie_embeddings as given, else the architecture's default."""
         if self.tie_embeddings is not None:
             return self.tie_embeddings
         return self.architecture in DECODERS

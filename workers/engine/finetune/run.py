@@ -76,10 +76,9 @@ def run_finetune(
                            (f"; unused base weights: {len(base.unused)} (e.g. "
                             f"{base.unused[0]})" if base.unused else ""))
     config: Any = model.config
-    memory = estimate_finetune_bytes(spec, config, sum(p.numel() for p in model.parameters()),
-                                     len(labels))
     # Of the exported model: LoRA's adapters are merged into the weights they adapt.
     num_parameters = sum(p.numel() for p in model.parameters())
+    memory = estimate_finetune_bytes(spec, config, num_parameters, len(labels))
     if spec.adapter is not None:
         model = add_lora(model, spec.adapter, base.head)
     # Checkpoints hold the transformers model itself (with LoRA: adapters injected).
