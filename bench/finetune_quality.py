@@ -61,7 +61,7 @@ PRETRAIN_BATCH, PRETRAIN_BLOCK = 128, 32
 # blocks leave positions 32+ untrained, and two thirds of the Chinese reviews are longer.
 LONG_STEPS, LONG_BATCH, LONG_BLOCK = 200, 32, 128
 # The Chinese text three times over: once it is ~6% of the corpus's tokens, too little for
-# the Chinese reviews to gain from pretraining (bench/README.md, "Short, then long").
+# the Chinese reviews to gain from pretraining (bench/README.md, "Short blocks, then long").
 ZH_REPEAT = 3
 VOCAB_SIZE = 16384  # ~6,000 CJK characters take part of it
 # Brown genres (the second letter of a document id) grouped into 5 topics.
@@ -420,7 +420,8 @@ def main() -> None:
                         help="pretraining checkpoints, so that --reuse continues a run cut "
                              "short (default: none; this is a measurement)")
     parser.add_argument("--pretrain-hp", action="append", default=[], metavar="NAME=VALUE",
-                        help="a pretraining hyperparameter over the recipe's (JSON value)")
+                        help="a pretraining hyperparameter over the recipe's, in both phases "
+                             "(JSON value)")
     parser.add_argument("--long-steps", type=int, default=None,
                         help=f"of the pretraining steps, the last ones on blocks of "
                              f"{LONG_BLOCK} (default: {LONG_STEPS}; --quick: 10; 0: none)")
