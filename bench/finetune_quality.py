@@ -137,17 +137,18 @@ def write_corpus(out: Path, quick: bool, zh_repeat: int) -> Path:
     """The English and Chinese pretraining corpora as one text file (--quick: 2 MB of each),
     the Chinese one zh_repeat times."""
     corpus = out / "corpus.txt"
+    passes = [(path, fmt) for path, fmt in CORPORA
+              for _ in range(zh_repeat if path.startswith("zh/") else 1)]
     with corpus.open("w", encoding="utf-8") as dst:
-        for path, fmt in CORPORA:
+        for path, fmt in passes:
             opener = gzip.open if fmt.endswith(".gz") else open
-            for _ in range(zh_repeat if path.startswith("zh/") else 1):
-                with opener(DATA / path, "rt", encoding="utf-8") as src:
-                    size = 0
-                    for line in src:
-                        dst.write(line if line.endswith("\n") else line + "\n")
-                        size += len(line)
-                        if quick and size > 2e6:
-                            break
+            with opener(DATA / path, "rt", encoding="utf-8") as src:
+                size = 0
+                for line in src:
+                    dst.write(line if line.endswith("\n") else line + "\n")
+                    size += len(line)
+                    if quick and size > 2e6:
+                        break
     return corpus
 
 
@@ -472,6 +473,13 @@ def main() -> None:
         # The same shape, the same tokenizer, no pretrained weights.
         random_base = {**spec.model.model_dump(), "tokenizer_dir": base_dir}
         results: dict[str, dict[str, Any]] = {}
+
+        def save(seconds: float) -> None:
+            if args.json:
+                Path(args.json).write_text(json.dumps(
+                    {"quick": args.quick, "pretrain": pretrained, "results": results,
+                     "given": dict(overrides), "seconds": seconds}, indent=2))
+
         for task in tasks:
             rows: dict[str, Any] = {}
             if task.task == "text_classification":
@@ -487,17 +495,10 @@ def main() -> None:
                                               work / f"{task.name}-pretrained",
                                               f"{task.name} pretrained", started)
             results[task.name] = rows
-            if args.json:  # as it goes, so a run cut short keeps what it measured
-                Path(args.json).write_text(json.dumps(
-                    {"quick": args.quick, "pretrain": pretrained, "results": results,
-                     "given": dict(overrides), "seconds": time.perf_counter() - started},
-                    indent=2))
+            save(time.perf_counter() - started)  # as it goes: a run cut short keeps it
     total = time.perf_counter() - started
     report(args.quick, pretrained, tasks, results, total)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"quick": args.quick, "pretrain": pretrained,
-                                               "results": results, "given": dict(overrides),
-                                               "seconds": total}, indent=2))
+    save(total)
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> None:
