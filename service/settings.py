@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     storage_quota_bytes: int = Field(default=100 * 1024**3, ge=0)
     max_inference_inputs: int = Field(default=64, ge=1)
     max_inference_chars: int = Field(default=20_000, ge=1)
+    # Texts one embeddings request may hold (OpenAI's figure: clients such as LangChain
+    # send up to 1,000 at a time); the body limit bounds their characters.
+    max_embedding_inputs: int = Field(default=2048, ge=1)
     max_top_k: int = Field(default=100, ge=1)
     max_new_tokens: int = Field(default=512, ge=1)
     # Every request body but the multipart uploads (which have max_upload_bytes): refused

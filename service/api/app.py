@@ -8,7 +8,18 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import errors, logs, reaper, webhooks
-from service.api import datasets, health, jobs, metrics, models, plots, stream, sweeps, web
+from service.api import (
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    openai,
+    plots,
+    stream,
+    sweeps,
+    web,
+)
 from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
 from service.api.observe import ObservabilityMiddleware
@@ -42,7 +53,7 @@ def create_app() -> FastAPI:
     app.add_middleware(ObservabilityMiddleware)  # outermost: every answer counted and logged
     app.include_router(health.router)
     app.include_router(metrics.router)
-    for module in (datasets, jobs, models, stream, plots, sweeps):
+    for module in (datasets, jobs, models, openai, stream, plots, sweeps):
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (not in the API schema)
     log = logging.getLogger("cloze.api")

@@ -32,7 +32,7 @@ from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.errors import ApiError
-from service.inference import loader, pipelines, tasks
+from service.inference import embeddings, loader, pipelines, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.settings import get_settings
 
@@ -79,7 +79,8 @@ async def import_model(request: Request, session: SessionDep, store: StoreDep,
             owner=caller.owner, name=name or model_dir.name, job_id=None, task=info["task"],
             architecture=info["architecture"], mask_token=info["mask_token"],
             details={"imported": True, "architectures": info["architectures"],
-                     "labels": info["labels"]})
+                     "labels": info["labels"], "pooling": info["pooling"],
+                     "skipped_files": info["skipped_files"]})
     public = ModelPublic.of(row)
     idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
                          request_sha256=fingerprint, status_code=201,
@@ -154,7 +155,10 @@ def _release(session: Session) -> None:
 
 
 ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
-            "token-classification": "token-classification", "text-generation": "generate"}
+            "token-classification": "token-classification", "text-generation": "generate",
+            "feature-extraction": "feature-extraction"}
+# Every model serves embeddings (a model with a head, from its base model), whatever its task.
+EMBEDDINGS = "feature-extraction"
 
 
 # Inference routes' model lookups for anonymous callers, per process: (model_id, task) ->
@@ -166,7 +170,7 @@ LOOKUP_TTL_S = 2.0
 _lookups: dict[tuple[str, str], tuple[str, str, float]] = {}
 
 
-async def _resolve(request: Request, model_id: str, task: str) -> tuple[str, str]:
+async def resolve(request: Request, model_id: str, task: str) -> tuple[str, str]:
     """The model's id and storage prefix for this caller (404, 422 as _serving says)."""
     anonymous = anonymous_on_the_loop(request, get_settings())
     if anonymous is not None:
@@ -197,7 +201,7 @@ def _serving(request: Request, model_id: str, task: str, charged: bool = False
     with session_scope() as session:
         caller = keys.ANONYMOUS if charged else authenticate(request, session, get_settings())
         row = models.get(session=session, model_id=model_id, scope=caller.scope)
-        if row.task != task:
+        if row.task != task and task != EMBEDDINGS:
             raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
                            f"{task}; use /v1/models/{model_id}/"
                            f"{ENDPOINT.get(row.task, row.task)}")
@@ -208,14 +212,14 @@ def _serving(request: Request, model_id: str, task: str, charged: bool = False
     "a flat list for one input with one mask, else a list of lists"))
 async def fill_mask_route(model_id: str, body: FillMaskRequest, request: Request) -> Any:
     """Masked-token prediction, wire-compatible with the Hugging Face Inference API."""
-    id_, prefix = await _resolve(request, model_id, "fill-mask")
+    id_, prefix = await resolve(request, model_id, "fill-mask")
     return await fill_mask(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
 async def classify_route(model_id: str, body: tasks.ClassifyRequest, request: Request) -> Any:
     """Text classification in the Hugging Face Inference API format."""
-    id_, prefix = await _resolve(request, model_id, "text-classification")
+    id_, prefix = await resolve(request, model_id, "text-classification")
     return await tasks.classify(model_id=id_, prefix=prefix, request=body)
 
 
@@ -224,15 +228,36 @@ async def classify_route(model_id: str, body: tasks.ClassifyRequest, request: Re
 async def token_classification_route(model_id: str, body: tasks.TokenRequest,
                                      request: Request) -> Any:
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
-    id_, prefix = await _resolve(request, model_id, "token-classification")
+    id_, prefix = await resolve(request, model_id, "token-classification")
     return await tasks.token_classification(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
 async def generate_route(model_id: str, body: tasks.GenerateRequest, request: Request) -> Any:
     """Text generation in the Hugging Face Inference API format."""
-    id_, prefix = await _resolve(request, model_id, "text-generation")
+    id_, prefix = await resolve(request, model_id, "text-generation")
     return await pipelines.call(tasks.generate, model_id=id_, prefix=prefix, request=body)
+
+
+@router.post("/{model_id}/feature-extraction", responses=_answer(
+    "one vector per input (a list of one for a single text), pooled as the model says"))
+async def feature_extraction_route(model_id: str, body: embeddings.FeatureExtractionRequest,
+                                   request: Request) -> Any:
+    """Embeddings in the Hugging Face Inference API (text-embeddings-inference) format: any
+    model, pooled as its sentence-transformers files say, else the mean of its last hidden
+    states."""
+    id_, prefix = await resolve(request, model_id, EMBEDDINGS)
+    return await embeddings.feature_extraction(model_id=id_, prefix=prefix, request=body)
+
+
+@router.post("/{model_id}/sentence-similarity", responses=_answer(
+    "one cosine similarity per sentence, in their order"))
+async def sentence_similarity_route(model_id: str, body: embeddings.SentenceSimilarityRequest,
+                                    request: Request) -> Any:
+    """The cosine of the source sentence's embedding with each sentence's (the Hugging Face
+    Inference API's sentence-similarity)."""
+    id_, prefix = await resolve(request, model_id, EMBEDDINGS)
+    return await embeddings.sentence_similarity(model_id=id_, prefix=prefix, request=body)
 
 
 class Loaded(BaseModel):
@@ -262,8 +287,13 @@ async def _warm_tokens(served: Any, id_: str, prefix: str) -> None:
         inputs=["Warm up in Paris.", "A warm-up text from London."]))
 
 
+async def _warm_embeddings(served: Any, id_: str, prefix: str) -> None:
+    await embeddings.feature_extraction(model_id=id_, prefix=prefix, request=(
+        embeddings.FeatureExtractionRequest(inputs=["Warm up.", "A warm-up text."])))
+
+
 WARM_UP = {"fill-mask": _warm_fill_mask, "text-classification": _warm_classify,
-           "token-classification": _warm_tokens}
+           "token-classification": _warm_tokens, EMBEDDINGS: _warm_embeddings}
 
 
 @router.post("/{model_id}/load", response_model=Loaded)
@@ -275,7 +305,7 @@ async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> L
     id_, task, prefix = row.id, row.task, row.storage_prefix
     _release(session)
     started = time.perf_counter()
-    served = pipelines.loaded(id_)
+    served = pipelines.loaded(id_, task)
     seconds = 0.0
     if served is None:
         served = await pipelines.call(pipelines.load, model_id=id_, prefix=prefix, task=task)

@@ -10,6 +10,14 @@ describes is built on the meta device (no memory) and checked against the safete
 headers: its word embeddings must be there with the shape config.json implies, no tensor
 may have another shape than the model's, and what the weights lack must be small.
 
+A directory as the Hub ships it holds more than Cloze loads (pickled copies of the weights,
+ONNX and OpenVINO exports, training scripts): such files are skipped, never written to disk,
+and the model's details list them. What remains must be a model transformers loads without
+code of the archive's: a head (its pipeline task), or a base model without one
+(`BertModel`, `GPT2Model`, ... or a sentence-transformers directory): task
+"feature-extraction". The tokenizer is loaded and checked against the config (its largest id
+within the vocabulary); a BERT directory with only vocab.txt gets its tokenizer.json here.
+
 All of this is blocking file work: the route runs `import_archive` in a thread.
 """
 
@@ -28,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from jobspec.model_dir import check_model_dir, weight_map_files
+from jobspec.pooling import read_pooling
 from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
 from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
 from service.settings import Settings
@@ -40,6 +49,7 @@ TASKS = {  # the head's class name ends with... -> pipeline task
     "ForTokenClassification": "token-classification",
     "ForCausalLM": "text-generation", "LMHeadModel": "text-generation",
 }
+FEATURE_EXTRACTION = "feature-extraction"  # a base model without a head
 MAX_MEMBERS = 200
 CHUNK = 1024 * 1024
 # Small archives (a config and a tokenizer) legitimately compress far better than weights
@@ -60,7 +70,7 @@ DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0
 AUTO_CLASSES = {"fill-mask": "AutoModelForMaskedLM",
                 "text-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification",
-                "text-generation": "AutoModelForCausalLM"}
+                "text-generation": "AutoModelForCausalLM", FEATURE_EXTRACTION: "AutoModel"}
 # Config entries that count repeated modules: each needs at least one tensor in the weights
 # (and a huge one would make even building the model on the meta device take minutes).
 REPEATS = re.compile(r"(layers|layer|experts)$")
@@ -82,23 +92,22 @@ def _member_path(name: str) -> PurePosixPath:
     return path
 
 
-def _check_name(path: PurePosixPath) -> None:
-    suffix = path.suffix.lower()
-    if suffix in PICKLED:
-        raise _bad(f"{path.name}: only safetensors weights are accepted (pickled formats can "
-                   "run code); convert with save_pretrained(safe_serialization=True)")
-    if suffix not in ALLOWED_SUFFIXES:
-        raise _bad(f"{path.name}: unexpected file type in a model directory")
+def _kept(path: PurePosixPath) -> bool:
+    """Whether a member is a file Cloze keeps: configs, safetensors weights, tokenizer and
+    card files. Pickled weights, other exports and scripts are skipped, never written."""
+    return path.suffix.lower() in ALLOWED_SUFFIXES
 
 
 class _Budget:
-    """Counts extracted bytes as they are written, against the total and ratio limits."""
+    """Counts extracted bytes as they are written, against the total and ratio limits;
+    remembers the members skipped."""
 
     def __init__(self, archive_bytes: int, settings: Settings) -> None:
         self.archive_bytes = archive_bytes
         self.max_bytes = settings.max_extract_bytes
         self.max_ratio = settings.max_compression_ratio
         self.written = 0
+        self.skipped: list[str] = []
 
     def add(self, n: int) -> None:
         self.written += n
@@ -138,7 +147,9 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
                 continue
             if not m.isfile():  # symlinks, hard links, devices, fifos
                 raise _bad(f"member {m.name!r} is not a regular file")
-            _check_name(path)
+            if not _kept(path):
+                budget.skipped.append(path.as_posix())
+                continue
             source = tar.extractfile(m)
             assert source is not None  # a regular file always has contents
             _write(source, dest / path, budget)
@@ -169,13 +180,16 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
                 continue
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise _bad(f"member {info.filename!r} is a symbolic link")
-            _check_name(path)
+            if not _kept(path):
+                budget.skipped.append(path.as_posix())
+                continue
             with zf.open(info) as source:  # checks the CRC when the member ends
                 _write(source, dest / path, budget)
 
 
-def extract(archive: Path, dest: Path, settings: Settings) -> Path:
-    """Extract a .tar.gz/.tgz/.tar/.zip safely; returns the directory holding config.json."""
+def extract(archive: Path, dest: Path, settings: Settings) -> tuple[Path, list[str]]:
+    """Extract a .tar.gz/.tgz/.tar/.zip safely: the directory holding config.json, and the
+    members skipped (relative to that directory where they lie in it)."""
     budget = _Budget(archive.stat().st_size, settings)
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -203,7 +217,10 @@ def extract(archive: Path, dest: Path, settings: Settings) -> Path:
     configs = sorted(dest.rglob("config.json"), key=lambda p: len(p.parts))
     if not configs:
         raise _bad("no config.json: archive a directory written by save_pretrained")
-    return configs[0].parent
+    top = configs[0].parent.relative_to(dest).as_posix()
+    skipped = sorted(name.removeprefix(f"{top}/") if top != "." else name
+                     for name in budget.skipped)
+    return configs[0].parent, skipped
 
 
 def _short(exc: BaseException) -> str:
@@ -240,52 +257,133 @@ def _labels(config: dict[str, Any]) -> dict[str, str] | None:
     return labels
 
 
+def _task(architectures: list[str], model_dir: Path) -> str:
+    """The pipeline task of a model directory: its head's, or feature-extraction for a
+    base model (what transformers' AutoModel maps a model type to) and for a
+    sentence-transformers directory that names no architecture."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    task = next((t for arch in architectures for suffix, t in TASKS.items()
+                 if arch.endswith(suffix)), None)
+    if task is not None:
+        return task
+    bases = {name for names in MODEL_MAPPING_NAMES.values()
+             for name in ((names,) if isinstance(names, str) else names)}
+    if any(arch in bases for arch in architectures) or \
+            (not architectures and (model_dir / "modules.json").is_file()):
+        return FEATURE_EXTRACTION
+    raise _bad(f"cannot tell the model's task from architectures {architectures!r}: Cloze "
+               "imports base models (BertModel, GPT2Model, ...) and models with a masked-LM, "
+               "causal-LM, sequence- or token-classification head")
+
+
 def describe(model_dir: Path, settings: Settings) -> dict[str, Any]:
-    """Task, architecture and mask token of a model directory; checks it is loadable and
-    that its config matches its weights."""
+    """Task, architecture, mask token, labels and pooling of a model directory; checks it
+    is loadable and that its config matches its weights and its tokenizer."""
     config = _read_json(model_dir / "config.json")
     if not isinstance(config, dict) or not config.get("model_type"):
         raise _bad("config.json has no model_type")
     model_type = _text(config["model_type"], MAX_MODEL_TYPE_CHARS, "config.json: model_type")
-    if not (model_dir / "tokenizer.json").exists() and \
-            not (model_dir / "tokenizer_config.json").exists():
-        raise _bad("no tokenizer files (tokenizer.json / tokenizer_config.json)")
     architectures = config.get("architectures") or []
     if not isinstance(architectures, list) or len(architectures) > MAX_ARCHITECTURES:
         raise _bad(f"config.json: architectures must be a list of at most {MAX_ARCHITECTURES}")
     for arch in architectures:
         _text(arch, 100, "config.json: every architecture")
-    task = next((t for arch in architectures for suffix, t in TASKS.items()
-                 if str(arch).endswith(suffix)), None)
-    if task is None:
-        raise _bad(f"cannot tell the model's task from architectures {architectures!r}")
+    task = _task(architectures, model_dir)
     labels = _labels(config)
-    mask = None
     tok_config = model_dir / "tokenizer_config.json"
-    if tok_config.exists():
+    if tok_config.exists():  # a bounded column: checked before anything is loaded
         tokenizer = _read_json(tok_config)
         token = tokenizer.get("mask_token") if isinstance(tokenizer, dict) else None
-        mask = token.get("content") if isinstance(token, dict) else token
-        if mask is not None:
-            mask = _text(mask, MAX_MASK_TOKEN_CHARS, "tokenizer_config.json: mask_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        if token is not None:
+            _text(token, MAX_MASK_TOKEN_CHARS, "tokenizer_config.json: mask_token")
     try:
         check_model_dir(model_dir)
+        pooling = read_pooling(model_dir)
     except ValueError as exc:
         raise _bad(str(exc)) from None
     shapes = weight_shapes(model_dir)
     check_config_against_weights(model_dir, config, task, shapes, settings)
+    mask = check_tokenizer(model_dir, config)
     return {"task": task, "architecture": model_type, "mask_token": mask,
-            "architectures": architectures, "labels": labels}
+            "architectures": architectures, "labels": labels, "pooling": pooling.describe()}
 
 
 def import_archive(archive: Path, dest: Path, settings: Settings
                    ) -> tuple[Path, dict[str, Any], int]:
-    """Extract and check an uploaded model archive: (model directory, what describe() says,
-    the directory's bytes). Blocking: run it in a thread."""
-    model_dir = extract(archive, dest, settings)
-    info = describe(model_dir, settings)
+    """Extract and check an uploaded model archive: (model directory, what describe() says
+    plus the members skipped, the directory's bytes). Blocking: run it in a thread."""
+    model_dir, skipped = extract(archive, dest, settings)
+    try:
+        info = describe(model_dir, settings)
+    except Invalid as exc:
+        pickled = [name for name in skipped if PurePosixPath(name).suffix.lower() in PICKLED]
+        if pickled and not any(model_dir.glob("*.safetensors")):
+            raise _bad(f"{exc.message.removeprefix('file: ')} ({', '.join(pickled[:3])} "
+                       "not imported: only safetensors weights are accepted, pickled formats "
+                       "can run code; convert with save_pretrained(safe_serialization=True))"
+                       ) from None
+        raise
+    info["skipped_files"] = skipped
     size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
     return model_dir, info, size
+
+
+# ---- the tokenizer ----------------------------------------------------------------------
+
+
+def check_tokenizer(model_dir: Path, config: dict[str, Any]) -> str | None:
+    """Load the tokenizer as serving and training will (writing tokenizer.json when the
+    directory has only a slow tokenizer's files, e.g. BERT's vocab.txt), and check that
+    every id it can produce has a row in the model's embeddings. Its mask token, if any."""
+    from transformers import AutoTokenizer
+
+    fast_file = model_dir / "tokenizer.json"
+    if not fast_file.exists():
+        if not any((model_dir / name).exists() for name in ("vocab.txt", "vocab.json")):
+            raise _bad("no tokenizer files: tokenizer.json, or vocab.txt for a WordPiece "
+                       "(BERT) tokenizer")
+    else:  # checked as JSON first: a vocabulary past the model's is refused before loading
+        _check_vocabulary(_raw_token_ids(_read_json(fast_file)), config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:  # any failure is the uploaded files': report it
+        raise _bad(f"transformers cannot load the tokenizer: {_short(exc)}") from None
+    if not tokenizer.is_fast:
+        raise _bad("the tokenizer has no fast (tokenizers) version: include tokenizer.json")
+    if not fast_file.exists():
+        tokenizer.save_pretrained(str(model_dir))  # tokenizer.json, as serving loads it
+    _check_vocabulary(tokenizer.get_vocab().values(), config)
+    mask = tokenizer.mask_token
+    return None if mask is None else _text(mask, MAX_MASK_TOKEN_CHARS, "the mask token")
+
+
+def _raw_token_ids(data: Any) -> list[int]:
+    """The ids tokenizer.json assigns (its model's vocabulary and its added tokens)."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict):
+        raise _bad("tokenizer.json has no tokenizer model")
+    vocab = model.get("vocab")
+    ids: list[Any] = (list(vocab.values()) if isinstance(vocab, dict)
+                      else list(range(len(vocab))) if isinstance(vocab, list) else [])
+    added = data.get("added_tokens") or []
+    ids += [t.get("id") for t in added if isinstance(t, dict)] if isinstance(added, list) else []
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise _bad("tokenizer.json: token ids must be non-negative integers")
+    return ids
+
+
+def _check_vocabulary(ids: Any, config: dict[str, Any]) -> None:
+    """Every token id must have a row in the word embeddings (else inference would index
+    past them)."""
+    vocab_size = config.get("vocab_size")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        return
+    largest = max(ids, default=-1)
+    if largest >= vocab_size:
+        raise _bad(f"the tokenizer has token ids up to {largest}; config.json's vocab_size "
+                   f"is {vocab_size}, so the model has no embedding for the ids past it")
 
 
 # ---- safetensors headers --------------------------------------------------------------

@@ -77,11 +77,11 @@ class ModelCache:
         return dropped
 
     def evict(self, model_id: str) -> None:
-        """Unload the model and remove its local copy."""
+        """Unload the model (each of its entries: "model_id" and "model_id#...") and
+        remove its local copy."""
         with self._lock:
-            entry = self._loaded.pop(model_id, None)
-            if entry is not None:
-                self._close(entry[0])
+            for key in [k for k in self._loaded if k.split("#", 1)[0] == model_id]:
+                self._close(self._loaded.pop(key)[0])
         shutil.rmtree(self.cache_dir / "models" / model_id, ignore_errors=True)
 
     def local_dir(self, model_id: str, prefix: str) -> Path:

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from jobspec.pooling import read_pooling
 from service.errors import ApiError
 from service.inference.batcher import Overloaded
 from service.inference.loader import ModelCache, ModelTooLarge
-from service.inference.served import Seq, Served
+from service.inference.served import FEATURE_EXTRACTION, Seq, Served
 from service.settings import get_settings
 from service.storage import get_store
 
@@ -60,9 +61,19 @@ def _warm_up_seqs(served: Served) -> list[Seq]:
     return seqs
 
 
-def loaded(model_id: str) -> Served | None:
+def cache_key(model_id: str, task: str) -> str:
+    """A model is loaded once for its own task and, when asked for embeddings, once more
+    as its base model (any model serves embeddings: a fill-mask model's encoder is its
+    base): the two are cached apart."""
+    return f"{model_id}{EMBEDDINGS}" if task == FEATURE_EXTRACTION else model_id
+
+
+EMBEDDINGS = "#embeddings"
+
+
+def loaded(model_id: str, task: str | None = None) -> Served | None:
     """The model when this process has it loaded already (no thread hop needed)."""
-    return _cache().peek(model_id)
+    return _cache().peek(cache_key(model_id, task or ""))
 
 
 def load(model_id: str, prefix: str, task: str) -> Served:
@@ -73,12 +84,17 @@ def load(model_id: str, prefix: str, task: str) -> Served:
         _set_threads()
         local = _cache().local_dir(model_id, prefix)
         _cache().make_room(local)
-        served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings())
+        try:
+            pooling = read_pooling(local) if task == FEATURE_EXTRACTION else None
+        except ValueError as exc:  # checked at import; a model trained here writes them
+            raise ApiError(422, "invalid_model", f"the model's pooling files: {exc}") from None
+        served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings(),
+                        pooling)
         served.prepare(get_settings(), _warm_up_seqs(served))
         return served
 
     try:
-        return _cache().get(model_id, build)
+        return _cache().get(cache_key(model_id, task), build)
     except ModelTooLarge as exc:
         raise ApiError(422, "model_too_large",
                        f"this model needs {exc.needed} bytes of memory to serve; this server "
@@ -86,7 +102,7 @@ def load(model_id: str, prefix: str, task: str) -> Served:
 
 
 async def load_async(model_id: str, prefix: str, task: str) -> Served:
-    served = loaded(model_id)
+    served = loaded(model_id, task)
     if served is None:
         served = await call(load, model_id=model_id, prefix=prefix, task=task)
     return served

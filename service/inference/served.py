@@ -3,7 +3,8 @@ our answers in the pipeline's exact format), and a batched forward pass of our o
 
 The forward pass is the lean part: `torch.inference_mode`, sequences padded together by
 length, and for fill-mask the MLM head applied only to the mask positions (as training does:
-the head is a vocabulary-wide matrix, most of the cost of a small model's pass).
+the head is a vocabulary-wide matrix, most of the cost of a small model's pass); for
+feature extraction the hidden states pooled into one vector per sequence in the pass.
 """
 
 import inspect
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from jobspec.pooling import Pooling
 from service.inference import graph
 from service.inference.batcher import Batcher
 from service.inference.graph import Pass
@@ -27,7 +29,8 @@ log = logging.getLogger("cloze.inference")
 # Models whose position ids start after the padding id (fairseq's convention): their
 # position table is pad_token_id + 1 rows longer than the texts they take.
 OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
-BATCHED_TASKS = {"fill-mask", "text-classification", "token-classification"}
+FEATURE_EXTRACTION = "feature-extraction"
+BATCHED_TASKS = {"fill-mask", "text-classification", "token-classification", FEATURE_EXTRACTION}
 # Passes over at most this many tokens (padding included) run on one thread.
 SMALL_PASS_TOKENS = 128
 
@@ -78,6 +81,17 @@ def mlm_head(model: Any) -> Any | None:
     return others[0] if len(others) == 1 else None
 
 
+def pool(hidden: torch.Tensor, length: int, modes: Sequence[str]) -> torch.Tensor:
+    """One sequence's vector from its hidden states [T, H] (T >= length; positions past
+    `length` are padding), as sentence-transformers' Pooling computes it; several modes are
+    concatenated in the order of `modes`."""
+    h = hidden[:length].float()
+    parts = {"cls": lambda: h[0], "max": lambda: h.max(dim=0).values,
+             "mean": lambda: h.mean(dim=0), "mean_sqrt_len": lambda: h.sum(dim=0) / length ** 0.5,
+             "lasttoken": lambda: h[length - 1]}
+    return torch.cat([parts[mode]() for mode in modes])
+
+
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -88,8 +102,10 @@ def native_bf16(device: torch.device) -> bool:
 
 
 class Served:
-    def __init__(self, pipe: Any, task: str, settings: Settings) -> None:
+    def __init__(self, pipe: Any, task: str, settings: Settings,
+                 pooling: Pooling | None = None) -> None:
         self.pipe, self.task = pipe, task
+        self.pooling = pooling or Pooling()
         self.tokenizer, self.model = pipe.tokenizer, pipe.model
         self.model.eval()
         config = self.model.config
@@ -97,7 +113,11 @@ class Served:
         # The tokens one pass of a classifier reads: the length it was fine-tuned on (the
         # tokenizer's model_max_length, as the export keeps it) within its position table.
         # The pipeline's preprocessing cuts (and windows) texts at the tokenizer's figure.
+        # An embedding model's is the sentence-transformers max_seq_length (what it was
+        # trained to embed), where it says one.
         limit = self.tokenizer.model_max_length
+        if task == FEATURE_EXTRACTION and self.pooling.max_seq_length is not None:
+            limit = self.pooling.max_seq_length
         self.window = min(self.max_tokens, int(limit)) if limit < 1e9 else self.max_tokens
         self.tokenizer.model_max_length = self.window
         # The width of the output layer: fill-mask's top_k can be no larger.
@@ -115,6 +135,10 @@ class Served:
         self.input_names = [n for n in self.tokenizer.model_input_names if n in accepted]
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.head = mlm_head(self.model) if task == "fill-mask" else None
+        # Passes that give hidden states: fill-mask's encoder, feature extraction's model.
+        self.hidden_states = self.head is not None or task == FEATURE_EXTRACTION
+        if task == FEATURE_EXTRACTION and hasattr(config, "use_cache"):
+            config.use_cache = False  # a decoder's key/value cache: not wanted, not traceable
         # Fill-mask looks targets up in the vocabulary (built once: get_vocab() copies it).
         self.vocab: dict[str, int] = self.tokenizer.get_vocab() if task == "fill-mask" else {}
         self.dtype = torch.float32
@@ -139,8 +163,9 @@ class Served:
 
     def forward(self, seqs: list[Seq]) -> list[torch.Tensor]:
         """Each sequence's output: fill-mask, softmax rows at its selected positions
-        [len(select), vocab]; otherwise the model's logits for it, [1, ...] as the pipeline
-        hands them to its post-processing (token logits cut to the sequence's length)."""
+        [len(select), vocab]; feature extraction, its pooled vector (float32, not
+        normalised); otherwise the model's logits for it, [1, ...] as the pipeline hands them
+        to its post-processing (token logits cut to the sequence's length)."""
         out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
         with torch.inference_mode():
             for group in length_groups([len(s) for s in seqs]):
@@ -179,6 +204,9 @@ class Served:
             picked = hidden[which.to(self.device), torch.cat(rows).to(self.device)]
             probs = self.head(picked).float().softmax(dim=-1).cpu()
             return list(probs.split([len(r) for r in rows]))
+        if self.task == FEATURE_EXTRACTION:
+            hidden = self._pass(batch).cpu()
+            return [pool(hidden[i], len(s), self.pooling.modes) for i, s in enumerate(seqs)]
         logits = self._pass(batch).float().cpu()
         if logits.dim() == 3:  # per token
             return [logits[i:i + 1, :len(s)] for i, s in enumerate(seqs)]
@@ -186,7 +214,7 @@ class Served:
 
     def _eager(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         output = self._module(**batch)
-        return output.last_hidden_state if self.head is not None else output.logits
+        return output.last_hidden_state if self.hidden_states else output.logits
 
     # ------------------------------------------------------------------ loading
 
