@@ -35,7 +35,8 @@ def sentence_transformers_dir(tmp: Path, tokenizer_dir: Path, *, modes: dict[str
                               prompts: dict[str, str] | None = None) -> Path:
     """A base BERT in the sentence-transformers layout, as the Hub ships all-MiniLM-L6-v2."""
     out = base_bert(tmp, tokenizer_dir, "st-" + "-".join(k for k, v in modes.items() if v))
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    modules = [{"idx": 0, "name": "0", "path": "",
+                "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling",
                 "type": "sentence_transformers.models.Pooling"}]
     if normalize:  # no folder: the Hub's has none either
