@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     require_api_keys: bool | None = None
     # Requests per minute per key (or per client address without a key); 0 turns it off.
     rate_limit_per_minute: int = Field(default=600, ge=0)
+    # Whether the budget applies to batched inference (fill-mask, classify, token
+    # classification, embeddings) too. By default those are admitted by load instead: each
+    # model's queue is bounded (CLOZE_INFERENCE_MAX_QUEUE; 503 + Retry-After when full).
+    rate_limit_inference: bool = False
     # Jobs a key may have queued or running at once.
     max_active_jobs: int = Field(default=4, ge=1)
     # Browser origins allowed to call the API (CORS); none by default.

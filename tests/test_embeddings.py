@@ -277,3 +277,31 @@ def test_bad_models_and_bad_embedding_requests_are_4xx(embedded_stack, tokenizer
     # a feature-extraction model has no fill-mask head: the answer says what it serves
     r = stack.client.post(f"/v1/models/{model_id}/fill-mask", json={"inputs": "a [MASK]"})
     assert r.status_code == 422 and "feature-extraction" in r.json()["error"]["message"]
+
+
+def test_batched_inference_is_admitted_by_load_not_the_request_budget(tokenizer_dir,  # noqa: F811
+                                                                      tmp_path):
+    """With a budget of 5 requests a minute, an application still embeds at the hardware's
+    speed (the model's bounded queue protects the server); other routes keep the budget."""
+    from tests.stack import CLOZE, free_port
+    from tests.test_rate_limit import _serve
+
+    port = free_port()
+    proc = _serve(tmp_path / "home", [*CLOZE, "api"], port, CLOZE_REQUIRE_API_KEYS="false")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        bert = base_bert(tmp_path, tokenizer_dir, "bert")
+        r = httpx.post(f"{base}/v1/models/import", timeout=120,
+                       files={"file": ("m.tar.gz", archive(bert))})
+        assert r.status_code == 201, r.text
+        url = f"{base}/v1/models/{r.json()['id']}/feature-extraction"
+        codes = [httpx.post(url, json={"inputs": "the dog"}, timeout=60).status_code
+                 for _ in range(12)]
+        assert codes == [200] * 12
+        codes = [httpx.get(f"{base}/v1/jobs", timeout=30).status_code for _ in range(6)]
+        assert 429 in codes
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

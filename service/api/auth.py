@@ -209,15 +209,19 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def anonymous_on_the_loop(request: Request, settings: Settings) -> Principal | None:
-    """The anonymous caller, charged, when that needs neither the database (no key is
-    required and none of ours is presented) nor the network (the rate limiter is this
-    process's own); else None: authenticate in a thread. Raises 429 as authenticate does."""
+def anonymous_on_the_loop(request: Request, settings: Settings, *, budgeted: bool = True
+                          ) -> Principal | None:
+    """The anonymous caller, charged (when `budgeted`), when that needs neither the
+    database (no key is required and none of ours is presented) nor the network (the rate
+    limiter is this process's own); else None: authenticate in a thread. Raises 429 as
+    authenticate does."""
     if keys_required(request.scope, settings):
         return None
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and keys.looks_like_key(secret.strip()):
         return None
+    if not budgeted:
+        return keys.ANONYMOUS
     if settings.rate_limit_per_minute and not isinstance(limiter(settings), RateLimiter):
         return None
     _charge(settings, f"ip:{client_address(request.scope, settings)}")
@@ -226,6 +230,13 @@ def anonymous_on_the_loop(request: Request, settings: Settings) -> Principal | N
 
 def authenticate(request: Request, session: Annotated[Session, Depends(get_session)],
                  settings: Annotated[Settings, Depends(get_settings)]) -> Principal:
+    return authenticate_caller(request, session, settings)
+
+
+def authenticate_caller(request: Request, session: Session, settings: Settings, *,
+                        budgeted: bool = True) -> Principal:
+    """The caller, charged against the per-minute budget unless `budgeted` is false (then
+    only failed keys are charged: guessing stays rate-limited)."""
     required = keys_required(request.scope, settings)
     address = f"ip:{client_address(request.scope, settings)}"
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
@@ -234,7 +245,8 @@ def authenticate(request: Request, session: Annotated[Session, Depends(get_sessi
     if not required and not (bearer and keys.looks_like_key(secret)):
         # No key needed, and this is not one of ours: huggingface_hub sends a logged-in
         # user's Hugging Face token to every URL, and it must not turn away that user.
-        _charge(settings, address)
+        if budgeted:
+            _charge(settings, address)
         return keys.ANONYMOUS
     principal = keys.authenticate(session=session, secret=secret) if bearer else None
     if principal is None:
@@ -246,7 +258,8 @@ def authenticate(request: Request, session: Annotated[Session, Depends(get_sessi
         if not bearer:
             raise _unauthorized("use 'Authorization: Bearer <api key>'")
         raise _unauthorized("the API key is not valid or was revoked")
-    _charge(settings, f"key:{principal.key_id}")
+    if budgeted:
+        _charge(settings, f"key:{principal.key_id}")
     return principal
 
 

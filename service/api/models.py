@@ -10,7 +10,7 @@ from pydantic import Field as PydField
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.api.auth import anonymous_on_the_loop, authenticate
+from service.api.auth import anonymous_on_the_loop, authenticate_caller
 from service.api.deps import (
     After,
     CallerDep,
@@ -34,6 +34,7 @@ from service.domain.tables import ModelRow
 from service.errors import ApiError
 from service.inference import embeddings, loader, pipelines, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
+from service.inference.served import BATCHED_TASKS
 from service.settings import get_settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -172,13 +173,18 @@ _lookups: dict[tuple[str, str], tuple[str, str, float]] = {}
 
 async def resolve(request: Request, model_id: str, task: str) -> tuple[str, str]:
     """The model's id and storage prefix for this caller (404, 422 as _serving says)."""
-    anonymous = anonymous_on_the_loop(request, get_settings())
+    settings = get_settings()
+    # Batched tasks are admitted by load (a bounded queue per model: 503 + Retry-After when
+    # it is full), not by the per-minute budget, unless a setting says so: an application
+    # calling at the hardware's speed is not throttled to a tenth of it.
+    budgeted = settings.rate_limit_inference or task not in BATCHED_TASKS
+    anonymous = anonymous_on_the_loop(request, settings, budgeted=budgeted)
     if anonymous is not None:
         hit = _lookups.get((model_id, task))
         if hit is not None and time.monotonic() - hit[2] < LOOKUP_TTL_S:
             return hit[0], hit[1]
     id_, prefix = await run_in_threadpool(_serving, request, model_id, task,
-                                          anonymous is not None)
+                                          anonymous is not None, budgeted)
     if anonymous is not None:
         _lookups[(model_id, task)] = (id_, prefix, time.monotonic())
     return id_, prefix
@@ -191,15 +197,16 @@ def forget(model_id: str) -> None:
             _lookups.pop(key, None)
 
 
-def _serving(request: Request, model_id: str, task: str, charged: bool = False
-             ) -> tuple[str, str]:
+def _serving(request: Request, model_id: str, task: str, charged: bool = False,
+             budgeted: bool = True) -> tuple[str, str]:
     """Who calls and the model's id and storage prefix, in one trip to a thread: as the
     usual dependencies (session, caller) plus the lookup it was four, and each trip costs
     the event loop more than a small model's answer. The database connection is back in
     the pool before inference starts: a request may wait its turn for the model for
     seconds, and a connection held meanwhile is one the next request cannot have."""
     with session_scope() as session:
-        caller = keys.ANONYMOUS if charged else authenticate(request, session, get_settings())
+        caller = keys.ANONYMOUS if charged else authenticate_caller(
+            request, session, get_settings(), budgeted=budgeted)
         row = models.get(session=session, model_id=model_id, scope=caller.scope)
         if row.task != task and task != EMBEDDINGS:
             raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
