@@ -152,6 +152,9 @@ def _own_dataset(session: Session, owner: str, param: str, dataset_id: str | Non
 
 # The model task a continued-pretraining base must have for each objective.
 BASE_TASK = {"mlm": "fill-mask", "mlm_nsp": "fill-mask", "clm": "text-generation"}
+# A base model without a head (BertModel, GPT2Model, a sentence-transformers encoder) is
+# continued by any objective of its architecture: the engine creates the objective's head.
+HEADLESS_TASK = "feature-extraction"
 
 
 def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
@@ -184,9 +187,10 @@ def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
     if (problem := job_in.inconsistency()) is not None:
         raise _invalid(*problem)
     needed = BASE_TASK[job_in.objective or "mlm"]
-    if base.task != needed:
-        raise _invalid("base_model_id", f"{job_in.objective} continues a {needed} model; "
-                       f"{base.id} is a {base.task} model")
+    if base.task not in (needed, HEADLESS_TASK):
+        raise _invalid("base_model_id", f"{job_in.objective} continues a {needed} model "
+                       f"or a {HEADLESS_TASK} one (a base model without a head); {base.id} "
+                       f"is a {base.task} model")
     return job_in
 
 

@@ -131,11 +131,18 @@ def check_confined(directory: str | Path) -> None:
 
 
 def load_model(directory: str | Path, objective: str, *, attention: str,
-               dropout: float | None) -> PreTrainedModel:
-    """A base model from an export, with the head its objective trains (continued pretraining).
+               dropout: float | None, seed: int = 0) -> tuple[PreTrainedModel, list[str]]:
+    """A base model from an export, with the head its objective trains (continued
+    pretraining), and what a user should know of how it was loaded (for the job's events).
 
     A BERT exported by mlm_nsp keeps its NSP head when continued by mlm_nsp; any other
-    base gets the objective's head, with the base's weights where they fit.
+    base gets the objective's head, with the base's weights where they fit. A base without
+    a head (BertModel, GPT2Model, LlamaModel, a sentence-transformers encoder; its weights
+    named with or without the "bert." prefix) gets a new one, initialised randomly, except
+    for an output layer that its config ties to the input embeddings (tie_word_embeddings,
+    true by default for BERT and GPT-2): that one is the embeddings, as the architecture has
+    it. The seed makes the new weights reproducible, and the same in every process of a
+    multi-process job (each builds its own copy).
     """
     check_confined(directory)
     try:
@@ -149,12 +156,62 @@ def load_model(directory: str | Path, objective: str, *, attention: str,
                 setattr(config, name, dropout)
     auto: Any = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM,
                  "mlm_nsp": BertForPreTraining}[objective]
+    torch.manual_seed(seed)  # the weights the base model lacks (a new head)
     try:
-        model = auto.from_pretrained(str(directory), config=config, use_safetensors=True,
-                                     attn_implementation=attention)
+        model, info = auto.from_pretrained(str(directory), config=config, use_safetensors=True,
+                                           attn_implementation=attention,
+                                           output_loading_info=True)
     except (OSError, ValueError, KeyError) as exc:
         raise EngineError(f"cannot load the base model for {objective}: {exc}") from None
-    return freeze_unused(model)
+    return freeze_unused(model), _loading_notes(model, info)
+
+
+def new_weights(model: torch.nn.Module, missing: set[str]) -> list[str]:
+    """The smallest list of module and parameter names covering the parameters that were
+    not in the checkpoint (newly initialised), each shared parameter named once:
+    ["cls.predictions.transform", "cls.predictions.bias"] for a BertForMaskedLM loaded from
+    a BertModel (its decoder's bias is cls.predictions.bias)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    fresh = {name for name in params if name in missing}
+    if not fresh:
+        return []
+    whole = set(fresh)  # modules all of whose parameters are new, and those parameters
+    for name, module in model.named_modules():
+        inside = [f"{name}.{p}" if name else p
+                  for p, _ in module.named_parameters(remove_duplicate=False)]
+        if name and inside and all(p in fresh for p in inside):
+            whole.add(name)
+    names: list[str] = []
+    seen: set[int] = set()
+    for name in sorted(whole, key=lambda n: (n.count("."), n)):
+        if any(name.startswith(kept + ".") for kept in names):
+            continue
+        tensors = {id(params[p]) for p in params if p == name or p.startswith(name + ".")}
+        if tensors <= seen:  # a parameter shared with one already named
+            continue
+        seen |= tensors
+        names.append(name)
+    return sorted(names)
+
+
+def _loading_notes(model: PreTrainedModel, info: dict[str, Any]) -> list[str]:
+    notes = []
+    fresh = new_weights(model, set(info.get("missing_keys") or ()))
+    if fresh:
+        notes.append(f"new weights, not in the base model, initialised from the seed: "
+                     f"{', '.join(fresh)}")
+    output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    if isinstance(output, torch.nn.Module):
+        name = next((n for n, m in model.named_modules() if m is output), "the output layer")
+        tied = getattr(output, "weight", None) is inputs.weight
+        notes.append(f"the output layer {name} is tied to the input embeddings"
+                     if tied else f"the output layer {name} has its own weights (not tied to "
+                     "the input embeddings)")
+    unused = sorted({key.rsplit(".", 1)[0] for key in info.get("unexpected_keys") or ()})
+    if unused:
+        notes.append(f"base weights {type(model).__name__} has no place for (not trained, "
+                     f"not exported): {', '.join(unused)}")
+    return notes
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -91,8 +91,8 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
     # -- Model: fresh from the spec's shape, or the base model continued.
     attention = resolve_attention(hp.attention, dev)
     if base_model_dir is not None:
-        model = load_model(base_model_dir, spec.objective or "mlm", attention=attention,
-                           dropout=hp.dropout)
+        model, notes = load_model(base_model_dir, spec.objective or "mlm",
+                                  attention=attention, dropout=hp.dropout, seed=hp.seed)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise EngineError("the base model's tokenizer has more tokens than its embeddings")
         positions = getattr(model.config, "max_position_embeddings", None) or \
@@ -108,9 +108,11 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
         check_fits(memory, dev)  # before allocating the model
         model = build_model(spec.model, spec.objective or "mlm", tokenizer, seed=hp.seed,
                             attention=attention, dropout=hp.dropout)
-        origin = "initialised from the seed"
+        origin, notes = "initialised from the seed", []
     reporter.event("info", f"{type(model).__name__} ({describe(model)}), {origin}; "
                            f"{attention} attention")
+    for note in notes:
+        reporter.event("info", note)
 
     # -- The objective: how batches are made, the loss and what eval reports.
     common: dict[str, Any] = dict(model=model, tokenizer=tokenizer, train=train_rows,
