@@ -216,6 +216,18 @@ def quick_slices(tasks: list[Task], out: Path) -> list[Task]:
     return sliced
 
 
+def bench_tasks(names: list[str], overrides: tuple[tuple[str, Any], ...], quick: bool,
+                work: Path) -> list[Task]:
+    """The named tasks with their made files (brown-genre, spamassassin-500) in work and the
+    given hyperparameters; quick: slices of them, 20 steps each."""
+    made = {"GENRE": str(brown_genre(work)), "SPAM_FEW": str(spam_few(work))}
+    tasks = [dataclasses.replace(
+                 t, hyperparameters=t.hyperparameters + overrides,
+                 files={s: (made.get(p, p), f) for s, (p, f) in t.files.items()})
+             for t in TASKS if t.name in names]
+    return quick_slices(tasks, work) if quick else tasks
+
+
 def resolve(task: Task) -> dict[str, tuple[str, str]]:
     """The task's files as absolute paths (quick slices and made sets already are)."""
     return {split: (path if Path(path).is_absolute() else str(DATA / path), fmt)
@@ -347,8 +359,9 @@ def pretrain_phase(args: argparse.Namespace, spec: PretrainSpec, corpus: Path, w
     result = run_pretraining(spec, data, str(work / name), reporter, resume_from=resume_from,
                              base_model_dir=base_dir)
     assert result.export_dir is not None and result.final_eval is not None
+    first = reporter.evals[0] if reporter.evals and reporter.evals[0]["step"] == 0 else None
     phase = PhaseResult(result.steps, result.tokens_seen, result.export_dir,
-                        dict(result.final_eval))
+                        dict(result.final_eval), first)
     done_file.write_text(json.dumps(dataclasses.asdict(phase)))
     return phase, prepared
 
@@ -361,6 +374,7 @@ class PhaseResult:
     tokens_seen: int
     export_dir: str
     final_eval: dict[str, float]
+    first_eval: dict[str, float] | None = None  # at step 0 (continued pretraining), if any
 
 
 def adjacent_position_cosine(export_dir: str, positions: int) -> float:
@@ -459,13 +473,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cloze-ft-bench-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        made = {"GENRE": str(brown_genre(work)), "SPAM_FEW": str(spam_few(work))}
-        tasks = [dataclasses.replace(
-                     t, hyperparameters=t.hyperparameters + overrides,
-                     files={s: (made.get(p, p), f) for s, (p, f) in t.files.items()})
-                 for t in TASKS if t.name in args.tasks]
-        if args.quick:
-            tasks = quick_slices(tasks, work)
+        tasks = bench_tasks(args.tasks, overrides, args.quick, work)
         corpus = work / "corpus.txt"
         if not (args.reuse and corpus.exists()):
             write_corpus(work, args.quick, args.zh_repeat)
