@@ -41,6 +41,9 @@ class Pooling(BaseModel):
     max_seq_length: int | None = Field(default=None, ge=1)
     prompts: dict[str, str] = Field(default_factory=dict)
     default_prompt_name: str | None = None
+    # False: the prompt's tokens are left out of the pooling (sentence-transformers'
+    # include_prompt), which Cloze does not do: such a model is served without prompts.
+    include_prompt: bool = True
     from_files: bool = False  # read from the sentence-transformers files (else the default)
 
     def describe(self) -> dict[str, Any]:
@@ -106,8 +109,10 @@ def read_pooling(model_dir: str | Path) -> Pooling:
     if not path or ".." in Path(path).parts or Path(path).is_absolute() \
             or not config_file.is_file():
         raise ValueError(f"modules.json's Pooling module has no config.json at {path!r}")
-    pooling = Pooling(modes=_modes(_json(config_file)), from_files=True,
-                      normalize=any(m["type"] == NORMALIZE for m in modules))
+    config = _json(config_file)
+    pooling = Pooling(modes=_modes(config), from_files=True,
+                      normalize=any(m["type"] == NORMALIZE for m in modules),
+                      include_prompt=config.get("include_prompt") is not False)
     bert = root / "sentence_bert_config.json"
     if bert.is_file():
         config = _json(bert)

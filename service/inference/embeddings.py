@@ -158,6 +158,10 @@ async def _embed_texts(model_id: str, prefix: str, texts: list[str], *, truncate
             known = ", ".join(served.pooling.prompts) or "none"
             raise ApiError(422, "invalid_request", f"prompt_name: this model's prompts are "
                            f"{known}", "prompt_name")
+        if not served.pooling.include_prompt:
+            raise ApiError(422, "invalid_request", "prompt_name: this model pools without its "
+                           "prompt's tokens (include_prompt: false), which Cloze does not "
+                           "serve; send the prompt text as part of the input", "prompt_name")
         texts = [served.pooling.prompts[name] + text for text in texts]
     seqs = await in_thread(_tokenize, served, texts, truncate, direction, param,
                            work=sum(map(len, texts)))
