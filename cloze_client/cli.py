@@ -28,7 +28,7 @@ from rich.table import Table
 
 from cloze_client.client import Client
 from cloze_client.errors import ClozeError
-from cloze_client.types import TERMINAL, Job, JobEstimate, Sweep, Trial
+from cloze_client.types import TERMINAL, Job, JobEstimate, Model, Sweep, Trial
 from cloze_client.watch import WatchState, duration, elapsed_seconds
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
@@ -36,7 +36,8 @@ jobs_app = typer.Typer(help="Submit, list, watch, pause, resume and cancel train
                        no_args_is_help=True)
 sweeps_app = typer.Typer(help="Submit, list, show, plot and cancel hyperparameter sweeps.",
                          no_args_is_help=True)
-models_app = typer.Typer(help="List, show, download and query models.", no_args_is_help=True)
+models_app = typer.Typer(help="Import, list, show, download and query models (fill-mask, "
+                         "embeddings).", no_args_is_help=True)
 
 Url = Annotated[str | None, typer.Option(
     "--url", help="the API's address (default: $CLOZE_URL, else http://127.0.0.1:8000)",
@@ -610,3 +611,110 @@ def models_fill_mask(
             [f"{p['score']:.4f}", p["token_str"], p["sequence"]] for p in predictions],
             wrap=("sequence",), title=f"mask {i} of {len(per_mask)}" if len(per_mask) > 1 else None)
 
+
+
+def import_summary(model: Model) -> str:
+    """An imported model in one line: task, architecture, pooling, size, what was skipped."""
+    parts = [model["task"], model["architecture"]]
+    details = model.get("details") or {}
+    pooling = details.get("pooling")
+    if pooling:
+        said = f"pooling {'+'.join(pooling.get('modes') or []) or '-'}"
+        if pooling.get("normalize"):
+            said += ", normalized"
+        if pooling.get("max_seq_length"):
+            said += f", up to {pooling['max_seq_length']} tokens"
+        parts.append(said)
+    parts.append(_size(model["bytes"]))
+    line = f"{model['id']} {model['name']!r}: {', '.join(parts)}"
+    skipped = details.get("skipped_files") or []
+    if skipped:
+        shown = ", ".join(skipped[:6]) + (f", +{len(skipped) - 6} more" if len(skipped) > 6
+                                           else "")
+        line += f"; skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: {shown}"
+    return line
+
+
+@models_app.command("import")
+def models_import(
+        path: Annotated[Path, typer.Argument(
+            help="a model directory (as the Hub, huggingface-cli download or save_pretrained "
+                 "writes it) or a .tar.gz, .tar or .zip of one", show_default=False)],
+        name: Annotated[str | None, typer.Option(
+            help="a name (default: the directory's)")] = None,
+        url: Url = None, api_key: ApiKey = None) -> None:
+    """Import a Hugging Face model directory or archive; prints the model's id.
+
+    Safetensors weights, to serve or fine-tune. A directory is packed into a temporary
+    .tar.gz (without the files the server skips), then uploaded with a progress bar."""
+    from cloze_client.client import is_model_archive
+
+    if not path.exists():
+        fail(f"{path}: no such file or directory")
+    if not path.is_dir() and not (path.is_file() and is_model_archive(path)):
+        fail(f"{path}: not a model directory or a .tar.gz, .tar or .zip archive")
+    label = path.resolve().name
+
+    with connected(url, api_key) as client, _transfer() as bar:
+        task = bar.add_task(f"packing {label}", total=None)
+
+        def packing(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        def sending(done: int, total: int | None) -> None:
+            checking = total is not None and done >= total
+            bar.update(task, completed=done, total=total, description=(
+                f"importing {label} (the server checks it)" if checking
+                else f"uploading {label}"))
+
+        try:
+            model = client.import_model(path, name=name, progress=sending, packing=packing)
+        except ValueError as exc:
+            bar.stop()
+            fail(str(exc))
+    _err().print(import_summary(model), highlight=False, soft_wrap=True)
+    print(model["id"])
+
+
+@models_app.command("embed")
+def models_embed(
+        model_id: str,
+        texts: Annotated[list[str], typer.Argument(help="one or more texts", show_default=False)],
+        normalize: Annotated[bool | None, typer.Option(
+            "--normalize/--no-normalize",
+            help="unit-length vectors (default: as the model's files say)",
+            show_default=False)] = None,
+        prompt_name: Annotated[str | None, typer.Option(
+            help="one of the model's sentence-transformers prompts (e.g. query)")] = None,
+        as_json: AsJson = False, url: Url = None, api_key: ApiKey = None) -> None:
+    """Embed each TEXT: one vector per text, a JSON array a line.
+
+    POST /v1/models/{id}/feature-extraction; --json prints the API's JSON (one array of
+    the vectors)."""
+    with connected(url, api_key) as client:
+        vectors = client.feature_extraction(model_id, texts, normalize=normalize,
+                                            prompt_name=prompt_name)
+    if as_json:
+        return _print_json(vectors)
+    for vector in vectors:
+        print(json.dumps(vector))
+
+
+@models_app.command("similarity")
+def models_similarity(
+        model_id: str,
+        source: Annotated[str, typer.Argument(help="the sentence to compare",
+                                              show_default=False)],
+        sentences: Annotated[list[str], typer.Argument(
+            help="the sentences to compare it with", show_default=False)],
+        as_json: AsJson = False, url: Url = None, api_key: ApiKey = None) -> None:
+    """Score each SENTENCE against SOURCE (cosine): a table of score and sentence.
+
+    POST /v1/models/{id}/sentence-similarity; the sentences keep their order."""
+    with connected(url, api_key) as client:
+        scores = client.sentence_similarity(model_id, source, sentences)
+    if as_json:
+        return _print_json(scores)
+    _print_table(["score", "sentence"], [
+        [f"{score:.4f}", sentence] for score, sentence in zip(scores, sentences, strict=True)],
+        wrap=("sentence",))

@@ -1,8 +1,11 @@
 """A small typed client of the Cloze API over httpx: datasets, jobs (with their live
-stream), sweeps, models and fill-mask. Every API error raises ClozeError."""
+stream), sweeps, models (imported from a directory, downloaded), fill-mask and embeddings.
+Every API error raises ClozeError."""
 
+import gzip
 import os
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,16 +39,79 @@ class Page(TypedDict, Generic[T]):
     has_more: bool
 
 
+# The files a model import keeps (service/domain/imports.py's ALLOWED_SUFFIXES; a test
+# holds the two equal). The server skips every other file and never stores it, so a
+# directory is packed without them: a Hub directory's pickled, ONNX and OpenVINO copies of
+# the weights are most of its size.
+MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".model", ".md", ".jinja"})
+MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def is_model_archive(path: Path) -> bool:
+    return path.name.lower().endswith(MODEL_ARCHIVE_SUFFIXES)
+
+
+def _model_files(directory: Path) -> tuple[list[Path], list[str]]:
+    """The files of a model directory to upload (in a fixed order) and those left out
+    (relative POSIX paths, sorted). Hidden files and folders (.git, huggingface-cli's
+    .cache) are not the model's: they are neither packed nor listed."""
+    kept: list[Path] = []
+    left_out: list[str] = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            if path.suffix.lower() in MODEL_FILE_SUFFIXES:
+                kept.append(path)
+            else:
+                left_out.append(path.relative_to(directory).as_posix())
+    return kept, sorted(left_out)
+
+
+def pack_model_dir(directory: str | Path, target: str | Path, *,
+                   progress: Progress | None = None) -> list[str]:
+    """Write a model directory as a .tar.gz at `target`, under the directory's own name,
+    file by file in chunks (a directory of GBs is never held in memory); returns the files
+    left out (see MODEL_FILE_SUFFIXES). Links are followed (a Hugging Face cache snapshot
+    is made of them; the server refuses links in an archive). The same files give the same
+    bytes (members in a fixed order, no timestamps, no owners), so a retry with an
+    Idempotency-Key sends what the first try did. `progress(packed, total)` counts the
+    files' bytes."""
+    directory = Path(directory).resolve()
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: not a directory")
+    files, left_out = _model_files(directory)
+    if not any(p.name == "config.json" for p in files):
+        raise ValueError(f"{directory}: no config.json (a model directory is what "
+                         "save_pretrained or huggingface-cli download writes)")
+    sizes = [p.stat().st_size for p in files]
+    total, done = sum(sizes), 0
+    with open(target, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=1) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, size in zip(files, sizes, strict=True):
+            info = tarfile.TarInfo(f"{directory.name}/{path.relative_to(directory).as_posix()}")
+            info.size, info.mode, info.mtime = size, 0o644, 0
+            with path.open("rb") as f:
+                tar.addfile(info, _Counted(f, progress, total, start=done) if progress else f)
+            done += size
+    return left_out
+
+
 class _Counted:
     """A binary file that reports how far it has been read (httpx reads an upload in
-    chunks, seeking to 0 first, so the position is the count)."""
+    chunks, seeking to 0 first, so the position is the count), after `start` bytes of
+    files read before it."""
 
-    def __init__(self, file: IO[bytes], progress: Progress, total: int) -> None:
-        self._file, self._progress, self._total = file, progress, total
+    def __init__(self, file: IO[bytes], progress: Progress, total: int, start: int = 0
+                 ) -> None:
+        self._file, self._progress, self._total, self._start = file, progress, total, start
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._file.read(size)
-        self._progress(self._file.tell(), self._total)
+        self._progress(self._start + self._file.tell(), self._total)
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -118,6 +184,19 @@ class Client:
     def _params(**params: Any) -> dict[str, Any]:
         return {k: v for k, v in params.items() if v is not None}
 
+    def _upload(self, route: str, path: Path, *, name: str | None,
+                progress: Progress | None, idempotency_key: str | None,
+                params: dict[str, Any] | None = None) -> Any:
+        """POST a file as the multipart 'file' part (with an optional 'name'), streamed from
+        disk; no read timeout, as the server checks it before it answers."""
+        total = path.stat().st_size
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        with path.open("rb") as f:
+            body: Any = _Counted(f, progress, total) if progress else f
+            return self._json("POST", route, files={"file": (path.name, body)},
+                              data=self._params(name=name), headers=headers, params=params,
+                              timeout=httpx.Timeout(None, connect=10.0))
+
     # -- datasets ---------------------------------------------------------------------
 
     def upload_dataset(self, path: str | Path, *, name: str | None = None,
@@ -125,16 +204,9 @@ class Client:
                        idempotency_key: str | None = None) -> Dataset:
         """Upload a corpus or labelled set (.txt, .jsonl, .conll, or .gz of them), streamed
         from disk; `progress(sent, total)` is called as it goes."""
-        path = Path(path)
-        total = path.stat().st_size
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        with path.open("rb") as f:
-            body: Any = _Counted(f, progress, total) if progress else f
-            return cast(Dataset, self._json(
-                "POST", "/v1/datasets", files={"file": (path.name, body)},
-                data=self._params(name=name), headers=headers,
-                params=self._params(tag_column=tag_column),
-                timeout=httpx.Timeout(None, connect=10.0)))
+        return cast(Dataset, self._upload(
+            "/v1/datasets", Path(path), name=name, progress=progress,
+            idempotency_key=idempotency_key, params=self._params(tag_column=tag_column)))
 
     def list_datasets(self, *, limit: int = 20, after: str | None = None) -> Page[Dataset]:
         return cast(Page[Dataset], self._json("GET", "/v1/datasets",
@@ -257,6 +329,38 @@ class Client:
     def get_model(self, model_id: str) -> Model:
         return cast(Model, self._json("GET", f"/v1/models/{model_id}"))
 
+    def import_model(self, path: str | Path, *, name: str | None = None,
+                     progress: Progress | None = None, packing: Progress | None = None,
+                     idempotency_key: str | None = None) -> Model:
+        """Import a Hugging Face model (safetensors weights) to serve or fine-tune: `path`
+        is a model directory (as save_pretrained or huggingface-cli download writes it,
+        sentence-transformers layout included) or a .tar.gz, .tar or .zip of one. A
+        directory is packed into a temporary .tar.gz in $TMPDIR (pack_model_dir: streamed
+        to disk, without the files the server would skip; `packing(bytes, total)` as it
+        goes), then uploaded as a file is (`progress(sent, total)`). The model's
+        details.skipped_files lists every file not imported, left out here or by the
+        server. Raises ValueError for a path that is neither."""
+        path = Path(path)
+        if path.is_file() and is_model_archive(path):
+            return cast(Model, self._upload("/v1/models/import", path, name=name,
+                                            progress=progress,
+                                            idempotency_key=idempotency_key))
+        if not path.is_dir():
+            what = "not a model directory or a .tar.gz, .tar or .zip archive" \
+                if path.exists() else "no such file or directory"
+            raise ValueError(f"{path}: {what}")
+        folder = path.resolve().name or "model"
+        with tempfile.TemporaryDirectory(prefix="cloze-import-") as tmp:
+            archive = Path(tmp) / f"{folder}.tar.gz"
+            left_out = pack_model_dir(path, archive, progress=packing)
+            model = cast(Model, self._upload("/v1/models/import", archive, name=name,
+                                             progress=progress,
+                                             idempotency_key=idempotency_key))
+        if left_out:
+            details = model.setdefault("details", {})
+            details["skipped_files"] = sorted({*details.get("skipped_files", []), *left_out})
+        return model
+
     def download_model(self, model_id: str, path: str | Path, *,
                        progress: Progress | None = None) -> Path:
         """Download a model's export. A path ending in .tar.gz keeps the archive; any other
@@ -300,6 +404,26 @@ class Client:
             body["parameters"] = parameters
         return cast(list[Any], self._json("POST", f"/v1/models/{model_id}/fill-mask",
                                           json=body))
+
+    def feature_extraction(self, model_id: str, inputs: str | list[str], *,
+                           normalize: bool | None = None, truncate: bool | None = None,
+                           prompt_name: str | None = None) -> list[list[float]]:
+        """Embeddings (the Hugging Face feature-extraction format): one vector per input, a
+        list of one for a string; pooled as the model's sentence-transformers files say
+        (else the mean of its last hidden states). normalize: unit length (default: as the
+        model says); truncate=False: a text longer than the model embeds is a 413, not
+        cut; prompt_name: one of the model's sentence-transformers prompts."""
+        body = {"inputs": inputs, **self._params(normalize=normalize, truncate=truncate,
+                                                 prompt_name=prompt_name)}
+        return cast(list[list[float]], self._json(
+            "POST", f"/v1/models/{model_id}/feature-extraction", json=body))
+
+    def sentence_similarity(self, model_id: str, source: str, sentences: list[str]
+                            ) -> list[float]:
+        """The cosine of `source`'s embedding with each sentence's, in their order."""
+        return cast(list[float], self._json(
+            "POST", f"/v1/models/{model_id}/sentence-similarity",
+            json={"inputs": {"source_sentence": source, "sentences": sentences}}))
 
 
 __all__ = ["Client", "ClozeError", "FillMaskResult", "Page", "StreamEvent"]

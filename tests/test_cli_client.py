@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from cloze_client import Client, ClozeError
 from service.cli import app
 from tests.stack import ROOT, Stack, corpus_slice
 from tests.test_e2e_pretrain import TINY_JOB
+from tests.test_embeddings import base_bert
+from tests.test_import_and_serving import tokenizer_dir  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 
@@ -73,6 +76,7 @@ def test_api_errors_are_one_line(embedded_stack: Stack, tmp_path):
     one_line_error(cloze("jobs", "show", "job_nope", url=url), "404", "job_nope")
     one_line_error(cloze("jobs", "watch", "job_nope", url=url), "404", "job_nope")
     one_line_error(cloze("models", "fill-mask", "m_nope", "a [MASK]", url=url), "404")
+    one_line_error(cloze("models", "embed", "m_nope", "a text", url=url), "404")
     one_line_error(cloze("datasets", "delete", "ds_nope", url=url), "404")
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({**tiny_spec(), "dataset_id": "ds_nope"}))
@@ -171,6 +175,128 @@ def test_watching_a_job_that_is_cancelled_exits_1_with_the_reason(embedded_stack
     assert watch.returncode == 1, (out, err)
     assert out.strip().splitlines()[-1].startswith(f"{job['id']} was cancelled at step ")
     assert "Traceback" not in err
+
+
+def test_import_a_hub_directory_then_embed_and_compare(embedded_stack: Stack,
+                                                       tokenizer_dir: Path,  # noqa: F811
+                                                       tmp_path: Path):
+    """`models import` packs a base BERT directory as the Hub ships it (a pickled copy and
+    huggingface-cli's .cache beside it) and prints its id; `embed` prints the API's vectors,
+    `similarity` its scores."""
+    stack, url = embedded_stack, embedded_stack.url
+    directory = base_bert(tmp_path, tokenizer_dir, "tiny-bert")
+    (directory / "pytorch_model.bin").write_bytes(b"a pickle the Hub ships beside it")
+    (directory / ".cache" / "huggingface").mkdir(parents=True)
+    (directory / ".cache" / "huggingface" / "model.safetensors.metadata").write_text("x")
+    imported = cloze("models", "import", str(directory), url=url)
+    model_id = ok(imported).strip()
+    assert model_id.startswith("m_")
+    summary = imported.stderr.strip().splitlines()[-1]
+    assert summary.startswith(f"{model_id} 'tiny-bert': feature-extraction, bert, pooling mean")
+    assert summary.endswith("skipped 1 file: pytorch_model.bin"), summary
+
+    texts = ["the quick brown fox", "paris france"]
+    want = stack.client.post(f"/v1/models/{model_id}/feature-extraction",
+                             json={"inputs": texts}).json()
+    lines = ok(cloze("models", "embed", model_id, *texts, url=url)).splitlines()
+    got = [json.loads(line) for line in lines]
+    assert len(got) == 2 and len(got[0]) == 32
+    assert max(abs(a - b) for g, w in zip(got, want, strict=True)
+               for a, b in zip(g, w, strict=True)) < 1e-5
+    normalized = json.loads(ok(cloze("models", "embed", model_id, texts[0], "--normalize",
+                                     "--json", url=url)))
+    assert len(normalized) == 1 and sum(x * x for x in normalized[0]) == pytest.approx(1.0)
+
+    scores = stack.client.post(f"/v1/models/{model_id}/sentence-similarity", json={
+        "inputs": {"source_sentence": "the dog", "sentences": texts}}).json()
+    table = ok(cloze("models", "similarity", model_id, "the dog", *texts, url=url))
+    rows = table.splitlines()
+    assert rows[0].split() == ["score", "sentence"] and len(rows) == 3
+    for row, score, text in zip(rows[1:], scores, texts, strict=True):
+        assert row.split(None, 1) == [f"{score:.4f}", text]
+
+
+def test_the_client_imports_an_archive_and_embeds(embedded_stack: Stack,
+                                                  tokenizer_dir: Path,  # noqa: F811
+                                                  tmp_path: Path):
+    directory = base_bert(tmp_path, tokenizer_dir, "archived")
+    archive = tmp_path / "archived.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(directory, arcname="archived")
+    with Client(embedded_stack.url) as client:
+        model = client.import_model(archive, name="from-archive")
+        assert (model["name"], model["task"]) == ("from-archive", "feature-extraction")
+        one = client.feature_extraction(model["id"], "paris", normalize=True)
+        assert len(one) == 1 and sum(x * x for x in one[0]) == pytest.approx(1.0)
+        scores = client.sentence_similarity(model["id"], "paris", ["paris", "the fox"])
+        assert len(scores) == 2 and scores[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_import_errors_are_one_line(embedded_stack: Stack, tokenizer_dir: Path,  # noqa: F811
+                                    tmp_path: Path):
+    url = embedded_stack.url
+    one_line_error(cloze("models", "import", str(tmp_path / "missing"), url=url),
+                   "missing", "no such file or directory")
+    (tmp_path / "notes.txt").write_text("not a model")
+    one_line_error(cloze("models", "import", str(tmp_path / "notes.txt"), url=url),
+                   "notes.txt", "not a model directory or a .tar.gz, .tar or .zip archive")
+    (tmp_path / "empty").mkdir()
+    one_line_error(cloze("models", "import", str(tmp_path / "empty"), url=url),
+                   "empty", "no config.json")
+    pickled = base_bert(tmp_path, tokenizer_dir, "pickled")  # its only weights pickled
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    one_line_error(cloze("models", "import", str(pickled), url=url),
+                   "422", "only safetensors weights are accepted")
+
+
+def test_a_directory_is_packed_on_disk_as_the_server_keeps_it(tmp_path: Path):
+    """Packed without what the server skips (it keeps the suffixes it lists) and without
+    hidden folders, links followed, the same bytes each time (an Idempotency-Key retry
+    sends what the first try did); the files left out join details.skipped_files."""
+    from cloze_client.client import MODEL_FILE_SUFFIXES, pack_model_dir
+    from service.domain.imports import ALLOWED_SUFFIXES
+
+    assert MODEL_FILE_SUFFIXES == ALLOWED_SUFFIXES
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "abc123").write_bytes(b"safetensors bytes" * 1000)
+    model = tmp_path / "snapshot"
+    (model / "onnx").mkdir(parents=True)
+    (model / ".git").mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").symlink_to(blobs / "abc123")  # a Hub cache snapshot's
+    (model / "pytorch_model.bin").write_bytes(b"pickle")
+    (model / "onnx" / "model.onnx").write_bytes(b"onnx")
+    (model / ".git" / "HEAD").write_text("ref")
+    first, second = tmp_path / "1.tar.gz", tmp_path / "2.tar.gz"
+    calls: list[tuple[int, int | None]] = []
+    assert pack_model_dir(model, first, progress=lambda done, total: calls.append(
+        (done, total))) == ["onnx/model.onnx", "pytorch_model.bin"]
+    time.sleep(1.1)  # a gzip header's timestamp would now differ
+    pack_model_dir(model, second)
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["snapshot/config.json",
+                                             "snapshot/model.safetensors"]
+        assert all(m.isfile() for m in members)
+        weights = tar.extractfile(members[1])
+        assert weights is not None and weights.read() == (blobs / "abc123").read_bytes()
+    assert calls[-1] == (17_002, 17_002)
+
+    sent = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent["key"] = request.headers.get("idempotency-key")
+        sent["body"] = request.read()
+        return httpx.Response(201, json={"id": "m_x", "object": "model", "details": {
+            "skipped_files": ["README.onnx"]}})
+
+    with Client("http://cloze.test", transport=httpx.MockTransport(answer)) as client:
+        got = client.import_model(model, idempotency_key="k1")
+    assert sent["key"] == "k1" and first.read_bytes() in sent["body"]
+    assert got["details"]["skipped_files"] == ["README.onnx", "onnx/model.onnx",
+                                               "pytorch_model.bin"]
 
 
 def test_the_url_and_key_come_from_the_environment_or_the_flags(embedded_stack: Stack):
