@@ -250,9 +250,10 @@ def test_bad_models_and_bad_embedding_requests_are_4xx(embedded_stack, tokenizer
     r = import_(stack, archive(dense))
     assert r.status_code == 422 and "Dense" in r.json()["error"]["message"], r.text
 
-    r = import_(stack, archive(bert))
+    r = import_(stack, archive(bert, arcname="."), "my-encoder.tar.gz")  # files at the top
     assert r.status_code == 201, r.text
     model_id = r.json()["id"]
+    assert r.json()["name"] == "my-encoder"  # named after the file, as no folder names it
     url = f"/v1/models/{model_id}/feature-extraction"
     r = stack.client.post("/v1/embeddings", json={"model": model_id, "input": ["a"] * 10_000})
     assert r.status_code == 413 and r.json()["error"]["param"] == "input", r.text

@@ -65,19 +65,22 @@ async def import_model(request: Request, session: SessionDep, store: StoreDep,
                        idempotency_key: IdempotencyKey = None) -> ModelPublic | JSONResponse:
     """Import a Hugging Face model directory (safetensors weights only) to fine-tune or serve."""
     with tempfile.TemporaryDirectory(prefix="cloze-import-") as tmp:
-        archive, name, digest = await _receive_archive(request, Path(tmp), settings)
+        archive, name, digest, filename = await _receive_archive(request, Path(tmp), settings)
         route = "POST /v1/models/import"
         fingerprint = idempotency.fingerprint(digest, name or "")
         first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
                                    route=route, request_sha256=fingerprint)
         if first is not None:
             return JSONResponse(first[1], first[0])
+        extracted = Path(tmp) / "x"
         model_dir, info, size = await run_in_threadpool(
-            imports.import_archive, archive, Path(tmp) / "x", settings)
+            imports.import_archive, archive, extracted, settings)
+        # By default the archive's top folder; files at its top level: the file's name.
+        default_name = model_dir.name if model_dir != extracted else _stem(filename)
         quotas.check(session, caller.owner, settings, size)
         row: ModelRow = await run_in_threadpool(
             models.publish, session=session, store=store, export_dir=model_dir,
-            owner=caller.owner, name=name or model_dir.name, job_id=None, task=info["task"],
+            owner=caller.owner, name=name or default_name, job_id=None, task=info["task"],
             architecture=info["architecture"], mask_token=info["mask_token"],
             details={"imported": True, "architectures": info["architectures"],
                      "labels": info["labels"], "pooling": info["pooling"],
@@ -90,20 +93,31 @@ async def import_model(request: Request, session: SessionDep, store: StoreDep,
     return public
 
 
+def _stem(filename: str | None) -> str:
+    """An uploaded file's name without its folders and archive suffixes."""
+    stem = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".gz", ".tgz", ".tar", ".zip"):
+        stem = stem.removesuffix(suffix)
+    return stem[:255] or "imported-model"
+
+
 async def _receive_archive(request: Request, tmp: Path, settings: Any
-                           ) -> tuple[Path, str | None, str]:
+                           ) -> tuple[Path, str | None, str, str | None]:
     """Stream the 'file' part to a temporary file, within the upload limit."""
     import hashlib
 
     refuse_declared_oversize(request, settings.max_upload_bytes)
     target = tmp / "upload"
     digest, size, current, name = hashlib.sha256(), 0, None, bytearray()
+    filename: str | None = None
     seen_file = False
     with open(target, "wb") as out:
         async for event in stream_parts(request, settings.max_upload_bytes):
             if isinstance(event, PartStart):
                 current = event.name
                 seen_file |= current == "file"
+                if current == "file":
+                    filename = event.filename
             elif current == "file":
                 size += len(event.data)
                 if size > settings.max_upload_bytes:
@@ -115,7 +129,7 @@ async def _receive_archive(request: Request, tmp: Path, settings: Any
                 name += event.data
     if not seen_file or size == 0:
         raise ApiError(422, "invalid_request", "file: send the archive in a 'file' part", "file")
-    return target, form_name(name), digest.hexdigest()
+    return target, form_name(name), digest.hexdigest(), filename
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
