@@ -227,7 +227,11 @@ class Admitted:
 def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -> Admitted:
     """Every check of a submission (a dry run makes the same ones, so it refuses what a
     submission would, with the same errors); nothing is written."""
-    if (problem := job_in.inconsistency()) is not None:
+    # A continued-pretraining spec is checked once re-read with its base's architecture
+    # (_check_pretrain): before, it reads as a BERT's ("clm trains gpt2 or llama, not bert"
+    # for a GPT-2 base given "objective": "clm").
+    continued = isinstance(job_in, PretrainJobCreate) and job_in.base_model_id is not None
+    if not continued and (problem := job_in.inconsistency()) is not None:
         raise _invalid(*problem)
     if isinstance(job_in, PretrainJobCreate):
         job_in = _check_pretrain(session, owner, job_in)
