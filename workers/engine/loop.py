@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from jobspec.common import EarlyStopping
+from jobspec.pooling import Pooling, write_pooling
 from workers.engine.architectures import count_parameters, peak_flops
 from workers.engine.capacity import check_fits
 from workers.engine.checkpoint import (
@@ -32,7 +33,7 @@ from workers.engine.checkpoint import (
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.early_stop import BestSoFar
 from workers.engine.errors import ConfigError, EngineError
-from workers.engine.model_card import model_card
+from workers.engine.model_card import model_card, serves_embeddings
 from workers.engine.objective import Batch, Objective
 from workers.engine.optim import Schedule, build_optimizer, lr_factor, resolve_optimizer_impl
 from workers.engine.reporter import Pausable, Reporter
@@ -181,14 +182,30 @@ def _resume(directory: str, fingerprint: dict[str, Any], objective: Objective,
             _Window(**state.get("log_window") or {}))
 
 
-def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_parameters: int,
-          evaluation: dict[str, Any] | None) -> str:
+def _architecture(objective: Objective) -> str:
     config = getattr(objective.model, "config", None)
+    return str(getattr(config, "model_type", "transformer"))
+
+
+def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_parameters: int,
+          evaluation: dict[str, Any] | None, pooling_files: bool = False) -> str:
     return model_card(spec=objective.fingerprint().get("spec", {}), step=step,
                       total_steps=total, tokens_seen=tokens_seen,
                       num_parameters=num_parameters, evaluation=evaluation,
                       mask_token=getattr(objective.tokenizer, "mask_token", None),
-                      architecture=str(getattr(config, "model_type", "transformer")))
+                      architecture=_architecture(objective), pooling_files=pooling_files)
+
+
+def _write_pooling(objective: Objective, export_dir: Path) -> bool:
+    """An encoder's export says how it embeds texts (mean pooling, as Cloze serves it) in
+    sentence-transformers' files, so SentenceTransformer(export) embeds alike; True if
+    written."""
+    hidden = getattr(getattr(objective.model, "config", None), "hidden_size", None)
+    spec = objective.fingerprint().get("spec", {})
+    if not isinstance(hidden, int) or not serves_embeddings(spec, _architecture(objective)):
+        return False
+    write_pooling(export_dir, Pooling(modes=["mean"]), hidden)
+    return True
 
 
 def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
@@ -390,9 +407,10 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         parallel.unshard(objective)  # fsdp: the whole model back on rank 0
     if not stopped and parallel.main:  # the other ranks hold the same weights
         export_dir = str(objective.export(workdir_path / "export"))
+        pooling_files = _write_pooling(objective, Path(export_dir))
         (Path(export_dir) / "README.md").write_text(
-            _card(objective, step, total, tokens_seen, num_parameters, final_eval),
-            encoding="utf-8")
+            _card(objective, step, total, tokens_seen, num_parameters, final_eval,
+                  pooling_files), encoding="utf-8")
     elapsed = time.perf_counter() - started
     reporter.event("info", f"finished in {elapsed:.1f} s after {step} steps")
     return LoopResult(

@@ -5,6 +5,8 @@ pushed to a hub as it is."""
 
 from typing import Any
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
 OBJECTIVES = {
     "mlm": "masked language modelling (as BERT and RoBERTa)",
     "mlm_nsp": "masked language modelling with next-sentence prediction (BERT's original pair "
@@ -27,14 +29,29 @@ def pipeline_task(spec: dict[str, Any]) -> tuple[str, str]:
     return "fill-mask", "AutoModelForMaskedLM"
 
 
+def serves_embeddings(spec: dict[str, Any], architecture: str) -> bool:
+    """Whether the model is an encoder, whose mean-pooled last hidden states Cloze serves
+    as embeddings (and whose export carries the sentence-transformers files saying so): a
+    masked LM pretrained here, or a classifier fine-tuned from an encoder (an architecture
+    that masked LM trains: BERT, RoBERTa, ...), not a causal LM or a classifier on one."""
+    if spec.get("type") == "finetune":
+        return architecture in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return spec.get("objective") != "clm"
+
+
 def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen: int,
                num_parameters: int, evaluation: dict[str, Any] | None,
-               mask_token: str | None, architecture: str) -> str:
+               mask_token: str | None, architecture: str, pooling_files: bool = False
+               ) -> str:
+    """The card; pooling_files: the directory holds the sentence-transformers files (an
+    export of an encoder; checkpoints do not)."""
     task, auto = pipeline_task(spec)
     finetune = spec.get("type") == "finetune"
     done = "finished" if step >= total_steps else f"a checkpoint: step {step} of {total_steps}"
+    tags = ", ".join(["cloze", architecture] + (["sentence-transformers"] if pooling_files
+                                                 else []))
     lines = ["---", "library_name: transformers", f"pipeline_tag: {task}",
-             f"tags: [cloze, {architecture}]", "---", ""]
+             f"tags: [{tags}]", "---", ""]
     title = spec.get("name") or (f"{architecture} fine-tuned for {task}" if finetune
                                  else f"{architecture} pretrained by {spec.get('objective')}")
     lines += [f"# {title}", "",
@@ -50,7 +67,8 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
         if spec.get("base_model_id"):
             lines += [f"- continued from model `{spec['base_model_id']}`"]
         tok = spec.get("tokenizer") or {}
-        lines += [f"- tokenizer: {tok.get('type')}, {tok.get('vocab_size')} entries"
+        lines += ["- tokenizer: the base model's (from_model)" if tok.get("type") == "from_model"
+                  else f"- tokenizer: {tok.get('type')}, {tok.get('vocab_size')} entries"
                   + (", lowercased" if tok.get("lowercase") else "")]
     lines += [f"- data: dataset `{spec.get('dataset_id')}`; {tokens_seen:,} tokens seen in "
               f"{step:,} steps", "", "| hyperparameter | value |", "|---|---|"]
@@ -73,6 +91,18 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
                           f"{probability} | {_cell(top)} |"]
     else:
         lines += ["Not evaluated yet."]
+    if serves_embeddings(spec, architecture):
+        lines += ["", "## Embeddings", "",
+                  "An encoder: it also embeds texts, as the mean of its last hidden states "
+                  "over each text's tokens (padding left out). Cloze serves them at "
+                  "`POST /v1/models/{id}/feature-extraction` (the Hugging Face Inference "
+                  "API's format; not normalised unless asked) and at OpenAI's "
+                  "`POST /v1/embeddings` (`\"model\": \"<this model's id>\"`; unit "
+                  "length)" + (
+                      "; the directory's `modules.json` and `1_Pooling/config.json` say the "
+                      "same to sentence-transformers: "
+                      '`SentenceTransformer("path/to/this/directory").encode(texts)`.'
+                      if pooling_files else ".")]
     example = {"fill-mask": f'"Paris is the {mask_token or "[MASK]"} of France."',
                "text-generation": '"Once upon a time"'}.get(task, '"A text to label."')
     lines += ["", "## How to use", "", "```python",
