@@ -39,10 +39,10 @@ class Page(TypedDict, Generic[T]):
     has_more: bool
 
 
-# The files a model import keeps (service/domain/imports.py's ALLOWED_SUFFIXES; a test
-# holds the two equal). The server skips every other file and never stores it, so a
-# directory is packed without them: a Hub directory's pickled, ONNX and OpenVINO copies of
-# the weights are most of its size.
+# The files a model import keeps (jobspec.model_dir.MODEL_FILE_SUFFIXES, which the client
+# cannot import: it needs nothing of the service; a test holds the two equal). The server
+# skips every other file and never stores it, so a directory is packed without them: a Hub
+# directory's pickled, ONNX and OpenVINO copies of the weights are most of its size.
 MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".model", ".md", ".jinja"})
 MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 

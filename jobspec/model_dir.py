@@ -15,6 +15,11 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+# The files a model directory keeps when it is imported (configs, safetensors weights,
+# tokenizer and card files); every other file is skipped and never stored: pickled copies
+# of the weights, ONNX and OpenVINO exports, scripts. The client leaves them out of what it
+# uploads (they are most of a Hub directory's size), the API skips them in any archive.
+MODEL_FILE_SUFFIXES = frozenset({".json", ".safetensors", ".txt", ".model", ".md", ".jinja"})
 # Index files of a few MB name thousands of shards' tensors; a bigger one is not an index.
 MAX_INDEX_BYTES = 32 * 1024 * 1024
 

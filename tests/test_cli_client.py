@@ -250,13 +250,13 @@ def test_import_errors_are_one_line(embedded_stack: Stack, tokenizer_dir: Path, 
 
 
 def test_a_directory_is_packed_on_disk_as_the_server_keeps_it(tmp_path: Path):
-    """Packed without what the server skips (it keeps the suffixes it lists) and without
+    """Packed without what the server skips (jobspec.model_dir's list) and without
     hidden folders, links followed, the same bytes each time (an Idempotency-Key retry
     sends what the first try did); the files left out join details.skipped_files."""
     from cloze_client.client import MODEL_FILE_SUFFIXES, pack_model_dir
-    from service.domain.imports import ALLOWED_SUFFIXES
+    from jobspec.model_dir import MODEL_FILE_SUFFIXES as KEPT
 
-    assert MODEL_FILE_SUFFIXES == ALLOWED_SUFFIXES
+    assert MODEL_FILE_SUFFIXES == KEPT
     blobs = tmp_path / "blobs"
     blobs.mkdir()
     (blobs / "abc123").write_bytes(b"safetensors bytes" * 1000)

@@ -35,13 +35,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from jobspec.model_dir import check_model_dir, weight_map_files
+from jobspec.model_dir import MODEL_FILE_SUFFIXES, check_model_dir, weight_map_files
 from jobspec.pooling import read_pooling
 from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
 from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
 from service.settings import Settings
 
-ALLOWED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".md", ".jinja"}
 PICKLED = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx"}
 TASKS = {  # the head's class name ends with... -> pipeline task
     "ForMaskedLM": "fill-mask", "ForPreTraining": "fill-mask",
@@ -95,7 +94,7 @@ def _member_path(name: str) -> PurePosixPath:
 def _kept(path: PurePosixPath) -> bool:
     """Whether a member is a file Cloze keeps: configs, safetensors weights, tokenizer and
     card files. Pickled weights, other exports and scripts are skipped, never written."""
-    return path.suffix.lower() in ALLOWED_SUFFIXES
+    return path.suffix.lower() in MODEL_FILE_SUFFIXES
 
 
 class _Budget:
