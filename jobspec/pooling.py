@@ -46,6 +46,17 @@ class Pooling(BaseModel):
     include_prompt: bool = True
     from_files: bool = False  # read from the sentence-transformers files (else the default)
 
+    def sentence(self) -> str:
+        """In words, for a model card: "the mean of its last hidden states, normalised"."""
+        words = {"cls": "the first ([CLS]) token's vector", "max": "the maximum",
+                 "mean": "the mean", "mean_sqrt_len": "the sum divided by the square root of "
+                 "the length", "lasttoken": "the last token's vector"}
+        pooled = " and ".join(words[m] for m in self.modes)
+        return (f"{pooled} of its last hidden states over each text's tokens (padding left "
+                f"out), {'normalised to unit length' if self.normalize else 'not normalised'}"
+                + (f", texts cut at {self.max_seq_length} tokens" if self.max_seq_length
+                   else ""))
+
     def describe(self) -> dict[str, Any]:
         """As a model's details show it."""
         return {"modes": self.modes, "normalize": self.normalize,
@@ -141,6 +152,16 @@ def read_pooling(model_dir: str | Path) -> Pooling:
                                  "not one of its prompts")
             pooling.default_prompt_name = default
     return pooling
+
+
+def base_pooling(model_dir: str | Path) -> Pooling | None:
+    """A base model's own pooling (its sentence-transformers files), for a model trained
+    from it to keep; None when it has none (or files that do not read)."""
+    try:
+        pooling = read_pooling(model_dir)
+    except ValueError:
+        return None
+    return pooling if pooling.from_files else None
 
 
 def write_pooling(model_dir: str | Path, pooling: Pooling, hidden_size: int) -> None:

@@ -202,11 +202,11 @@ def bert_data(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bert-data") / "data"
 
 
-def _embeds_like_mean_pooling(export: str) -> None:
-    """The export's sentence-transformers files say mean pooling, and SentenceTransformer
-    (export) embeds as the mean of the last hidden states."""
+def _embeds_like_mean_pooling(export: str, normalize: bool = False) -> None:
+    """The export's sentence-transformers files say mean pooling (normalised when its base's
+    said so), and SentenceTransformer(export) embeds as the mean of the last hidden states."""
     pooling = read_pooling(export)
-    assert pooling.from_files and pooling.modes == ["mean"] and not pooling.normalize
+    assert pooling.from_files and pooling.modes == ["mean"] and pooling.normalize == normalize
     from sentence_transformers import SentenceTransformer
 
     texts = ["the state of the union is strong.", "we the people"]
@@ -216,7 +216,10 @@ def _embeds_like_mean_pooling(export: str) -> None:
     for text, vector in zip(texts, vectors, strict=True):
         with torch.no_grad():
             hidden = encoder(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
-        assert torch.allclose(vector, hidden.mean(dim=0), atol=1e-5)
+        want = hidden.mean(dim=0)
+        if normalize:
+            want = torch.nn.functional.normalize(want, dim=0)
+        assert torch.allclose(vector, want, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -246,7 +249,11 @@ def test_continued_mlm_from_a_base_encoder(en_corpus, bert_data, base_bert, base
     card = (Path(export) / "README.md").read_text()
     assert "## Embeddings" in card and "/v1/embeddings" in card and "mean" in card
     assert "continued from model `m_base`" in card
-    _embeds_like_mean_pooling(export)
+    # a sentence-transformers base keeps its pooling (Normalize, max_seq_length) in the export
+    _embeds_like_mean_pooling(export, normalize=layout != "plain")
+    if layout != "plain":
+        assert read_pooling(export).max_seq_length == 64
+        assert "normalised to unit length" in card and "cut at 64 tokens" in card
 
 
 @pytest.mark.slow
@@ -338,7 +345,7 @@ def test_finetune_from_a_base_encoder(base_st, topics, tmp_path, make_reporter, 
     assert answer[0]["label"] == "war"
     card = (Path(export) / "README.md").read_text()
     assert "## Embeddings" in card and "tags: [cloze, bert, sentence-transformers]" in card
-    _embeds_like_mean_pooling(export)
+    _embeds_like_mean_pooling(export, normalize=True)  # the sentence-transformers base's
 
 
 @pytest.mark.slow

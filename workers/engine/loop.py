@@ -65,6 +65,9 @@ class LoopSettings:
     early_stopping: EarlyStopping | None = None
     # Cloze probes scored at every eval (workers/engine/probes.py), given the device.
     probes: Callable[..., list[dict[str, Any]]] | None = None
+    # How an encoder's export embeds texts: the base model's pooling when it had its own
+    # (a sentence-transformers model continued or fine-tuned keeps it), else mean pooling.
+    pooling: Pooling | None = None
 
     @property
     def total_steps(self) -> int:
@@ -188,24 +191,26 @@ def _architecture(objective: Objective) -> str:
 
 
 def _card(objective: Objective, step: int, total: int, tokens_seen: int, num_parameters: int,
-          evaluation: dict[str, Any] | None, pooling_files: bool = False) -> str:
+          evaluation: dict[str, Any] | None, pooling: Pooling | None = None) -> str:
     return model_card(spec=objective.fingerprint().get("spec", {}), step=step,
                       total_steps=total, tokens_seen=tokens_seen,
                       num_parameters=num_parameters, evaluation=evaluation,
                       mask_token=getattr(objective.tokenizer, "mask_token", None),
-                      architecture=_architecture(objective), pooling_files=pooling_files)
+                      architecture=_architecture(objective), pooling=pooling)
 
 
-def _write_pooling(objective: Objective, export_dir: Path) -> bool:
-    """An encoder's export says how it embeds texts (mean pooling, as Cloze serves it) in
-    sentence-transformers' files, so SentenceTransformer(export) embeds alike; True if
-    written."""
+def _write_pooling(objective: Objective, export_dir: Path, pooling: Pooling | None
+                   ) -> Pooling | None:
+    """An encoder's export says how it embeds texts (its base's pooling, else mean pooling,
+    as Cloze serves it) in sentence-transformers' files, so SentenceTransformer(export)
+    embeds alike; the pooling written, if any."""
     hidden = getattr(getattr(objective.model, "config", None), "hidden_size", None)
     spec = objective.fingerprint().get("spec", {})
     if not isinstance(hidden, int) or not serves_embeddings(spec, _architecture(objective)):
-        return False
-    write_pooling(export_dir, Pooling(modes=["mean"]), hidden)
-    return True
+        return None
+    pooling = pooling or Pooling()
+    write_pooling(export_dir, pooling, hidden)
+    return pooling
 
 
 def train(objective: Objective, settings: LoopSettings, workdir: str, reporter: Reporter,
@@ -407,10 +412,10 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
         parallel.unshard(objective)  # fsdp: the whole model back on rank 0
     if not stopped and parallel.main:  # the other ranks hold the same weights
         export_dir = str(objective.export(workdir_path / "export"))
-        pooling_files = _write_pooling(objective, Path(export_dir))
+        pooling = _write_pooling(objective, Path(export_dir), settings.pooling)
         (Path(export_dir) / "README.md").write_text(
             _card(objective, step, total, tokens_seen, num_parameters, final_eval,
-                  pooling_files), encoding="utf-8")
+                  pooling), encoding="utf-8")
     elapsed = time.perf_counter() - started
     reporter.event("info", f"finished in {elapsed:.1f} s after {step} steps")
     return LoopResult(

@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from jobspec.pooling import Pooling
+
 OBJECTIVES = {
     "mlm": "masked language modelling (as BERT and RoBERTa)",
     "mlm_nsp": "masked language modelling with next-sentence prediction (BERT's original pair "
@@ -41,14 +43,14 @@ def serves_embeddings(spec: dict[str, Any], architecture: str) -> bool:
 
 def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen: int,
                num_parameters: int, evaluation: dict[str, Any] | None,
-               mask_token: str | None, architecture: str, pooling_files: bool = False
+               mask_token: str | None, architecture: str, pooling: Pooling | None = None
                ) -> str:
-    """The card; pooling_files: the directory holds the sentence-transformers files (an
-    export of an encoder; checkpoints do not)."""
+    """The card; pooling: what the directory's sentence-transformers files say (an export
+    of an encoder; checkpoints have none: mean pooling)."""
     task, auto = pipeline_task(spec)
     finetune = spec.get("type") == "finetune"
     done = "finished" if step >= total_steps else f"a checkpoint: step {step} of {total_steps}"
-    tags = ", ".join(["cloze", architecture] + (["sentence-transformers"] if pooling_files
+    tags = ", ".join(["cloze", architecture] + (["sentence-transformers"] if pooling
                                                  else []))
     lines = ["---", "library_name: transformers", f"pipeline_tag: {task}",
              f"tags: [{tags}]", "---", ""]
@@ -93,16 +95,15 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
         lines += ["Not evaluated yet."]
     if serves_embeddings(spec, architecture):
         lines += ["", "## Embeddings", "",
-                  "An encoder: it also embeds texts, as the mean of its last hidden states "
-                  "over each text's tokens (padding left out). Cloze serves them at "
-                  "`POST /v1/models/{id}/feature-extraction` (the Hugging Face Inference "
-                  "API's format; not normalised unless asked) and at OpenAI's "
-                  "`POST /v1/embeddings` (`\"model\": \"<this model's id>\"`; unit "
-                  "length)" + (
+                  f"An encoder: it also embeds texts, as {(pooling or Pooling()).sentence()}. "
+                  "Cloze serves them at `POST /v1/models/{id}/feature-extraction` (the "
+                  "Hugging Face Inference API's format; `normalize` overrides) and at "
+                  "OpenAI's `POST /v1/embeddings` (`\"model\": \"<this model's id>\"`; "
+                  "unit length)" + (
                       "; the directory's `modules.json` and `1_Pooling/config.json` say the "
                       "same to sentence-transformers: "
                       '`SentenceTransformer("path/to/this/directory").encode(texts)`.'
-                      if pooling_files else ".")]
+                      if pooling else ".")]
     example = {"fill-mask": f'"Paris is the {mask_token or "[MASK]"} of France."',
                "text-generation": '"Once upon a time"'}.get(task, '"A text to label."')
     lines += ["", "## How to use", "", "```python",

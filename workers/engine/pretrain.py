@@ -11,6 +11,7 @@ import numpy as np
 
 from jobspec import PretrainSpec
 from jobspec.capacity import estimate_pretrain_bytes, rank_micro_batch
+from jobspec.pooling import base_pooling
 from jobspec.resources import shards
 from workers.engine.architectures import (
     ROBERTA_POSITION_OFFSET,
@@ -135,6 +136,7 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
         optimizer_impl=hp.optimizer_impl, log_every=spec.log_every,
         eval_every=spec.eval_every, checkpoint_every=spec.checkpoint_every,
         early_stopping=spec.early_stopping,
+        pooling=None if base_model_dir is None else base_pooling(base_model_dir),
         probes=None if not spec.probes else partial(
             run_probes, model, tokenizer, spec.probes, causal=spec.objective == "clm"),
         flops_per_token=flops_per_token(model, hp.sequence_length),

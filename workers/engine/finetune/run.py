@@ -9,6 +9,7 @@ from typing import Any
 from jobspec import FinetuneSpec
 from jobspec.capacity import estimate_finetune_bytes
 from jobspec.finetune import auto_learning_rate, auto_steps
+from jobspec.pooling import base_pooling
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError
 from workers.engine.finetune.dataset import encode_tagged, encode_texts
@@ -140,7 +141,8 @@ def run_finetune(
         weight_decay=hp.weight_decay, max_grad_norm=hp.max_grad_norm, precision=hp.precision,
         log_every=spec.log_every, eval_every=spec.eval_every or steps_per_epoch,
         checkpoint_every=spec.checkpoint_every or steps_per_epoch, memory_bytes=memory,
-        early_stopping=spec.early_stopping)
+        early_stopping=spec.early_stopping,
+        pooling=None if base_model_dir is None else base_pooling(base_model_dir))
     result = train(task, loop, workdir, reporter, dev, resume_from, parallel)
 
     # -- The test split, scored on the exported model.
