@@ -61,14 +61,14 @@ def _warm_up_seqs(served: Served) -> list[Seq]:
     return seqs
 
 
+EMBEDDINGS = "#embeddings"  # the cache key's suffix for a model's embeddings copy
+
+
 def cache_key(model_id: str, task: str) -> str:
     """A model is loaded once for its own task and, when asked for embeddings, once more
     as its base model (any model serves embeddings: a fill-mask model's encoder is its
     base): the two are cached apart."""
     return f"{model_id}{EMBEDDINGS}" if task == FEATURE_EXTRACTION else model_id
-
-
-EMBEDDINGS = "#embeddings"
 
 
 def loaded(model_id: str, task: str | None = None) -> Served | None:
