@@ -36,9 +36,10 @@ def confined(model_dir: Path, name: str) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> Any:
-    if path.stat().st_size > MAX_INDEX_BYTES:
-        raise ValueError(f"{path.name} is larger than {MAX_INDEX_BYTES} bytes")
+def read_json(path: Path, limit: int = MAX_INDEX_BYTES) -> Any:
+    """A JSON file of the directory, refused (ValueError) past `limit` bytes or malformed."""
+    if path.stat().st_size > limit:
+        raise ValueError(f"{path.name} is larger than {limit} bytes")
     try:
         return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
@@ -47,7 +48,7 @@ def _read_json(path: Path) -> Any:
 
 def weight_map_files(model_dir: Path, index: Path) -> set[str]:
     """The shard files an index names, each checked to stay inside model_dir."""
-    data = _read_json(index)
+    data = read_json(index)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from jobspec.model_dir import read_json
+
 Mode = Literal["cls", "max", "mean", "mean_sqrt_len", "lasttoken"]
 # sentence-transformers' config keys, in the order it concatenates the pooled vectors.
 MODE_KEYS: dict[str, Mode] = {
@@ -66,12 +68,7 @@ class Pooling(BaseModel):
 
 
 def _json(path: Path) -> Any:
-    if path.stat().st_size > MAX_BYTES:
-        raise ValueError(f"{path.name} is larger than {MAX_BYTES} bytes")
-    try:
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ValueError(f"{path.name} is not valid JSON") from None
+    return read_json(path, MAX_BYTES)
 
 
 def _modules(model_dir: Path) -> list[dict[str, Any]]:
