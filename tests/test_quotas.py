@@ -55,7 +55,12 @@ def test_imports_count_against_the_quota(api: Api):
     noise = os.urandom(200 * 32 * 4)  # the word embeddings: 25.6 KB, incompressible
     weights = safetensors_bytes({"bert.embeddings.word_embeddings.weight":
                                  ("F32", [200, 32], noise)})
+    from tokenizers import Tokenizer, models
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).to_str()
     files = {"m/config.json": json.dumps(config).encode(), "m/model.safetensors": weights,
+             "m/tokenizer.json": tokenizer.encode(),
              "m/tokenizer_config.json": b'{"mask_token": "[MASK]"}'}
     before = api.stored()
     assert_error(api.import_(tar_gz(files)), 413, "storage quota")
