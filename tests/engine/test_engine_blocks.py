@@ -74,3 +74,14 @@ def test_sampler_resumes_from_its_state_without_replay():
     state = first.state()
     resumed = BlockSampler([7, 6], 5, seed=3, epoch=state["epoch"], position=state["position"])
     assert all(np.array_equal(b, resumed.next_batch()) for b in expected[4:])
+
+
+def test_encode_batches_reads_whole_documents_whatever_tokenizer_json_truncates():
+    """all-MiniLM-L6-v2's tokenizer.json truncates at 128 tokens and pads: continued
+    pretraining read only each document's first 128 tokens (2% of the bench's corpus)."""
+    tokenizer = _word_tokenizer()
+    tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    tokenizer.backend_tokenizer.enable_padding(pad_id=PAD, length=3)
+    stream = np.concatenate(list(encode_batches(["a b a b a", "b"], tokenizer, SEP)))
+    assert stream.tolist() == [5, 6, 5, 6, 5, SEP, 6]
+    assert tokenizer.backend_tokenizer.truncation is not None  # the model's own is untouched

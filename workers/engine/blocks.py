@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -21,6 +22,18 @@ def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
+def whole_text_encoder(tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The tokenizer's Rust backend, copied, with no truncation or padding: a tokenizer.json
+    as the Hub ships it may carry either (all-MiniLM-L6-v2's truncates at 128 tokens), and
+    pretraining text is packed whole, not cut per document."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def encode_batches(
     documents: Iterable[str], tokenizer: PreTrainedTokenizerBase, separator: int,
     docs_per_batch: int = 256,
@@ -28,7 +41,7 @@ def encode_batches(
     """Tokenize documents in batches into a 1-D id stream, yielded piecewise, with the
     separator token ([SEP], </s> or the end-of-text token) between documents."""
     dtype = token_dtype(len(tokenizer))
-    backend = tokenizer.backend_tokenizer
+    backend = whole_text_encoder(tokenizer)
     started = False
     for batch in _batched(documents, docs_per_batch):
         ids: list[int] = []

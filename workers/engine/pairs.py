@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from workers.engine.blocks import token_dtype
+from workers.engine.blocks import token_dtype, whole_text_encoder
 
 IS_NEXT, NOT_NEXT = 0, 1
 # A sentence ends after . ! ? followed by a space, or after a CJK full stop, exclamation or
@@ -34,7 +34,7 @@ def tokenize_documents(documents: Iterable[str], tokenizer: PreTrainedTokenizerB
                        batch: int = 256) -> Iterator[list[np.ndarray]]:
     """Each document as a list of its sentences' token ids (documents with no tokens skipped)."""
     dtype = token_dtype(len(tokenizer))
-    backend = tokenizer.backend_tokenizer
+    backend = whole_text_encoder(tokenizer)
     pending: list[str] = []
 
     def flush() -> Iterator[list[np.ndarray]]:
