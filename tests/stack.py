@@ -92,6 +92,17 @@ class Stack:
         data = {"name": name} if name else None
         return self.client.post("/v1/datasets", files={"file": (filename, body)}, data=data)
 
+    def download(self, model_id: str, dest: Path) -> Path:
+        """The model's export (GET /download) extracted under dest: dest/<model id>."""
+        import io
+        import tarfile
+
+        r = self.client.get(f"/v1/models/{model_id}/download")
+        assert r.status_code == 200, r.text
+        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
+            tar.extractall(dest, filter="data")
+        return dest / model_id
+
     def wait_job(self, job_id: str, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

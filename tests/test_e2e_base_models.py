@@ -147,14 +147,6 @@ def _evals(stack: Stack, job: dict) -> list[dict]:
     return [p for p in curve if p.get("eval_loss") is not None]
 
 
-def _download(stack: Stack, model_id: str, tmp_path: Path) -> Path:
-    r = stack.client.get(f"/v1/models/{model_id}/download")
-    assert r.status_code == 200
-    with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    return tmp_path / model_id
-
-
 def _events(stack: Stack, job: dict) -> list[str]:
     return [e["message"] for e in
             stack.client.get(f"/v1/jobs/{job['id']}/events").json()["data"]]
@@ -208,7 +200,7 @@ def test_continued_mlm_from_an_imported_base_encoder(pg_redis_stack, imported, e
     r = stack.client.post(f"/v1/models/{model['id']}/feature-extraction",
                           json={"inputs": texts})
     assert r.status_code == 200, r.text
-    local = SentenceTransformer(str(_download(stack, model["id"], tmp_path)), device="cpu")
+    local = SentenceTransformer(str(stack.download(model["id"], tmp_path)), device="cpu")
     assert np.abs(np.array(r.json()) - local.encode(texts)).max() < 1e-4
 
 

@@ -39,14 +39,6 @@ def _learned(stack: Stack, job: dict) -> list[dict]:
     return evals
 
 
-def _download(stack: Stack, model_id: str, tmp_path: Path) -> Path:
-    r = stack.client.get(f"/v1/models/{model_id}/download")
-    assert r.status_code == 200
-    with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-        tar.extractall(tmp_path, filter="data")
-    return tmp_path / model_id
-
-
 def _generation_matches_pipeline(stack: Stack, model_id: str, prompt: str,
                                  tmp_path: Path) -> None:
     from transformers import pipeline
@@ -58,7 +50,7 @@ def _generation_matches_pipeline(stack: Stack, model_id: str, prompt: str,
     ours = r.json()
     assert isinstance(ours, list) and set(ours[0]) == {"generated_text"}
     assert ours[0]["generated_text"].startswith(prompt)
-    local = pipeline("text-generation", model=str(_download(stack, model_id, tmp_path)),
+    local = pipeline("text-generation", model=str(stack.download(model_id, tmp_path)),
                      device="cpu")
     theirs = local(prompt, max_new_tokens=12, do_sample=False)
     assert ours[0]["generated_text"] == theirs[0]["generated_text"]
@@ -141,7 +133,7 @@ def test_continued_pretraining_of_an_imported_model(pg_redis_stack, english, tmp
     fresh = _job(stack, english, model={"architecture": "gpt2", "size": "tiny"},
                  tokenizer={"vocab_size": 2000}, name="to-export")
     # The export, imported as a user brings a Hugging Face model.
-    export = _download(stack, fresh["model_id"], tmp_path)
+    export = stack.download(fresh["model_id"], tmp_path)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(export, arcname="model")

@@ -207,9 +207,8 @@ async def openai_embeddings(*, model_id: str, prefix: str,
         texts = [x for x in given if isinstance(x, str)]
     if texts is not None or not given:  # [] is no text at all
         texts = _texts(texts or [], "input")
-        served, embedded = await _embed_texts(model_id, prefix, texts, truncate=True,
-                                              direction="right", prompt_name=None,
-                                              param="input")
+        _, embedded = await _embed_texts(model_id, prefix, texts, truncate=True,
+                                         direction="right", prompt_name=None, param="input")
     else:
         assert isinstance(given, list)
         rows = [given] if isinstance(given[0], int) else given
