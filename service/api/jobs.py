@@ -15,6 +15,7 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.api.webhook_target import check_webhook
 from service.domain import estimates, idempotency, jobs, models, quotas, webhooks
 from service.domain.estimates import JobEstimate
 from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
@@ -46,7 +47,7 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
         # The same checks as a submission, then figures instead of a job: no row, no
         # message, no idempotency record.
         _check_quota(session, caller.owner, settings)
-        await _check_webhook(job_in, settings)
+        await check_webhook(job_in.webhook, settings)
         admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
                               max_active=settings.max_active_jobs)
         found = await run_in_threadpool(estimates.estimate, session=session, store=store,
@@ -60,7 +61,7 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     if first is not None:
         return JSONResponse(first[1], first[0])
     _check_quota(session, caller.owner, settings)
-    await _check_webhook(job_in, settings)
+    await check_webhook(job_in.webhook, settings)
     admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
                           max_active=settings.max_active_jobs)
     seconds = await run_in_threadpool(estimates.estimated_seconds, session=session,
@@ -85,13 +86,6 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     jobs.mark_enqueued(session=session, job_id=row.id)
     session.commit()
     return JobPublic.of(row)
-
-
-async def _check_webhook(job_in: JobCreate, settings: Settings) -> None:
-    """422 for a webhook that reaches non-public addresses (its name is resolved: off
-    the event loop)."""
-    if job_in.webhook is not None:
-        await run_in_threadpool(webhooks.check_target, job_in.webhook.url, settings)
 
 
 def _check_quota(session: Session, owner: str, settings: Settings) -> None:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from jobspec.sweep import SweepSpec
 from service import sweeper
 from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
+from service.api.webhook_target import check_webhook
 from service.domain import idempotency, quotas, sweeps
 from service.domain.schemas import ListOf
 from service.domain.sweeps import SweepPublic
@@ -39,9 +40,12 @@ async def create_sweep(sweep_in: SweepSpec, session: SessionDep, caller: CallerD
     if quotas.left(session, caller.owner, settings) == 0:
         raise quotas.full_for_jobs(settings.storage_quota_bytes,
                                    quotas.used_bytes(session, caller.owner))
-    name = sweeps.admit(session=session, sweep_in=sweep_in, owner=caller.owner,
-                        max_active=settings.max_active_jobs)
-    row = sweeps.create(session=session, sweep_in=sweep_in, name=name, owner=caller.owner)
+    admitted = sweeps.admit(session=session, sweep_in=sweep_in, owner=caller.owner,
+                            max_active=settings.max_active_jobs)
+    # Every trial is a job with the base's webhook: its target is checked as a job's is.
+    await check_webhook(admitted.base.webhook, settings, within="base.")
+    row = sweeps.create(session=session, sweep_in=sweep_in, name=admitted.name,
+                        owner=caller.owner)
     idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
                          request_sha256=fingerprint, status_code=202,
                          response=sweeps.public(session, row).model_dump(mode="json"))

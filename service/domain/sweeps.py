@@ -1,14 +1,15 @@
 """Sweeps: submit, read, list and cancel; the trials are jobs (sweep_driver.py makes them)."""
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from jobspec import SpecError, parse_spec
+from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
 from jobspec.sweep import SweepSpec, corner_specs
-from service.domain import jobs, lifecycle
+from service.domain import jobs, lifecycle, webhooks
 from service.domain.errors import Invalid, not_found
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
@@ -66,19 +67,38 @@ class SweepPublic(BaseModel):
             value=t.value(minimize), best_metric=t.best_eval(minimize)) for t in trials]
         error = SweepError(code="no_trial_succeeded", message=row.error_message) \
             if row.error_message else None
-        return cls(id=row.id, name=row.name, status=JobStatus(row.status), spec=row.spec,
+        return cls(id=row.id, name=row.name, status=JobStatus(row.status),
+                   spec=public_spec(row.spec),
                    trials_started=row.trials_started, trials=public,
                    best_job_id=row.best_job_id, best_value=row.best_value,
                    model_id=row.model_id, error=error, created_at=row.created_at,
                    finished_at=row.finished_at)
 
 
+def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's spec as the API shows it: its base as a job's spec is shown (the
+    webhook's secret replaced by whether one is set). The stored spec keeps the secret:
+    each trial's job is made from it and signs its deliveries with it."""
+    base = spec.get("base")
+    return {**spec, "base": webhooks.public_spec(base)} if isinstance(base, dict) else spec
+
+
 def _invalid(param: str, message: str) -> Invalid:
     return Invalid("invalid_request", f"{param}: {message}", param)
 
 
-def admit(*, session: Session, sweep_in: SweepSpec, owner: str, max_active: int) -> str:
-    """Every check of a submission, as jobs.admit makes for a job; the sweep's name.
+@dataclass(frozen=True)
+class AdmittedSweep:
+    """A sweep that passed every check of the spec, with its name and its base job spec
+    (read: the route checks the base's webhook target as a job's is checked)."""
+
+    name: str
+    base: PretrainSpec | FinetuneSpec
+
+
+def admit(*, session: Session, sweep_in: SweepSpec, owner: str, max_active: int
+          ) -> AdmittedSweep:
+    """Every check of a submission, as jobs.admit makes for a job.
 
     Each end of every range (and each choice) is put in the base spec and checked by the
     job schema, so a trial the schema would refuse is refused now, not hours later."""
@@ -104,7 +124,7 @@ def admit(*, session: Session, sweep_in: SweepSpec, owner: str, max_active: int)
             raise _invalid(param, f"a trial with {path} = {value!r} would be refused: "
                            f"{exc.message}") from None
     admitted = jobs.admit(session=session, job_in=base, owner=owner, max_active=max_active)
-    return sweep_in.name or f"{admitted.name}-sweep"
+    return AdmittedSweep(sweep_in.name or f"{admitted.name}-sweep", base)
 
 
 def create(*, session: Session, sweep_in: SweepSpec, name: str, owner: str) -> SweepRow:
