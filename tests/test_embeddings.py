@@ -224,22 +224,29 @@ def test_bad_models_and_bad_embedding_requests_are_4xx(embedded_stack, tokenizer
     # a tokenizer whose ids exceed the model's vocabulary
     big = tmp_path / "big-vocab"
     shutil.copytree(bert, big)
-    config = json.loads((big / "config.json").read_text())
-    config["vocab_size"] = 50
-    (big / "config.json").write_text(json.dumps(config))
-    from safetensors.torch import load_file, save_file
-
-    weights = load_file(big / "model.safetensors")
-    weights["embeddings.word_embeddings.weight"] = weights["embeddings.word_embeddings.weight"][:50]
-    save_file(weights, big / "model.safetensors", metadata={"format": "pt"})
+    size = json.loads((big / "config.json").read_text())["vocab_size"]
+    data = json.loads((big / "tokenizer.json").read_text())
+    data["model"]["vocab"]["fox"] = size + 5
+    (big / "tokenizer.json").write_text(json.dumps(data))
     r = import_(stack, archive(big))
-    assert r.status_code == 422 and "vocab_size is 50" in r.json()["error"]["message"], r.text
+    assert r.status_code == 422, r.text
+    assert f"ids up to {size + 5}; config.json's vocab_size is {size}" in r.json()["error"][
+        "message"], r.text
     # a malformed tokenizer.json
     broken = tmp_path / "broken-tokenizer"
     shutil.copytree(bert, broken)
     (broken / "tokenizer.json").write_text('{"model": {"type": "WordPiece", "vocab": 3}}')
     r = import_(stack, archive(broken))
     assert r.status_code == 422 and "tokenizer" in r.json()["error"]["message"], r.text
+    # a vocabulary far past the model's, its ids all in range (each entry costs memory
+    # wherever the tokenizer loads: the audit's 2 M entries took ~1 GB)
+    padded = tmp_path / "padded-tokenizer"
+    shutil.copytree(bert, padded)
+    data = json.loads((padded / "tokenizer.json").read_text())
+    data["model"]["vocab"].update({f"extra{i}": i % size for i in range(5 * size)})
+    (padded / "tokenizer.json").write_text(json.dumps(data))
+    r = import_(stack, archive(padded))
+    assert r.status_code == 422 and "vocabulary entries" in r.json()["error"]["message"], r.text
     # a sentence-transformers module Cloze does not serve
     dense = sentence_transformers_dir(tmp_path, tokenizer_dir, modes={"mean_tokens": True},
                                       normalize=False, max_seq_length=None)

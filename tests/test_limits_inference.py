@@ -174,6 +174,27 @@ def test_cache_drops_least_recently_used_models_past_its_bytes(tmp_path):
     assert cache.loaded() == ["a", "c"]
 
 
+def test_the_cache_counts_a_models_tokenizer(tmp_path):
+    """A tokenizer's memory counts beside the weights: a model whose weights fit the cache
+    but whose vocabulary is large is refused before it loads (the audit's tokenizer took
+    ~1 GB that the cache did not count)."""
+    from service.inference.loader import (
+        TOKENIZER_MEMORY_PER_FILE_BYTE,
+        ModelCache,
+        ModelTooLarge,
+        tokenizer_bytes,
+    )
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    (tmp_path / "tokenizer.json").write_bytes(b"x" * 1000)
+    assert tokenizer_bytes(tmp_path) == 1000 * TOKENIZER_MEMORY_PER_FILE_BYTE
+    cache = ModelCache(store=None, cache_dir=tmp_path, capacity=10,  # type: ignore[arg-type]
+                       max_bytes=5000, size=lambda nbytes: nbytes)
+    with pytest.raises(ModelTooLarge) as refused:
+        cache.make_room(tmp_path)
+    assert refused.value.needed == 1000 + 1000 * TOKENIZER_MEMORY_PER_FILE_BYTE
+
+
 def test_served_models_stay_within_the_cache_bytes(world, monkeypatch):
     """A budget that holds one tiny BERT: serving another drops the first; a budget below
     one model's weights refuses it with a 422 before loading it."""

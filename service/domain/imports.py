@@ -344,7 +344,7 @@ def check_tokenizer(model_dir: Path, config: dict[str, Any]) -> str | None:
             raise _bad("no tokenizer files: tokenizer.json, or vocab.txt for a WordPiece "
                        "(BERT) tokenizer")
     else:  # checked as JSON first: a vocabulary past the model's is refused before loading
-        _check_vocabulary(_raw_token_ids(_read_json(fast_file)), config)
+        _check_vocabulary(_raw_token_ids(_read_json(fast_file), config), config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except Exception as exc:  # any failure is the uploaded files': report it
@@ -358,8 +358,11 @@ def check_tokenizer(model_dir: Path, config: dict[str, Any]) -> str | None:
     return None if mask is None else _text(mask, MAX_MASK_TOKEN_CHARS, "the mask token")
 
 
-def _raw_token_ids(data: Any) -> list[int]:
-    """The ids tokenizer.json assigns (its model's vocabulary and its added tokens)."""
+def _raw_token_ids(data: Any, config: dict[str, Any]) -> list[int]:
+    """The ids tokenizer.json assigns (its model's vocabulary and its added tokens), after
+    checking that it has no more entries than the model has embeddings: every entry costs
+    memory wherever the tokenizer is loaded (2 M of them ~1 GB), and a real tokenizer has
+    one entry per id, one merge per merged token, one added token per special id."""
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict):
         raise _bad("tokenizer.json has no tokenizer model")
@@ -367,7 +370,16 @@ def _raw_token_ids(data: Any) -> list[int]:
     ids: list[Any] = (list(vocab.values()) if isinstance(vocab, dict)
                       else list(range(len(vocab))) if isinstance(vocab, list) else [])
     added = data.get("added_tokens") or []
-    ids += [t.get("id") for t in added if isinstance(t, dict)] if isinstance(added, list) else []
+    added = added if isinstance(added, list) else []
+    merges = model.get("merges")
+    vocab_size = config.get("vocab_size")
+    if isinstance(vocab_size, int) and not isinstance(vocab_size, bool):
+        for what, count in (("vocabulary entries", len(ids)), ("added tokens", len(added)),
+                            ("merges", len(merges) if isinstance(merges, list) else 0)):
+            if count > vocab_size:
+                raise _bad(f"tokenizer.json has {count} {what}, more than a tokenizer of "
+                           f"the model's {vocab_size} tokens (config.json's vocab_size) has")
+    ids += [t.get("id") for t in added if isinstance(t, dict)]
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise _bad("tokenizer.json: token ids must be non-negative integers")
     return ids

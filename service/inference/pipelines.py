@@ -15,7 +15,7 @@ import anyio.to_thread
 from jobspec.pooling import read_pooling
 from service.errors import ApiError
 from service.inference.batcher import Overloaded
-from service.inference.loader import ModelCache, ModelTooLarge
+from service.inference.loader import ModelCache, ModelTooLarge, tokenizer_bytes
 from service.inference.served import FEATURE_EXTRACTION, Seq, Served
 from service.settings import get_settings
 from service.storage import get_store
@@ -89,7 +89,7 @@ def load(model_id: str, prefix: str, task: str) -> Served:
         except ValueError as exc:  # checked at import; a model trained here writes them
             raise ApiError(422, "invalid_model", f"the model's pooling files: {exc}") from None
         served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings(),
-                        pooling)
+                        pooling, tokenizer_bytes(local))
         served.prepare(get_settings(), _warm_up_seqs(served))
         return served
 

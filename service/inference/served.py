@@ -103,7 +103,7 @@ def native_bf16(device: torch.device) -> bool:
 
 class Served:
     def __init__(self, pipe: Any, task: str, settings: Settings,
-                 pooling: Pooling | None = None) -> None:
+                 pooling: Pooling | None = None, tokenizer_bytes: int = 0) -> None:
         self.pipe, self.task = pipe, task
         self.pooling = pooling or Pooling()
         self.tokenizer, self.model = pipe.tokenizer, pipe.model
@@ -122,7 +122,8 @@ class Served:
         self.tokenizer.model_max_length = self.window
         # The width of the output layer: fill-mask's top_k can be no larger.
         self.vocab_size: int = int(getattr(config, "vocab_size", 0) or len(self.tokenizer))
-        self.nbytes = model_bytes(self.model)
+        # What the model cache counts: weights, buffers and the tokenizer's estimate.
+        self.nbytes = model_bytes(self.model) + tokenizer_bytes
         self.device = torch.device(pipe.device)
         # Tensor threads for large passes: as configured, not torch's current figure, which
         # another model's small pass may have just set to 1.
