@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
+from jobspec.names import Name
 from jobspec.resources import (
     DEFAULT_PRIORITY,
     Priority,
@@ -115,7 +116,7 @@ class AdapterSpec(Strict):
 class FinetuneSpec(Strict):
     type: Literal["finetune"] = "finetune"
     task: Literal["text_classification", "token_classification"]
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: Name | None = None
     base_model_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=64)
     # Optional separate files for the validation and test splits (e.g. CoNLL train/dev/test).

@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
 from jobspec.model import DECODERS, ModelSpec
+from jobspec.names import Name
 from jobspec.resources import (
     DEFAULT_PRIORITY,
     Priority,
@@ -100,7 +101,7 @@ class PretrainSpec(Strict):
     type: Literal["pretrain"] = "pretrain"
     # None: mlm for bert and roberta, clm for gpt2 and llama.
     objective: Literal["mlm", "mlm_nsp", "clm"] | None = None
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: Name | None = None
     dataset_id: str = Field(min_length=1, max_length=64)
     # Continued pretraining: start from this model (trained here or imported), keeping its
     # architecture, shape and tokenizer; "model" then only names its architecture.

@@ -3,13 +3,24 @@ to run (and how many at once). Pydantic only, like the rest of jobspec/."""
 
 import copy
 import itertools
+import json
 import math
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from jobspec.common import Finite, Seed, Strict
+from jobspec.names import Name
 
 # At most this many trials in one sweep (each is a whole training job).
 MAX_TRIALS = 100
@@ -71,7 +82,7 @@ class PrunerSpec(Strict):
 
 class SweepSpec(Strict):
     type: Literal["sweep"] = "sweep"
-    name: str | None = Field(default=None, min_length=1, max_length=255)
+    name: Name | None = None
     # A pretraining or fine-tuning job spec, exactly as POST /v1/jobs takes it.
     base: dict[str, Any]
     # "hyperparameters.<field>" -> its range.
@@ -87,6 +98,20 @@ class SweepSpec(Strict):
     seed: Seed = 0
     # null: no pruning, every trial runs to its end.
     pruner: PrunerSpec | None = Field(default_factory=PrunerSpec)
+
+    @field_validator("base")
+    @classmethod
+    def _unicode(cls, base: dict[str, Any]) -> dict[str, Any]:
+        # The base is read as a job spec only at admission: before that it is stored and
+        # fingerprinted as JSON, which a lone surrogate (valid in a JSON string, not in
+        # UTF-8) would break (a 500); a job spec's own fields refuse it too.
+        try:
+            json.dumps(base, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise PydanticCustomError("invalid_unicode", "{where} holds a lone surrogate, "
+                                      "which is no Unicode text",
+                                      {"where": _surrogate_at(base, "base")}) from None
+        return base
 
     @model_validator(mode="after")
     def _resolve_direction(self) -> "SweepSpec":
@@ -112,6 +137,27 @@ class SweepSpec(Strict):
             if isinstance(param, IntRange) and param.log and (param.low < 1 or param.step != 1):
                 return (where, "a log-scaled int range needs low >= 1 and step 1")
         return None
+
+
+def _surrogate_at(value: Any, where: str) -> str:
+    """Where in a JSON value the first text that UTF-8 cannot encode is ("base.name")."""
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and not _encodes(key):
+            return where
+        found = _surrogate_at(item, f"{where}.{key}")
+        if found:
+            return found
+    return where if isinstance(value, str) and not _encodes(value) else ""
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

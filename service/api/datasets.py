@@ -4,6 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from jobspec.names import MAX_NAME_CHARS
 from service.api.deps import (
     After,
     CallerDep,
@@ -14,7 +15,6 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.multipart import (
-    MAX_NAME_CHARS,
     PartStart,
     form_name,
     refuse_declared_oversize,

@@ -10,6 +10,7 @@ from pydantic import Field as PydField
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from jobspec import names
 from service.api.auth import anonymous_on_the_loop, authenticate_caller
 from service.api.deps import (
     After,
@@ -76,7 +77,10 @@ async def import_model(request: Request, session: SessionDep, store: StoreDep,
         model_dir, info, size = await run_in_threadpool(
             imports.import_archive, archive, extracted, settings)
         # By default the archive's top folder; files at its top level: the file's name.
-        default_name = model_dir.name if model_dir != extracted else _stem(filename)
+        # A folder or file name is no name the user typed: what the name rule refuses is
+        # left out of it, not refused (jobspec/names.py).
+        default_name = names.derived(model_dir.name if model_dir != extracted
+                                     else _stem(filename)) or "imported-model"
         quotas.check(session, caller.owner, settings, size)
         row: ModelRow = await run_in_threadpool(
             models.publish, session=session, store=store, export_dir=model_dir,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.domain.datasets import MAX_NAME_CHARS
+from jobspec import names
 from service.errors import ApiError
 
 
@@ -109,16 +109,12 @@ def refuse_declared_oversize(request: Request, limit: int) -> None:
 
 
 def form_name(raw: bytes | bytearray, param: str = "name") -> str | None:
-    """A name sent as a form field: UTF-8, at most MAX_NAME_CHARS characters once stripped;
-    None when blank."""
+    """A name sent as a form field: UTF-8 that keeps the name rule (jobspec/names.py) once
+    stripped; None when blank."""
     try:
         name = bytes(raw).decode("utf-8").strip()
     except UnicodeDecodeError:
         raise ApiError(422, "invalid_request", f"{param}: must be UTF-8 text", param) from None
-    if len(name) > MAX_NAME_CHARS:
-        raise ApiError(422, "invalid_request",
-                       f"{param}: at most {MAX_NAME_CHARS} characters (got {len(name)})", param)
-    if any(ord(c) < 32 for c in name):
-        raise ApiError(422, "invalid_request", f"{param}: must not hold control characters",
-                       param)
+    if (why := names.problem(name)) is not None:  # the one rule a job's name keeps too
+        raise ApiError(422, "invalid_request", f"{param}: {why}", param)
     return name or None

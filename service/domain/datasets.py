@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobspec.names import MAX_NAME_CHARS, problem
 from service.domain import lifecycle, quotas
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
 from service.domain.errors import Conflict, Invalid, not_found
@@ -15,8 +16,6 @@ from service.domain.schemas import Timestamp
 from service.domain.tables import DatasetRow
 from service.settings import Settings
 from service.storage import ObjectStore
-
-MAX_NAME_CHARS = 255  # the names column; a longer name is refused, never cut
 
 
 class DatasetPublic(BaseModel):
@@ -56,6 +55,8 @@ class DatasetUpload:
         if len(filename) > MAX_NAME_CHARS:  # it names the dataset when no name is given
             raise Invalid("invalid_request", f"file: the file name is longer than "
                           f"{MAX_NAME_CHARS} characters", "file")
+        if (why := problem(filename)) is not None:  # so the name rule holds for it too
+            raise Invalid("invalid_request", f"file: the file name {why}", "file")
         self.format = format_of(filename)
         self.inspector = CorpusInspector(
             self.format, max_bytes=settings.max_upload_bytes,

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from jobspec import names
 from service.domain import jobs, lifecycle, quotas
 from service.domain.errors import Conflict, DomainError, NotFound, not_found
 from service.domain.ids import new_id
@@ -253,10 +254,11 @@ def publish_checkpoint(*, session: Session, store: ObjectStore, settings: Settin
         _fetch_verified(store, prefix, step, wanted, export)
         _refuse_adapters(export, step)
         described = _described(job, export, step, metrics, base)
-        name = f"{(job.spec or {}).get('name') or job.id}-step-{step}"
+        # The job's name cut so that "-step-N" fits: every checkpoint's model named apart.
+        name = names.derived((job.spec or {}).get("name") or job.id, f"-step-{step}")
         try:
             row = publish(session=session, store=store, export_dir=export, owner=job.owner,
-                          name=name[:255], job_id=job.id, checkpoint_step=step, **described)
+                          name=name, job_id=job.id, checkpoint_step=step, **described)
         except IntegrityError:  # the same step published by a request running alongside
             session.rollback()
             raced = find_published(session, job.id, step)

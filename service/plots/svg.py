@@ -1,6 +1,7 @@
 """Line charts as standalone SVG text: axes with round ticks, one polyline per series."""
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
@@ -16,6 +17,22 @@ class Series:
     color: str
     points: Sequence[tuple[float, float]]  # (step, value), finite values only
     dots: bool = False  # sparse series (eval points) get a dot per point
+
+
+# Characters XML 1.0 forbids in a document (C0 controls but tab, newline and return; lone
+# surrogates; U+FFFE and U+FFFF): one in a name would make the SVG not well-formed.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _text(value: str) -> str:
+    """Text for an element's content: escaped, and what XML cannot hold shown as U+FFFD.
+    Names keep the name rule (jobspec/names.py); this holds whatever a title holds."""
+    return escape(_NOT_XML.sub("\ufffd", value))
+
+
+def _attr(value: str) -> str:
+    """A quoted attribute value, likewise."""
+    return quoteattr(_NOT_XML.sub("\ufffd", value))
 
 
 def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
@@ -48,9 +65,9 @@ def line_chart(title: str, series: Sequence[Series], x_label: str = "step",
     """The chart as an SVG document. With no points at all it says so instead of axes."""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
              f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-             f'<title>{escape(title)}</title>',
+             f'<title>{_text(title)}</title>',
              f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-             f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{escape(title)}</text>']
+             f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{_text(title)}</text>']
     points = [p for s in series for p in s.points]
     if not points:
         parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" '
@@ -81,15 +98,15 @@ def line_chart(title: str, series: Sequence[Series], x_label: str = "step",
               f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
               'stroke="#999"/>',
               f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 10}" '
-              f'text-anchor="middle">{escape(x_label)}</text>',
+              f'text-anchor="middle">{_text(x_label)}</text>',
               f'<text transform="translate(16 {TOP + plot_h / 2}) rotate(-90)" '
-              f'text-anchor="middle">{escape(y_label)}</text>']
+              f'text-anchor="middle">{_text(y_label)}</text>']
     legend_x = WIDTH - RIGHT
     for s in reversed(series):
         if not s.points:
             continue
         coords = " ".join(f"{px(x)},{py(y)}" for x, y in s.points)
-        parts.append(f'<g id={quoteattr(s.name)} data-points="{len(s.points)}">')
+        parts.append(f'<g id={_attr(s.name)} data-points="{len(s.points)}">')
         parts.append(f'<polyline fill="none" stroke="{s.color}" stroke-width="1.5" '
                      f'points="{coords}"/>')
         if s.dots:
@@ -99,6 +116,6 @@ def line_chart(title: str, series: Sequence[Series], x_label: str = "step",
         legend_x -= 8 * len(s.label) + 30
         parts.append(f'<line x1="{legend_x}" y1="18" x2="{legend_x + 18}" y2="18" '
                      f'stroke="{s.color}" stroke-width="3"/><text x="{legend_x + 22}" '
-                     f'y="22">{escape(s.label)}</text>')
+                     f'y="22">{_text(s.label)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
