@@ -11,7 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from jobspec import SpecError, parse_spec
+from jobspec import SpecError, names, parse_spec
 from jobspec.sweep import SweepSpec, with_params
 from service.db import rowcount
 from service.domain import jobs, lifecycle, sweeps
@@ -80,7 +80,7 @@ def _launch(session: Session, row: SweepRow, spec: SweepSpec, trials: list[Trial
 def _make_trial(session: Session, row: SweepRow, spec: SweepSpec, number: int,
                 params: dict[str, object], max_active: int) -> str:
     base = with_params(spec.base, params)
-    base["name"] = f"{row.name}-trial-{number}"
+    base["name"] = names.derived(row.name, f"-trial-{number}")  # within the limit
     try:
         job_in = parse_spec(base)
     except SpecError as exc:  # a rule across two searched fields (warmup vs max_steps)

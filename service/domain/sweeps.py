@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
+from jobspec import FinetuneSpec, PretrainSpec, SpecError, names, parse_spec
 from jobspec.sweep import SweepSpec, corner_specs
 from service.domain import jobs, lifecycle, webhooks
 from service.domain.errors import Invalid, not_found
@@ -124,7 +124,7 @@ def admit(*, session: Session, sweep_in: SweepSpec, owner: str, max_active: int
             raise _invalid(param, f"a trial with {path} = {value!r} would be refused: "
                            f"{exc.message}") from None
     admitted = jobs.admit(session=session, job_in=base, owner=owner, max_active=max_active)
-    return AdmittedSweep(sweep_in.name or f"{admitted.name}-sweep", base)
+    return AdmittedSweep(sweep_in.name or names.derived(admitted.name, "-sweep"), base)
 
 
 def create(*, session: Session, sweep_in: SweepSpec, name: str, owner: str) -> SweepRow:
