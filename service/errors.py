@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs
 from service.domain.errors import (
@@ -82,7 +83,40 @@ def domain_status(exc: DomainError) -> int:
     return 422  # a DomainError of no listed kind: still the client's doing
 
 
+class AnswerUnhandled:
+    """An unhandled error answered 500 here, inside every middleware: Starlette's outermost
+    error middleware would answer the same (the Exception handler below) but then re-raise
+    it for the server to log, and uvicorn closes a connection on which the app raised, so
+    each 500 also dropped the client's keep-alive connection and what it had pipelined.
+    Added first, so innermost: the 500 passes the other middleware (request id, metrics)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception:
+            if started:  # half an answer is out: only closing the connection ends it
+                raise
+            log.exception("unhandled error")  # never a stack trace to the client
+            await JSONResponse(error_body("internal_error", "internal server error"),
+                               500)(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(AnswerUnhandled)  # first, so innermost (see the class)
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status,
