@@ -83,6 +83,38 @@ def domain_status(exc: DomainError) -> int:
     return 422  # a DomainError of no listed kind: still the client's doing
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status,
+                        headers=exc.headers)
+
+
+def db_down_response(exc: OperationalError) -> JSONResponse:
+    log.error("database unavailable: %s", exc.__class__.__name__)
+    return JSONResponse(error_body("service_unavailable", "the database is unavailable"),
+                        503, headers={"Retry-After": "5"})
+
+
+def pool_exhausted_response(_: PoolTimeout) -> JSONResponse:
+    # Every database connection of this process is in use: tell the client to come back
+    # soon rather than queue it (a hang) or answer 500.
+    log.warning("database connection pool exhausted")
+    return JSONResponse(error_body("service_unavailable", "the service is busy; retry "
+                                   "shortly"), 503, headers={"Retry-After": "1"})
+
+
+def response_for(exc: Exception) -> JSONResponse | None:
+    """The answer to an error raised in a middleware, where the app's exception handlers
+    do not reach (they run inside every middleware): the same as the handlers give, or
+    None for an error of no known kind."""
+    if isinstance(exc, ApiError):
+        return api_error_response(exc)
+    if isinstance(exc, PoolTimeout):
+        return pool_exhausted_response(exc)
+    if isinstance(exc, OperationalError):
+        return db_down_response(exc)
+    return None
+
+
 class AnswerUnhandled:
     """An unhandled error answered 500 here, inside every middleware: Starlette's outermost
     error middleware would answer the same (the Exception handler below) but then re-raise
@@ -119,8 +151,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.param), exc.status,
-                            headers=exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
@@ -151,17 +182,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database unavailable: %s", exc.__class__.__name__)
-        return JSONResponse(error_body("service_unavailable", "the database is unavailable"),
-                            503, headers={"Retry-After": "5"})
+        return db_down_response(exc)
 
     @app.exception_handler(PoolTimeout)
     async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
-        # Every database connection of this process is in use: tell the client to come back
-        # soon rather than queue it (a hang) or answer 500.
-        log.warning("database connection pool exhausted")
-        return JSONResponse(error_body("service_unavailable", "the service is busy; retry "
-                                       "shortly"), 503, headers={"Retry-After": "1"})
+        return pool_exhausted_response(exc)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

@@ -20,8 +20,10 @@ from service.api import (
     sweeps,
     web,
 )
+from service.api.auth_first import AuthFirstMiddleware
 from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
+from service.api.json_body import parse_off_the_loop
 from service.api.observe import ObservabilityMiddleware
 from service.settings import get_settings
 
@@ -39,6 +41,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan,
                   description="Pretrain, fine-tune and serve Transformer language models.")
     errors.install(app)
+    app.add_middleware(AuthFirstMiddleware)  # innermost: after the body limit, before a read
     # Uploads stream to storage and check their own limit on the file part; the room above
     # it is for the multipart framing and form fields around the file.
     upload = Limit(settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, "upload exceeds the "
@@ -54,6 +57,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     for module in (datasets, jobs, models, openai, stream, plots, sweeps):
+        parse_off_the_loop(module.router)  # large JSON bodies: in a thread
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (not in the API schema)
     log = logging.getLogger("cloze.api")

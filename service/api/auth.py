@@ -205,8 +205,59 @@ def _charge(settings: Settings, caller: str) -> None:
                        headers={"Retry-After": str(wait)})
 
 
+def caller_bucket(principal: Principal, scope: Mapping[str, Any], settings: Settings) -> str:
+    """What a caller's limits are counted by (requests per minute, open streams): its key,
+    or without one the connection's address."""
+    if principal.key_id is not None:
+        return f"key:{principal.key_id}"
+    return f"ip:{client_address(scope, settings)}"
+
+
 def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _bearer(scope: Mapping[str, Any]) -> tuple[str, str]:
+    """(scheme, secret) of the Authorization header."""
+    header = next((value for name, value in scope.get("headers", ()) if name == b"authorization"),
+                  b"")
+    scheme, _, secret = header.decode("latin-1").partition(" ")
+    return scheme, secret.strip()
+
+
+def needs_lookup(scope: Mapping[str, Any], settings: Settings) -> bool:
+    """Whether who calls takes the database to tell: a key is required, or one of ours is
+    presented (a keyless instance still refuses a bad one)."""
+    if keys_required(scope, settings):
+        return True
+    scheme, secret = _bearer(scope)
+    return scheme.lower() == "bearer" and keys.looks_like_key(secret)
+
+
+# Where AuthFirstMiddleware (service/api/auth_first.py) leaves the caller it identified
+# before the body was read, so the route's dependency does not look the key up again.
+IDENTIFIED = "cloze.identified"
+
+
+def identify(scope: Mapping[str, Any], session: Session, settings: Settings) -> Principal:
+    """Who calls, or 401. Nothing is charged to the per-minute budget except a failed key
+    (charged to the client address, so guessing keys is rate-limited too)."""
+    if not needs_lookup(scope, settings):
+        # No key needed, and this is not one of ours: huggingface_hub sends a logged-in
+        # user's Hugging Face token to every URL, and it must not turn away that user.
+        return keys.ANONYMOUS
+    scheme, secret = _bearer(scope)
+    bearer = scheme.lower() == "bearer" and bool(secret)
+    principal = keys.authenticate(session=session, secret=secret) if bearer else None
+    if principal is None:
+        _charge(settings, f"ip:{client_address(scope, settings)}")
+        if not scheme:
+            raise _unauthorized("an API key is required: send 'Authorization: Bearer <api "
+                                "key>' (create one with `cloze keys create`)")
+        if not bearer:
+            raise _unauthorized("use 'Authorization: Bearer <api key>'")
+        raise _unauthorized("the API key is not valid or was revoked")
+    return principal
 
 
 def anonymous_on_the_loop(request: Request, settings: Settings, *, budgeted: bool = True
@@ -215,16 +266,13 @@ def anonymous_on_the_loop(request: Request, settings: Settings, *, budgeted: boo
     database (no key is required and none of ours is presented) nor the network (the rate
     limiter is this process's own); else None: authenticate in a thread. Raises 429 as
     authenticate does."""
-    if keys_required(request.scope, settings):
-        return None
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and keys.looks_like_key(secret.strip()):
+    if needs_lookup(request.scope, settings):
         return None
     if not budgeted:
         return keys.ANONYMOUS
     if settings.rate_limit_per_minute and not isinstance(limiter(settings), RateLimiter):
         return None
-    _charge(settings, f"ip:{client_address(request.scope, settings)}")
+    _charge(settings, caller_bucket(keys.ANONYMOUS, request.scope, settings))
     return keys.ANONYMOUS
 
 
@@ -237,29 +285,11 @@ def authenticate_caller(request: Request, session: Session, settings: Settings, 
                         budgeted: bool = True) -> Principal:
     """The caller, charged against the per-minute budget unless `budgeted` is false (then
     only failed keys are charged: guessing stays rate-limited)."""
-    required = keys_required(request.scope, settings)
-    address = f"ip:{client_address(request.scope, settings)}"
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    secret = secret.strip()
-    bearer = scheme.lower() == "bearer" and bool(secret)
-    if not required and not (bearer and keys.looks_like_key(secret)):
-        # No key needed, and this is not one of ours: huggingface_hub sends a logged-in
-        # user's Hugging Face token to every URL, and it must not turn away that user.
-        if budgeted:
-            _charge(settings, address)
-        return keys.ANONYMOUS
-    principal = keys.authenticate(session=session, secret=secret) if bearer else None
-    if principal is None:
-        # Charged to the client address first, so guessing keys is rate-limited too.
-        _charge(settings, address)
-        if not scheme:
-            raise _unauthorized("an API key is required: send 'Authorization: Bearer <api "
-                                "key>' (create one with `cloze keys create`)")
-        if not bearer:
-            raise _unauthorized("use 'Authorization: Bearer <api key>'")
-        raise _unauthorized("the API key is not valid or was revoked")
+    principal = request.scope.get(IDENTIFIED)
+    if not isinstance(principal, Principal):
+        principal = identify(request.scope, session, settings)
     if budgeted:
-        _charge(settings, f"key:{principal.key_id}")
+        _charge(settings, caller_bucket(principal, request.scope, settings))
     return principal
 
 
