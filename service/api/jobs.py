@@ -23,6 +23,7 @@ from service.domain.lifecycle import JobStatus
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
+from service.domain.tables import JobRow
 from service.domain.webhooks import WebhookDeliveryPublic
 from service.errors import ApiError
 from service.queue import enqueue_training
@@ -30,6 +31,7 @@ from service.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("cloze.api")
+ROUTE = "POST /v1/jobs"  # what its idempotency records name
 
 
 @router.post("", status_code=202, response_model=JobPublic, responses={200: {
@@ -54,10 +56,9 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
                                         job_in=admitted.job_in, name=admitted.name)
         session.rollback()
         return JSONResponse(found.model_dump(mode="json"), 200)
-    route = "POST /v1/jobs"
     fingerprint = idempotency.fingerprint(job_in.model_dump_json())
     first = idempotency.replay(session=session, owner=caller.owner, key=idempotency_key,
-                               route=route, request_sha256=fingerprint)
+                               route=ROUTE, request_sha256=fingerprint)
     if first is not None:
         return JSONResponse(first[1], first[0])
     _check_quota(session, caller.owner, settings)
@@ -67,12 +68,8 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     seconds = await run_in_threadpool(estimates.estimated_seconds, session=session,
                                       store=store, job_in=admitted.job_in,
                                       name=admitted.name)
-    row = jobs.create(session=session, admitted=admitted, owner=caller.owner,
-                      estimated_seconds=seconds)
-    idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,
-                         request_sha256=fingerprint, status_code=202,
-                         response=JobPublic.of(row).model_dump(mode="json"))
-    session.commit()  # the worker must find the row when the message arrives
+    row = await run_in_threadpool(_record, session, admitted, caller.owner, seconds,
+                                  idempotency_key, fingerprint)
     try:
         await run_in_threadpool(enqueue_training, row.id)
     except Exception:
@@ -86,6 +83,19 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     jobs.mark_enqueued(session=session, job_id=row.id)
     session.commit()
     return JobPublic.of(row)
+
+
+def _record(session: Session, admitted: jobs.Admitted, owner: str, seconds: float | None,
+            key: str | None, fingerprint: str) -> JobRow:
+    """Insert and commit the job (and its idempotency record): off the event loop, as it
+    may wait for the owner's admission lock (jobs.create)."""
+    row = jobs.create(session=session, admitted=admitted, owner=owner,
+                      estimated_seconds=seconds)
+    idempotency.remember(session=session, owner=owner, key=key, route=ROUTE,
+                         request_sha256=fingerprint, status_code=202,
+                         response=JobPublic.of(row).model_dump(mode="json"))
+    session.commit()  # the worker must find the row when the message arrives
+    return row
 
 
 def _check_quota(session: Session, owner: str, settings: Settings) -> None:

@@ -12,7 +12,7 @@ from jobspec.sweep import SweepSpec
 from service import sweeper
 from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
 from service.api.webhook_target import check_webhook
-from service.domain import idempotency, quotas, sweeps
+from service.domain import admission, idempotency, quotas, sweeps
 from service.domain.schemas import ListOf
 from service.domain.sweeps import SweepPublic
 from service.plots.svg import Series, line_chart
@@ -44,6 +44,8 @@ async def create_sweep(sweep_in: SweepSpec, session: SessionDep, caller: CallerD
                             max_active=settings.max_active_jobs)
     # Every trial is a job with the base's webhook: its target is checked as a job's is.
     await check_webhook(admitted.base.webhook, settings, within="base.")
+    # Room for it, and its row, in one step under the owner's lock (as a job's: jobs.create).
+    admission.reserve(session, caller.owner, settings.max_active_jobs)
     row = sweeps.create(session=session, sweep_in=sweep_in, name=admitted.name,
                         owner=caller.owner)
     idempotency.remember(session=session, owner=caller.owner, key=idempotency_key, route=route,

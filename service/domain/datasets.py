@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobspec.names import MAX_NAME_CHARS, problem
-from service.domain import lifecycle, quotas
+from service.domain import admission, lifecycle, quotas
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
 from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
@@ -141,6 +141,7 @@ def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str 
     running job reads is refused with 409: deleting it would fail the job, or leave shards
     the job writes later behind with no dataset to delete them with."""
     row = get(session=session, dataset_id=dataset_id, scope=scope)
+    admission.hold(session, row.owner)  # a job submitted meanwhile is found, or finds it gone
     busy = lifecycle.active_job_naming(session, row.owner, row.id, DATA_FIELDS)
     if busy:
         raise Conflict("conflict", f"dataset {dataset_id} is in use by job {busy}; "

@@ -8,8 +8,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
-from service.domain import lifecycle, webhooks
-from service.domain.errors import Conflict, Invalid, LimitReached, not_found
+from service.domain import admission, lifecycle, webhooks
+from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
@@ -222,11 +222,13 @@ class Admitted:
     job_in: PretrainJobCreate | FinetuneJobCreate  # re-read with a base model's architecture
     name: str
     total_steps: int
+    max_active: int  # checked again, under the owner's lock, when the row is inserted
 
 
 def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -> Admitted:
     """Every check of a submission (a dry run makes the same ones, so it refuses what a
-    submission would, with the same errors); nothing is written."""
+    submission would, with the same errors); nothing is written. The room it sees is
+    checked again by create, under the owner's lock (admission.reserve)."""
     # A continued-pretraining spec is checked once re-read with its base's architecture
     # (_check_pretrain): before, it reads as a BERT's ("clm trains gpt2 or llama, not bert"
     # for a GPT-2 base given "objective": "clm").
@@ -243,19 +245,38 @@ def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -
         name = job_in.name or f"{job_in.task.replace('_', '-')}-{job_in.base_model_id}"
         # The worker sets the exact count once it has read the data.
         total_steps = job_in.hyperparameters.max_steps or 0
-    active = lifecycle.count_active(session, owner)
-    if active and active >= max_active:
-        raise LimitReached("too_many_jobs",
-                           f"you already have {active} jobs queued, running or paused "
-                           f"(the limit is {max_active}); wait for one to finish or cancel "
-                           "one",
-                           retry_after_s=60)
-    return Admitted(job_in, name, total_steps)
+    admission.check_room(session, owner, max_active)  # the early answer
+    return Admitted(job_in, name, total_steps, max_active)
+
+
+def _still_there(session: Session, owner: str, job_in: PretrainJobCreate | FinetuneJobCreate
+                 ) -> None:
+    """The datasets and base model the job reads exist (checked under the owner's lock:
+    a delete racing this submission either finds the job, or is found to have won)."""
+    # Queries, not session.get: the session may hold the rows admit read, deleted since.
+    for param in ("dataset_id", "validation_dataset_id", "test_dataset_id"):
+        dataset_id = getattr(job_in, param, None)
+        if dataset_id is not None and session.scalar(select(DatasetRow.id).where(
+                DatasetRow.id == dataset_id, DatasetRow.owner == owner)) is None:
+            raise _invalid(param, f"no dataset with id {dataset_id!r}")
+    base_id = job_in.base_model_id
+    if base_id is not None and session.scalar(select(ModelRow.id).where(
+            ModelRow.id == base_id, ModelRow.owner == owner)) is None:
+        raise _invalid("base_model_id", f"no model with id {base_id!r}")
 
 
 def create(*, session: Session, admitted: Admitted, owner: str,
            estimated_seconds: float | None = None) -> JobRow:
+    """Insert the admitted job: room and what it reads are checked again under the owner's
+    lock, in the transaction that inserts it (admit's checks may be seconds old: the time
+    estimate runs between them)."""
     job_in = admitted.job_in
+    admission.reserve(session, owner, admitted.max_active)
+    try:
+        _still_there(session, owner, job_in)
+    except Invalid:
+        admission.release(session)
+        raise
     spec = job_in.stored_spec()
     spec["name"] = admitted.name
     row = lifecycle.new_job(id=new_id("job"), owner=owner, type=job_in.type,

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobspec import names
-from service.domain import jobs, lifecycle, quotas
+from service.domain import admission, jobs, lifecycle, quotas
 from service.domain.errors import Conflict, DomainError, NotFound, not_found
 from service.domain.ids import new_id
 from service.domain.imports import read_header
@@ -97,8 +97,10 @@ def delete_files(*, store: ObjectStore, model_id: str) -> None:
 def delete(*, session: Session, store: ObjectStore, model_id: str, scope: str | None) -> None:
     """Delete the model's record, then its files (which frees its bytes of the owner's
     quota). A model a queued or running job starts from is refused: the job would fail
-    when it downloads its base."""
+    when it downloads its base. Under the owner's admission lock: a job submitted at the
+    same moment either is found here, or finds the model gone (jobs.create)."""
     row = get(session=session, model_id=model_id, scope=scope)
+    admission.hold(session, row.owner)
     busy = lifecycle.active_job_naming(session, row.owner, row.id, ("base_model_id",))
     if busy:
         raise Conflict("conflict", f"model {model_id} is the base model of job {busy}; "

@@ -14,7 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from jobspec import SpecError, names, parse_spec
 from jobspec.sweep import SweepSpec, with_params
 from service.db import rowcount
-from service.domain import jobs, lifecycle, sweeps
+from service.domain import admission, jobs, lifecycle, sweeps
 from service.domain.errors import Invalid
 from service.domain.lifecycle import JobStatus
 from service.domain.sweep_study import TrialRecord, best, propose, to_prune
@@ -53,9 +53,13 @@ def _prune(session: Session, spec: SweepSpec, trials: list[TrialRecord]) -> None
 def _launch(session: Session, row: SweepRow, spec: SweepSpec, trials: list[TrialRecord],
             max_active: int) -> list[str]:
     started: list[str] = []
+    # The owner's admission lock, held to the end of the step: the room counted here is
+    # the room each trial's job is admitted into (jobs.create counts the same, so it never
+    # refuses a trial this loop lets through).
+    admission.hold(session, row.owner)
     while row.trials_started < spec.trials \
             and sum(t.active for t in trials) < spec.parallel \
-            and lifecycle.count_active(session, row.owner) < max_active:
+            and admission.has_room(session, row.owner, max_active, besides_sweep=row.id):
         number = row.trials_started
         params = propose(spec, trials)
         # Claim trial `number`: a driver racing this one finds the count moved and stops.

@@ -167,6 +167,31 @@ class CheckpointRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TokenizedRow(Base):
+    """Token shards a pretraining job stored for a dataset and tokenizer (a cache that
+    later jobs on the same data reuse), with their bytes: they count in the quota of the
+    dataset's owner, and go with the dataset."""
+
+    __tablename__ = "tokenized_data"
+
+    prefix: Mapped[str] = mapped_column(String(512), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"),
+                                            index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdmissionLockRow(Base):
+    """One row per owner, locked by every step that admits work or removes what work reads
+    (service/domain/admission.py): a job's or sweep's check and its insert, or a model's
+    in-use check and its delete, are then one step, never two interleaved ones."""
+
+    __tablename__ = "admission_locks"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    locked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ModelRow(Base):
     __tablename__ = "models"
     # One model per checkpoint: publishing a step twice finds the first (final models have
