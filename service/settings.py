@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(default=65, ge=1, le=3600)
     # Callers the in-process rate limiter remembers at once (the least recent are dropped).
     rate_limit_max_callers: int = Field(default=100_000, ge=1)
+    # Event streams (GET /v1/jobs/{id}/stream) each API process keeps open at once, per
+    # caller (its key, or its address without one) and in all; one more is 429 with
+    # Retry-After. A stream is one request however long it lasts, so the rate limit alone
+    # let one client hold 1,278 of them.
+    max_streams_per_caller: int = Field(default=8, ge=1)
+    max_streams: int = Field(default=128, ge=1)
 
     # Inference keeps this many models loaded; older ones are dropped first.
     max_loaded_models: int = Field(default=4, ge=1)

@@ -41,7 +41,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan,
                   description="Pretrain, fine-tune and serve Transformer language models.")
     errors.install(app)
-    app.add_middleware(AuthFirstMiddleware)  # innermost: after the body limit, before a read
+    app.add_middleware(AuthFirstMiddleware)  # inside the body limit: callers known, body unread
     # Uploads stream to storage and check their own limit on the file part; the room above
     # it is for the multipart framing and form fields around the file.
     upload = Limit(settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, "upload exceeds the "

@@ -1,9 +1,11 @@
 """GET /v1/jobs/{id}/stream: a job's status changes, metric points and log lines as
 server-sent events, for `cloze jobs watch` and for a browser's EventSource.
 
-The server polls the database every POLL_S seconds, each poll a session of its own that
-is closed before the next wait, so an open stream holds no connection of the pool (a
-hundred watchers must not starve the API of connections). Every event's `id:` is the
+The server polls the database every POLL_S seconds while the job has news, backing off to
+IDLE_POLL_S while it has none (a paused or long-queued job), each poll a session of its own
+that is closed before the next wait, so an open stream holds no connection of the pool (a
+hundred watchers must not starve the API of connections). How many streams may be open at
+once, per caller and in all, is bounded (stream_slots.py). Every event's `id:` is the
 cursor after it, four integers `m.k.e.s`: the last metric row sent (`m`) and how many
 fields it had (`k`: a step's eval results are merged into its row after its train
 fields, and the row is then sent again), the last log line (`e`) and the job's status
@@ -23,8 +25,11 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from service.api.deps import CallerDep, SessionDep
+from service.api.auth import caller_bucket
+from service.api.deps import CallerDep, SessionDep, SettingsDep
+from service.api.stream_slots import SLOTS, Slot
 from service.db import session_scope
 from service.domain import jobs, lifecycle
 from service.domain.jobs import EventPublic, JobPublic, MetricPoint
@@ -36,6 +41,9 @@ log = logging.getLogger("cloze.stream")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 POLL_S = 0.5  # how soon a new point reaches the watcher; one small query per stream each
+# Each poll that finds nothing doubles the wait, up to this many POLL_S: a stream on a quiet
+# job costs a query every 2 s, and news after a quiet spell arrives within 2 s.
+IDLE_POLLS = 4
 KEEPALIVE_S = 15.0  # a comment when nothing else was sent, so proxies keep the line open
 # A stream ends after this long even if its job does not (a job queued behind others for
 # hours): the client reconnects with Last-Event-ID and misses nothing. Not a setting: it
@@ -138,6 +146,7 @@ def _poll(job_id: str, cursor: Cursor) -> Poll:
 
 async def _events(request: Request, job_id: str, cursor: Cursor) -> AsyncIterator[str]:
     started = last_sent = time.monotonic()
+    wait = POLL_S
     yield f"retry: {RETRY_MS}\n\n"
     try:
         while time.monotonic() - started < MAX_STREAM_S:
@@ -153,11 +162,29 @@ async def _events(request: Request, job_id: str, cursor: Cursor) -> AsyncIterato
                 last_sent = time.monotonic()
             if await request.is_disconnected():
                 return
-            if len(poll.frames) < PAGE:  # a full page: the rest follows at once
-                await asyncio.sleep(POLL_S)
+            if len(poll.frames) >= PAGE:  # a full page: the rest follows at once
+                continue
+            wait = POLL_S if poll.frames else min(2 * wait, IDLE_POLLS * POLL_S)
+            await asyncio.sleep(wait)
     finally:
         log.info("stream of %s ended at %s after %.1f s", job_id, cursor,
                  time.monotonic() - started)
+
+
+class _SlotStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (the job's final
+    status, MAX_STREAM_S, the client hanging up, an error)."""
+
+    def __init__(self, content: AsyncIterator[str], slot: Slot) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
 
 
 @router.get("/{job_id}/stream", response_class=StreamingResponse, responses={200: {
@@ -166,12 +193,13 @@ async def _events(request: Request, job_id: str, cursor: Cursor) -> AsyncIterato
                    "line); each `id:` is a cursor to resume from with `Last-Event-ID`",
     "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def stream_job(job_id: str, request: Request, session: SessionDep, caller: CallerDep,
-                     last_event_id: Annotated[str | None, Header(
+                     settings: SettingsDep, last_event_id: Annotated[str | None, Header(
                          alias="Last-Event-ID", max_length=64,
                          description="the id of the last event received")] = None
                      ) -> StreamingResponse:
     """A job's status changes, metric points and log lines as they happen; the stream ends
-    once the job's final status has been sent (or after MAX_STREAM_S: reconnect)."""
+    once the job's final status has been sent (or after MAX_STREAM_S: reconnect). 429 with
+    Retry-After while the caller, or the server, has as many streams open as allowed."""
     cursor = Cursor.parse(last_event_id)
 
     def check() -> None:
@@ -180,6 +208,12 @@ async def stream_job(job_id: str, request: Request, session: SessionDep, caller:
         session.commit()
         session.close()
 
-    await run_in_threadpool(check)
-    return StreamingResponse(_events(request, job_id, cursor), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # The slot first: past the limit a stream is refused without a query.
+    slot = SLOTS.take(caller_bucket(caller, request.scope, settings),
+                      per_caller=settings.max_streams_per_caller, total=settings.max_streams)
+    try:
+        await run_in_threadpool(check)
+    except BaseException:
+        slot.release()
+        raise
+    return _SlotStream(_events(request, job_id, cursor), slot)
