@@ -54,16 +54,24 @@ class Settings(BaseSettings):
 
     # Webhooks (service/webhooks.py). URLs that resolve to private, loopback, link-local or
     # other non-global addresses are refused (a webhook must not reach into our network)
-    # unless this is true; None: allowed only while the API listens on loopback only (the
-    # embedded default, one person's own machine).
+    # unless this is true; None: allowed only where no API key is required and the API
+    # listens on loopback only (the embedded default, one person's own machine). Never by
+    # default where keys are required: a keyed instance behind a local proxy listens on
+    # loopback too, and its tenants must not reach 169.254.169.254 or scan ports.
     webhook_allow_private: bool | None = None
     # Attempts per delivery, the first retry's delay (doubled for each next one: 6 attempts
-    # span ~10 min), one attempt's timeout, and how often each API and worker process looks
-    # for deliveries that are due.
+    # span ~10 min), one attempt's wall-clock limit (name lookup, connection, request and
+    # the answer's head; the body is not read), and how often each API process looks for
+    # deliveries that are due.
     webhook_max_attempts: int = Field(default=6, ge=1, le=20)
     webhook_retry_base_s: float = Field(default=20.0, gt=0)
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
     webhook_poll_interval_s: float = Field(default=2.0, gt=0)
+    # Attempts each API process makes at once, and at most how many of them go to one host
+    # or belong to one owner's jobs: slow receivers hold a few of them, never all.
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    webhook_concurrency_per_host: int = Field(default=4, ge=1)
+    webhook_concurrency_per_owner: int = Field(default=2, ge=1)
 
     # Limits on what a client may send.
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)
@@ -185,8 +193,9 @@ class Settings(BaseSettings):
     @property
     def webhook_private_addresses(self) -> bool:
         """Whether a webhook may point at a private, loopback or link-local address."""
-        return self.webhook_allow_private if self.webhook_allow_private is not None \
-            else self.loopback_only
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.loopback_only and not self.api_keys_required
 
     @property
     def broker_dir(self) -> Path:

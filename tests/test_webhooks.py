@@ -14,12 +14,17 @@ from typing import Any
 import pytest
 
 from tests.inprocess import client, make_app
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, resolving
 
 SECRET = "s3cret-s3cret-s3cret"
 PRIVATE_URLS = ["http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://169.254.169.254/x",
                 "http://[::1]:8080/hook", "http://[::ffff:127.0.0.1]/hook",
-                "http://localhost/hook"]
+                "http://localhost/hook",
+                # IPv6 forms that carry a non-public IPv4 address (issue 22, 14): IPv4-
+                # compatible, NAT64, 6to4 and Teredo (client 192.0.2.45).
+                "http://[::127.0.0.1]/hook", "http://[64:ff9b::7f00:1]/hook",
+                "http://[64:ff9b::a9fe:a9fe]/latest", "http://[2002:7f00:1::1]/hook",
+                "http://[2002:a00:1::1]/hook", "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/"]
 
 
 @pytest.fixture
@@ -41,12 +46,10 @@ def _submit(c, url: str, **extra: Any):
 def _deliver_all() -> int:
     """Attempts made until none is due."""
     from service import webhooks
-    from service.settings import get_settings
 
     made = 0
-    with webhooks.make_client(get_settings()) as http:
-        while webhooks.deliver_next(http):
-            made += 1
+    while webhooks.deliver_next():
+        made += 1
     return made
 
 
@@ -73,19 +76,6 @@ def _make_due(job_id: str) -> None:
     with session_scope() as s:
         s.execute(update(D).where(D.job_id == job_id, D.state == "pending")
                   .values(next_attempt_at=utcnow() - timedelta(seconds=1)))
-
-
-def _resolving(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> None:
-    """Resolve these names to these addresses (others as usual)."""
-    real = socket.getaddrinfo
-
-    def fake(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if host in names:
-            family = socket.AF_INET6 if ":" in names[host] else socket.AF_INET
-            return [(family, socket.SOCK_STREAM, 6, "", (names[host], port))]
-        return real(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
 
 
 def test_signature_is_hmac_sha256_of_the_timestamp_and_the_raw_body():
@@ -166,11 +156,12 @@ def test_private_addresses_are_refused_at_submission(tmp_path, monkeypatch, url)
 
 
 def test_a_name_resolving_to_a_private_address_is_refused(tmp_path, monkeypatch):
-    _resolving(monkeypatch, {"inside.example": "10.0.0.7", "meta.example": "169.254.169.254",
-                             "six.example": "::1", "public.example": "93.184.215.14"})
+    resolving(monkeypatch, {"inside.example": "10.0.0.7", "meta.example": "169.254.169.254",
+                            "six.example": "::1", "nat64.example": "64:ff9b::a9fe:a9fe",
+                            "public.example": "93.184.215.14"})
     with make_app(tmp_path, monkeypatch, CLOZE_WEBHOOK_ALLOW_PRIVATE="false") as app:
         c = client(app)
-        for name in ("inside.example", "meta.example", "six.example"):
+        for name in ("inside.example", "meta.example", "six.example", "nat64.example"):
             r = _submit(c, f"https://{name}/hook")
             assert r.status_code == 422, r.text
             assert "non-public" in r.json()["error"]["message"]
@@ -188,6 +179,87 @@ def test_private_addresses_are_allowed_by_the_setting(tmp_path, monkeypatch, rec
         r = _submit(client(app), receiver.url)
         assert r.status_code == 202, r.text
         assert _deliver_all() == 1 and receiver.events() == ["job.queued"]
+
+
+def test_ipv6_forms_are_as_public_as_the_ipv4_address_they_carry():
+    from service.domain.webhooks import _is_global
+
+    assert not any(_is_global(a) for a in (
+        "::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::1", "2002:a9fe:a9fe::", "::",
+        "64:ff9b:1::808:808", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "::ffff:10.0.0.1"))
+    assert all(_is_global(a) for a in ("64:ff9b::808:808", "2002:808:808::1",
+                                        "::ffff:8.8.8.8", "2606:4700:4700::1111", "8.8.8.8"))
+
+
+def test_the_private_address_default_follows_whether_keys_are_required():
+    """Issue 22, 8: not the bind host. A keyed instance behind a local proxy listens on
+    loopback, and its tenants must not reach 169.254.169.254 or 10.0.0.1 (nor scan
+    ports by what the deliveries answer)."""
+    from service.settings import Settings
+
+    def private(**values: Any) -> bool:
+        return Settings(_env_file=None, **values).webhook_private_addresses
+
+    assert private()  # the embedded default: one person, their own machine
+    assert not private(require_api_keys=True)
+    assert not private(host="0.0.0.0")  # keyed: by default where it is not loopback
+    assert not private(host="0.0.0.0", require_api_keys=False)  # open to a network
+    assert private(require_api_keys=True, webhook_allow_private=True)
+    assert not private(webhook_allow_private=False)
+
+
+def test_a_keyed_instance_on_loopback_refuses_private_addresses(tmp_path, monkeypatch):
+    from tests.inprocess import make_key
+
+    urls = ["http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/",
+            "http://127.0.0.1:6379/"]
+    with make_app(tmp_path / "keyed", monkeypatch, CLOZE_REQUIRE_API_KEYS="true") as app:
+        alice = client(app, Authorization=f"Bearer {make_key('alice')}")
+        for url in urls:
+            r = _submit(alice, url)
+            assert r.status_code == 422, r.text
+            assert r.json()["error"]["param"] == "webhook.url"
+    with make_app(tmp_path / "allowed", monkeypatch, CLOZE_REQUIRE_API_KEYS="true",
+                  CLOZE_WEBHOOK_ALLOW_PRIVATE="true") as app:
+        alice = client(app, Authorization=f"Bearer {make_key('alice')}")
+        assert _submit(alice, urls[1]).status_code == 202
+    with make_app(tmp_path / "keyless", monkeypatch) as app:
+        assert _submit(client(app), urls[1]).status_code == 202
+
+
+def test_a_host_that_is_no_valid_name_is_a_422_whatever_the_policy(tmp_path, monkeypatch):
+    """Issue 22, 10: `http://a..b/` (an empty label) was a 500, a UnicodeError from the
+    IDNA codec; where private addresses are allowed it was accepted, never to be sent."""
+    from tests.inprocess import make_key
+
+    for name, env in (("keyed", {"CLOZE_REQUIRE_API_KEYS": "true"}), ("keyless", {})):
+        with make_app(tmp_path / name, monkeypatch, **env) as app:
+            c = client(app, Authorization=f"Bearer {make_key('alice')}")
+            for url in ("http://a..b/", "https://x." + "y" * 64 + ".example/"):
+                r = _submit(c, url)
+                assert r.status_code == 422, (name, url, r.text)
+                error = r.json()["error"]
+                assert error["param"] == "webhook.url" and "not a valid name" in error["message"]
+
+
+def test_an_unsendable_url_is_a_failed_attempt_not_a_stuck_delivery(tmp_path, monkeypatch):
+    """A delivery whose URL cannot be sent (accepted before the check above) counts its
+    attempts and ends; it is not claimed again and again as each lease runs out."""
+    from service.db import session_scope
+    from service.domain import lifecycle, webhooks
+
+    with make_app(tmp_path, monkeypatch, CLOZE_WEBHOOK_MAX_ATTEMPTS="2"):
+        with session_scope() as s:
+            s.add(lifecycle.new_job(id="job_bad", type="pretrain", name="t", dataset_id="ds_x",
+                                    spec={"webhook": {"url": "http://a..b/", "secret": SECRET}}))
+            s.flush()
+            webhooks.record(s, "job_bad", private_ok=True)
+        assert _deliver_all() == 1
+        _make_due("job_bad")
+        assert _deliver_all() == 1
+        [d] = _deliveries("job_bad")
+        assert (d.state, d.attempts) == ("exhausted", 2)
+        assert d.error == "refused: the host is not a valid name"
 
 
 def test_a_public_facing_service_refuses_private_addresses_by_default(tmp_path, monkeypatch):
@@ -213,20 +285,20 @@ def test_delivery_checks_the_address_again_and_connects_to_the_one_checked(
         tmp_path, monkeypatch, receiver):
     """DNS rebinding: the name resolved to a public address at submission; at delivery it
     answers a private one and is refused, even by a sender whose own settings would allow
-    it (a worker's, which knows nothing of the API's host). And a delivery goes to the
+    it (another process's, which knows nothing of this API's). And a delivery goes to the
     address it checked (not to a second lookup), with the name in Host."""
     from service.domain import webhooks
     from service.settings import get_settings
 
     port = receiver.server.server_address[1]
-    _resolving(monkeypatch, {"rebind.example": "93.184.215.14"})
+    resolving(monkeypatch, {"rebind.example": "93.184.215.14"})
     with make_app(tmp_path, monkeypatch, CLOZE_HOST="0.0.0.0", CLOZE_REQUIRE_API_KEYS="false"
                   ) as app:
         job = _submit(client(app), f"http://rebind.example:{port}/hook").json()
-        monkeypatch.delenv("CLOZE_HOST")  # a worker: loopback by default
+        monkeypatch.delenv("CLOZE_HOST")  # a sender on loopback, keyless: allows private
         get_settings.cache_clear()
         assert get_settings().webhook_private_addresses
-        _resolving(monkeypatch, {"rebind.example": "127.0.0.1"})
+        resolving(monkeypatch, {"rebind.example": "127.0.0.1"})
         assert _deliver_all() == 1 and receiver.received == []
         [delivery] = _deliveries(job["id"])
         assert delivery.state == "pending" and delivery.status_code is None
@@ -372,10 +444,24 @@ def test_the_secret_stays_out_of_checkpoints_and_model_cards():
 def test_another_owners_deliveries_are_not_found(tmp_path, monkeypatch, receiver):
     from tests.inprocess import make_key
 
-    with make_app(tmp_path, monkeypatch, CLOZE_REQUIRE_API_KEYS="true") as app:
+    with make_app(tmp_path, monkeypatch, CLOZE_REQUIRE_API_KEYS="true",
+                  CLOZE_WEBHOOK_ALLOW_PRIVATE="true") as app:
         alice = client(app, Authorization=f"Bearer {make_key('alice')}")
         bob = client(app, Authorization=f"Bearer {make_key('bob')}")
         job = _submit(alice, receiver.url).json()
         assert len(alice.get(f"/v1/jobs/{job['id']}/webhooks").json()["data"]) == 1
         r = bob.get(f"/v1/jobs/{job['id']}/webhooks")
         assert r.status_code == 404 and "queued" not in r.text
+
+
+def test_an_address_that_refuses_the_connection_gives_way_to_the_next(tmp_path, monkeypatch,
+                                                                       receiver):
+    """localhost resolves to ::1 and 127.0.0.1; a receiver on 127.0.0.1 alone still gets
+    its deliveries (the sender connects to the addresses it resolved, in order)."""
+    from service.domain import webhooks
+
+    with make_app(tmp_path, monkeypatch) as app:
+        job = _submit(client(app), receiver.url.replace("127.0.0.1", "twice.example")).json()
+        monkeypatch.setattr(webhooks, "resolve", lambda host, port: ["::1", "127.0.0.1"])
+        assert _deliver_all() == 1 and receiver.events() == ["job.queued"]
+        assert _deliveries(job["id"])[0].state == "delivered"

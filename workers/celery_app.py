@@ -3,6 +3,8 @@
 A worker's main process also keeps a liveness heartbeat (what /health counts) and runs
 the reaper, so a dead worker's job is re-queued wherever workers run, not only where an
 API process happens to be. The reaper's updates are conditional: any number may run.
+It sends no webhooks: the API processes do (service/webhooks.py), so an HTTP attempt
+never runs in a process that forks, nor holds up a job's start or the heartbeat.
 """
 
 import ctypes
@@ -22,7 +24,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from service import logs, reaper, webhooks
+from service import logs, reaper
 from service.queue import beat_worker, celery_config
 from service.routing import GPU_IDS_ENV, GPUS_PER_JOB_ENV
 from service.settings import get_settings
@@ -103,7 +105,6 @@ def _start_housekeeping(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, args=(name, queues), name="cloze-heartbeat",
                      daemon=True).start()
     _reaper_stops.append(reaper.start(guard=_fork_guard))
-    _reaper_stops.append(webhooks.start(guard=_fork_guard))
 
 
 @worker_shutdown.connect
