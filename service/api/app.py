@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import errors, logs, reaper, webhooks
 from service.api import (
     datasets,
+    docs,
     health,
     jobs,
     metrics,
@@ -38,7 +39,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan,
+    # /docs and /redoc are ours (service/api/docs.py): scripts from this package, a CSP.
+    app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Pretrain, fine-tune and serve Transformer language models.")
     errors.install(app)
     app.add_middleware(AuthFirstMiddleware)  # inside the body limit: callers known, body unread
@@ -60,6 +63,7 @@ def create_app() -> FastAPI:
         parse_off_the_loop(module.router)  # large JSON bodies: in a thread
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (not in the API schema)
+    app.include_router(docs.router)  # /docs and /redoc (not in the API schema)
     log = logging.getLogger("cloze.api")
     if settings.api_keys_required:
         log.info("API keys are required (Authorization: Bearer ...)")
