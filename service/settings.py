@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # API keys. None: required unless the API listens on loopback only (the embedded
     # default, used by one person on their own machine).
     require_api_keys: bool | None = None
+    # A secret that GET /metrics then requires (`Authorization: Bearer ...`; an admin API key
+    # also does). Unset: /metrics needs no key, but where keys are required it leaves out
+    # the series labelled by job id (every tenant's running jobs) for all but admin keys.
+    metrics_key: SecretStr | None = None
     # Requests per minute per key (or per client address without a key); 0 turns it off.
     rate_limit_per_minute: int = Field(default=600, ge=0)
     # Whether the budget applies to batched inference (fill-mask, classify, token

@@ -10,24 +10,33 @@
   port per worker would need multiprocess collection and discovery of every worker; the
   database already holds every log point, and one scrape target covers them all.
 
-No API key, like /health: it shows counts and the ids of running jobs, never their data
-(an id alone opens nothing); the boundary's Host check still applies. Publish the API
-behind a proxy that keeps /metrics internal if the counts are sensitive to you.
+Who sees what (the boundary's Host check applies first):
+- CLOZE_METRICS_KEY set: only a scrape with `Authorization: Bearer <that key>` (Prometheus'
+  `authorization.credentials`) or an admin API key; 401 for anyone else.
+- otherwise, where this request needs no API key (the keyless local default), everything,
+  as before;
+- otherwise (a keyed instance) everything but the per-job series: their job_id labels
+  would show every tenant's running jobs to anyone. An admin key sees them too.
 """
 
+import hmac
 import logging
 from collections.abc import Iterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.api.auth import identify, keys_required, needs_lookup
+from service.api.deps import SettingsDep
 from service.db import session_scope
 from service.domain import telemetry
 from service.domain.lifecycle import JobStatus
+from service.errors import ApiError
 from service.queue import live_workers
+from service.settings import Settings
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger("cloze.metrics")
@@ -116,7 +125,40 @@ class StateCollector(Collector):
 REGISTRY.register(StateCollector())
 
 
+# The families labelled by job id: left out where the caller may not see every job.
+PER_JOB = frozenset({"cloze_training_step", "cloze_training_tokens_per_second",
+                     *(name for name, _ in TRAINING_GAUGES.values())})
+
+
+class _WithoutJobs(Collector):
+    def collect(self) -> Iterator[Metric]:
+        return (m for m in REGISTRY.collect() if m.name not in PER_JOB)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _sees_every_job(request: Request, settings: Settings) -> bool:
+    """Whether this scrape may see each running job's id (or 401)."""
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    secret = secret.strip() if scheme.lower() == "bearer" else ""
+    key = settings.metrics_key.get_secret_value() if settings.metrics_key else ""
+    if key and secret and hmac.compare_digest(secret.encode(), key.encode()):
+        return True
+    if secret and needs_lookup(request.scope, settings):  # an API key of ours: an admin's?
+        with session_scope() as session:
+            if identify(request.scope, session, settings).admin:  # 401 for a bad one
+                return True
+    if key:
+        raise _unauthorized("GET /metrics needs 'Authorization: Bearer <CLOZE_METRICS_KEY>' "
+                            "or an admin API key")
+    return not keys_required(request.scope, settings)
+
+
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
+def metrics(request: Request, settings: SettingsDep) -> Response:
     """Prometheus exposition (text format 0.0.4)."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE)
+    every_job = _sees_every_job(request, settings)
+    return Response(generate_latest(REGISTRY if every_job else _WithoutJobs()),
+                    media_type=CONTENT_TYPE)
