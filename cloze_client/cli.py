@@ -32,7 +32,8 @@ from cloze_client.types import TERMINAL, Job, JobEstimate, Model, Sweep, Trial
 from cloze_client.watch import WatchState, duration, elapsed_seconds
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
-jobs_app = typer.Typer(help="Submit, list, watch, pause, resume and cancel training jobs.",
+jobs_app = typer.Typer(help="Submit, list, watch, pause, resume and cancel training jobs; "
+                       "delete a finished job's checkpoints.",
                        no_args_is_help=True)
 sweeps_app = typer.Typer(help="Submit, list, show, plot and cancel hyperparameter sweeps.",
                          no_args_is_help=True)
@@ -394,6 +395,17 @@ def jobs_resume(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
     with connected(url, api_key) as client:
         job = client.resume_job(job_id)
     _err().print(f"{job_id}: {job['status']}")
+
+
+@jobs_app.command("delete-checkpoints")
+def jobs_delete_checkpoints(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
+    """Delete a finished job's checkpoints, freeing their room in your storage quota
+    (models published from them stay)."""
+    with connected(url, api_key) as client:
+        gone = client.delete_checkpoints(job_id)
+    n = gone["deleted"]
+    _err().print(f"{job_id}: deleted {n} checkpoint{'' if n == 1 else 's'} "
+                 f"({_size(gone['bytes'])} freed)")
 
 
 @jobs_app.command("watch")

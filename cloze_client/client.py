@@ -248,6 +248,11 @@ class Client:
     def resume_job(self, job_id: str) -> Job:
         return cast(Job, self._json("POST", f"/v1/jobs/{job_id}/resume"))
 
+    def delete_checkpoints(self, job_id: str) -> dict[str, Any]:
+        """Delete a finished job's checkpoints: {"deleted": how many, "bytes": freed of the
+        storage quota, ...}. A job not finished yet is a ClozeError (409)."""
+        return cast(dict[str, Any], self._json("DELETE", f"/v1/jobs/{job_id}/checkpoints"))
+
     def metrics(self, job_id: str, *, since_step: int | None = None,
                 max_points: int | None = None) -> list[MetricPoint]:
         page = self._json("GET", f"/v1/jobs/{job_id}/metrics", params=self._params(

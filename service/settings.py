@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     max_extract_bytes: int = Field(default=8 * 1024**3, ge=1)
     # Parameters an imported model may have: config.json decides what inference allocates.
     max_import_parameters: int = Field(default=1_000_000_000, ge=1)
-    # Bytes each owner may keep (datasets plus models, as the API reports their bytes);
-    # 0 turns quotas off.
+    # Bytes each owner may keep (datasets and models, as the API reports their bytes, and
+    # the checkpoints and token shards their jobs stored); 0 turns quotas off.
     storage_quota_bytes: int = Field(default=100 * 1024**3, ge=0)
     max_inference_inputs: int = Field(default=64, ge=1)
     max_inference_chars: int = Field(default=20_000, ge=1)

@@ -31,8 +31,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny: Path) -> Iterator[FastAPI]:
     from service.inference import pipelines
 
-    # A quota that holds one published tiny model but not two.
-    quota = int(1.5 * sum(p.stat().st_size for p in tiny.iterdir()))
+    # A quota that holds two checkpoints (they count in it: the model and ~2 kB) and
+    # one published tiny model, but not two.
+    model = sum(p.stat().st_size for p in tiny.iterdir())
+    quota = int(2 * (model + 4096) + 1.5 * model)
     pipelines._cache.cache_clear()  # the model cache reads this test's settings and store
     with make_app(tmp_path, monkeypatch, CLOZE_STORAGE_QUOTA_BYTES=str(quota)) as app:
         yield app

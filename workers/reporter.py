@@ -11,12 +11,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import psutil
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from service import sweeper
 from service.db import session_scope
+from service.domain import checkpoint_quota
 from service.domain.ids import new_id
+from service.domain.jobs import checkpoints_prefix
 from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
 from service.settings import get_settings
 from service.storage import ObjectStore
@@ -66,6 +68,8 @@ class DbReporter:
         self._last_log: tuple[int, int] | None = None  # (step, tokens_seen) of the last point
         # The job spec's keep_checkpoints, once the spec is read; None keeps every one.
         self.keep_checkpoints: int | None = None
+        # Checkpoints in a row not stored because they would pass the storage quota.
+        self._skipped = 0
 
     @with_db_retry
     def event(self, level: str, message: str) -> None:
@@ -131,24 +135,54 @@ class DbReporter:
         sweeper.after_trial_event(self.job_id)  # a sweep's trial: prune it now if it lags
 
     def checkpoint(self, step: int, directory: str) -> None:
-        prefix = f"jobs/{self.job_id}/checkpoints/step-{step:08d}"
+        prefix = f"{checkpoints_prefix(self.job_id)}/step-{step:08d}"
         src = Path(directory)
+        size = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+        # Within the owner's storage quota, or not stored at all: the job trains on.
+        room = self._room_for(size)
+        if not room.fits:
+            shutil.rmtree(src, ignore_errors=True)
+            if not self._skipped:  # once until one is stored again: not at every step
+                self.event("warning", checkpoint_quota.skipped(step, size, room,
+                                                               self._newest_checkpoint()))
+            self._skipped += 1
+            return
+        if room.prune_first and self.keep_checkpoints is not None:
+            self._prune(self.keep_checkpoints - 1)  # the ones this checkpoint replaces
         # The manifest goes last: a checkpoint without one is incomplete and never used.
         size = self.store.put_dir(src, prefix, last="manifest.json")
         digest = hashlib.sha256((src / "manifest.json").read_bytes()).hexdigest()
         self._record_checkpoint(step, prefix, size, digest)
         shutil.rmtree(src, ignore_errors=True)
-        self.event("info", f"checkpoint saved at step {step} ({size / 1e6:.1f} MB)")
+        again = f"; stored again after {self._skipped} not stored for the storage quota" \
+            if self._skipped else ""
+        self._skipped = 0
+        self.event("info", f"checkpoint saved at step {step} ({size / 1e6:.1f} MB){again}")
         if self.keep_checkpoints is not None:
-            # The rows go first (nothing offers or resumes from a checkpoint without one),
-            # then the files; files left by a crash in between are removed on resume.
-            gone = self._drop_checkpoint_rows(self.keep_checkpoints)
-            for _, old_prefix in gone:
-                self.store.delete_prefix(old_prefix)
-            if gone:
-                self.event("info", f"deleted {len(gone)} older checkpoint(s) (keep_checkpoints "
-                                   f"{self.keep_checkpoints}): step "
-                                   f"{', '.join(str(old_step) for old_step, _ in gone)}")
+            self._prune(self.keep_checkpoints)
+
+    def _prune(self, keep: int) -> None:
+        # The rows go first (nothing offers or resumes from a checkpoint without one), then
+        # the files; files left by a crash in between are removed on resume.
+        gone = self._drop_checkpoint_rows(keep)
+        for _, old_prefix in gone:
+            self.store.delete_prefix(old_prefix)
+        if gone:
+            self.event("info", f"deleted {len(gone)} older checkpoint(s) (keep_checkpoints "
+                               f"{self.keep_checkpoints}): step "
+                               f"{', '.join(str(old_step) for old_step, _ in gone)}")
+
+    @with_db_retry
+    def _room_for(self, size: int) -> checkpoint_quota.Room:
+        with session_scope() as s:
+            return checkpoint_quota.room_for(s, self.job_id, size, self.keep_checkpoints,
+                                             get_settings().storage_quota_bytes)
+
+    @with_db_retry
+    def _newest_checkpoint(self) -> int | None:
+        with session_scope() as s:
+            return s.scalar(select(func.max(CheckpointRow.step))
+                            .where(CheckpointRow.job_id == self.job_id))
 
     @with_db_retry
     def _drop_checkpoint_rows(self, keep: int) -> list[tuple[int, str]]:

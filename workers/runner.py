@@ -24,7 +24,8 @@ from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
 from jobspec.data import tokenized_prefix
 from service import logs
 from service.db import session_scope
-from service.domain import calibration, lifecycle, models
+from service.domain import calibration, lifecycle, models, quotas
+from service.domain.jobs import checkpoints_prefix
 from service.domain.lifecycle import Claim, JobStatus
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow
 from service.queue import enqueue_training
@@ -359,6 +360,8 @@ def _prepared_data(attempt: Attempt, spec: PretrainSpec, store: ObjectStore,
         reporter.event("info", "reusing tokenized data from an earlier job on this dataset "
                                f"({prefix}); skipping tokenization")
         store.get_dir(prefix, local)
+        # Counted once (stored before they were counted, or by a worker that died first).
+        _count_tokenized(attempt, prefix, _dir_bytes(local))
         return local
     corpus = work / f"corpus.{attempt.dataset.format}"
     reporter.event("info", "downloading the dataset")
@@ -366,8 +369,34 @@ def _prepared_data(attempt: Attempt, spec: PretrainSpec, store: ObjectStore,
     prepare_data(spec, str(corpus), attempt.dataset.format, str(local), reporter,
                  None if base_dir is None else str(base_dir))
     corpus.unlink()
+    size = _dir_bytes(local)
+    if not _room_for(attempt.owner, size):  # a cache: the job trains from its own copy
+        reporter.event("warning", f"token shards not stored ({size / 1e6:.1f} MB would pass "
+                                  "your storage quota): this job trains from its own copy, "
+                                  "and a later job on this dataset tokenizes it again")
+        return local
     store.put_dir(local, prefix, last="meta.json")
+    _count_tokenized(attempt, prefix, size)
     return local
+
+
+def _dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+@with_db_retry
+def _room_for(owner: str, size: int) -> bool:
+    quota = get_settings().storage_quota_bytes
+    if not quota:
+        return True
+    with session_scope() as s:
+        return quotas.used_bytes(s, owner) + size <= quota
+
+
+@with_db_retry
+def _count_tokenized(attempt: Attempt, prefix: str, size: int) -> None:
+    with session_scope() as s:
+        quotas.record_tokenized(s, prefix=prefix, dataset_id=attempt.dataset.id, size=size)
 
 
 def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
@@ -385,7 +414,7 @@ def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
                          .order_by(CheckpointRow.step.desc())).all()
         known = [(r.id, r.step, r.storage_prefix) for r in rows]
     recorded = {p for _, _, p in known}
-    root = f"jobs/{attempt.job_id}/checkpoints"
+    root = checkpoints_prefix(attempt.job_id)
     for name in {rel.split("/", 1)[0] for rel in store.list(root)}:
         if f"{root}/{name}" not in recorded:
             store.delete_prefix(f"{root}/{name}")  # a torn upload from a dead attempt

@@ -16,9 +16,23 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.webhook_target import check_webhook
-from service.domain import estimates, idempotency, jobs, models, quotas, webhooks
+from service.domain import (
+    checkpoint_quota,
+    estimates,
+    idempotency,
+    jobs,
+    models,
+    quotas,
+    webhooks,
+)
 from service.domain.estimates import JobEstimate
-from service.domain.jobs import CheckpointPublic, EventPublic, JobPublic, MetricPoint
+from service.domain.jobs import (
+    CheckpointPublic,
+    CheckpointsDeleted,
+    EventPublic,
+    JobPublic,
+    MetricPoint,
+)
 from service.domain.lifecycle import JobStatus
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
@@ -28,6 +42,7 @@ from service.domain.webhooks import WebhookDeliveryPublic
 from service.errors import ApiError
 from service.queue import enqueue_training
 from service.settings import Settings
+from service.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("cloze.api")
@@ -54,6 +69,7 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
                               max_active=settings.max_active_jobs)
         found = await run_in_threadpool(estimates.estimate, session=session, store=store,
                                         job_in=admitted.job_in, name=admitted.name)
+        checkpoint_quota.check(session, caller.owner, settings, admitted.job_in, found)
         session.rollback()
         return JSONResponse(found.model_dump(mode="json"), 200)
     fingerprint = idempotency.fingerprint(job_in.model_dump_json())
@@ -65,9 +81,9 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     await check_webhook(job_in.webhook, settings)
     admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
                           max_active=settings.max_active_jobs)
-    seconds = await run_in_threadpool(estimates.estimated_seconds, session=session,
-                                      store=store, job_in=admitted.job_in,
-                                      name=admitted.name)
+    figures = await run_in_threadpool(_estimate, session, store, admitted)
+    checkpoint_quota.check(session, caller.owner, settings, admitted.job_in, figures)
+    seconds = figures.time.seconds if figures is not None and figures.time else None
     row = await run_in_threadpool(_record, session, admitted, caller.owner, seconds,
                                   idempotency_key, fingerprint)
     try:
@@ -83,6 +99,18 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     jobs.mark_enqueued(session=session, job_id=row.id)
     session.commit()
     return JobPublic.of(row)
+
+
+def _estimate(session: Session, store: ObjectStore, admitted: jobs.Admitted
+              ) -> JobEstimate | None:
+    """What the job would do (its eta until measured; its checkpoints' size for the quota);
+    None when it cannot be told: an estimate is never a reason to refuse a submission."""
+    try:
+        return estimates.estimate(session=session, store=store, job_in=admitted.job_in,
+                                  name=admitted.name)
+    except Exception:
+        log.warning("no estimate for a %s job", admitted.job_in.type, exc_info=True)
+        return None
 
 
 def _record(session: Session, admitted: jobs.Admitted, owner: str, seconds: float | None,
@@ -188,6 +216,16 @@ def job_checkpoints(job_id: str, session: SessionDep, caller: CallerDep) -> List
     return ListOf[CheckpointPublic](data=[CheckpointPublic(
         id=r.id, job_id=r.job_id, step=r.step, bytes=r.bytes, sha256=r.sha256,
         metrics=r.metrics, created_at=r.created_at) for r in rows])
+
+
+@router.delete("/{job_id}/checkpoints", response_model=CheckpointsDeleted)
+def delete_checkpoints(job_id: str, session: SessionDep, store: StoreDep,
+                       caller: CallerDep) -> CheckpointsDeleted:
+    """Delete a finished job's checkpoints (409 while it is queued, running or paused: it
+    resumes from them), freeing their bytes of your storage quota; models published from
+    them stay."""
+    return jobs.delete_checkpoints(session=session, store=store, job_id=job_id,
+                                   scope=caller.scope)
 
 
 @router.post("/{job_id}/checkpoints/{step}/publish", status_code=201,

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
@@ -27,6 +27,7 @@ from service.domain.tables import (
 from service.queue import live_queues
 from service.routing import waiting_reason
 from service.settings import get_settings
+from service.storage import ObjectStore
 
 
 class Progress(BaseModel):
@@ -377,6 +378,37 @@ def checkpoints(*, session: Session, job_id: str, scope: str | None) -> list[Che
     get(session=session, job_id=job_id, scope=scope)
     return list(session.scalars(
         select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.step)))
+
+
+class CheckpointsDeleted(BaseModel):
+    object: Literal["checkpoints.deleted"] = "checkpoints.deleted"
+    job_id: str
+    deleted: int  # checkpoints
+    bytes: int  # freed of the owner's storage quota
+
+
+def delete_checkpoints(*, session: Session, store: ObjectStore, job_id: str,
+                       scope: str | None) -> CheckpointsDeleted:
+    """Delete a finished job's checkpoints, records then files, which frees their bytes
+    of the owner's quota (models published from them are copies, and stay). A queued,
+    running or paused job resumes from its checkpoints: 409."""
+    row = get(session=session, job_id=job_id, scope=scope)
+    if row.status not in lifecycle.TERMINAL:
+        raise Conflict("job_not_finished", f"job {job_id} is {row.status}; a job's "
+                       "checkpoints are what it resumes from, so they can be deleted once it "
+                       "has finished (cancel it first)")
+    count, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(CheckpointRow.bytes), 0))
+        .where(CheckpointRow.job_id == job_id)).one()
+    session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id))
+    session.commit()  # the records go first: nothing offers a checkpoint that is going away
+    store.delete_prefix(checkpoints_prefix(job_id))
+    return CheckpointsDeleted(job_id=job_id, deleted=int(count), bytes=int(size))
+
+
+def checkpoints_prefix(job_id: str) -> str:
+    """Where a job's checkpoints are stored (step-XXXXXXXX under it)."""
+    return f"jobs/{job_id}/checkpoints"
 
 
 def mark_enqueued(*, session: Session, job_id: str) -> None:
