@@ -1,12 +1,14 @@
 """The reaper: a thread in each API process and in each worker's main process that
-re-queues jobs whose worker died. Its re-queue is a conditional UPDATE (lifecycle.reap),
-so any number of reapers may run at once and each job is revived once."""
+re-queues jobs whose worker died, and collects crash leftovers (service/orphans.py). Its
+re-queue is a conditional UPDATE (lifecycle.reap), so any number of reapers may run at
+once and each job is revived once; collecting twice removes nothing twice."""
 
 import contextlib
 import logging
 import threading
+import time
 
-from service import sweeper
+from service import orphans, sweeper
 from service.db import session_scope
 from service.domain import lifecycle
 from service.queue import enqueue_training
@@ -32,13 +34,26 @@ def reap_once() -> list[str]:
 
 
 def start(guard: contextlib.AbstractContextManager[object] | None = None) -> threading.Event:
-    """Run reap_once every reaper_interval_s until the returned event is set; each round
-    inside `guard` (a worker's main process: no fork in the middle of a round)."""
+    """Run reap_once every reaper_interval_s until the returned event is set, and collect
+    crash leftovers at once and then every orphan_interval_s; each round inside `guard` (a
+    worker's main process: no fork in the middle of a round)."""
     stop = threading.Event()
-    interval = get_settings().reaper_interval_s
+    settings = get_settings()
+    interval = settings.reaper_interval_s
 
     def loop() -> None:
-        while not stop.wait(interval):
+        orphans_due = 0.0  # at once: what a crash before this start left
+        while True:
+            if time.monotonic() >= orphans_due:  # at the reaper's pace, or slower
+                orphans_due = time.monotonic() + settings.orphan_interval_s
+                try:
+                    with guard or contextlib.nullcontext():
+                        orphans.collect()
+                except Exception as exc:  # storage or database down: the next time
+                    log.warning("collecting crash leftovers failed: %s",
+                                exc.__class__.__name__)
+            if stop.wait(interval):
+                return
             try:
                 with guard or contextlib.nullcontext():
                     reap_once()

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
     reaper_interval_s: float = Field(default=15.0, gt=0)
     requeue_after_s: float = Field(default=600.0, gt=0)
+    # Crash leftovers (service/orphans.py): stored objects no row records and the scratch
+    # folders of processes that died are collected when an API or worker starts and then
+    # every orphan_interval_s; a stored object changed in the last orphan_grace_s is left
+    # alone (an upload in progress keeps writing).
+    orphan_grace_s: float = Field(default=3600.0, gt=0)
+    orphan_interval_s: float = Field(default=3600.0, gt=0)
     # Attempts per job before it is failed; errors that cannot heal are never retried.
     max_attempts: int = Field(default=3, ge=1, le=20)
     # How often a running job reads its cancel and pause flags (a query per step would cost

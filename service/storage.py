@@ -7,6 +7,7 @@ the backend beyond how the filesystem is built.
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -81,6 +82,32 @@ class ObjectStore:
             total += path.stat().st_size
         return total
 
+    def children(self, prefix: str) -> list[str]:
+        """The names directly under prefix/ (files and folders)."""
+        root = self._path(prefix)
+        if not self.fs.exists(root):
+            return []
+        return sorted({str(p).rstrip("/").rsplit("/", 1)[-1]
+                       for p in self.fs.ls(root, detail=False)} - {""})
+
+    def last_modified(self, prefix: str) -> float | None:
+        """The newest modification time (unix seconds) of what is under prefix/ (a folder
+        that holds nothing: its own); None when nothing is there."""
+        root = self._path(prefix)
+        found = self.fs.find(root, detail=True)
+        times = [t for t in (_mtime(info) for info in found.values()) if t is not None]
+        if not times and self.fs.exists(root):
+            times = [t for t in [_mtime(self.fs.info(root))] if t is not None]
+        return max(times) if times else None
+
+    def bytes_under(self, prefix: str) -> int:
+        """The bytes of the files under prefix/."""
+        root = self._path(prefix)
+        if not self.fs.exists(root):
+            return 0
+        return sum(int(info.get("size") or 0)
+                   for info in self.fs.find(root, detail=True).values())
+
     def list(self, prefix: str) -> list[str]:
         """Keys under prefix/, relative to it."""
         root = self._path(prefix)
@@ -110,6 +137,14 @@ class ObjectStore:
         top = self.root.split("/", 1)[0] if self.url.startswith("s3://") else self.root
         self.fs.invalidate_cache()
         self.fs.ls(top, detail=False)
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """A listing entry's modification time: local files say mtime, S3 LastModified."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value) if isinstance(value, int | float) else None
 
 
 @lru_cache

@@ -10,7 +10,6 @@ import json
 import logging
 import platform
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from service.domain.jobs import checkpoints_prefix
 from service.domain.lifecycle import Claim, JobStatus
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow
 from service.queue import enqueue_training
+from service.scratch import scratch_dir
 from service.settings import get_settings
 from service.storage import ObjectStore, get_store
 from workers.engine import (
@@ -160,8 +160,9 @@ def _run_job(job_id: str) -> None:
     heartbeat = Heartbeat(job_id, settings.heartbeat_interval_s)
     heartbeat.start()
     try:
-        with tempfile.TemporaryDirectory(prefix=f"cloze-{job_id}-") as work:
-            _attempt(attempt, store, reporter, Path(work))
+        # A killed worker's is collected (service/scratch.py).
+        with scratch_dir(f"{job_id}-") as work:
+            _attempt(attempt, store, reporter, work)
     except Permanent as exc:
         _fail(job_id, reporter, exc.code, exc.message)
     except Exception as exc:

@@ -1,4 +1,3 @@
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from service.errors import ApiError
 from service.inference import embeddings, loader, pipelines, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.inference.served import BATCHED_TASKS
+from service.scratch import scratch_dir
 from service.settings import get_settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -65,7 +65,7 @@ async def import_model(request: Request, session: SessionDep, store: StoreDep,
                        settings: SettingsDep, caller: CallerDep,
                        idempotency_key: IdempotencyKey = None) -> ModelPublic | JSONResponse:
     """Import a Hugging Face model directory (safetensors weights only) to fine-tune or serve."""
-    with tempfile.TemporaryDirectory(prefix="cloze-import-") as tmp:
+    with scratch_dir("import-") as tmp:  # collected if this process dies
         archive, name, digest, filename = await _receive_archive(request, Path(tmp), settings)
         route = "POST /v1/models/import"
         fingerprint = idempotency.fingerprint(digest, name or "")

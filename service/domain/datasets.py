@@ -94,7 +94,7 @@ class DatasetUpload:
 
     def abort(self) -> None:
         self._out.close()
-        self.store.delete(self.key)
+        self.store.delete_prefix(f"datasets/{self.id}")  # its folder too, not an empty one
 
     def finish(self) -> None:
         """The last chunk was written: check the whole file, then close the object."""

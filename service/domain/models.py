@@ -4,7 +4,6 @@ each kept as a Hugging Face directory plus an archive."""
 import hashlib
 import json
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from service.domain.imports import read_header
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.tables import CheckpointRow, JobRow, ModelRow
+from service.scratch import scratch_dir
 from service.settings import Settings
 from service.storage import CHUNK, ObjectStore
 
@@ -68,7 +68,7 @@ def publish(*, session: Session, store: ObjectStore, export_dir: Path, owner: st
     prefix = f"models/{model_id}/files"
     store.put_dir(export_dir, prefix)
     archive_key = f"models/{model_id}/{model_id}.tar.gz"
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("publish-") as tmp:  # collected if this process dies
         archive = Path(tmp) / "model.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(export_dir, arcname=model_id)
@@ -251,7 +251,7 @@ def publish_checkpoint(*, session: Session, store: ObjectStore, settings: Settin
     base = session.get(ModelRow, base_id) if base_id else None
     metrics, prefix = dict(ckpt.metrics or {}), ckpt.storage_prefix
     session.commit()  # give the connection back while the files are copied (seconds)
-    with tempfile.TemporaryDirectory(prefix="cloze-ckpt-") as tmp:
+    with scratch_dir("ckpt-") as tmp:
         export = Path(tmp) / "export"
         _fetch_verified(store, prefix, step, wanted, export)
         _refuse_adapters(export, step)
