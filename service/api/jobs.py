@@ -42,7 +42,6 @@ from service.domain.webhooks import WebhookDeliveryPublic
 from service.errors import ApiError
 from service.queue import enqueue_training
 from service.settings import Settings
-from service.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 log = logging.getLogger("cloze.api")
@@ -81,7 +80,8 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     await check_webhook(job_in.webhook, settings)
     admitted = jobs.admit(session=session, job_in=job_in, owner=caller.owner,
                           max_active=settings.max_active_jobs)
-    figures = await run_in_threadpool(_estimate, session, store, admitted)
+    figures = await run_in_threadpool(estimates.estimate_or_none, session=session, store=store,
+                                      job_in=admitted.job_in, name=admitted.name)
     checkpoint_quota.check(session, caller.owner, settings, admitted.job_in, figures)
     seconds = figures.time.seconds if figures is not None and figures.time else None
     row = await run_in_threadpool(_record, session, admitted, caller.owner, seconds,
@@ -99,18 +99,6 @@ async def create_job(job_in: JobCreate, session: SessionDep, caller: CallerDep,
     jobs.mark_enqueued(session=session, job_id=row.id)
     session.commit()
     return JobPublic.of(row)
-
-
-def _estimate(session: Session, store: ObjectStore, admitted: jobs.Admitted
-              ) -> JobEstimate | None:
-    """What the job would do (its eta until measured; its checkpoints' size for the quota);
-    None when it cannot be told: an estimate is never a reason to refuse a submission."""
-    try:
-        return estimates.estimate(session=session, store=store, job_in=admitted.job_in,
-                                  name=admitted.name)
-    except Exception:
-        log.warning("no estimate for a %s job", admitted.job_in.type, exc_info=True)
-        return None
 
 
 def _record(session: Session, admitted: jobs.Admitted, owner: str, seconds: float | None,

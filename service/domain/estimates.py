@@ -341,14 +341,14 @@ def estimate(*, session: Session, store: ObjectStore, job_in: PretrainJobCreate 
                        parameters=parameters, memory_bytes=memory, data=data, time=time)
 
 
-def estimated_seconds(*, session: Session, store: ObjectStore,
-                      job_in: PretrainJobCreate | FinetuneJobCreate, name: str
-                      ) -> float | None:
-    """The training time a submission records for its eta; None when it cannot be told
-    (an estimate is never a reason to refuse or fail a submission)."""
+def estimate_or_none(*, session: Session, store: ObjectStore,
+                     job_in: PretrainJobCreate | FinetuneJobCreate, name: str
+                     ) -> JobEstimate | None:
+    """What a submission records of its estimate (its eta until measured; its checkpoints'
+    size, for the storage quota); None when it cannot be told (an estimate is never a
+    reason to refuse or fail a submission)."""
     try:
-        found = estimate(session=session, store=store, job_in=job_in, name=name)
+        return estimate(session=session, store=store, job_in=job_in, name=name)
     except Exception:
-        log.warning("no time estimate for a %s job", job_in.type, exc_info=True)
+        log.warning("no estimate for a %s job", job_in.type, exc_info=True)
         return None
-    return found.time.seconds if found.time else None
