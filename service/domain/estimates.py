@@ -26,6 +26,7 @@ from service.domain import calibration
 from service.domain.specs import FinetuneJobCreate, PretrainJobCreate
 from service.domain.tables import DatasetRow, ModelRow
 from service.storage import ObjectStore
+from service.transformers_import import transformers
 
 log = logging.getLogger("cloze.estimates")
 
@@ -246,17 +247,16 @@ def _finetune_model(store: ObjectStore, base: ModelRow, spec: FinetuneJobCreate,
     `labels` labels, built from its config.json on the meta device (nothing allocated);
     the memory bound is the one the worker checks (workers/engine/finetune/run.py)."""
     import torch
-    import transformers
 
     try:
         with store.open_read(f"{base.storage_prefix}/config.json") as fh:
             config_dict = json.loads(fh.read())
         model_type = config_dict.pop("model_type")
-        config = transformers.AutoConfig.for_model(model_type, **config_dict)
+        config = transformers().AutoConfig.for_model(model_type, **config_dict)
         config.num_labels = labels
-        auto = (transformers.AutoModelForSequenceClassification
+        auto = (transformers().AutoModelForSequenceClassification
                 if spec.task == "text_classification"
-                else transformers.AutoModelForTokenClassification)
+                else transformers().AutoModelForTokenClassification)
         with torch.device("meta"):
             model = auto.from_config(config, dtype=None)
         parameters = sum(p.numel() for p in model.parameters())

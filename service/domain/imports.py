@@ -40,6 +40,7 @@ from jobspec.pooling import read_pooling
 from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
 from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
 from service.settings import Settings
+from service.transformers_import import transformers
 
 PICKLED = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx"}
 TASKS = {  # the head's class name ends with... -> pipeline task
@@ -336,8 +337,7 @@ def check_tokenizer(model_dir: Path, config: dict[str, Any]) -> str | None:
     """Load the tokenizer as serving and training will (writing tokenizer.json when the
     directory has only a slow tokenizer's files, e.g. BERT's vocab.txt), and check that
     every id it can produce has a row in the model's embeddings. Its mask token, if any."""
-    from transformers import AutoTokenizer
-
+    AutoTokenizer = transformers().AutoTokenizer  # noqa: N806 (transformers' name)
     fast_file = model_dir / "tokenizer.json"
     if not fast_file.exists():
         if not any((model_dir / name).exists() for name in ("vocab.txt", "vocab.json")):
@@ -486,11 +486,10 @@ def _meta_model(model_dir: Path, task: str) -> Any:
     """The model config.json describes, as the serving pipeline builds it, on the meta
     device: shapes and parameter counts without allocating a byte."""
     import torch
-    import transformers
 
-    auto = getattr(transformers, AUTO_CLASSES[task])
+    auto = getattr(transformers(), AUTO_CLASSES[task])
     try:
-        config = transformers.AutoConfig.from_pretrained(str(model_dir))
+        config = transformers().AutoConfig.from_pretrained(str(model_dir))
         with torch.device("meta"):
             # dtype=None: no process-wide torch.set_default_dtype while inference runs in
             # other threads (a config.json "dtype" would set one); shapes do not depend on it.

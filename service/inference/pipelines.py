@@ -19,6 +19,7 @@ from service.inference.loader import ModelCache, ModelTooLarge, tokenizer_bytes
 from service.inference.served import FEATURE_EXTRACTION, Seq, Served
 from service.settings import get_settings
 from service.storage import get_store
+from service.transformers_import import transformers
 
 T = TypeVar("T")
 
@@ -79,8 +80,7 @@ def loaded(model_id: str, task: str | None = None) -> Served | None:
 def load(model_id: str, prefix: str, task: str) -> Served:
     """The model, loaded (and warmed up) on first use; blocking: call it in a thread."""
     def build() -> Served:
-        from transformers import pipeline  # imported on first use: keeps API start fast
-
+        pipeline = transformers().pipeline  # imported on first use: keeps API start fast
         _set_threads()
         local = _cache().local_dir(model_id, prefix)
         _cache().make_room(local)
