@@ -134,6 +134,20 @@ def test_domain_knows_nothing_of_http():
         assert "ApiError" not in names, f"{path} raises an HTTP error"
 
 
+def test_api_routes_with_json_bodies_parse_large_ones_off_the_event_loop():
+    """Every /v1 route with a JSON body is a JsonBodyRoute (service/api/json_body.py): a
+    large body parsed on the event loop stalls every other request, /health included."""
+    from fastapi.routing import APIRoute
+
+    from service.api.app import create_app
+    from service.api.json_body import JsonBodyRoute
+
+    plain = [r.path for r in create_app().routes if isinstance(r, APIRoute)
+             and r.path.startswith("/v1") and r.body_field is not None
+             and not isinstance(r, JsonBodyRoute)]
+    assert not plain, f"routes whose JSON is parsed on the event loop: {plain}"
+
+
 JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled", "paused"}
 
 

@@ -24,7 +24,6 @@ from service.api import (
 from service.api.auth_first import AuthFirstMiddleware
 from service.api.body_limit import UPLOAD_FRAMING_BYTES, BodyLimitMiddleware, Limit
 from service.api.boundary import BoundaryMiddleware
-from service.api.json_body import parse_off_the_loop
 from service.api.observe import ObservabilityMiddleware
 from service.settings import get_settings
 
@@ -60,7 +59,6 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     for module in (datasets, jobs, models, openai, stream, plots, sweeps):
-        parse_off_the_loop(module.router)  # large JSON bodies: in a thread
         app.include_router(module.router, responses=errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (not in the API schema)
     app.include_router(docs.router)  # /docs and /redoc (not in the API schema)

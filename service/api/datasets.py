@@ -14,6 +14,7 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.api.json_body import JsonBodyRoute
 from service.api.multipart import (
     PartStart,
     form_name,
@@ -28,7 +29,7 @@ from service.errors import ApiError
 from service.settings import Settings
 from service.storage import ObjectStore
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=JsonBodyRoute)
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],

@@ -15,6 +15,7 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.api.json_body import JsonBodyRoute
 from service.api.webhook_target import check_webhook
 from service.domain import (
     checkpoint_quota,
@@ -43,7 +44,7 @@ from service.errors import ApiError
 from service.queue import enqueue_training
 from service.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JsonBodyRoute)
 log = logging.getLogger("cloze.api")
 ROUTE = "POST /v1/jobs"  # what its idempotency records name
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
-from fastapi import APIRouter, params
+from fastapi import params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
@@ -137,18 +137,13 @@ def _parsing_first(route: APIRoute, handler: Handler) -> Handler:
 
 
 class JsonBodyRoute(APIRoute):
+    """A route whose one JSON body (not a form, not several embedded bodies) is parsed
+    as above: `APIRouter(route_class=JsonBodyRoute)` for the API's routers."""
+
     def get_route_handler(self) -> Handler:
-        return _parsing_first(self, super().get_route_handler())
-
-
-def parse_off_the_loop(router: APIRouter) -> None:
-    """Make each route of `router` with one JSON body (not a form, not several embedded
-    bodies) a JsonBodyRoute, as `APIRouter(route_class=JsonBodyRoute)` would have made it.
-    Call it before the router is included: FastAPI builds a route's handler then."""
-    for route in router.routes:
-        if type(route) is not APIRoute or route.body_field is None:
-            continue
-        info = route.body_field.field_info
+        handler = super().get_route_handler()
+        info = self.body_field.field_info if self.body_field is not None else None
         if isinstance(info, params.Body) and not isinstance(info, params.Form) and \
-                not route._embed_body_fields:
-            route.__class__ = JsonBodyRoute
+                not self._embed_body_fields:
+            return _parsing_first(self, handler)
+        return handler

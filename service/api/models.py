@@ -20,6 +20,7 @@ from service.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from service.api.json_body import JsonBodyRoute
 from service.api.multipart import (
     PartStart,
     form_name,
@@ -38,7 +39,7 @@ from service.inference.served import BATCHED_TASKS
 from service.scratch import scratch_dir
 from service.settings import get_settings
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=JsonBodyRoute)
 
 
 def _answer(description: str) -> dict[int | str, dict[str, Any]]:

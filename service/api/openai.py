@@ -6,12 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from service.api.json_body import JsonBodyRoute
 from service.api.models import EMBEDDINGS, resolve
 from service.domain.errors import DomainError
 from service.errors import ApiError
 from service.inference import embeddings
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=JsonBodyRoute)
 
 
 @router.post("/embeddings")

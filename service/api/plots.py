@@ -10,13 +10,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CallerDep, SessionDep
+from service.api.json_body import JsonBodyRoute
 from service.domain import jobs
 from service.domain.jobs import MetricPoint
 from service.domain.tables import MetricRow
 from service.plots.svg import Series, line_chart
 from service.plots.tfevents import Scalars, event_file
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JsonBodyRoute)
 
 # Points drawn in the SVG by default: more than a chart 800 pixels wide can show (eval
 # points are always kept, see jobs.metrics).

@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.auth import caller_bucket
 from service.api.deps import CallerDep, SessionDep, SettingsDep
+from service.api.json_body import JsonBodyRoute
 from service.api.stream_slots import SLOTS, Slot
 from service.db import session_scope
 from service.domain import jobs, lifecycle
@@ -38,7 +39,7 @@ from service.domain.tables import EventRow, JobRow, MetricRow
 from service.errors import ApiError
 
 log = logging.getLogger("cloze.stream")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JsonBodyRoute)
 
 POLL_S = 0.5  # how soon a new point reaches the watcher; one small query per stream each
 # Each poll that finds nothing doubles the wait, up to this many POLL_S: a stream on a quiet

@@ -11,13 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from jobspec.sweep import SweepSpec
 from service import sweeper
 from service.api.deps import After, CallerDep, IdempotencyKey, Limit, SessionDep, SettingsDep
+from service.api.json_body import JsonBodyRoute
 from service.api.webhook_target import check_webhook
 from service.domain import admission, idempotency, quotas, sweeps
 from service.domain.schemas import ListOf
 from service.domain.sweeps import SweepPublic
 from service.plots.svg import Series, line_chart
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=JsonBodyRoute)
 log = logging.getLogger("cloze.sweeps")
 
 # Trial lines in the chart, in turn (matplotlib's tab10).
