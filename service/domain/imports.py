@@ -261,6 +261,7 @@ def _task(architectures: list[str], model_dir: Path) -> str:
     """The pipeline task of a model directory: its head's, or feature-extraction for a
     base model (what transformers' AutoModel maps a model type to) and for a
     sentence-transformers directory that names no architecture."""
+    transformers()  # imported under its lock first (service/transformers_import.py)
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     task = next((t for arch in architectures for suffix, t in TASKS.items()
