@@ -147,9 +147,9 @@ class WebhookDeliveryRow(Base):
     last_attempt_at: Mapped[datetime | None]
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    # Whether the API that accepted the webhook let it reach private addresses (its bind
-    # host or CLOZE_WEBHOOK_ALLOW_PRIVATE): a worker's sender cannot tell from its own
-    # settings, which know nothing of the API's host.
+    # Whether the API that accepted the webhook let it reach private addresses (keys not
+    # required on a loopback API, or CLOZE_WEBHOOK_ALLOW_PRIVATE): the API process that
+    # sends it may run with other settings.
     private_ok: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
