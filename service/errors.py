@@ -20,6 +20,7 @@ from service.domain.errors import (
     LimitReached,
     NotFound,
     TooLarge,
+    Unavailable,
     Unsupported,
 )
 
@@ -68,10 +69,11 @@ def _param(loc: tuple[object, ...]) -> str | None:
     return ".".join(parts) or (str(loc[0]) if loc else None)
 
 
-# The HTTP status of each kind of refusal the domain raises (service/domain/errors.py).
+# The HTTP status of each kind of refusal the domain and the serving layer (service/inference/)
+# raise (service/domain/errors.py); a Retryable's retry_after_s becomes Retry-After.
 DOMAIN_STATUS: dict[type, int] = {
     NotFound: 404, Invalid: 422, Conflict: 409, TooLarge: 413, Unsupported: 415,
-    LimitReached: 429,
+    LimitReached: 429, Unavailable: 503,
 }
 
 

@@ -276,7 +276,8 @@ def test_lengths_are_grouped_so_padding_stays_under_half():
 def test_overload_is_a_503_with_retry_after(world, monkeypatch):
     import asyncio
 
-    from service.errors import ApiError
+    from service.domain.errors import Unavailable
+    from service.errors import domain_status
     from service.inference import pipelines
     from service.inference.batcher import Overloaded
 
@@ -288,9 +289,17 @@ def test_overload_is_a_503_with_retry_after(world, monkeypatch):
         raise Overloaded("512 sequences are waiting for this model")
 
     monkeypatch.setattr(served.batcher, "submit", full)
-    with pytest.raises(ApiError) as refused:
+    # The serving layer says so in its own terms; service/errors.py makes it a 503.
+    with pytest.raises(Unavailable) as refused:
         asyncio.run(pipelines.infer(served, []))
-    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert domain_status(refused.value) == 503 and refused.value.retry_after_s == 1
+    r = world["client"].post(f"/v1/models/{world['ids']['mlm']}/fill-mask",
+                             json={"inputs": "a [MASK] b"})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    assert r.json()["error"] == {
+        "code": "overloaded", "param": None,
+        "message": "this model is busy (512 sequences are waiting for this model); retry "
+                   "shortly"}
 
 
 def test_a_request_larger_than_the_queue_is_a_413_not_a_retry(world, monkeypatch):

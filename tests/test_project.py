@@ -133,6 +133,89 @@ def test_domain_knows_nothing_of_http():
             {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         assert "ApiError" not in names, f"{path} raises an HTTP error"
 
+def test_inference_knows_nothing_of_http():
+    """The serving layer (service/inference/) raises domain errors (service/domain/errors.py:
+    a full queue is Unavailable, a long text TooLarge); service/errors.py alone decides the
+    status and headers a client gets."""
+    for path in (ROOT / "service" / "inference").rglob("*.py"):
+        for module in _imports(path):
+            assert module.split(".")[0] not in {"fastapi", "starlette", "http"} and \
+                module != "service.errors" and not module.startswith("service.api"), \
+                f"{path} imports {module}"
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
+            {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        http = names & {"ApiError", "HTTPException", "HTTPStatus", "JSONResponse"}
+        assert not http, f"{path} speaks HTTP: {http}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword):
+                assert node.arg not in {"status", "status_code", "headers"}, \
+                    f"{path}:{node.value.lineno} passes an HTTP {node.arg}"
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                statuses = [c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant)
+                            and type(c.value) is int and 100 <= c.value <= 599]
+                assert not statuses, f"{path}:{node.lineno} raises with a status {statuses}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value.lower() != "retry-after", \
+                    f"{path}:{node.lineno} sets an HTTP header"
+
+
+# Module-level state of service/api/ that is the API's own (who may call how often, how a
+# body is parsed), each with the reason it is not serving state.
+API_STATE = {
+    ("auth.py", "_limiters"): "the rate limiter of each key policy (admission, not serving)",
+    ("json_body.py", "_limiters"): "one JSON-parsing thread per event loop",
+}
+MUTATORS = {"append", "extend", "insert", "pop", "popitem", "clear", "update", "setdefault",
+            "add", "discard", "remove", "appendleft", "move_to_end"}
+
+
+def _module_state(source: str) -> dict[str, int]:
+    """The module's names that hold state changed after import (a module-level container
+    written to, a `global` rebound, an lru_cache'd function), each with a line using it."""
+    tree = ast.parse(source)
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found.update({name: node.lineno for name in node.names})
+        elif isinstance(node, ast.Assign | ast.AugAssign | ast.Delete):
+            targets = [node.target] if isinstance(node, ast.AugAssign) else node.targets
+            found.update({t.value.id: node.lineno for t in targets
+                          if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
+                          and t.value.id in names})
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                isinstance(node.func.value, ast.Name) and node.func.value.id in names and \
+                node.func.attr in MUTATORS:
+            found[node.func.value.id] = node.lineno
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for decorator in node.decorator_list:
+                func = decorator.func if isinstance(decorator, ast.Call) else decorator
+                if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                        ) in {"lru_cache", "cache"}:
+                    found[node.name] = node.lineno
+    return found
+
+
+def test_api_holds_no_serving_state():
+    """Loaded models, their lookups, queues and warm-up live in service/inference/
+    (registry.py, pipelines.py): an API module keeps no state across requests beyond the
+    API's own, listed in API_STATE."""
+    for path in (ROOT / "service" / "api").rglob("*.py"):
+        for name, line in _module_state(path.read_text()).items():
+            assert (path.name, name) in API_STATE, \
+                f"{path}:{line} keeps {name} across requests: serving state belongs in " \
+                "service/inference/ (else add it to API_STATE with the reason)"
+    # The rule sees the kinds of state the API used to hold (api/models.py's lookup cache).
+    assert set(_module_state("_lookups: dict = {}\n_n = 0\n@lru_cache\ndef cache(): ...\n"
+                             "def forget(m):\n    global _n\n    _lookups.pop(m)\n")) == \
+        {"_lookups", "_n", "cache"}
+
+
 
 def test_api_routes_with_json_bodies_parse_large_ones_off_the_event_loop():
     """Every /v1 route with a JSON body is a JsonBodyRoute (service/api/json_body.py): a

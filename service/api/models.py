@@ -1,4 +1,3 @@
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,9 @@ from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.errors import ApiError
-from service.inference import embeddings, loader, pipelines, tasks
+from service.inference import embeddings, pipelines, registry, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
-from service.inference.served import BATCHED_TASKS
+from service.inference.served import BATCHED_TASKS, FEATURE_EXTRACTION
 from service.scratch import scratch_dir
 from service.settings import get_settings
 
@@ -148,8 +147,7 @@ def delete_model(model_id: str, session: SessionDep, store: StoreDep, settings: 
     """Delete the model, its files and this process's loaded copy (409 while a queued or
     running job starts from it)."""
     models.delete(session=session, store=store, model_id=model_id, scope=caller.scope)
-    forget(model_id)
-    loader.evict(model_id, settings.cache_dir)
+    registry.unload(model_id, settings.cache_dir)
     return Response(status_code=204)
 
 
@@ -174,24 +172,9 @@ def _release(session: Session) -> None:
     session.close()
 
 
-ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
-            "token-classification": "token-classification", "text-generation": "generate",
-            "feature-extraction": "feature-extraction"}
-# Every model serves embeddings (a model with a head, from its base model), whatever its task.
-EMBEDDINGS = "feature-extraction"
-
-
-# Inference routes' model lookups for anonymous callers, per process: (model_id, task) ->
-# (id, storage prefix, when looked up). A hit costs neither the database nor a trip to a
-# thread (~1.5 ms of a ~10 ms small-model fill-mask). A model's id, owner, task and files
-# never change; it can only be deleted: DELETE forgets it here at once, and an entry lives
-# LOOKUP_TTL_S, so another API process stops answering for a deleted model within that.
-LOOKUP_TTL_S = 2.0
-_lookups: dict[tuple[str, str], tuple[str, str, float]] = {}
-
-
 async def resolve(request: Request, model_id: str, task: str) -> tuple[str, str]:
-    """The model's id and storage prefix for this caller (404, 422 as _serving says)."""
+    """The model's id and storage prefix for this caller (404, 422 as registry.lookup says);
+    an anonymous caller's from the registry's short-lived cache when it has them."""
     settings = get_settings()
     # Batched tasks are admitted by load (a bounded queue per model: 503 + Retry-After when
     # it is full), not by the per-minute budget, unless a setting says so: an application
@@ -199,21 +182,14 @@ async def resolve(request: Request, model_id: str, task: str) -> tuple[str, str]
     budgeted = settings.rate_limit_inference or task not in BATCHED_TASKS
     anonymous = anonymous_on_the_loop(request, settings, budgeted=budgeted)
     if anonymous is not None:
-        hit = _lookups.get((model_id, task))
-        if hit is not None and time.monotonic() - hit[2] < LOOKUP_TTL_S:
-            return hit[0], hit[1]
-    id_, prefix = await run_in_threadpool(_serving, request, model_id, task,
-                                          anonymous is not None, budgeted)
+        hit = registry.cached(model_id, task)
+        if hit is not None:
+            return hit
+    found = await run_in_threadpool(_serving, request, model_id, task,
+                                    anonymous is not None, budgeted)
     if anonymous is not None:
-        _lookups[(model_id, task)] = (id_, prefix, time.monotonic())
-    return id_, prefix
-
-
-def forget(model_id: str) -> None:
-    """Drop a deleted model's lookups."""
-    for key in list(_lookups):  # a copy: the event loop may add entries meanwhile
-        if key[0] == model_id:
-            _lookups.pop(key, None)
+        registry.remember(model_id, task, found)
+    return found
 
 
 def _serving(request: Request, model_id: str, task: str, charged: bool = False,
@@ -226,12 +202,7 @@ def _serving(request: Request, model_id: str, task: str, charged: bool = False,
     with session_scope() as session:
         caller = keys.ANONYMOUS if charged else authenticate_caller(
             request, session, get_settings(), budgeted=budgeted)
-        row = models.get(session=session, model_id=model_id, scope=caller.scope)
-        if row.task != task and task != EMBEDDINGS:
-            raise ApiError(422, "wrong_task", f"model {model_id} is a {row.task} model, not "
-                           f"{task}; use /v1/models/{model_id}/"
-                           f"{ENDPOINT.get(row.task, row.task)}")
-        return row.id, row.storage_prefix
+        return registry.lookup(session, model_id, task, caller.scope)
 
 
 @router.post("/{model_id}/fill-mask", responses=_answer(
@@ -272,7 +243,7 @@ async def feature_extraction_route(model_id: str, body: embeddings.FeatureExtrac
     """Embeddings in the Hugging Face Inference API (text-embeddings-inference) format: any
     model, pooled as its sentence-transformers files say, else the mean of its last hidden
     states."""
-    id_, prefix = await resolve(request, model_id, EMBEDDINGS)
+    id_, prefix = await resolve(request, model_id, FEATURE_EXTRACTION)
     return await embeddings.feature_extraction(model_id=id_, prefix=prefix, request=body)
 
 
@@ -282,7 +253,7 @@ async def sentence_similarity_route(model_id: str, body: embeddings.SentenceSimi
                                     request: Request) -> Any:
     """The cosine of the source sentence's embedding with each sentence's (the Hugging Face
     Inference API's sentence-similarity)."""
-    id_, prefix = await resolve(request, model_id, EMBEDDINGS)
+    id_, prefix = await resolve(request, model_id, FEATURE_EXTRACTION)
     return await embeddings.sentence_similarity(model_id=id_, prefix=prefix, request=body)
 
 
@@ -297,31 +268,6 @@ class Loaded(BaseModel):
     load_seconds: float = PydField(description="0 when it was loaded already")
 
 
-async def _warm_fill_mask(served: Any, id_: str, prefix: str) -> None:
-    mask = served.tokenizer.mask_token
-    await fill_mask(model_id=id_, prefix=prefix, request=FillMaskRequest(
-        inputs=[f"The {mask} of France is Paris.", f"{mask} {mask} sleeps."]))
-
-
-async def _warm_classify(served: Any, id_: str, prefix: str) -> None:
-    await tasks.classify(model_id=id_, prefix=prefix,
-                         request=tasks.ClassifyRequest(inputs=["Warm up.", "A warm-up text."]))
-
-
-async def _warm_tokens(served: Any, id_: str, prefix: str) -> None:
-    await tasks.token_classification(model_id=id_, prefix=prefix, request=tasks.TokenRequest(
-        inputs=["Warm up in Paris.", "A warm-up text from London."]))
-
-
-async def _warm_embeddings(served: Any, id_: str, prefix: str) -> None:
-    await embeddings.feature_extraction(model_id=id_, prefix=prefix, request=(
-        embeddings.FeatureExtractionRequest(inputs=["Warm up.", "A warm-up text."])))
-
-
-WARM_UP = {"fill-mask": _warm_fill_mask, "text-classification": _warm_classify,
-           "token-classification": _warm_tokens, EMBEDDINGS: _warm_embeddings}
-
-
 @router.post("/{model_id}/load", response_model=Loaded)
 async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> Loaded:
     """Load the model into this server process now (and warm it up), so that the first
@@ -330,16 +276,7 @@ async def load_route(model_id: str, session: SessionDep, caller: CallerDep) -> L
                                   scope=caller.scope)
     id_, task, prefix = row.id, row.task, row.storage_prefix
     _release(session)
-    started = time.perf_counter()
-    served = pipelines.loaded(id_, task)
-    seconds = 0.0
-    if served is None:
-        served = await pipelines.call(pipelines.load, model_id=id_, prefix=prefix, task=task)
-        # One request down the whole path too (threads, tokenizer, decoding), not only
-        # the forward passes that loading ran.
-        if task in WARM_UP:
-            await WARM_UP[task](served, id_, prefix)
-        seconds = time.perf_counter() - started
+    served, seconds = await registry.load_warm(id_, prefix, task)
     return Loaded(id=id_, task=task, bytes=served.nbytes,
                   precision=str(served.dtype).removeprefix("torch."), graph=served.graph,
                   load_seconds=seconds)

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from service.api.json_body import JsonBodyRoute
-from service.api.models import EMBEDDINGS, resolve
-from service.domain.errors import DomainError
-from service.errors import ApiError
+from service.api.models import resolve
+from service.domain.errors import DomainError, NotFound
 from service.inference import embeddings
+from service.inference.served import FEATURE_EXTRACTION
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=JsonBodyRoute)
 
@@ -21,10 +21,11 @@ async def create_embeddings(body: embeddings.EmbeddingsRequest, request: Request
     """Embeddings in OpenAI's wire format: unit-length vectors of the model `model` (a
     Cloze model id), floats or base64, with the tokens read as usage."""
     try:
-        id_, prefix = await resolve(request, body.model, EMBEDDINGS)
+        id_, prefix = await resolve(request, body.model, FEATURE_EXTRACTION)
     except DomainError as exc:
         if exc.code != "not_found":
             raise
-        raise ApiError(404, "model_not_found", f"model: no model with id {body.model!r}",
+        # OpenAI's code and param for an unknown model (the model is named in the body)
+        raise NotFound("model_not_found", f"model: no model with id {body.model!r}",
                        "model") from None
     return await embeddings.openai_embeddings(model_id=id_, prefix=prefix, request=body)

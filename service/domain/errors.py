@@ -6,7 +6,8 @@ The domain knows nothing of HTTP; service/errors.py maps each kind to its status
 
 
 class DomainError(Exception):
-    """A request the domain refuses (the client's doing, never ours)."""
+    """A request the domain (or the serving layer, service/inference/) refuses: the client's
+    doing, or (Unavailable) a load it cannot take now; never a fault of ours."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -33,13 +34,21 @@ class Unsupported(DomainError):
     """A file type the service does not read."""
 
 
-class LimitReached(DomainError):
-    """Too many things at once (e.g. active jobs); worth retrying after `retry_after_s`."""
+class Retryable(DomainError):
+    """A refusal that may pass later: the client is told to retry after `retry_after_s`."""
 
     def __init__(self, code: str, message: str, param: str | None = None, *,
                  retry_after_s: int | None = None) -> None:
         super().__init__(code, message, param)
         self.retry_after_s = retry_after_s
+
+
+class LimitReached(Retryable):
+    """Too many things at once (e.g. active jobs) for this caller."""
+
+
+class Unavailable(Retryable):
+    """The service cannot take this now, whoever asks (e.g. a model's queue is full)."""
 
 
 def not_found(kind: str, id_: str) -> NotFound:

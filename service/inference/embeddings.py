@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import ApiError
+from service.domain.errors import Invalid, TooLarge
 from service.inference.pipelines import check_text, in_thread, infer, load_async
 from service.inference.served import FEATURE_EXTRACTION, Seq, Served
 from service.settings import get_settings
@@ -64,13 +64,13 @@ class Embedded:
 def _texts(texts: list[str], param: str) -> list[str]:
     settings = get_settings()
     if not texts:
-        raise ApiError(422, "invalid_request", f"{param}: give at least one text", param)
+        raise Invalid("invalid_request", f"{param}: give at least one text", param)
     if len(texts) > settings.max_embedding_inputs:
-        raise ApiError(413, "too_many_inputs", f"{param}: at most "
+        raise TooLarge("too_many_inputs", f"{param}: at most "
                        f"{settings.max_embedding_inputs} texts per request", param)
     for text in texts:
         if len(text) > settings.max_inference_chars:
-            raise ApiError(413, "input_too_long", f"{param}: each text may hold at most "
+            raise TooLarge("input_too_long", f"{param}: each text may hold at most "
                            f"{settings.max_inference_chars} characters", param)
         check_text(text, param)
     return texts
@@ -90,7 +90,7 @@ def _tokenize(served: Served, texts: list[str], truncate: bool, direction: str,
     seqs = []
     for i in range(len(texts)):
         if len(encoded["input_ids"][i]) > served.window:
-            raise ApiError(413, "input_too_long", f"{param}: a text of "
+            raise TooLarge("input_too_long", f"{param}: a text of "
                            f"{len(encoded['input_ids'][i])} tokens is longer than the "
                            f"{served.window} this model embeds; leave truncation on to cut it",
                            param)
@@ -104,19 +104,19 @@ def _token_seqs(served: Served, rows: list[list[int]]) -> list[Seq]:
     window."""
     settings = get_settings()
     if not rows or any(not row for row in rows):
-        raise ApiError(422, "invalid_request", "input: give at least one token", "input")
+        raise Invalid("invalid_request", "input: give at least one token", "input")
     if len(rows) > settings.max_embedding_inputs:
-        raise ApiError(413, "too_many_inputs", "input: at most "
+        raise TooLarge("too_many_inputs", "input: at most "
                        f"{settings.max_embedding_inputs} inputs per request", "input")
     before, after = _special_tokens(served)
     seqs = []
     for row in rows:
         if len(row) > settings.max_inference_chars:
-            raise ApiError(413, "input_too_long", "input: at most "
+            raise TooLarge("input_too_long", "input: at most "
                            f"{settings.max_inference_chars} tokens per input", "input")
         if min(row) < 0 or max(row) >= served.vocab_size:
-            raise ApiError(422, "invalid_request", "input: token ids must lie in 0.."
-                           f"{served.vocab_size - 1}, this model's vocabulary", "input")
+            raise Invalid("invalid_request", "input: token ids must lie in 0.."
+                          f"{served.vocab_size - 1}, this model's vocabulary", "input")
         seqs.append(Seq({"input_ids": torch.tensor((before + row)[:served.window - len(after)]
                                                    + after)}))
     return seqs
@@ -156,12 +156,12 @@ async def _embed_texts(model_id: str, prefix: str, texts: list[str], *, truncate
     if name is not None:
         if name not in served.pooling.prompts:
             known = ", ".join(served.pooling.prompts) or "none"
-            raise ApiError(422, "invalid_request", f"prompt_name: this model's prompts are "
-                           f"{known}", "prompt_name")
+            raise Invalid("invalid_request", f"prompt_name: this model's prompts are "
+                          f"{known}", "prompt_name")
         if not served.pooling.include_prompt:
-            raise ApiError(422, "invalid_request", "prompt_name: this model pools without its "
-                           "prompt's tokens (include_prompt: false), which Cloze does not "
-                           "serve; send the prompt text as part of the input", "prompt_name")
+            raise Invalid("invalid_request", "prompt_name: this model pools without its "
+                          "prompt's tokens (include_prompt: false), which Cloze does not "
+                          "serve; send the prompt text as part of the input", "prompt_name")
         texts = [served.pooling.prompts[name] + text for text in texts]
     seqs = await in_thread(_tokenize, served, texts, truncate, direction, param,
                            work=sum(map(len, texts)))
@@ -188,8 +188,8 @@ async def sentence_similarity(*, model_id: str, prefix: str,
     texts = _texts([request.inputs.source_sentence, *request.inputs.sentences],
                    "inputs.sentences")
     if len(texts) < 2:
-        raise ApiError(422, "invalid_request", "inputs.sentences: give at least one sentence",
-                       "inputs.sentences")
+        raise Invalid("invalid_request", "inputs.sentences: give at least one sentence",
+                      "inputs.sentences")
     _, embedded = await _embed_texts(model_id, prefix, texts, truncate=True,
                                      direction="right", prompt_name=None, param="inputs")
     source, *others = _normalized(embedded.vectors)
@@ -219,8 +219,8 @@ async def openai_embeddings(*, model_id: str, prefix: str,
     if request.dimensions is not None:
         width = int(vectors[0].shape[0])
         if request.dimensions > width:
-            raise ApiError(422, "invalid_request", f"dimensions: this model's embeddings have "
-                           f"{width}", "dimensions")
+            raise Invalid("invalid_request", f"dimensions: this model's embeddings have "
+                          f"{width}", "dimensions")
         vectors = [v[:request.dimensions] for v in vectors]
     vectors = _normalized(vectors)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, request.encoding_format)}

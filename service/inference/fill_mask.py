@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import ApiError
+from service.domain.errors import Invalid, TooLarge
 from service.inference.pipelines import (
     check_outputs,
     check_text,
@@ -89,21 +89,21 @@ def make_plan(served: Served, request: FillMaskRequest) -> Plan:
     targets = [params.targets] if isinstance(params.targets, str) else params.targets
     if targets is not None and (not targets or len(targets) > limit
                                 or not all(t.strip() for t in targets)):
-        raise ApiError(422, "invalid_request",
-                       f"parameters.targets: give 1 to {limit} non-empty strings",
-                       "parameters.targets")
+        raise Invalid("invalid_request",
+                      f"parameters.targets: give 1 to {limit} non-empty strings",
+                      "parameters.targets")
     for target in targets or []:
         check_text(target, "parameters.targets")
     top_k = check_top_k(params.top_k, 5)
     tokenizer = served.tokenizer
-    no_mask = ApiError(422, "no_mask_token", "inputs: no mask token found in the input; this "
-                       f"model's mask token is {tokenizer.mask_token}", "inputs")
+    no_mask = Invalid("no_mask_token", "inputs: no mask token found in the input; this "
+                      f"model's mask token is {tokenizer.mask_token}", "inputs")
     if any(tokenizer.mask_token not in text for text in texts):
         raise no_mask
     if targets is None and top_k > served.vocab_size:
-        raise ApiError(422, "invalid_request", f"parameters.top_k: at most "
-                       f"{served.vocab_size}, this model's vocabulary size",
-                       "parameters.top_k")
+        raise Invalid("invalid_request", f"parameters.top_k: at most "
+                      f"{served.vocab_size}, this model's vocabulary size",
+                      "parameters.top_k")
     with served.tokenizing:
         ids: list[list[int]] = tokenizer(texts)["input_ids"]
     mask_id = tokenizer.mask_token_id  # a property lookup each time: once, not per token
@@ -111,13 +111,13 @@ def make_plan(served: Served, request: FillMaskRequest) -> Plan:
     if min(len(m) for m in masks) == 0:
         raise no_mask
     if max(len(m) for m in masks) > settings.max_masks_per_input:
-        raise ApiError(413, "too_many_masks", f"inputs: at most "
+        raise TooLarge("too_many_masks", f"inputs: at most "
                        f"{settings.max_masks_per_input} mask tokens per text", "inputs")
     for row, positions in zip(ids, masks, strict=True):
         if len(row) > served.max_tokens:
             where = ("a mask token is past them, outside the window the model reads"
                      if positions[-1] >= served.max_tokens - 1 else "texts are not cut")
-            raise ApiError(413, "input_too_long", f"inputs: a text of {len(row)} tokens is "
+            raise TooLarge("input_too_long", f"inputs: a text of {len(row)} tokens is "
                            f"longer than the model's {served.max_tokens} tokens; {where}",
                            "inputs")
     plan = Plan(ids, masks, top_k)
@@ -130,7 +130,7 @@ def make_plan(served: Served, request: FillMaskRequest) -> Plan:
                       "parameters.targets")
         longest = max((len(t) for t in plan.multis), default=1)
         if max(len(row) for row in ids) + longest - 1 > served.max_tokens:
-            raise ApiError(413, "input_too_long", "parameters.targets: a text with a target "
+            raise TooLarge("input_too_long", "parameters.targets: a text with a target "
                            f"in place of its mask is longer than the model's "
                            f"{served.max_tokens} tokens", "parameters.targets")
     else:
@@ -150,9 +150,9 @@ def target_ids(served: Served, targets: list[str]) -> tuple[list[int], list[tupl
         pieces = [id_] if id_ is not None else served.tokenizer(
             target, add_special_tokens=False)["input_ids"]
         if len(pieces) > MAX_TARGET_TOKENS:
-            raise ApiError(422, "invalid_request", f"parameters.targets: {target!r} is "
-                           f"{len(pieces)} sub-tokens; at most {MAX_TARGET_TOKENS}",
-                           "parameters.targets")
+            raise Invalid("invalid_request", f"parameters.targets: {target!r} is "
+                          f"{len(pieces)} sub-tokens; at most {MAX_TARGET_TOKENS}",
+                          "parameters.targets")
         if len(pieces) == 1:
             singles.append(pieces[0])
         elif pieces:
@@ -160,8 +160,8 @@ def target_ids(served: Served, targets: list[str]) -> tuple[list[int], list[tupl
     singles = list(set(singles))  # the pipeline's order, which decides between equal scores
     multis = list(dict.fromkeys(multis))
     if not singles and not multis:
-        raise ApiError(422, "invalid_request", "parameters.targets: none of the targets is "
-                       "in this model's vocabulary", "parameters.targets")
+        raise Invalid("invalid_request", "parameters.targets: none of the targets is "
+                      "in this model's vocabulary", "parameters.targets")
     return singles, multis
 
 

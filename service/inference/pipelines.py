@@ -13,7 +13,7 @@ import anyio
 import anyio.to_thread
 
 from jobspec.pooling import read_pooling
-from service.errors import ApiError
+from service.domain.errors import Invalid, TooLarge, Unavailable
 from service.inference.batcher import Overloaded
 from service.inference.loader import ModelCache, ModelTooLarge, tokenizer_bytes
 from service.inference.served import FEATURE_EXTRACTION, Seq, Served
@@ -87,7 +87,7 @@ def load(model_id: str, prefix: str, task: str) -> Served:
         try:
             pooling = read_pooling(local) if task == FEATURE_EXTRACTION else None
         except ValueError as exc:  # checked at import; a model trained here writes them
-            raise ApiError(422, "invalid_model", f"the model's pooling files: {exc}") from None
+            raise Invalid("invalid_model", f"the model's pooling files: {exc}") from None
         served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings(),
                         pooling, tokenizer_bytes(local))
         served.prepare(get_settings(), _warm_up_seqs(served))
@@ -96,9 +96,9 @@ def load(model_id: str, prefix: str, task: str) -> Served:
     try:
         return _cache().get(cache_key(model_id, task), build)
     except ModelTooLarge as exc:
-        raise ApiError(422, "model_too_large",
-                       f"this model needs {exc.needed} bytes of memory to serve; this server "
-                       f"serves models of at most {exc.limit} bytes") from None
+        raise Invalid("model_too_large",
+                      f"this model needs {exc.needed} bytes of memory to serve; this server "
+                      f"serves models of at most {exc.limit} bytes") from None
 
 
 async def load_async(model_id: str, prefix: str, task: str) -> Served:
@@ -110,17 +110,17 @@ async def load_async(model_id: str, prefix: str, task: str) -> Served:
 
 async def infer(served: Served, seqs: list[Seq]) -> list[Any]:
     """Run the sequences in the model's batches; waiting holds no thread. A full queue is
-    a 503 with Retry-After (the load is shed, not queued without bound)."""
+    Unavailable, retry after a second (the load is shed, not queued without bound)."""
     assert served.batcher is not None
     if len(seqs) > served.batcher.max_queue:  # could never fit, however long one waits
-        raise ApiError(413, "too_many_sequences", f"inputs: this request needs {len(seqs)} "
+        raise TooLarge("too_many_sequences", f"inputs: this request needs {len(seqs)} "
                        f"passes of the model (texts, windows of long texts, sub-tokens of "
                        f"targets); at most {served.batcher.max_queue}", "inputs")
     try:
         futures = served.batcher.submit(seqs)
     except Overloaded as exc:
-        raise ApiError(503, "overloaded", f"this model is busy ({exc}); retry shortly",
-                       headers={"Retry-After": "1"}) from None
+        raise Unavailable("overloaded", f"this model is busy ({exc}); retry shortly",
+                          retry_after_s=1) from None
     return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
 
@@ -154,8 +154,8 @@ def check_text(text: str, param: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(422, "invalid_request", f"{param}: not valid Unicode text (it holds a "
-                       "lone surrogate code point)", param) from None
+        raise Invalid("invalid_request", f"{param}: not valid Unicode text (it holds a "
+                      "lone surrogate code point)", param) from None
 
 
 def texts_of(inputs: str | list[str]) -> list[str]:
@@ -163,14 +163,14 @@ def texts_of(inputs: str | list[str]) -> list[str]:
     settings = get_settings()
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts:
-        raise ApiError(422, "invalid_request", "inputs: give at least one text", "inputs")
+        raise Invalid("invalid_request", "inputs: give at least one text", "inputs")
     if len(texts) > settings.max_inference_inputs:
-        raise ApiError(413, "too_many_inputs",
+        raise TooLarge("too_many_inputs",
                        f"inputs: at most {settings.max_inference_inputs} texts per request",
                        "inputs")
     for text in texts:
         if len(text) > settings.max_inference_chars:
-            raise ApiError(413, "input_too_long",
+            raise TooLarge("input_too_long",
                            f"inputs: each text may hold at most {settings.max_inference_chars} "
                            "characters", "inputs")
         check_text(text, "inputs")
@@ -180,8 +180,8 @@ def texts_of(inputs: str | list[str]) -> list[str]:
 def check_top_k(top_k: int | None, default: int) -> int:
     limit = get_settings().max_top_k
     if top_k is not None and top_k > limit:
-        raise ApiError(422, "invalid_request", f"parameters.top_k: at most {limit}",
-                       "parameters.top_k")
+        raise Invalid("invalid_request", f"parameters.top_k: at most {limit}",
+                      "parameters.top_k")
     return top_k or default
 
 
@@ -192,7 +192,7 @@ def token_ids(served: Served, texts: list[str]) -> list[list[int]]:
         with served.tokenizing:
             row = served.tokenizer(text)["input_ids"]
         if len(row) > served.max_tokens:
-            raise ApiError(413, "input_too_long",
+            raise TooLarge("input_too_long",
                            f"inputs: a text is longer than the model's {served.max_tokens} "
                            "tokens", "inputs")
         ids.append(row)
@@ -203,7 +203,7 @@ def check_outputs(count: int, what: str, param: str) -> None:
     """Refuse, before the model runs, a request whose answer would be too large."""
     limit = get_settings().max_inference_outputs
     if count > limit:
-        raise ApiError(413, "too_many_outputs",
+        raise TooLarge("too_many_outputs",
                        f"{param}: this request asks for {count} {what}; at most {limit} per "
                        "request (send fewer inputs or a smaller value)", param)
 
@@ -219,4 +219,4 @@ def run(served: Served, inputs: Any, seed: int | None = None, **kwargs: Any) -> 
         try:
             return served.pipe(inputs, **kwargs)
         except ValueError as exc:  # e.g. targets that tokenize to nothing
-            raise ApiError(422, "invalid_request", f"parameters: {exc}", "parameters") from None
+            raise Invalid("invalid_request", f"parameters: {exc}", "parameters") from None

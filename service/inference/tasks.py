@@ -6,7 +6,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.errors import ApiError
+from service.domain.errors import Invalid, TooLarge
 from service.inference.pipelines import (
     check_outputs,
     check_text,
@@ -109,7 +109,7 @@ def _classify_inputs(served: Served, request: ClassifyRequest
 def check_lengths(served: Served, chunks: list[dict[str, Any]]) -> None:
     for chunk in chunks:
         if chunk["input_ids"].shape[-1] > served.max_tokens:
-            raise ApiError(413, "input_too_long",
+            raise TooLarge("input_too_long",
                            f"inputs: a text is longer than the model's {served.max_tokens} "
                            "tokens", "inputs")
 
@@ -157,7 +157,7 @@ def _token_inputs(served: Served, request: TokenRequest
     with served.tokenizing:
         per_text = [list(served.pipe.preprocess(text, **pre)) for text in texts]
     if params.aggregation_strategy == "none" and any(len(c) > 1 for c in per_text):
-        raise ApiError(413, "input_too_long", f"inputs: a text is longer than the model's "
+        raise TooLarge("input_too_long", f"inputs: a text is longer than the model's "
                        f"{size}-token window; with parameters.aggregation_strategy other than "
                        "none, long texts are read in overlapping windows", "inputs")
     # At most one entity per token: the tokens bound the answer.
@@ -172,18 +172,18 @@ def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
     texts = texts_of(request.inputs)
     params = request.parameters or GenerateParameters()
     if params.max_new_tokens > settings.max_new_tokens:
-        raise ApiError(422, "invalid_request", "parameters.max_new_tokens: at most "
-                       f"{settings.max_new_tokens}", "parameters.max_new_tokens")
+        raise Invalid("invalid_request", "parameters.max_new_tokens: at most "
+                      f"{settings.max_new_tokens}", "parameters.max_new_tokens")
     top_k = check_top_k(params.top_k, 50)
     check_outputs(len(texts) * params.max_new_tokens, "new tokens (inputs x max_new_tokens)",
                   "parameters.max_new_tokens")
     predictor = load(model_id, prefix, "text-generation")
     longest = max(len(row) for row in token_ids(predictor, texts))
     if longest + params.max_new_tokens > predictor.max_tokens:  # past its position table
-        raise ApiError(422, "invalid_request", f"parameters.max_new_tokens: the input's "
-                       f"{longest} tokens and {params.max_new_tokens} new ones are more than "
-                       f"this model's {predictor.max_tokens} positions",
-                       "parameters.max_new_tokens")
+        raise Invalid("invalid_request", f"parameters.max_new_tokens: the input's "
+                      f"{longest} tokens and {params.max_new_tokens} new ones are more than "
+                      f"this model's {predictor.max_tokens} positions",
+                      "parameters.max_new_tokens")
     sample = params.do_sample if params.do_sample is not None else params.temperature > 0
     kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sample,
                               "return_full_text": params.return_full_text}
