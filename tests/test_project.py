@@ -231,6 +231,28 @@ def test_api_routes_with_json_bodies_parse_large_ones_off_the_event_loop():
     assert not plain, f"routes whose JSON is parsed on the event loop: {plain}"
 
 
+def test_workers_write_service_tables_only_through_the_domain():
+    """What an attempt records (events, curve, progress, checkpoints, what a resume drops)
+    is written through service/domain/attempts.py, status moves through lifecycle.py: no
+    module under workers/ names a table class or builds its own SQL. (sqlalchemy.exc stays
+    allowed: the worker retries writes while the database is down.)"""
+    for path in (ROOT / "workers").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for module in modules:
+                assert module != "service.domain.tables", \
+                    f"{path}:{node.lineno} imports the tables"
+                assert module.split(".")[0] != "sqlalchemy" or \
+                    module.startswith("sqlalchemy.exc"), \
+                    f"{path}:{node.lineno} imports {module}: write through service/domain"
+
+
 JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled", "paused"}
 
 

@@ -11,15 +11,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import psutil
 import torch
-from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from service import sweeper
 from service.db import session_scope
-from service.domain import checkpoint_quota
-from service.domain.ids import new_id
+from service.domain import attempts, checkpoint_quota
 from service.domain.jobs import checkpoints_prefix
-from service.domain.tables import CheckpointRow, EventRow, JobRow, MetricRow, utcnow
 from service.settings import get_settings
 from service.storage import ObjectStore
 
@@ -75,24 +72,14 @@ class DbReporter:
     def event(self, level: str, message: str) -> None:
         log.log(logging.getLevelName(level.upper()), "%s: %s", self.job_id, message)
         with session_scope() as s:
-            s.add(EventRow(job_id=self.job_id, level=level, message=message))
+            attempts.record_event(s, self.job_id, level, message)
 
     @with_db_retry
     def _point(self, step: int, fields: dict[str, Any], job: dict[str, Any]) -> None:
         """Write one metric row per (job, step), merging train and eval fields."""
         self._latest.update(fields)
         with session_scope() as s:
-            row = s.scalar(select(MetricRow).where(MetricRow.job_id == self.job_id,
-                                                   MetricRow.step == step))
-            if row is None:
-                s.add(MetricRow(job_id=self.job_id, step=step, **fields))
-            else:
-                for key, value in fields.items():
-                    if key == "extra" and row.extra:
-                        value = {**row.extra, **value}
-                    setattr(row, key, value)
-            s.execute(update(JobRow).where(JobRow.id == self.job_id)
-                      .values(heartbeat_at=utcnow(), **job))
+            attempts.record_point(s, self.job_id, step, fields, job)
 
     def log(self, point: dict[str, Any]) -> None:
         fields = {k: point.get(k) for k in ("train_loss", "learning_rate", "grad_norm",
@@ -181,26 +168,19 @@ class DbReporter:
     @with_db_retry
     def _newest_checkpoint(self) -> int | None:
         with session_scope() as s:
-            return s.scalar(select(func.max(CheckpointRow.step))
-                            .where(CheckpointRow.job_id == self.job_id))
+            return attempts.newest_checkpoint_step(s, self.job_id)
 
     @with_db_retry
     def _drop_checkpoint_rows(self, keep: int) -> list[tuple[int, str]]:
         """Delete the records of all but the newest `keep` checkpoints; (step, prefix) of each."""
         with session_scope() as s:
-            old = s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == self.job_id)
-                            .order_by(CheckpointRow.step.desc()).offset(keep)).all()
-            gone = [(row.step, row.storage_prefix) for row in old]
-            for row in old:
-                s.delete(row)
-        return gone
+            return attempts.trim_checkpoints(s, self.job_id, keep)
 
     @with_db_retry
     def _record_checkpoint(self, step: int, prefix: str, size: int, digest: str) -> None:
         with session_scope() as s:
-            s.add(CheckpointRow(id=new_id("ckpt"), job_id=self.job_id, step=step,
-                                storage_prefix=prefix, bytes=size, sha256=digest,
-                                metrics=dict(self._latest)))
+            attempts.record_checkpoint(s, self.job_id, step=step, prefix=prefix, size=size,
+                                       digest=digest, metrics=dict(self._latest))
 
     @with_db_retry
     def should_stop(self) -> bool:
@@ -208,12 +188,8 @@ class DbReporter:
         if not self._stop and now - self._last_poll >= get_settings().stop_poll_s:
             self._last_poll = now
             with session_scope() as s:
-                flags = s.execute(select(JobRow.cancel_requested, JobRow.pause_requested)
-                                  .where(JobRow.id == self.job_id)).one_or_none()
-                cancel, pause = (bool(flags[0]), bool(flags[1])) if flags else (False, False)
+                cancel, pause = attempts.poll_stop(s, self.job_id)
                 self._stop, self._pausing = cancel or pause, pause and not cancel
-                s.execute(update(JobRow).where(JobRow.id == self.job_id)
-                          .values(heartbeat_at=utcnow()))
         return self._stop
 
     def pausing(self) -> bool:

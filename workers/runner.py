@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import delete, select
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
 from jobspec.data import tokenized_prefix
 from service import logs
 from service.db import session_scope
-from service.domain import calibration, lifecycle, models, quotas
+from service.domain import attempts, calibration, lifecycle, models, quotas
+from service.domain.attempts import Stored
 from service.domain.jobs import checkpoints_prefix
 from service.domain.lifecycle import Claim, JobStatus
-from service.domain.tables import CheckpointRow, DatasetRow, JobRow, MetricRow, ModelRow
 from service.queue import enqueue_training
 from service.scratch import scratch_dir
 from service.settings import get_settings
@@ -60,16 +59,6 @@ class Permanent(Exception):
 
 
 @dataclass(frozen=True)
-class Stored:
-    """Where something the job reads lives in object storage."""
-
-    id: str
-    key: str  # a file for datasets, a prefix for models
-    format: str
-    tag_column: int | None = None  # CoNLL columns: which one holds the tags
-
-
-@dataclass(frozen=True)
 class Attempt:
     job_id: str
     number: int
@@ -90,19 +79,9 @@ def claim(job_id: str) -> Attempt | None:
         if lifecycle.claim(s, job_id, max_attempts=get_settings().max_attempts) \
                 is not Claim.CLAIMED:
             return None
-        job = s.get(JobRow, job_id)
-        assert job is not None
-        spec = dict(job.spec)
-        data = {}
-        for split, param in (("train", "dataset_id"), ("valid", "validation_dataset_id"),
-                             ("test", "test_dataset_id")):
-            if spec.get(param) and (row := s.get(DatasetRow, spec[param])) is not None:
-                data[split] = Stored(row.id, row.storage_key, row.format, row.tag_column)
-        base = None
-        if spec.get("base_model_id") and (m := s.get(ModelRow, spec["base_model_id"])):
-            base = Stored(m.id, m.storage_prefix, m.architecture)
-        return Attempt(job_id=job_id, number=job.attempts, owner=job.owner, spec=spec,
-                       data=data, base_model=base)
+        got = attempts.inputs(s, job_id)
+        return Attempt(job_id=job_id, number=got.number, owner=got.owner, spec=got.spec,
+                       data=got.data, base_model=got.base_model)
 
 
 @with_db_retry
@@ -222,7 +201,7 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
         reporter.event("info", f"model {published} is ready")
     else:  # the reaper gave the job to another attempt meanwhile: that one's model counts
         with session_scope() as s:
-            s.execute(delete(ModelRow).where(ModelRow.id == published))
+            attempts.discard_model(s, published)
         models.delete_files(store=store, model_id=published)
 
 
@@ -411,9 +390,7 @@ def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
     if attempt.number == 1:
         return None
     with session_scope() as s:
-        rows = s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == attempt.job_id)
-                         .order_by(CheckpointRow.step.desc())).all()
-        known = [(r.id, r.step, r.storage_prefix) for r in rows]
+        known = attempts.checkpoints(s, attempt.job_id)
     recorded = {p for _, _, p in known}
     root = checkpoints_prefix(attempt.job_id)
     for name in {rel.split("/", 1)[0] for rel in store.list(root)}:
@@ -431,12 +408,9 @@ def _resume_point(attempt: Attempt, store: ObjectStore, reporter: DbReporter,
         shutil.rmtree(target, ignore_errors=True)
         store.delete_prefix(prefix)
         with session_scope() as s:
-            s.execute(delete(CheckpointRow).where(CheckpointRow.id == ckpt_id))
+            attempts.drop_checkpoint(s, ckpt_id)
     with session_scope() as s:
-        s.execute(delete(MetricRow).where(MetricRow.job_id == attempt.job_id,
-                                          MetricRow.step > resume_step))
-        s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == attempt.job_id,
-                                              CheckpointRow.step > resume_step))
+        attempts.rewind_to(s, attempt.job_id, resume_step)
     if resume_dir:
         reporter.event("info", f"attempt {attempt.number}: resuming from the checkpoint at "
                                f"step {resume_step}")

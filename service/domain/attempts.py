@@ -1,0 +1,154 @@
+"""What one attempt of a job records while it trains: its inputs, its events, its curve,
+its progress and heartbeat, its checkpoints, and what it drops when it resumes or loses.
+
+The worker (workers/runner.py, workers/reporter.py) writes the service's tables only
+through these functions; it owns its transactions (each function takes the session the
+caller commits) and never names a table. Status changes are not here: they go through
+service/domain/lifecycle.py alone (`_move`).
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from service.domain.ids import new_id
+from service.domain.tables import (
+    CheckpointRow,
+    DatasetRow,
+    EventRow,
+    JobRow,
+    MetricRow,
+    ModelRow,
+    utcnow,
+)
+
+# The spec fields naming the datasets an attempt reads, by split.
+SPLIT_PARAMS = (("train", "dataset_id"), ("valid", "validation_dataset_id"),
+                ("test", "test_dataset_id"))
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where something the job reads lives in object storage."""
+
+    id: str
+    key: str  # a file for datasets, a prefix for models
+    format: str
+    tag_column: int | None = None  # CoNLL columns: which one holds the tags
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a claimed attempt reads: its number, its job's owner and spec, its data."""
+
+    number: int
+    owner: str
+    spec: dict[str, Any]
+    data: dict[str, Stored]  # split ("train", "valid", "test") -> dataset
+    base_model: Stored | None  # fine-tuning starts from it; format = its architecture
+
+
+def inputs(session: Session, job_id: str) -> Inputs:
+    """The inputs of the job's current attempt (read right after lifecycle.claim); a
+    dataset or base model deleted meanwhile is missing from them."""
+    job = session.get(JobRow, job_id)
+    assert job is not None
+    spec = dict(job.spec)
+    data = {}
+    for split, param in SPLIT_PARAMS:
+        if spec.get(param) and (row := session.get(DatasetRow, spec[param])) is not None:
+            data[split] = Stored(row.id, row.storage_key, row.format, row.tag_column)
+    base = None
+    if spec.get("base_model_id") and (m := session.get(ModelRow, spec["base_model_id"])):
+        base = Stored(m.id, m.storage_prefix, m.architecture)
+    return Inputs(number=job.attempts, owner=job.owner, spec=spec, data=data,
+                  base_model=base)
+
+
+def record_event(session: Session, job_id: str, level: str, message: str) -> None:
+    """A line of the job's log ("info", "warning" or "error")."""
+    session.add(EventRow(job_id=job_id, level=level, message=message))
+
+
+def record_point(session: Session, job_id: str, step: int, metrics: dict[str, Any],
+                 progress: dict[str, Any]) -> None:
+    """Merge `metrics` into the job's one curve row at `step` (train and eval fields of a
+    step arrive separately; `extra` dicts merge key by key), and write `progress` (step,
+    tokens, latest losses, gauges) onto the job row with a fresh heartbeat."""
+    row = session.scalar(select(MetricRow).where(MetricRow.job_id == job_id,
+                                                 MetricRow.step == step))
+    if row is None:
+        session.add(MetricRow(job_id=job_id, step=step, **metrics))
+    else:
+        for key, value in metrics.items():
+            if key == "extra" and row.extra:
+                value = {**row.extra, **value}
+            setattr(row, key, value)
+    # Not a status move: the progress columns only, whatever the status (as the heartbeat
+    # of poll_stop below).
+    session.execute(update(JobRow).where(JobRow.id == job_id)
+                    .values(heartbeat_at=utcnow(), **progress))
+
+
+def poll_stop(session: Session, job_id: str) -> tuple[bool, bool]:
+    """(cancel requested, pause requested) of the job, and a fresh heartbeat: the attempt
+    polls this every stop_poll_s while it trains. The heartbeat is written whatever the
+    status (unlike lifecycle.heartbeat, which only a running job takes)."""
+    flags = session.execute(select(JobRow.cancel_requested, JobRow.pause_requested)
+                            .where(JobRow.id == job_id)).one_or_none()
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(heartbeat_at=utcnow()))
+    return (bool(flags[0]), bool(flags[1])) if flags else (False, False)
+
+
+def checkpoints(session: Session, job_id: str) -> list[tuple[str, int, str]]:
+    """(id, step, storage prefix) of the job's recorded checkpoints, the newest first."""
+    rows = session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+                           .order_by(CheckpointRow.step.desc())).all()
+    return [(r.id, r.step, r.storage_prefix) for r in rows]
+
+
+def newest_checkpoint_step(session: Session, job_id: str) -> int | None:
+    return session.scalar(select(func.max(CheckpointRow.step))
+                          .where(CheckpointRow.job_id == job_id))
+
+
+def record_checkpoint(session: Session, job_id: str, *, step: int, prefix: str, size: int,
+                      digest: str, metrics: dict[str, Any]) -> None:
+    """A checkpoint whose files are all stored (its manifest last): from now on it may be
+    resumed from or offered."""
+    session.add(CheckpointRow(id=new_id("ckpt"), job_id=job_id, step=step,
+                              storage_prefix=prefix, bytes=size, sha256=digest,
+                              metrics=metrics))
+
+
+def drop_checkpoint(session: Session, checkpoint_id: str) -> None:
+    """Forget one checkpoint (its files failed verification)."""
+    session.execute(delete(CheckpointRow).where(CheckpointRow.id == checkpoint_id))
+
+
+def trim_checkpoints(session: Session, job_id: str, keep: int) -> list[tuple[int, str]]:
+    """Delete the records of all but the newest `keep` checkpoints; (step, prefix) of each
+    deleted, whose files the caller then removes."""
+    old = session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+                          .order_by(CheckpointRow.step.desc()).offset(keep)).all()
+    gone = [(row.step, row.storage_prefix) for row in old]
+    for row in old:
+        session.delete(row)
+    return gone
+
+
+def rewind_to(session: Session, job_id: str, step: int) -> None:
+    """Drop the metric and checkpoint rows past `step`, where a resumed attempt starts
+    again, so that the curve continues with exactly one row per step."""
+    session.execute(delete(MetricRow).where(MetricRow.job_id == job_id,
+                                            MetricRow.step > step))
+    session.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id,
+                                                CheckpointRow.step > step))
+
+
+def discard_model(session: Session, model_id: str) -> None:
+    """Delete the row of a model the attempt published but which does not count (another
+    attempt finished the job first); the caller deletes its files."""
+    session.execute(delete(ModelRow).where(ModelRow.id == model_id))
