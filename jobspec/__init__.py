@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from jobspec.common import SpecError
+from jobspec.field_errors import error_param
 from jobspec.finetune import FINETUNE_DATA, AdapterSpec, FinetuneHyperparameters, FinetuneSpec
 from jobspec.model import (
     ARCHITECTURES,
@@ -47,8 +48,7 @@ def parse_spec(data: Any) -> PretrainSpec | FinetuneSpec:
         spec = _ADAPTER.validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = [str(p) for p in first["loc"] if p not in ("pretrain", "finetune")]
-        param = ".".join(loc) or None
+        param = error_param(first)
         raise SpecError(param, f"{param}: {first['msg']}" if param else first["msg"]) from None
     if (problem := spec.inconsistency()) is not None:
         param, message = problem

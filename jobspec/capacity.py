@@ -12,7 +12,9 @@ from jobspec.model import ENCODERS
 from jobspec.pretrain import PretrainSpec
 from jobspec.resources import shards
 
-# RoBERTa numbers positions from padding_idx + 1, so its table has two more rows.
+# RoBERTa numbers positions from padding_idx + 1, so its table has two more rows than the
+# positions a sequence may use. Here for the parameter count; the engine reads it too, to
+# size a fresh model's table and to read a base model's positions.
 ROBERTA_POSITION_OFFSET = 2
 
 

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
+from jobspec.model_facts import FINETUNE_TASKS
 from jobspec.names import Name
 from jobspec.resources import (
     DEFAULT_PRIORITY,
@@ -143,8 +144,8 @@ class FinetuneSpec(Strict):
 
     @property
     def pipeline_task(self) -> str:
-        """The transformers pipeline task the export is for."""
-        return self.task.replace("_", "-")
+        """The transformers pipeline task the export is for (jobspec/model_facts.py)."""
+        return FINETUNE_TASKS[self.task]
 
     def stored_spec(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

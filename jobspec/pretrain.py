@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
 from jobspec.model import DECODERS, ModelSpec
+from jobspec.model_facts import objective_task
 from jobspec.names import Name
 from jobspec.resources import (
     DEFAULT_PRIORITY,
@@ -157,6 +158,11 @@ class PretrainSpec(Strict):
         if hp.warmup_steps is None:
             object.__setattr__(hp, "warmup_steps", hp.warmup)
         return self
+
+    @property
+    def pipeline_task(self) -> str:
+        """The transformers pipeline task the export is for (jobspec/model_facts.py)."""
+        return objective_task(self.objective)
 
     def stored_spec(self) -> dict[str, Any]:
         """The spec the worker reads (every default resolved)."""

@@ -12,6 +12,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jobspec.field_errors import error_param
 from service import logs
 from service.domain.errors import (
     Conflict,
@@ -60,13 +61,6 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, object]:
     return {"error": {"code": code, "message": message, "param": param}}
-
-
-def _param(loc: tuple[object, ...]) -> str | None:
-    # Drop the request part ("body", "query") and pydantic's union tags so the
-    # param reads like the field the user wrote: "hyperparameters.learning_rate".
-    parts = [str(p) for p in loc[1:] if not (isinstance(p, str) and p in {"pretrain", "finetune"})]
-    return ".".join(parts) or (str(loc[0]) if loc else None)
 
 
 # The HTTP status of each kind of refusal the domain and the serving layer (service/inference/)
@@ -165,7 +159,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first: dict[str, Any] = dict(exc.errors()[0]) if exc.errors() else {}
-        param = _param(tuple(first.get("loc", ())))
+        param = error_param(first, in_request=True)  # "hyperparameters.learning_rate"
         msg = str(first.get("msg", "invalid request"))
         if first.get("type") == "union_tag_invalid":  # an unknown job "type"
             ctx: dict[str, Any] = first.get("ctx") or {}

@@ -268,6 +268,110 @@ def test_job_statuses_are_spelled_only_in_the_lifecycle_module():
         assert not spelled, f"{path} spells a job status on lines {spelled}"
 
 
+def _sources(*tops: str) -> list[Path]:
+    return [p for top in tops for p in sorted((ROOT / top).rglob("*.py"))]
+
+
+def _is_sweep_row_write(node: ast.Call) -> bool:
+    """SweepRow(status=...), or update(SweepRow)....values(status=...)."""
+    if not any(kw.arg == "status" for kw in node.keywords):
+        return False
+    if isinstance(node.func, ast.Name):
+        return node.func.id == "SweepRow"
+    return isinstance(node.func, ast.Attribute) and node.func.attr == "values" and any(
+        isinstance(n, ast.Name) and n.id == "SweepRow" for n in ast.walk(node.func.value))
+
+
+def test_sweep_statuses_are_written_only_in_the_lifecycle_module():
+    """A sweep is born running and ends once (lifecycle.new_sweep, lifecycle.end_sweep), as
+    a job moves only through lifecycle._move: no other module writes SweepRow.status."""
+    lifecycle = ROOT / "service" / "domain" / "lifecycle.py"
+    for path in _sources("service", "workers"):
+        if path == lifecycle:
+            continue
+        writes = [n.lineno for n in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(n, ast.Call) and _is_sweep_row_write(n)]
+        assert not writes, f"{path} writes a sweep's status on lines {writes}"
+    # The rule sees both ways the sweeps module used to write it.
+    old = ast.parse("SweepRow(id=i, status=s)\nsession.execute(update(SweepRow).where("
+                    "SweepRow.id == i).values(status=s, finished_at=t))\n")
+    assert sum(isinstance(n, ast.Call) and _is_sweep_row_write(n) for n in ast.walk(old)) == 2
+
+
+# Pipeline tasks and the Auto classes that load them: jobspec/model_facts.py names them
+# (FILL_MASK, ..., AUTO_CLASSES) and derives them from a spec (pipeline_task); elsewhere they
+# are read from there, so a new objective or task is one edit.
+PIPELINE_TASKS = {"fill-mask", "text-generation", "text-classification",
+                  "token-classification", "feature-extraction"}
+AUTO_CLASS_NAMES = {"AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM",
+                    "AutoModelForSequenceClassification", "AutoModelForTokenClassification"}
+# Where a task's name may still be spelled, and why: the serving layer's routes are named
+# after the task they serve (POST /v1/models/{id}/fill-mask: the wire format, the Hugging
+# Face Inference API's task names), and each serving module asks for a model of its route's
+# task. They say which task they serve; they derive nothing from a spec.
+TASK_SPELLERS = {"service/api": "routes named after the task they serve (wire format)",
+                 "service/inference": "each serving module loads its route's task"}
+
+
+def test_pipeline_tasks_are_spelled_only_in_model_facts():
+    owner = ROOT / "jobspec" / "model_facts.py"
+    for path in _sources("service", "workers", "jobspec"):
+        if path == owner:
+            continue
+        serving = any(path.is_relative_to(ROOT / d) for d in TASK_SPELLERS)
+        spelled = [(n.lineno, n.value) for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                   and (n.value in AUTO_CLASS_NAMES or
+                        n.value in PIPELINE_TASKS and not serving)]
+        assert not spelled, f"{path} spells a pipeline task or Auto class: {spelled} " \
+            "(read it from jobspec/model_facts.py)"
+
+
+# Model facts each defined once (at module level), and the module that owns each.
+FACT_OWNERS = {
+    "pipeline_task": "jobspec/model_facts.py", "objective_task": "jobspec/model_facts.py",
+    "auto_class": "jobspec/model_facts.py", "model_details": "jobspec/model_facts.py",
+    "run_fingerprint": "jobspec/model_facts.py", "NOT_IN_FINGERPRINT": "jobspec/model_facts.py",
+    "ROBERTA_POSITION_OFFSET": "jobspec/capacity.py",
+    "error_param": "jobspec/field_errors.py",
+}
+# Spec fields only a fingerprint's exclusions name as strings (elsewhere they are spec
+# attributes): spelled again, they would be a second list of what a run's identity leaves out.
+FINGERPRINT_ONLY = {"log_every", "eval_every", "checkpoint_every"}
+
+
+def test_model_facts_have_one_owner():
+    """Each fact is defined in its owner only; the run-fingerprint exclusions are listed
+    once (NOT_IN_FINGERPRINT); a model's `details` are built by model_facts.model_details
+    for both the final model (workers/runner.py) and a published checkpoint
+    (service/domain/models.py); pydantic error locations are read in jobspec/field_errors.py
+    alone (service/api/json_body.py builds FastAPI's error lists: it names no param)."""
+    locations = {ROOT / "jobspec" / "field_errors.py", ROOT / "service" / "api" / "json_body.py"}
+    for path in _sources("service", "workers", "jobspec"):
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            names = [node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else \
+                [t.id for t in getattr(node, "targets", [getattr(node, "target", None)])
+                 if isinstance(t, ast.Name)]
+            for name in names:
+                assert FACT_OWNERS.get(name, rel) == rel, \
+                    f"{rel}:{node.lineno} defines {name}: {FACT_OWNERS[name]} owns it"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in FINGERPRINT_ONLY:
+                assert rel == "jobspec/model_facts.py", \
+                    f"{rel}:{node.lineno} lists {node.value!r}: use model_facts.run_fingerprint"
+            if isinstance(node, ast.Constant) and node.value == "loc":
+                assert path in locations, f"{rel}:{node.lineno} reads a pydantic error's " \
+                    "location: use jobspec.field_errors.error_param"
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                assert not {"base_model_id", "steps"} <= keys, \
+                    f"{rel}:{node.lineno} builds a model's details: use model_details"
+    for rel in ("workers/runner.py", "service/domain/models.py"):
+        assert "model_details(" in (ROOT / rel).read_text(), f"{rel} builds its own details"
+
+
 def _migrate(url: str, home: Path) -> None:
     env = {**os.environ, "CLOZE_DATABASE_URL": url, "CLOZE_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env=env, check=True,

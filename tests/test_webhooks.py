@@ -433,12 +433,13 @@ def test_two_senders_racing_on_postgres_send_each_delivery_once(tmp_path, monkey
 def test_the_secret_stays_out_of_checkpoints_and_model_cards():
     """The engine's fingerprint goes into every checkpoint and the exported model card."""
     from jobspec import parse_spec
-    from workers.engine.pretrain import fingerprint
+    from jobspec.model_facts import run_fingerprint
 
     spec = parse_spec({"dataset_id": "ds_x",
                        "webhook": {"url": "https://hooks.example/x", "secret": SECRET}})
-    assert "webhook" not in json.dumps(fingerprint(spec, "key"))
-    assert fingerprint(spec, "key") == fingerprint(parse_spec({"dataset_id": "ds_x"}), "key")
+    assert "webhook" not in json.dumps(run_fingerprint(spec, data_key="key"))
+    assert run_fingerprint(spec, data_key="key") == \
+        run_fingerprint(parse_spec({"dataset_id": "ds_x"}), data_key="key")
 
 
 def test_another_owners_deliveries_are_not_found(tmp_path, monkeypatch, receiver):

@@ -20,6 +20,7 @@ import torch
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
 from jobspec.data import tokenized_prefix
+from jobspec.model_facts import model_details
 from service import logs
 from service.db import session_scope
 from service.domain import attempts, calibration, lifecycle, models, quotas
@@ -233,17 +234,12 @@ def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter
     assert isinstance(result, PretrainResult)
     if result.stopped or result.export_dir is None:
         return None
-    task = "text-generation" if spec.objective == "clm" else "fill-mask"
-    published = _publish(attempt, store, Path(result.export_dir), task=task,
-                         architecture=spec.model.architecture, details={
-                             "num_parameters": result.num_parameters,
-                             "tokenizer": result.tokenizer_info, "corpus": result.corpus_info,
-                             "steps": result.steps, "tokens_seen": result.tokens_seen,
-                             "final_eval": result.final_eval, "objective": spec.objective,
-                             "model": spec.model.model_dump(mode="json"),
-                             "base_model_id": spec.base_model_id,
-                             "sequence_length": spec.hyperparameters.sequence_length,
-                             "recipe": spec.recipe}, best_step=result.best_step)
+    published = _publish(attempt, store, Path(result.export_dir), task=spec.pipeline_task,
+                         architecture=spec.model.architecture, details=model_details(
+                             spec.stored_spec(), num_parameters=result.num_parameters,
+                             tokenizer=result.tokenizer_info, corpus=result.corpus_info,
+                             steps=result.steps, tokens_seen=result.tokens_seen,
+                             final_eval=result.final_eval), best_step=result.best_step)
     # Calibration rows are the speed of one process on this kind of worker.
     if resume_from is None and spec.resources.processes == 1:
         _calibrate(spec.model.architecture, spec.objective or "mlm", result, started)
@@ -318,14 +314,13 @@ def _finetune(attempt: Attempt, spec: FinetuneSpec, store: ObjectStore, reporter
     if result.stopped or result.export_dir is None:
         return None
     assert attempt.base_model is not None
-    published = _publish(attempt, store, Path(result.export_dir), task=result.task,
-                         architecture=attempt.base_model.format, details={
-                             "base_model_id": attempt.base_model.id, "task": spec.task,
-                             "labels": result.labels, "steps": result.steps,
-                             "final_eval": result.final_eval, "test": result.test_metrics,
-                             "num_parameters": result.num_parameters,
-                             "trainable_parameters": result.trainable_parameters,
-                             "adapter": attempt.spec.get("adapter")}, best_step=result.best_step)
+    published = _publish(attempt, store, Path(result.export_dir), task=spec.pipeline_task,
+                         architecture=attempt.base_model.format, details=model_details(
+                             spec.stored_spec(), labels=result.labels, steps=result.steps,
+                             final_eval=result.final_eval, test=result.test_metrics,
+                             num_parameters=result.num_parameters,
+                             trainable_parameters=result.trainable_parameters),
+                         best_step=result.best_step)
     if resume_from is None and spec.resources.processes == 1:
         _calibrate(attempt.base_model.format, spec.task, result, started)
     return published

@@ -36,6 +36,14 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from jobspec.model_dir import MODEL_FILE_SUFFIXES, check_model_dir, weight_map_files
+from jobspec.model_facts import (
+    FEATURE_EXTRACTION,
+    FILL_MASK,
+    TEXT_CLASSIFICATION,
+    TEXT_GENERATION,
+    TOKEN_CLASSIFICATION,
+    auto_class,
+)
 from jobspec.pooling import read_pooling
 from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
 from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
@@ -43,13 +51,12 @@ from service.settings import Settings
 from service.transformers_import import transformers
 
 PICKLED = {".bin", ".pt", ".pth", ".pkl", ".ckpt", ".h5", ".msgpack", ".onnx"}
-TASKS = {  # the head's class name ends with... -> pipeline task
-    "ForMaskedLM": "fill-mask", "ForPreTraining": "fill-mask",
-    "ForSequenceClassification": "text-classification",
-    "ForTokenClassification": "token-classification",
-    "ForCausalLM": "text-generation", "LMHeadModel": "text-generation",
+TASKS = {  # the head's class name ends with... -> pipeline task (jobspec/model_facts.py)
+    "ForMaskedLM": FILL_MASK, "ForPreTraining": FILL_MASK,
+    "ForSequenceClassification": TEXT_CLASSIFICATION,
+    "ForTokenClassification": TOKEN_CLASSIFICATION,
+    "ForCausalLM": TEXT_GENERATION, "LMHeadModel": TEXT_GENERATION,
 }
-FEATURE_EXTRACTION = "feature-extraction"  # a base model without a head
 MAX_MEMBERS = 200
 CHUNK = 1024 * 1024
 # Small archives (a config and a tokenizer) legitimately compress far better than weights
@@ -67,10 +74,6 @@ MAX_MODEL_TYPE_CHARS, MAX_MASK_TOKEN_CHARS, MAX_ARCHITECTURES = 32, 32, 8
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8}
-AUTO_CLASSES = {"fill-mask": "AutoModelForMaskedLM",
-                "text-classification": "AutoModelForSequenceClassification",
-                "token-classification": "AutoModelForTokenClassification",
-                "text-generation": "AutoModelForCausalLM", FEATURE_EXTRACTION: "AutoModel"}
 # Config entries that count repeated modules: each needs at least one tensor in the weights
 # (and a huge one would make even building the model on the meta device take minutes).
 REPEATS = re.compile(r"(layers|layer|experts)$")
@@ -488,7 +491,7 @@ def _meta_model(model_dir: Path, task: str) -> Any:
     device: shapes and parameter counts without allocating a byte."""
     import torch
 
-    auto = getattr(transformers(), AUTO_CLASSES[task])
+    auto = getattr(transformers(), auto_class(task))
     try:
         config = transformers().AutoConfig.from_pretrained(str(model_dir))
         with torch.device("meta"):

@@ -8,6 +8,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
+from jobspec.field_errors import error_param
+from jobspec.model_facts import FEATURE_EXTRACTION
 from service.domain import admission, lifecycle, webhooks
 from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
@@ -151,13 +153,6 @@ def _own_dataset(session: Session, owner: str, param: str, dataset_id: str | Non
     return dataset
 
 
-# The model task a continued-pretraining base must have for each objective.
-BASE_TASK = {"mlm": "fill-mask", "mlm_nsp": "fill-mask", "clm": "text-generation"}
-# A base model without a head (BertModel, GPT2Model, a sentence-transformers encoder) is
-# continued by any objective of its architecture: the engine creates the objective's head.
-HEADLESS_TASK = "feature-extraction"
-
-
 def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
                     ) -> PretrainJobCreate:
     """The job, checked against its dataset and base model; with a base model, re-read
@@ -183,15 +178,17 @@ def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
             {**given, "model": {"architecture": base.architecture}})
     except ValidationError as exc:  # valid alone; e.g. a tokenizer the base cannot use
         first = exc.errors()[0]
-        raise _invalid(".".join(str(p) for p in first["loc"]) or "base_model_id",
-                       str(first["msg"])) from None
+        raise _invalid(error_param(first) or "base_model_id", str(first["msg"])) from None
     if (problem := job_in.inconsistency()) is not None:
         raise _invalid(*problem)
-    needed = BASE_TASK[job_in.objective or "mlm"]
-    if base.task not in (needed, HEADLESS_TASK):
+    # A continued-pretraining base has the objective's own task, or none: a base model
+    # without a head (BertModel, GPT2Model, a sentence-transformers encoder) is continued
+    # by any objective of its architecture (the engine creates the objective's head).
+    needed = job_in.pipeline_task
+    if base.task not in (needed, FEATURE_EXTRACTION):
         raise _invalid("base_model_id", f"{job_in.objective} continues a {needed} model "
-                       f"or a {HEADLESS_TASK} one (a base model without a head); {base.id} "
-                       f"is a {base.task} model")
+                       f"or a {FEATURE_EXTRACTION} one (a base model without a head); "
+                       f"{base.id} is a {base.task} model")
     return job_in
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.db import rowcount
 from service.domain import webhooks
-from service.domain.tables import CheckpointRow, EventRow, JobRow, utcnow
+from service.domain.tables import CheckpointRow, EventRow, JobRow, SweepRow, utcnow
 
 log = logging.getLogger("cloze.jobs")
 
@@ -238,3 +238,31 @@ def _resend_lost(session: Session, now: datetime, lost: datetime, limit: int) ->
         JobRow.id.in_(oldest.scalar_subquery()), JobRow.status == JobStatus.QUEUED.value,
         JobRow.enqueued_at < lost).values(enqueued_at=now).returning(JobRow.id))
     return list(moved.scalars())
+
+
+# ---- sweeps -----------------------------------------------------------------------------
+# A sweep's status is moved here too, with JobStatus's values:
+#
+#     create -> running -> succeeded | failed | cancelled
+#
+# While running, its driver (sweep_driver.py) starts trials; it ends once: succeeded with
+# its best trial's model, or failed, when every trial has ended; cancelled by its owner.
+SWEEP_MOVES: dict[JobStatus, tuple[JobStatus, ...]] = {
+    JobStatus.RUNNING: (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED),
+}
+
+
+def new_sweep(**fields: Any) -> SweepRow:
+    """create -> running: a sweep is born running (its driver starts the first trials)."""
+    return SweepRow(status=JobStatus.RUNNING.value, **fields)
+
+
+def end_sweep(session: Session, sweep_id: str, status: JobStatus, **values: Any) -> bool:
+    """running -> succeeded | failed | cancelled, as one conditional UPDATE: exactly one
+    end wins (False when a racing driver or a cancel ended the sweep first)."""
+    if status not in SWEEP_MOVES[JobStatus.RUNNING]:
+        raise ValueError(f"a sweep does not move from running to {status}")
+    moved = session.execute(update(SweepRow).where(
+        SweepRow.id == sweep_id, SweepRow.status == JobStatus.RUNNING.value).values(
+        status=status.value, finished_at=utcnow(), **values))
+    return rowcount(moved) == 1

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobspec import names
+from jobspec.model_facts import model_details, pipeline_task
 from service.domain import admission, jobs, lifecycle, quotas
 from service.domain.errors import Conflict, DomainError, NotFound, not_found
 from service.domain.ids import new_id
@@ -199,28 +200,25 @@ def _described(job: JobRow, directory: Path, step: int, metrics: dict[str, Any],
                base: ModelRow | None) -> dict[str, Any]:
     """task, architecture, mask_token and details as the job's final model has them
     (workers/runner.py), for this step."""
-    spec, config = job.spec or {}, _read_json(directory / "config.json")
+    # The row's type, which a stored spec repeats (model_facts reads it from the spec).
+    spec = {**(job.spec or {}), "type": job.type}
+    config = _read_json(directory / "config.json")
     token = _read_json(directory / "tokenizer_config.json").get("mask_token")
     mask_token = token.get("content") if isinstance(token, dict) else token
-    common = {"checkpoint": {"job_id": job.id, "step": step, "metrics": metrics},
-              "steps": step, "base_model_id": spec.get("base_model_id")}
+    checkpoint = {"job_id": job.id, "step": step, "metrics": metrics}
     if job.type == "finetune":
         labels = config.get("id2label") or {}
-        return {"task": str(spec.get("task", "")).replace("_", "-"),
-                "architecture": base.architecture if base is not None
-                else str(config.get("model_type", "")),
-                "mask_token": mask_token,
-                "details": {**common, "task": spec.get("task"),
-                            "labels": [labels[k] for k in sorted(labels, key=int)]
-                            if isinstance(labels, dict) else [],
-                            "adapter": None}}
-    model = spec.get("model") or {}
-    return {"task": "text-generation" if spec.get("objective") == "clm" else "fill-mask",
-            "architecture": model.get("architecture") or str(config.get("model_type", "")),
-            "mask_token": mask_token,
-            "details": {**common, "objective": spec.get("objective"), "model": model,
-                        "sequence_length": (spec.get("hyperparameters") or {})
-                        .get("sequence_length"), "recipe": spec.get("recipe")}}
+        architecture = base.architecture if base is not None \
+            else str(config.get("model_type", ""))
+        details = model_details(spec, checkpoint=checkpoint, steps=step,
+                                labels=[labels[k] for k in sorted(labels, key=int)]
+                                if isinstance(labels, dict) else [])
+    else:
+        architecture = (spec.get("model") or {}).get("architecture") \
+            or str(config.get("model_type", ""))
+        details = model_details(spec, checkpoint=checkpoint, steps=step)
+    return {"task": pipeline_task(spec), "architecture": architecture,
+            "mask_token": mask_token, "details": details}
 
 
 def publish_checkpoint(*, session: Session, store: ObjectStore, settings: Settings,

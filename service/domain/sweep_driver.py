@@ -18,7 +18,7 @@ from service.domain import admission, jobs, lifecycle, sweeps
 from service.domain.errors import Invalid
 from service.domain.lifecycle import JobStatus
 from service.domain.sweep_study import TrialRecord, best, propose, to_prune
-from service.domain.tables import EventRow, SweepRow, SweepTrialRow, utcnow
+from service.domain.tables import EventRow, SweepRow, SweepTrialRow
 
 
 def step(session: Session, sweep_id: str, *, max_active: int) -> list[str]:
@@ -117,7 +117,5 @@ def _finish(session: Session, row: SweepRow, spec: SweepSpec,
 
 def _end(session: Session, row: SweepRow, status: JobStatus, **values: object) -> None:
     """running -> status, once (a racing driver or a cancel may have ended it first)."""
-    session.execute(update(SweepRow).where(
-        SweepRow.id == row.id, SweepRow.status == JobStatus.RUNNING.value).values(
-        status=status.value, finished_at=utcnow(), **values))
+    lifecycle.end_sweep(session, row.id, status, **values)
     session.refresh(row)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, names, parse_spec
@@ -16,7 +16,7 @@ from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
 from service.domain.schemas import Timestamp
 from service.domain.sweep_study import TrialRecord, minimizes
-from service.domain.tables import JobRow, MetricRow, SweepRow, SweepTrialRow, utcnow
+from service.domain.tables import JobRow, MetricRow, SweepRow, SweepTrialRow
 
 # The metrics stored in columns of an eval point; the others are in its `extra`.
 COLUMN_METRICS = ("eval_loss", "perplexity", "accuracy")
@@ -128,9 +128,9 @@ def admit(*, session: Session, sweep_in: SweepSpec, owner: str, max_active: int
 
 
 def create(*, session: Session, sweep_in: SweepSpec, name: str, owner: str) -> SweepRow:
-    row = SweepRow(id=new_id("swp"), owner=owner, name=name,
-                   status=JobStatus.RUNNING.value,
-                   spec={**sweep_in.model_dump(mode="json"), "name": name}, trials_started=0)
+    row = lifecycle.new_sweep(id=new_id("swp"), owner=owner, name=name,
+                              spec={**sweep_in.model_dump(mode="json"), "name": name},
+                              trials_started=0)
     session.add(row)
     session.flush()
     return row
@@ -155,9 +155,7 @@ def cancel(*, session: Session, sweep_id: str, scope: str | None) -> SweepRow:
     get(session=session, sweep_id=sweep_id, scope=scope)
     # The conditional UPDATE also orders this cancel after a driver's trial launch that
     # holds the row: the trials read below then include that trial.
-    session.execute(update(SweepRow).where(
-        SweepRow.id == sweep_id, SweepRow.status == JobStatus.RUNNING.value).values(
-        status=JobStatus.CANCELLED.value, finished_at=utcnow()))
+    lifecycle.end_sweep(session, sweep_id, JobStatus.CANCELLED)
     for job_id in session.scalars(select(SweepTrialRow.job_id).where(
             SweepTrialRow.sweep_id == sweep_id)):
         lifecycle.cancel(session, job_id)

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from jobspec import ModelSpec
+from jobspec.capacity import ROBERTA_POSITION_OFFSET
 from jobspec.model_dir import check_model_dir
 from workers.engine.errors import ConfigError, EngineError
 
@@ -45,8 +46,6 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("A10", 125e12),
     ("RTX 4090", 165e12),
 )
-# RoBERTa numbers positions from padding_idx + 1, so its table needs two more rows.
-ROBERTA_POSITION_OFFSET = 2
 
 
 def model_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, dropout: float

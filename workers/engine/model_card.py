@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from jobspec.model_facts import FILL_MASK, TEXT_GENERATION, auto_class, pipeline_task
 from jobspec.pooling import Pooling
 
 OBJECTIVES = {
@@ -15,20 +16,6 @@ OBJECTIVES = {
                "task)",
     "clm": "causal language modelling (next-token prediction, as GPT and Llama)",
 }
-FINETUNE_TASKS = {"text_classification": ("text-classification",
-                                          "AutoModelForSequenceClassification"),
-                  "token_classification": ("token-classification",
-                                           "AutoModelForTokenClassification")}
-
-
-def pipeline_task(spec: dict[str, Any]) -> tuple[str, str]:
-    """The transformers pipeline and Auto class that load the model."""
-    if spec.get("type") == "finetune":
-        return FINETUNE_TASKS.get(spec.get("task", ""), ("text-classification",
-                                                         "AutoModelForSequenceClassification"))
-    if spec.get("objective") == "clm":
-        return "text-generation", "AutoModelForCausalLM"
-    return "fill-mask", "AutoModelForMaskedLM"
 
 
 def serves_embeddings(spec: dict[str, Any], architecture: str) -> bool:
@@ -47,7 +34,7 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
                ) -> str:
     """The card; pooling: what the directory's sentence-transformers files say (an export
     of an encoder; checkpoints have none: mean pooling)."""
-    task, auto = pipeline_task(spec)
+    task = pipeline_task(spec)
     finetune = spec.get("type") == "finetune"
     done = "finished" if step >= total_steps else f"a checkpoint: step {step} of {total_steps}"
     tags = ", ".join(["cloze", architecture] + (["sentence-transformers"] if pooling
@@ -104,13 +91,13 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
                       "same to sentence-transformers: "
                       '`SentenceTransformer("path/to/this/directory").encode(texts)`.'
                       if pooling else ".")]
-    example = {"fill-mask": f'"Paris is the {mask_token or "[MASK]"} of France."',
-               "text-generation": '"Once upon a time"'}.get(task, '"A text to label."')
+    example = {FILL_MASK: f'"Paris is the {mask_token or "[MASK]"} of France."',
+               TEXT_GENERATION: '"Once upon a time"'}.get(task, '"A text to label."')
     lines += ["", "## How to use", "", "```python",
               "from transformers import pipeline", "",
               f'pipe = pipeline("{task}", model="path/to/this/directory")',
               f"print(pipe({example}))", "",
-              f"# or: from transformers import {auto}, AutoTokenizer", "```", ""]
+              f"# or: from transformers import {auto_class(task)}, AutoTokenizer", "```", ""]
     return "\n".join(lines)
 
 

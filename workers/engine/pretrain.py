@@ -10,16 +10,11 @@ from typing import Any
 import numpy as np
 
 from jobspec import PretrainSpec
-from jobspec.capacity import estimate_pretrain_bytes, rank_micro_batch
+from jobspec.capacity import ROBERTA_POSITION_OFFSET, estimate_pretrain_bytes, rank_micro_batch
+from jobspec.model_facts import run_fingerprint
 from jobspec.pooling import base_pooling
 from jobspec.resources import shards
-from workers.engine.architectures import (
-    ROBERTA_POSITION_OFFSET,
-    build_model,
-    describe,
-    flops_per_token,
-    load_model,
-)
+from workers.engine.architectures import build_model, describe, flops_per_token, load_model
 from workers.engine.blocks import ShardedBlocks
 from workers.engine.capacity import check_fits, estimate_bytes
 from workers.engine.data import VALID_FILE, data_key, load_data_tokenizer, load_meta
@@ -40,19 +35,6 @@ from workers.engine.speed import resolve_attention
 class PretrainResult(LoopResult):
     tokenizer_info: dict[str, Any] = field(default_factory=dict)
     corpus_info: dict[str, int] = field(default_factory=dict)
-
-
-def fingerprint(spec: PretrainSpec, data: str) -> dict[str, Any]:
-    """What a checkpoint must share with a run to continue it: data and every setting that
-    changes the numbers (how often to log or checkpoint, or when to stop early, does not).
-    The webhook is left out too: its secret must not reach checkpoints or the model card."""
-    settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
-                                                     "checkpoint_every", "recipe",
-                                                     "early_stopping", "probes", "webhook"})
-    settings["hyperparameters"].pop("compile")
-    # How the processes share the model does not change the numbers (nor the checkpoints).
-    settings["resources"].pop("strategy")
-    return {"data_key": data, "spec": settings}
 
 
 def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: Reporter,
@@ -118,7 +100,7 @@ def run_pretraining(spec: PretrainSpec, data_dir: str, workdir: str, reporter: R
     # -- The objective: how batches are made, the loss and what eval reports.
     common: dict[str, Any] = dict(model=model, tokenizer=tokenizer, train=train_rows,
                                   valid=valid, batch_size=hp.batch_size, seed=hp.seed,
-                                  fingerprint=fingerprint(spec, meta["data_key"]))
+                                  fingerprint=run_fingerprint(spec, data_key=meta["data_key"]))
     objective: PretrainData
     if spec.objective == "clm":
         objective = CausalLM(**common, compile=hp.compile)

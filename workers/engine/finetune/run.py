@@ -9,6 +9,7 @@ from typing import Any
 from jobspec import FinetuneSpec
 from jobspec.capacity import estimate_finetune_bytes
 from jobspec.finetune import auto_learning_rate, auto_steps
+from jobspec.model_facts import run_fingerprint
 from jobspec.pooling import base_pooling
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError
@@ -120,17 +121,12 @@ def run_finetune(
                            f"{total * hp.batch_size / len(train_split):.2f} epochs of "
                            f"{len(train_split)} training examples; {len(encoded['valid'])} "
                            "validation examples")
-    # What must be the same for a checkpoint to continue this run (not the webhook: its
-    # secret must not reach checkpoints or the model card).
-    settings = spec.model_dump(mode="json", exclude={"name", "log_every", "eval_every",
-                                                     "checkpoint_every", "early_stopping",
-                                                     "webhook"})
-    settings["resources"].pop("strategy")  # ddp or fsdp: the same numbers and checkpoints
-    fingerprint = {
-        "spec": settings, "labels": labels, "base_model": base_model_dir is not None,
-        "examples": {name: len(split) for name, split in encoded.items()},
-        "tokens": {name: split.tokens() for name, split in encoded.items()},
-    }
+    # What must be the same for a checkpoint to continue this run: the spec's settings
+    # that change the numbers (jobspec/model_facts.py), the labels and the data.
+    fingerprint = run_fingerprint(
+        spec, labels=labels, base_model=base_model_dir is not None,
+        examples={name: len(split) for name, split in encoded.items()},
+        tokens={name: split.tokens() for name, split in encoded.items()})
     task = Classification(model, weights, tokenizer, encoded, labels,
                           bio=spec.task == "token_classification" and is_bio(labels),
                           batch_size=hp.batch_size, seed=hp.seed,
