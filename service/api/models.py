@@ -32,7 +32,7 @@ from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.errors import ApiError
-from service.inference import embeddings, pipelines, registry, tasks
+from service.inference import embeddings, registry, tasks
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.inference.served import BATCHED_TASKS, FEATURE_EXTRACTION
 from service.scratch import scratch_dir
@@ -233,7 +233,7 @@ async def token_classification_route(model_id: str, body: tasks.TokenRequest,
 async def generate_route(model_id: str, body: tasks.GenerateRequest, request: Request) -> Any:
     """Text generation in the Hugging Face Inference API format."""
     id_, prefix = await resolve(request, model_id, "text-generation")
-    return await pipelines.call(tasks.generate, model_id=id_, prefix=prefix, request=body)
+    return await tasks.generate(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/feature-extraction", responses=_answer(

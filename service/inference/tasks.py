@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.domain.errors import Invalid, TooLarge
 from service.inference.pipelines import (
+    call,
     check_outputs,
     check_text,
     check_top_k,
@@ -166,8 +167,13 @@ def _token_inputs(served: Served, request: TokenRequest
     return per_text, post
 
 
-def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
-    """[{"generated_text"}] for one input; a list of those for several."""
+async def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
+    """[{"generated_text"}] for one input; a list of those for several. Generation runs the
+    pipeline under the model's lock for its whole length, on the models' own threads."""
+    return await call(_generate, model_id=model_id, prefix=prefix, request=request)
+
+
+def _generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
     settings = get_settings()
     texts = texts_of(request.inputs)
     params = request.parameters or GenerateParameters()
