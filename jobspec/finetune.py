@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
+from jobspec.formats import LABELLED_TEXT, MAX_LABEL_CHARS, MAX_LABELS, TAGGED_TOKENS
 from jobspec.model_facts import FINETUNE_TASKS
 from jobspec.names import Name
 from jobspec.resources import (
@@ -48,11 +49,11 @@ def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None
     return PlainValidator(check), WithJsonSchema({"anyOf": [number, {"const": "auto"}]})
 
 
-# A label or tag, as a dataset may hold them (at most 100 characters: README).
-Label = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+# A label or tag, as a dataset may hold them (jobspec/formats.py).
+Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
 
 # The dataset kind each task reads.
-FINETUNE_DATA = {"text_classification": "labelled_text", "token_classification": "tagged_tokens"}
+FINETUNE_DATA = {"text_classification": LABELLED_TEXT, "token_classification": TAGGED_TOKENS}
 
 
 # "auto" hyperparameters are resolved by the engine once it has the base model and the data
@@ -124,7 +125,7 @@ class FinetuneSpec(Strict):
     validation_dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
     test_dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
     # The label (or tag) set; by default the one found in the data.
-    labels: list[Label] | None = Field(default=None, min_length=2, max_length=1000)
+    labels: list[Label] | None = Field(default=None, min_length=2, max_length=MAX_LABELS)
     validation_fraction: Finite = Field(default=0.1, gt=0, le=0.5)
     hyperparameters: FinetuneHyperparameters = Field(default_factory=FinetuneHyperparameters)
     adapter: AdapterSpec | None = None

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -370,6 +371,55 @@ def test_model_facts_have_one_owner():
                     f"{rel}:{node.lineno} builds a model's details: use model_details"
     for rel in ("workers/runner.py", "service/domain/models.py"):
         assert "model_details(" in (ROOT / rel).read_text(), f"{rel} builds its own details"
+
+
+# Data formats are jobspec/formats.py's (the upload check and the engine's readers read them
+# there): a name it defines is defined in no other module (no second FORMATS, SPLITS,
+# split_columns, record reader), and these values are spelled nowhere else: the dataset kinds
+# (but "text": also the records' field and an everyday word, it cannot be told apart), the
+# split aliases ("validation", the records' word for valid) and the entity tag positions
+# ("B-", "I-", ...), alone or as a regex's character class.
+def _format_spellings(source: str, owned: set[str]) -> list[tuple[int, str]]:
+    from jobspec import formats
+
+    values = ({k for k in formats.DATASET_KINDS if k != formats.TEXT}
+              | {alias for alias, split in formats.SPLITS.items() if alias != split}
+              | {f"{position}-" for position in formats.TAG_POSITIONS})
+    tag_class = re.compile(rf"\[[{''.join(formats.TAG_POSITIONS)}]{{2,}}\]")
+    tree = ast.parse(source)
+    found = []
+    for node in tree.body:
+        names = [node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else \
+            [t.id for t in getattr(node, "targets", [getattr(node, "target", None)])
+             if isinstance(t, ast.Name)]
+        found += [(node.lineno, f"defines {name}") for name in names if name in owned]
+    found += [(n.lineno, f"spells {n.value!r}") for n in ast.walk(tree)
+              if isinstance(n, ast.Constant) and isinstance(n.value, str)
+              and (n.value in values or tag_class.search(n.value))]
+    return found
+
+
+def test_data_formats_have_one_owner():
+    owner = ROOT / "jobspec" / "formats.py"
+    owned = {name for node in ast.parse(owner.read_text()).body
+             for name in ([node.name] if isinstance(node, ast.FunctionDef | ast.ClassDef) else
+                          [t.id for t in getattr(node, "targets", [getattr(node, "target", None)])
+                           if isinstance(t, ast.Name)])
+             if not name.startswith("_")}
+    assert {"FORMATS", "SPLITS", "split_columns", "ENTITY_TAG", "FormatError"} <= owned
+    for top in ("service", "workers", "jobspec", "cloze_client"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if path != owner:
+                found = _format_spellings(path.read_text(), owned)
+                assert not found, f"{path.relative_to(ROOT)}: {found} (jobspec/formats.py " \
+                    "owns data formats: read it from there)"
+    # The rule sees what the three modules used to spell.
+    old = ('FORMATS = {".txt": "txt"}\nSPLITS = {"validation": "valid"}\n'
+           'BIO_TAG = re.compile(r"O|[BIESLU]-\\S+")\n'
+           'def split_columns(line): ...\n'
+           'def is_bio(tags): return all(t[:2] in ("B-", "I-") for t in tags)\n'
+           'kind = "tagged_tokens" if tokens else "labelled_text"\n')
+    assert len(_format_spellings(old, owned)) == 9
 
 
 def _migrate(url: str, home: Path) -> None:

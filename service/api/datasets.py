@@ -4,6 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from jobspec.formats import UPLOAD_SUFFIXES
 from jobspec.names import MAX_NAME_CHARS
 from service.api.deps import (
     After,
@@ -34,7 +35,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=JsonBod
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary",
-                            "description": ".txt, .jsonl or .conll, or .gz of them"},
+                            "description": f"{UPLOAD_SUFFIXES}, or .gz of them"},
                    "name": {"type": "string", "maxLength": 255},
                    "tag_column": {"type": "integer", "description": "as the query parameter"}}}}}}}
 TAG_COLUMN_DOC = (

@@ -7,20 +7,19 @@ current line is buffered (up to a limit), plus, for a .txt upload, its first lin
 SNIFF_LINES lines or SNIFF_CHARS characters) until they tell plain text from CoNLL columns:
 people keep CoNLL corpora in files named train.txt, and taking them for text would pretrain on
 "EU NNP B-NP B-ORG" lines.
+
+What each format, record and line may hold is jobspec/formats.py's (the engine reads the
+same rules); this module streams the bytes past them and words their errors for the API.
 """
 
 import codecs
 import hashlib
-import json
-import re
 import zlib
 
+from jobspec import formats
+from jobspec.formats import MAX_LABEL_CHARS, MAX_LABELS, FormatError
 from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
 
-FORMATS = {".txt.gz": "txt.gz", ".jsonl.gz": "jsonl.gz", ".conll.gz": "conll.gz",
-           ".txt": "txt", ".jsonl": "jsonl", ".conll": "conll"}
-MAX_LABELS = 1000  # distinct labels or tags a dataset may have
-MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloats every answer
 MAX_COLUMNS = 64  # CoNLL-U has 10, CoNLL-2012 about 20
 SAMPLE_VALUES, SAMPLE_CHARS = 5, 40  # the first distinct values shown per column
 SNIFF_LINES, SNIFF_CHARS = 1000, 64 * 1024  # what a .txt upload is judged by
@@ -28,8 +27,8 @@ SNIFF_LINES, SNIFF_CHARS = 1000, 64 * 1024  # what a .txt upload is judged by
 # ratio limit applies past this many decompressed bytes.
 RATIO_FLOOR = 8 * 1024 * 1024
 GUNZIP_STEP = 1024 * 1024  # decompressed bytes per step: each is checked before the next
-# BIO/IOB1/IOB2/IOBES/BILOU tags: O, or a position prefix and an entity type.
-BIO_TAG = re.compile(r"O|[BIESLU]-\S+")
+# The error code of each format rule an upload breaks; the rest are invalid_dataset.
+RULE_CODES = {formats.INVALID_JSON: "invalid_jsonl", formats.NO_TEXT: "invalid_jsonl"}
 
 
 class CorpusRejected(DomainError):
@@ -53,24 +52,12 @@ class CorpusUnsupported(CorpusRejected, Unsupported):
 
 def format_of(filename: str) -> str:
     """The format the file name declares; a .txt may still turn out to hold CoNLL columns."""
-    lower = filename.lower()
-    for suffix, fmt in FORMATS.items():
-        if lower.endswith(suffix):
-            return fmt
-    raise CorpusUnsupported(
-        "unsupported_format",
-        f"unsupported file type {filename!r}: upload .txt, .jsonl or .conll (or .gz of them)")
-
-
-def split_columns(line: str) -> list[str]:
-    """The columns of a stripped CoNLL line, split as the engine splits them: at tabs if
-    the line has any, else at runs of spaces."""
-    return line.split("\t") if "\t" in line else line.split()
-
-
-def looks_like_bio(values: set[str] | None) -> bool:
-    """True for a set of BIO/IOBES tags: all O or prefixed, and not only O."""
-    return bool(values) and values != {"O"} and all(BIO_TAG.fullmatch(v) for v in values or ())
+    fmt = formats.suffix_format(filename)
+    if fmt is None:
+        raise CorpusUnsupported(
+            "unsupported_format", f"unsupported file type {filename!r}: upload "
+            f"{formats.UPLOAD_SUFFIXES} (or .gz of them)")
+    return fmt.name
 
 
 def sniff_columns(lines: list[str], *, told: bool) -> str | None:
@@ -87,20 +74,21 @@ def sniff_columns(lines: list[str], *, told: bool) -> str | None:
     tabbed, docstart, in_sentence = True, False, False
     values: list[set[str]] = []
     for line_no, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped:
+        try:
+            columns = formats.conll_line(line, in_sentence=in_sentence)
+        except FormatError:
+            return f"line {line_no} has a single column"
+        if columns == formats.BLANK:
             in_sentence = False
             continue
-        if not in_sentence and stripped.startswith("#"):
-            continue  # a comment
-        columns = split_columns(stripped)
-        if columns[0] == "-DOCSTART-":
+        if columns == formats.DOCUMENT_START:
             docstart = True
             continue
+        if isinstance(columns, str):  # a comment
+            continue
+        stripped = line.strip()
         if len(columns) != len(stripped.split()):
             return f"line {line_no} has spaces inside its tab-separated columns"
-        if len(columns) < 2:
-            return f"line {line_no} has a single column"
         if width and len(columns) != width:
             return f"line {line_no} has {len(columns)} columns where the lines before have {width}"
         if len(columns) > MAX_COLUMNS:
@@ -115,7 +103,7 @@ def sniff_columns(lines: list[str], *, told: bool) -> str | None:
         in_sentence = True
     if not rows:
         return "no line has columns"
-    if told or docstart or any(looks_like_bio(v) for v in values):
+    if told or docstart or any(formats.is_entity_tagging(v) for v in values):
         return None
     repetitive = any(len(v) <= rows // 2 for v in values)
     if sentences >= 2 and (tabbed or repetitive):
@@ -171,20 +159,21 @@ class CorpusInspector:
         self.documents = 0
         self.line_no = 1
         self._sha = hashlib.sha256()
-        self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if fmt.endswith(".gz") else None
+        file_format = formats.FORMATS[fmt]
+        self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if file_format.gzip else None
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         # How lines are read: "sniff" (a .txt's first lines, kept until they decide between
         # "text" and "columns"), "text" (only counted), "json" or "columns" (each checked).
-        self._mode = "sniff" if fmt.startswith("txt") else \
-            "columns" if fmt.startswith("conll") else "json"
+        self._mode = "sniff" if file_format.columns_as else \
+            {"lines": "text", "json": "json", "columns": "columns"}[file_format.layout]
         self._line: list[str] = []  # the current, unfinished line (all but text)
         self._line_len = 0
         self._line_has_text = False  # text: does the current line hold any non-space?
         self._sample: list[str] = []  # sniff: the lines so far
         self._sample_chars = self._sample_rows = 0
         self._not_columns: str | None = None  # why a .txt was read as text
-        # What the data holds: "text", "labelled_text" or "tagged_tokens"; labels seen.
-        self.kind: str | None = "tagged_tokens" if self._mode == "columns" else None
+        # What the data holds (formats.DATASET_KINDS); labels seen.
+        self.kind: str | None = formats.TAGGED_TOKENS if self._mode == "columns" else None
         self.labels: set[str] = set()
         self.splits: dict[str, int] = {}
         # CoNLL: columns per line, what each holds, the tag column (0-based; 0 = tokens).
@@ -310,7 +299,7 @@ class CorpusInspector:
         if self._mode == "text":
             self.documents += bool(line.strip())
         elif self._mode == "columns":
-            self._check_conll(line.strip())
+            self._check_conll(line)
         elif line.strip():
             self._check_json(line.strip())
 
@@ -321,8 +310,8 @@ class CorpusInspector:
         self._mode = "text" if why else "columns"
         self._not_columns = why
         if self._mode == "columns":
-            self.fmt = self.declared.replace("txt", "conll")
-            self.kind = "tagged_tokens"
+            self.fmt = formats.FORMATS[self.declared].columns_as or self.fmt
+            self.kind = formats.TAGGED_TOKENS
         self._check_request()
         sample, self._sample = self._sample, []
         current = self.line_no
@@ -365,69 +354,51 @@ class CorpusInspector:
     def _bad(self, message: str) -> CorpusRejected:
         return CorpusInvalid("invalid_dataset", f"line {self.line_no}: {message}")
 
+    def _broken(self, exc: FormatError) -> CorpusRejected:
+        """A format rule the current line breaks, as the API words it."""
+        return CorpusInvalid(RULE_CODES.get(exc.rule, "invalid_dataset"),
+                             exc.at(self.line_no, upload=True))
+
     def _label(self, value: str) -> None:
-        if not value.strip():
-            raise self._bad("a blank label or tag")
-        if len(value) > MAX_LABEL_CHARS:
-            raise self._bad(f"a label or tag longer than {MAX_LABEL_CHARS} characters "
-                            f"({value[:20]!r}...)")
         self.labels.add(value)
         if len(self.labels) > MAX_LABELS:
             raise self._bad(f"more than {MAX_LABELS} distinct labels")
 
     def _check_json(self, line: str) -> None:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CorpusInvalid("invalid_jsonl",
-                                f"line {self.line_no} is not valid JSON: {exc.msg}") from None
-        if not isinstance(record, dict):
-            raise self._bad("not a JSON object")
-        kind = "tagged_tokens" if "tokens" in record else \
-            "labelled_text" if "label" in record else "text"
-        if self.kind is None:
-            self.kind = kind
-        elif kind != self.kind and (self.kind, kind) != ("labelled_text", "text"):
-            raise self._bad(f"a {kind.replace('_', ' ')} record among {self.kind} records")
-        if kind == "tagged_tokens":
-            tokens, tags = record.get("tokens"), record.get("tags")
-            if not (isinstance(tokens, list) and isinstance(tags, list)
-                    and len(tokens) == len(tags) and tokens
-                    and all(isinstance(t, str) for t in tokens)
-                    and all(isinstance(t, str) for t in tags)):
-                raise self._bad('"tokens" and "tags" must be lists of strings of equal length')
-            for tag in tags:
-                self._label(tag)
-        else:
-            if not isinstance(record.get("text"), str):
-                raise CorpusInvalid("invalid_jsonl",
-                                    f'line {self.line_no} is not an object with a string "text"')
-            if not record["text"].strip():
-                return
-            if self.kind == "labelled_text":
-                label = record.get("label")
-                if isinstance(label, bool) or not isinstance(label, str | int):
-                    raise self._bad('every record needs a "label" (a string or an integer)')
-                self._label(str(label))
-        split = record.get("split", "train")
-        if split not in ("train", "valid", "validation", "test"):
-            raise self._bad(f'"split" must be train, valid or test, not {split!r}')
+            record = formats.json_record(line)
+            kind = formats.record_kind(record)
+            if self.kind is None:
+                self.kind = kind
+            elif kind != self.kind and (self.kind, kind) != (formats.LABELLED_TEXT,
+                                                             formats.TEXT):
+                raise self._bad(f"a {kind.replace('_', ' ')} record among {self.kind} records")
+            # Read as the dataset's kind: a text record among labelled ones needs a label
+            # too, unless its text is blank.
+            read = formats.RECORD_READERS[self.kind](record)
+        except FormatError as exc:
+            raise self._broken(exc) from None
+        if read is None:
+            return  # blank text: no document
+        for value in read.labels:
+            self._label(value)
+        split = read.split or "train"
         self.splits[split] = self.splits.get(split, 0) + 1
         self.documents += 1
 
     def _check_conll(self, line: str) -> None:
-        """One stripped line of a column file, read as the engine reads it: blank lines end
-        sentences, '#' before a sentence is a comment, -DOCSTART- lines are skipped."""
-        if not line:
+        """One line of a column file, read as the engine reads it (formats.conll_line):
+        blank lines end sentences, '#' before a sentence is a comment, -DOCSTART- lines are
+        skipped."""
+        try:
+            columns = formats.conll_line(line, in_sentence=self._in_sentence)
+        except FormatError as exc:
+            raise self._broken(exc) from None
+        if columns == formats.BLANK:
             self._in_sentence = False
             return
-        if not self._in_sentence and line.startswith("#"):
+        if isinstance(columns, str):  # a comment, -DOCSTART-
             return
-        columns = split_columns(line)
-        if columns[0] == "-DOCSTART-":
-            return
-        if len(columns) < 2:
-            raise self._bad("a CoNLL line needs a token and a tag column")
         if self.columns is None:
             if len(columns) > MAX_COLUMNS:
                 raise self._bad(f"more than {MAX_COLUMNS} columns")
@@ -437,7 +408,7 @@ class CorpusInspector:
         elif len(columns) != self.columns:
             # The tag column is a position: it must mean the same on every line.
             read_as = " (this .txt was read as CoNLL columns from its first lines)" \
-                if self.declared.startswith("txt") else ""
+                if self.fmt != self.declared else ""
             raise self._bad(f"{len(columns)} columns where the lines before have "
                             f"{self.columns}{read_as}")
         if not columns[0].strip():
@@ -457,7 +428,7 @@ class CorpusInspector:
             index = self._resolve(wanted, self.columns)
         else:
             last = self._columns[-1]
-            index = self.columns - 1 if looks_like_bio(last.values) else 1
+            index = self.columns - 1 if formats.is_entity_tagging(last.values) else 1
         column = self._columns[index]
         if column.values is None:
             hint = "" if wanted is not None else "; name the tag column with tag_column"
@@ -483,7 +454,7 @@ class CorpusInspector:
         if self._mode == "sniff":
             self._decide()
         self.line_no -= 1
-        self.kind = self.kind or "text"
+        self.kind = self.kind or formats.TEXT
         if self.bytes == 0:
             raise CorpusInvalid("empty_file", "the uploaded file is empty")
         if self.documents == 0:

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobspec.formats import TEXT, DatasetKind
 from jobspec.names import MAX_NAME_CHARS, problem
 from service.domain import admission, lifecycle, quotas
 from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
@@ -26,7 +27,7 @@ class DatasetPublic(BaseModel):
     bytes: int
     sha256: str
     documents: int
-    kind: str
+    kind: DatasetKind = Field(description="what the data holds (jobspec/formats.py)")
     labels: list[str] | None = Field(
         description="the label set, or for tagged tokens the tag set: the values of tag_column")
     splits: dict[str, int] | None
@@ -109,7 +110,7 @@ class DatasetUpload:
         found = self.inspector
         row = DatasetRow(id=self.id, owner=owner, name=name or self.filename,
                          format=found.fmt, bytes=found.bytes, sha256=found.sha256,
-                         documents=found.documents, kind=found.kind or "text",
+                         documents=found.documents, kind=found.kind or TEXT,
                          labels=sorted(found.labels) or None, splits=found.splits or None,
                          column_count=found.columns, tag_column=found.tag_column,
                          column_samples=found.column_samples, storage_key=self.key)

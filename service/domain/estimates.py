@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from jobspec import formats
 from jobspec.capacity import estimate_finetune_bytes, estimate_pretrain_bytes, pretrain_parameters
 from jobspec.data import tokenized_prefix
 from jobspec.finetune import auto_steps
@@ -132,10 +133,11 @@ def _plain_text(text: str, fmt: str, *, cut: bool) -> str:
     lines = text.splitlines()
     if cut:
         lines = lines[:-1]  # the last line may be cut short
-    if fmt.startswith("conll"):
+    layout = formats.FORMATS[fmt].layout if fmt in formats.FORMATS else "lines"
+    if layout == "columns":
         return " ".join(line.split()[0] for line in lines
-                        if line.strip() and not line.startswith(("#", "-DOCSTART-")))
-    if not fmt.startswith("jsonl"):
+                        if line.strip() and not line.startswith(("#", formats.DOCSTART)))
+    if layout != "json":
         return "\n".join(lines)
     words = []
     for line in lines:
@@ -232,10 +234,12 @@ def _examples(train: DatasetRow, valid: DatasetRow | None, fraction: float
     """(train, validation) examples as the engine splits them (records.load_splits)."""
     if valid is not None:
         return train.documents, valid.documents
-    splits = dict(train.splits or {})
-    given_valid = splits.get("valid", 0) + splits.get("validation", 0)
-    if given_valid:
-        return splits.get("train", 0), given_valid
+    splits: dict[str, int] = {}
+    for name, count in (train.splits or {}).items():  # as records name them: "validation"
+        split = formats.SPLITS.get(name, name)
+        splits[split] = splits.get(split, 0) + count
+    if splits.get("valid"):
+        return splits.get("train", 0), splits["valid"]
     n = splits.get("train", train.documents)
     held = min(n - 1, max(1, round(fraction * n))) if n >= 2 else 0
     return n - held, held

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from jobspec.formats import MAX_LABEL_CHARS, MAX_LABELS
 from jobspec.model_dir import MODEL_FILE_SUFFIXES, check_model_dir, weight_map_files
 from jobspec.model_facts import (
     FEATURE_EXTRACTION,
@@ -45,7 +46,6 @@ from jobspec.model_facts import (
     auto_class,
 )
 from jobspec.pooling import read_pooling
-from service.domain.corpus import MAX_LABEL_CHARS, MAX_LABELS
 from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
 from service.settings import Settings
 from service.transformers_import import transformers

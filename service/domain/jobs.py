@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
 from jobspec.field_errors import error_param
+from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT
 from jobspec.model_facts import FEATURE_EXTRACTION
 from service.domain import admission, lifecycle, webhooks
 from service.domain.errors import Conflict, Invalid, not_found
@@ -158,9 +159,9 @@ def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
     """The job, checked against its dataset and base model; with a base model, re-read
     with the base's architecture (which decides the objective's default)."""
     dataset = _own_dataset(session, owner, "dataset_id", job_in.dataset_id)
-    if dataset is not None and dataset.kind == "tagged_tokens":
+    if dataset is not None and dataset.kind == TAGGED_TOKENS:
         raise _invalid("dataset_id", f"{dataset.id} holds tagged tokens; pretraining needs "
-                       'text (.txt or JSON lines with "text")')
+                       f"text ({KIND_HOLDS[TEXT]})")
     if job_in.base_model_id is None:
         return job_in
     base = session.get(ModelRow, job_in.base_model_id)
@@ -202,9 +203,7 @@ def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> 
         if dataset is None:
             continue
         if dataset.kind != needed:
-            what = {"labelled_text": 'JSON lines with "text" and "label"',
-                    "tagged_tokens": 'CoNLL columns or JSON lines with "tokens" and "tags"'}
-            raise _invalid(param, f"{job_in.task} needs {what[needed]}; {dataset.id} holds "
+            raise _invalid(param, f"{job_in.task} needs {KIND_HOLDS[needed]}; {dataset.id} holds "
                            f"{dataset.kind.replace('_', ' ')}")
         if job_in.labels is not None:
             extra = sorted(set(dataset.labels or ()) - set(job_in.labels))

@@ -36,11 +36,13 @@ class DatasetRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True, default=LOCAL_OWNER)
     name: Mapped[str] = mapped_column(String(255))
+    # What the content is: one of jobspec/formats.py's FORMATS (a .txt of CoNLL columns is
+    # "conll").
     format: Mapped[str] = mapped_column(String(16))
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     documents: Mapped[int] = mapped_column(BigInteger)
-    # "text" (one document per line or record), "labelled_text" or "tagged_tokens".
+    # What it holds: one of jobspec/formats.py's DATASET_KINDS.
     kind: Mapped[str] = mapped_column(String(32), default="text")
     labels: Mapped[list[str] | None] = mapped_column(JSON)
     splits: Mapped[dict[str, Any] | None]

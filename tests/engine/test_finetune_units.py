@@ -17,6 +17,7 @@ from jobspec.finetune import (
     auto_learning_rate,
     auto_steps,
 )
+from jobspec.formats import is_entity_tagging
 from jobspec.pretrain import TokenizerSpec
 from workers.engine import CorpusError
 from workers.engine.corpus import iter_documents
@@ -25,7 +26,6 @@ from workers.engine.finetune.metrics import (
     classification_metrics,
     entities,
     entity_scores,
-    is_bio,
     tagging_metrics,
 )
 from workers.engine.finetune.records import Example, load_splits, read_examples
@@ -119,9 +119,30 @@ def test_entities_follow_seqeval():
     assert set(tagging_metrics(gold, pred, bio=False)) == {"accuracy"}
 
 
-def test_is_bio():
-    assert is_bio(["O", "B-PER", "I-PER"]) and is_bio(["B-X", "I-X"])
-    assert not is_bio(["nn", "vb", "at"]) and not is_bio(["O"]) and not is_bio(["O", "B-"])
+def test_entities_of_iobes_and_bilou_tags():
+    """IOBES (and BILOU, its L- and U- for E- and S-) spans, as seqeval reads IOBES: E- ends
+    an entity, S- is one, and an I- or E- after O, after E- or S-, or after another type
+    starts one."""
+    iobes = ["S-PER", "O", "B-LOC", "I-LOC", "E-LOC", "S-ORG", "B-MISC", "E-MISC", "E-MISC"]
+    spans = [("PER", 0, 0), ("LOC", 2, 4), ("ORG", 5, 5), ("MISC", 6, 7), ("MISC", 8, 8)]
+    assert entities(iobes) == spans
+    bilou = [t.replace("E-", "L-").replace("S-", "U-") for t in iobes]
+    assert entities(bilou) == spans
+    assert entities(["I-PER", "E-PER", "S-PER", "I-LOC"]) == [
+        ("PER", 0, 1), ("PER", 2, 2), ("LOC", 3, 3)]
+    # Entity scores for an IOBES tag set, which the upload takes for entity tags.
+    assert is_entity_tagging(iobes) and is_entity_tagging(bilou)
+    gold = [iobes]
+    pred = [["S-PER", "O", "B-LOC", "E-LOC", "O", "S-ORG", "B-MISC", "E-MISC", "O"]]
+    scores = tagging_metrics(gold, pred, bio=True)  # PER and ORG and the first MISC found
+    assert scores["precision"] == pytest.approx(3 / 4)
+    assert scores["recall"] == pytest.approx(3 / 5)
+
+
+def test_is_entity_tagging():
+    assert is_entity_tagging(["O", "B-PER", "I-PER"]) and is_entity_tagging(["B-X", "I-X"])
+    assert not is_entity_tagging(["nn", "vb", "at"]) and not is_entity_tagging(["O"])
+    assert not is_entity_tagging(["O", "B-"]) and not is_entity_tagging([])
 
 
 def test_macro_f1_matches_scikit_learn():

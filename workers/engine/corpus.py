@@ -1,45 +1,47 @@
-"""Streaming reader for corpus files: one document per line, as plain text or JSON lines."""
+"""Streaming reader for corpus files: one document per line, as plain text or JSON lines
+(jobspec/formats.py says what a text record is)."""
 
 from __future__ import annotations
 
 import gzip
 import io
-import json
 import zlib
 from collections.abc import Iterator
 
+from jobspec import formats
 from workers.engine.errors import CorpusError
 
-FORMATS = ("txt", "txt.gz", "jsonl", "jsonl.gz")
+CORPUS_FORMATS = formats.formats_holding(formats.TEXT)  # what a pretraining corpus may be
 _BOM = b"\xef\xbb\xbf"
 
 
 def _open(path: str, corpus_format: str) -> gzip.GzipFile | io.BufferedReader:
-    if corpus_format not in FORMATS:
-        raise CorpusError(f"unsupported corpus format {corpus_format!r}; use one of {FORMATS}")
+    if corpus_format not in CORPUS_FORMATS:
+        raise CorpusError(f"unsupported corpus format {corpus_format!r}; "
+                          f"use one of {CORPUS_FORMATS}")
     # Binary mode: we split on b"\n" only and decode each line ourselves to report bad lines.
-    if corpus_format.endswith(".gz"):
+    if formats.FORMATS[corpus_format].gzip:
         return gzip.open(path, "rb")
     return open(path, "rb")
 
 
-def _parse_json_line(line: str, lineno: int) -> str:
+def _parse_json_line(line: str, lineno: int) -> str | None:
+    """The document of a JSON line; None if its text is blank."""
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CorpusError(f"line {lineno} is not valid JSON: {exc.msg}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise CorpusError(
-            f'line {lineno} must be a JSON object with a string "text" field'
-        )
-    return obj["text"]
+        document = formats.document(formats.json_record(line))
+    except formats.FormatError as exc:
+        if exc.rule in (formats.NOT_AN_OBJECT, formats.NO_TEXT):  # worded so since before
+            raise CorpusError(
+                f'line {lineno} must be a JSON object with a string "text" field') from None
+        raise CorpusError(exc.at(lineno)) from None
+    return None if document is None else document.text
 
 
 def iter_documents(path: str, corpus_format: str) -> Iterator[str]:
     """Yield the non-blank documents of the corpus in file order, streaming."""
-    is_json = corpus_format.startswith("jsonl")
     try:
         with _open(path, corpus_format) as fh:
+            is_json = formats.FORMATS[corpus_format].layout == "json"
             for lineno, raw in enumerate(fh, start=1):
                 if lineno == 1:
                     raw = raw.removeprefix(_BOM)
@@ -53,7 +55,7 @@ def iter_documents(path: str, corpus_format: str) -> Iterator[str]:
                 if not line.strip():
                     continue
                 text = _parse_json_line(line, lineno) if is_json else line.rstrip("\r\n")
-                if text.strip():
+                if text is not None and text.strip():
                     yield text
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise CorpusError(f"the corpus is not a valid gzip file ({exc})") from None

@@ -2,12 +2,16 @@
 
 Macro-F1 matches scikit-learn's f1_score(average="macro"); entity scores match seqeval's
 default (conlleval) mode: micro-averaged over entities, an I- tag after O or after another
-type starts a new entity (IOB1 and IOB2 alike).
+type starts a new entity (IOB1 and IOB2 alike), E- ends one and S- is one (IOBES). The
+tags the upload accepts as entity tags (jobspec/formats.py) are the ones scored: BILOU's L-
+and U- are read as E- and S-.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from jobspec.formats import OUTSIDE, tag_parts
 
 
 def accuracy(gold: Sequence[str], predicted: Sequence[str]) -> float:
@@ -27,25 +31,31 @@ def macro_f1(gold: Sequence[str], predicted: Sequence[str]) -> float:
     return sum(scores) / max(1, len(scores))
 
 
-def is_bio(tags: Sequence[str]) -> bool:
-    """True for a BIO/IOB tag set: every tag is O, B-<type> or I-<type>, and not all are O."""
-    def ok(tag: str) -> bool:
-        return tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)
-    return all(ok(t) for t in tags) and any(t != "O" for t in tags)
+def _ends(previous: str, position: str, previous_type: str, kind: str) -> bool:
+    """Whether the entity of the previous tag ends before this one (seqeval's end_of_chunk)."""
+    if previous == OUTSIDE:
+        return False
+    return previous in ("E", "S") or position in ("B", "S", OUTSIDE) or previous_type != kind
+
+
+def _starts(previous: str, position: str, previous_type: str, kind: str) -> bool:
+    """Whether an entity starts at this tag (seqeval's start_of_chunk)."""
+    if position == OUTSIDE:
+        return False
+    return position in ("B", "S") or previous in (OUTSIDE, "E", "S") or previous_type != kind
 
 
 def entities(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """The (type, first, last) spans of a BIO/IOB tag sequence."""
+    """The (type, first, last) spans of an entity tag sequence (IOB1, IOB2, IOBES, BILOU)."""
     found: list[tuple[str, int, int]] = []
-    start, previous = None, ""
-    for i, tag in enumerate([*tags, "O"]):  # a trailing O closes the last entity
-        prefix, _, kind = tag.partition("-")
-        if start is not None and (prefix in ("O", "B") or kind != previous):
-            found.append((previous, start, i - 1))
-            start = None
-        if prefix == "B" or (prefix == "I" and start is None):
+    start, previous, previous_type = 0, OUTSIDE, ""
+    for i, tag in enumerate([*tags, OUTSIDE]):  # a trailing O closes the last entity
+        position, kind = tag_parts(tag)
+        if _ends(previous, position, previous_type, kind):
+            found.append((previous_type, start, i - 1))
+        if _starts(previous, position, previous_type, kind):
             start = i
-        previous = kind
+        previous, previous_type = position, kind
     return found
 
 
@@ -68,7 +78,8 @@ def classification_metrics(gold: Sequence[str], predicted: Sequence[str]) -> dic
 
 def tagging_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]],
                     bio: bool) -> dict[str, float]:
-    """Token accuracy, plus entity precision/recall/F1 for a BIO tag set."""
+    """Token accuracy, plus entity precision/recall/F1 for entity tags
+    (formats.is_entity_tagging)."""
     flat_gold = [t for tags in gold for t in tags]
     flat_pred = [t for tags in predicted for t in tags]
     scores = {"accuracy": accuracy(flat_gold, flat_pred)}

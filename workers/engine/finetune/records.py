@@ -1,25 +1,24 @@
 """Read labelled texts (JSON lines) and tagged sentences (CoNLL or JSON lines) into splits.
 
+What a record or a line must hold is jobspec/formats.py's, as the upload check reads it.
 Every problem is a CorpusError naming the split and the line, so the user can fix the file.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from jobspec import formats
+from jobspec.finetune import FINETUNE_DATA
+from jobspec.formats import SPLITS, FormatError
 from workers.engine.errors import CorpusError
 
-FORMATS = {"text_classification": ("jsonl", "jsonl.gz"),
-           "token_classification": ("conll", "conll.gz", "jsonl", "jsonl.gz")}
-SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "test": "test"}
 # The held-out examples depend only on the data, not on the run's seed, so runs with
 # different seeds are compared on the same validation set (as in pretraining).
 SPLIT_SEED = 0
@@ -49,7 +48,7 @@ class Splits:
 def _lines(path: str, fmt: str, where: str) -> Iterator[tuple[int, str]]:
     """(line number, text without the newline) of a plain or gzipped UTF-8 file."""
     try:
-        with (gzip.open(path, "rb") if fmt.endswith(".gz") else open(path, "rb")) as fh:
+        with (gzip.open(path, "rb") if formats.FORMATS[fmt].gzip else open(path, "rb")) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 try:
                     text = raw.decode("utf-8")
@@ -63,52 +62,32 @@ def _lines(path: str, fmt: str, where: str) -> Iterator[tuple[int, str]]:
         raise CorpusError(f"{where} file not found") from None
 
 
-def _record(line: str, lineno: int, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CorpusError(f"{where} line {lineno} is not valid JSON: {exc.msg}") from None
-    if not isinstance(record, dict):
-        raise CorpusError(f"{where} line {lineno} is not a JSON object")
-    split = record.get("split")
-    if split is not None and split not in SPLITS:
-        raise CorpusError(f'{where} line {lineno}: "split" must be train, valid or test, '
-                          f"not {split!r}")
-    return record
-
-
-def _labelled_texts(path: str, fmt: str, where: str) -> Iterator[Example]:
+def _json_examples(path: str, fmt: str, where: str, kind: str) -> Iterator[Example]:
+    """The records of a JSON lines file, each read as a record of `kind`."""
+    read = formats.RECORD_READERS[kind]
     for lineno, line in _lines(path, fmt, where):
         if not line.strip():
             continue
-        record = _record(line, lineno, where)
-        text, label = record.get("text"), record.get("label")
-        if not isinstance(text, str):
-            raise CorpusError(f'{where} line {lineno} needs a string "text"')
-        if isinstance(label, bool) or not isinstance(label, str | int):
-            raise CorpusError(f'{where} line {lineno} needs a "label" (a string or an integer)')
-        if text.strip():  # blank texts carry nothing to learn from
-            yield Example(text, str(label), lineno, SPLITS.get(str(record.get("split"))))
-
-
-def _tagged_json(path: str, fmt: str, where: str) -> Iterator[Example]:
-    for lineno, line in _lines(path, fmt, where):
-        if not line.strip():
+        try:
+            record = read(formats.json_record(line))
+        except FormatError as exc:
+            raise CorpusError(exc.at(lineno, where=where)) from None
+        if record is None:  # blank text: nothing to learn from
             continue
-        record = _record(line, lineno, where)
-        tokens, tags = record.get("tokens"), record.get("tags")
-        if not (isinstance(tokens, list) and isinstance(tags, list) and tokens
-                and len(tokens) == len(tags)
-                and all(isinstance(t, str) for t in tokens + tags)):
-            raise CorpusError(f'{where} line {lineno}: "tokens" and "tags" must be non-empty '
-                              "lists of strings of equal length")
-        yield Example(tokens, tags, lineno, SPLITS.get(str(record.get("split"))))
+        split = SPLITS.get(record.split or "")
+        if isinstance(record, formats.LabelledText):
+            yield Example(record.text, record.label, lineno, split)
+        elif isinstance(record, formats.TaggedTokens):
+            yield Example(record.tokens, record.tags, lineno, split)
+        else:
+            raise CorpusError(f"{where}: {kind.replace('_', ' ')} records have no target")
 
 
 def _conll(path: str, fmt: str, where: str, tag_column: int = 1) -> Iterator[Example]:
     """Column files: the token first, the tags in column tag_column (counted from 0; the
     service records it per dataset), tab- or space-separated; a blank line between
-    sentences, '#' comment lines before a sentence, CoNLL-2003 -DOCSTART- lines skipped."""
+    sentences, '#' comment lines before a sentence, CoNLL-2003 -DOCSTART- lines skipped
+    (formats.conll_line)."""
     if tag_column < 1:
         raise CorpusError(f"{where}: the tag column must be 1 or more (counted from 0, column 0 "
                           f"holds the tokens), not {tag_column}")
@@ -116,26 +95,20 @@ def _conll(path: str, fmt: str, where: str, tag_column: int = 1) -> Iterator[Exa
     tags: list[str] = []
     start = 0
     for lineno, line in _lines(path, fmt, where):
-        stripped = line.strip()
-        if not stripped:
-            if tokens:
-                yield Example(tokens, tags, start)
-            tokens, tags = [], []
-            continue
-        if not tokens and stripped.startswith("#"):
-            continue  # a comment; inside a sentence "#" is a token
-        columns = stripped.split("\t") if "\t" in stripped else stripped.split()
-        if columns[0] == "-DOCSTART-":  # alone on its line in some copies of CoNLL-2003
-            continue
-        if len(columns) <= tag_column or not columns[0].strip() \
-                or not columns[tag_column].strip():
-            what = "a token and a tag column" if tag_column == 1 else \
-                f"a token and a tag in column {tag_column} (counted from 0)"
-            raise CorpusError(f"{where} line {lineno} needs {what}")
+        try:
+            columns = formats.conll_line(line, in_sentence=bool(tokens), tag_column=tag_column)
+            if isinstance(columns, str):  # no token: a blank line ends the sentence
+                if columns == formats.BLANK and tokens:
+                    yield Example(tokens, tags, start)
+                    tokens, tags = [], []
+                continue
+            token, tag = formats.conll_token(columns, tag_column)
+        except FormatError as exc:
+            raise CorpusError(exc.at(lineno, where=where)) from None
         if not tokens:
             start = lineno
-        tokens.append(columns[0].strip())
-        tags.append(columns[tag_column].strip())
+        tokens.append(token)
+        tags.append(tag)
     if tokens:
         yield Example(tokens, tags, start)
 
@@ -144,14 +117,14 @@ def read_examples(task: str, path: str, fmt: str, where: str,
                   tag_column: int | None = None) -> list[Example]:
     """All examples of one file; where names it in errors (e.g. "the train data");
     tag_column: the column of a CoNLL file holding the tags (None: 1, the second)."""
-    if fmt not in FORMATS[task]:
+    kind = FINETUNE_DATA[task]
+    usable = formats.formats_holding(kind)
+    if fmt not in usable:
         raise CorpusError(f"{where}: format {fmt!r} cannot be used for {task}; use one of "
-                          f"{', '.join(FORMATS[task])}")
-    if task == "text_classification":
-        return list(_labelled_texts(path, fmt, where))
-    if fmt.startswith("conll"):
+                          f"{', '.join(usable)}")
+    if formats.FORMATS[fmt].layout == "columns":
         return list(_conll(path, fmt, where, 1 if tag_column is None else tag_column))
-    return list(_tagged_json(path, fmt, where))
+    return list(_json_examples(path, fmt, where, kind))
 
 
 def _file(given: DataFile) -> tuple[str, str, int | None]:
@@ -196,7 +169,7 @@ def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...]
     notes = []
     if set(read) == {"train"} and any(e.split is not None for e in read["train"]):
         records = read.pop("train")
-        for split in ("train", "valid", "test"):
+        for split in formats.SPLIT_NAMES:
             chosen = [e for e in records if (e.split or "train") == split]
             if chosen or split == "train":
                 read[split] = chosen

@@ -9,13 +9,13 @@ from typing import Any
 from jobspec import FinetuneSpec
 from jobspec.capacity import estimate_finetune_bytes
 from jobspec.finetune import auto_learning_rate, auto_steps
+from jobspec.formats import is_entity_tagging
 from jobspec.model_facts import run_fingerprint
 from jobspec.pooling import base_pooling
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.errors import ConfigError
 from workers.engine.finetune.dataset import encode_tagged, encode_texts
 from workers.engine.finetune.lora import add_lora, unwrap
-from workers.engine.finetune.metrics import is_bio
 from workers.engine.finetune.model import load_base
 from workers.engine.finetune.records import load_splits
 from workers.engine.finetune.task import Classification
@@ -128,7 +128,8 @@ def run_finetune(
         examples={name: len(split) for name, split in encoded.items()},
         tokens={name: split.tokens() for name, split in encoded.items()})
     task = Classification(model, weights, tokenizer, encoded, labels,
-                          bio=spec.task == "token_classification" and is_bio(labels),
+                          bio=spec.task == "token_classification"
+                          and is_entity_tagging(labels),
                           batch_size=hp.batch_size, seed=hp.seed,
                           lora=spec.adapter is not None, fingerprint=fingerprint)
     loop = LoopSettings(
