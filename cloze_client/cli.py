@@ -437,6 +437,8 @@ def jobs_watch(job_id: str, url: Url = None, api_key: ApiKey = None) -> None:
     raise typer.Exit(code)
 
 
+# Metric names are jobspec/metrics.py's, spelled here because the client installs without
+# the service's packages (it speaks HTTP only); tests/test_project.py checks they match.
 METRIC_COLUMNS = ["step", "train_loss", "eval_loss", "learning_rate", "grad_norm",
                   "tokens_per_second", "tokens_seen", "perplexity", "accuracy"]
 # The table's headers (the CSV keeps the API's names): short enough for 80 columns.

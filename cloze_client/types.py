@@ -63,7 +63,8 @@ class Job(TypedDict):
 
 class MetricPoint(TypedDict):
     """One logged step; only the fields measured at that step are present (and task
-    metrics such as f1 as further keys)."""
+    metrics such as f1 as further keys). The fields are the columns of jobspec/metrics.py's
+    table, which the client cannot import (tests/test_project.py checks they match)."""
 
     step: int
     train_loss: NotRequired[float]

@@ -13,7 +13,8 @@ from cloze_client.sse import StreamEvent
 from cloze_client.types import TERMINAL, Job
 
 BARS = "▁▂▃▄▅▆▇█"
-# Shown beside the losses when the job's evals report them (fine-tuning).
+# Shown beside the losses when the job's evals report them (fine-tuning). Names of
+# jobspec/metrics.py's table, which the client cannot import (tests/test_project.py checks).
 EVAL_METRICS = ("accuracy", "f1")
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green",
                 "failed": "red", "cancelled": "magenta", "paused": "blue"}

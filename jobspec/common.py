@@ -4,6 +4,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobspec.metrics import EVAL_LOSS, minimized
+
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
@@ -31,8 +33,8 @@ class EarlyStopping(Strict):
     """End a job whose eval metric stopped improving; its model is then the best eval's
     weights, not the last ones."""
     # Any metric the job's evals report (eval_loss, perplexity, accuracy, f1, ...).
-    metric: str = Field(default="eval_loss", min_length=1, max_length=64)
-    # None: "min" for losses and perplexity, "max" for everything else.
+    metric: str = Field(default=EVAL_LOSS, min_length=1, max_length=64)
+    # None: "min" for losses and perplexity, "max" for everything else (metrics.minimized).
     mode: Literal["min", "max"] | None = None
     # Evals in a row without an improvement larger than min_delta before the job ends.
     patience: int = Field(default=3, ge=1, le=10_000)
@@ -42,4 +44,4 @@ class EarlyStopping(Strict):
     def minimize(self) -> bool:
         if self.mode is not None:
             return self.mode == "min"
-        return "loss" in self.metric or self.metric == "perplexity"
+        return minimized(self.metric)

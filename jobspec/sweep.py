@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jobspec.common import Finite, Seed, Strict
+from jobspec.metrics import EVAL_LOSS, minimized
 from jobspec.names import Name
 
 # At most this many trials in one sweep (each is a whole training job).
@@ -89,8 +90,9 @@ class SweepSpec(Strict):
     search_space: dict[str, Param] = Field(min_length=1, max_length=20)
     trials: int = Field(ge=1, le=MAX_TRIALS)
     # Any metric the trials' evals report (eval_loss, perplexity, accuracy, f1, ...).
-    metric: str = Field(default="eval_loss", min_length=1, max_length=64)
-    # None: minimize for losses and perplexity, maximize for everything else.
+    metric: str = Field(default=EVAL_LOSS, min_length=1, max_length=64)
+    # None: minimize for losses and perplexity, maximize for everything else
+    # (metrics.minimized).
     direction: Literal["minimize", "maximize"] | None = None
     # Trials running at once.
     parallel: int = Field(default=1, ge=1, le=MAX_TRIALS)
@@ -116,8 +118,8 @@ class SweepSpec(Strict):
     @model_validator(mode="after")
     def _resolve_direction(self) -> "SweepSpec":
         if self.direction is None:  # stored resolved, so the sweep shows what it optimizes
-            minimize = "loss" in self.metric or self.metric == "perplexity"
-            object.__setattr__(self, "direction", "minimize" if minimize else "maximize")
+            object.__setattr__(self, "direction",
+                               "minimize" if minimized(self.metric) else "maximize")
         return self
 
     def inconsistency(self) -> tuple[str, str] | None:

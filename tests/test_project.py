@@ -254,6 +254,66 @@ def test_workers_write_service_tables_only_through_the_domain():
                     f"{path}:{node.lineno} imports {module}: write through service/domain"
 
 
+# The loss names and TensorBoard tags jobspec/metrics.py owns; where they may still be
+# spelled, and why.
+METRIC_SPELLINGS = re.compile(r"train_loss|eval_loss|(?:train|eval)/\w+")
+METRIC_SPELLINGS_ALLOWED = {
+    "jobspec/metrics.py": "the table itself",
+    "cloze_client/cli.py": "the client installs without jobspec; its copy is checked below",
+    "cloze_client/watch.py": "the same: the client's own copy of the names",
+}
+
+
+def _metric_spellings(source: str) -> list[int]:
+    return [n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant)
+            and isinstance(n.value, str) and METRIC_SPELLINGS.fullmatch(n.value)]
+
+
+def test_metric_names_have_one_owner():
+    """jobspec/metrics.py's table owns the metric names, their tags, labels, units and
+    colours: code names the losses by TRAIN_LOSS / EVAL_LOSS and the rest through the table,
+    the pages read the table the server embeds in them, and the copies that must exist
+    (the database's columns, the API's MetricPoint, the client's names) agree with it."""
+    from cloze_client import cli, types, watch
+    from jobspec import metrics
+    from service.domain.jobs import MetricPoint
+    from service.domain.tables import MetricRow
+
+    for top in ("service", "workers", "jobspec", "cloze_client"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            name = str(path.relative_to(ROOT))
+            if name not in METRIC_SPELLINGS_ALLOWED:
+                found = _metric_spellings(path.read_text())
+                assert not found, f"{name} spells a metric name or tag on lines {found}: " \
+                    "read it from jobspec/metrics.py"
+    for path in sorted((ROOT / "service" / "web").glob("*.*")):
+        if path.suffix in (".js", ".html"):
+            quoted = re.findall(rf"[\"']({METRIC_SPELLINGS.pattern})[\"']", path.read_text())
+            assert not quoted, f"{path.name} spells {quoted}: use Cloze.METRICS"
+    # The rule sees what the plots module used to spell.
+    assert len(_metric_spellings('TAGS = {"train_loss": "train/loss"}\n'
+                                 'Series("eval_loss", "eval loss")\n')) == 3
+
+    names = [m.name for m in metrics.METRICS]
+    assert len(set(names)) == len(names) == len(metrics.BY_NAME)
+    assert len({m.tag for m in metrics.METRICS}) == len(names)
+    side = {s: {m.name for m in metrics.METRICS if m.side == s} for s in ("train", "eval")}
+    train_keys = metrics.TrainPoint.__required_keys__ | metrics.TrainPoint.__optional_keys__
+    eval_keys = metrics.EvalPoint.__required_keys__ | metrics.EvalPoint.__optional_keys__
+    assert train_keys - {"step", "total_steps"} == side["train"]
+    assert eval_keys - {"step", "probes"} == side["eval"]
+    columns = {*metrics.columns("train"), *metrics.columns("eval")}
+    assert {c.name for c in MetricRow.__table__.columns} - \
+        {"id", "job_id", "step", "extra", "created_at"} == columns
+    assert set(MetricPoint.model_fields) - {"step"} == columns
+    # The client's copy (it cannot import jobspec).
+    assert set(cli.METRIC_COLUMNS) - {"step"} == columns
+    assert set(cli.METRIC_HEADERS) <= columns
+    assert set(watch.EVAL_METRICS) <= side["eval"]
+    assert set(types.MetricPoint.__required_keys__ | types.MetricPoint.__optional_keys__) \
+        - {"step"} == columns
+
+
 JOB_STATUSES = {"queued", "running", "succeeded", "failed", "cancelled", "paused"}
 
 

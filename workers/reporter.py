@@ -13,6 +13,7 @@ import psutil
 import torch
 from sqlalchemy.exc import OperationalError
 
+from jobspec.metrics import EvalPoint, TrainPoint
 from service import sweeper
 from service.db import session_scope
 from service.domain import attempts, checkpoint_quota
@@ -74,33 +75,22 @@ class DbReporter:
         with session_scope() as s:
             attempts.record_event(s, self.job_id, level, message)
 
-    @with_db_retry
-    def _point(self, step: int, fields: dict[str, Any], job: dict[str, Any]) -> None:
-        """Write one metric row per (job, step), merging train and eval fields."""
-        self._latest.update(fields)
-        with session_scope() as s:
-            attempts.record_point(s, self.job_id, step, fields, job)
-
-    def log(self, point: dict[str, Any]) -> None:
-        fields = {k: point.get(k) for k in ("train_loss", "learning_rate", "grad_norm",
-                                            "tokens_per_second", "tokens_seen")}
-        job = {"step": point["step"], "tokens_seen": point["tokens_seen"],
-               "tokens_per_second": point["tokens_per_second"],
-               "train_loss": point["train_loss"]}
-        if point.get("total_steps"):  # fine-tuning knows its step count once it read the data
-            job["total_steps"] = point["total_steps"]
-        if "mfu" in point:
-            fields["extra"] = {"mfu": point["mfu"]}
-        # For GET /metrics, on the job row (written here anyway), not in the curve.
+    def log(self, point: TrainPoint) -> None:
+        # For GET /metrics, on the job row (written with the step), not in the curve.
         gauges: dict[str, float] = {"device_memory_bytes": device_memory_bytes()}
         if (seconds := self._step_seconds(point)) is not None:
             gauges["step_seconds"] = seconds
         if "mfu" in point:
             gauges["mfu"] = point["mfu"]
-        job["training_gauges"] = gauges
-        self._point(point["step"], fields, job)
+        self._record_train(point, gauges)
 
-    def _step_seconds(self, point: dict[str, Any]) -> float | None:
+    @with_db_retry
+    def _record_train(self, point: TrainPoint, gauges: dict[str, float]) -> None:
+        with session_scope() as s:
+            fields = attempts.record_train(s, self.job_id, point, gauges)
+        self._latest.update(fields)  # what the next checkpoint records
+
+    def _step_seconds(self, point: TrainPoint) -> float | None:
         """A step's mean time over the window since the last point: its tokens per step at
         its throughput (the first point of an attempt: the run's mean tokens per step)."""
         step, seen, rate = point["step"], point["tokens_seen"], point.get("tokens_per_second")
@@ -111,15 +101,15 @@ class DbReporter:
             per_step = seen / step if step else 0
         return per_step / rate if rate and per_step else None
 
-    def eval(self, point: dict[str, Any]) -> None:
-        named = ("eval_loss", "perplexity", "accuracy")
-        fields: dict[str, Any] = {k: point.get(k) for k in named}
-        extra = {k: v for k, v in point.items() if k not in (*named, "step")
-                 and (isinstance(v, int | float) or k == "probes")}
-        if extra:
-            fields["extra"] = extra
-        self._point(point["step"], fields, {"eval_loss": point["eval_loss"]})
+    def eval(self, point: EvalPoint) -> None:
+        self._record_eval(point)
         sweeper.after_trial_event(self.job_id)  # a sweep's trial: prune it now if it lags
+
+    @with_db_retry
+    def _record_eval(self, point: EvalPoint) -> None:
+        with session_scope() as s:
+            fields = attempts.record_eval(s, self.job_id, point)
+        self._latest.update(fields)
 
     def checkpoint(self, step: int, directory: str) -> None:
         prefix = f"{checkpoints_prefix(self.job_id)}/step-{step:08d}"

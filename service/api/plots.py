@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from jobspec.metrics import BY_NAME, EVAL_LOSS, TRAIN_LOSS, tag
 from service.api.deps import CallerDep, SessionDep
 from service.api.json_body import JsonBodyRoute
 from service.domain import jobs
@@ -23,12 +24,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JsonBodyRoute)
 # points are always kept, see jobs.metrics).
 SVG_POINTS = 2000
 
-# TensorBoard tags: train-side and eval-side scalars in two groups; task metrics (f1,
-# mlm_loss, nsp_accuracy, ...) go under "eval/" by their own names.
-TAGS = {"train_loss": "train/loss", "learning_rate": "train/learning_rate",
-        "grad_norm": "train/grad_norm", "tokens_per_second": "train/tokens_per_second",
-        "tokens_seen": "train/tokens_seen", "eval_loss": "eval/loss",
-        "perplexity": "eval/perplexity", "accuracy": "eval/accuracy"}
+# The SVG's curves: the train loss as a line, the eval loss as a line with a dot per eval.
+CURVES = ((TRAIN_LOSS, False), (EVAL_LOSS, True))
 
 
 def _finite(value: Any) -> bool:
@@ -55,8 +52,8 @@ def metrics_svg(job_id: str, session: SessionDep, caller: CallerDep,
     rows = jobs.metrics(session=session, job_id=job_id, scope=caller.scope, since_step=None,
                         max_points=max_points)
     svg = line_chart(f"{job.name} ({job.id}, {job.status})", [
-        Series("train_loss", "train loss", "#1f77b4", _points(rows, "train_loss")),
-        Series("eval_loss", "eval loss", "#ff7f0e", _points(rows, "eval_loss"), dots=True)])
+        Series(name, BY_NAME[name].label, BY_NAME[name].color, _points(rows, name), dots=dots)
+        for name, dots in CURVES])
     return Response(svg, media_type="image/svg+xml",
                     headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
                              # An SVG opened on its own is a document: no scripts in it.
@@ -71,7 +68,7 @@ def _epoch(value: datetime) -> float:
 
 def _scalars(row: MetricRow) -> Scalars:
     point = MetricPoint.of(row).model_dump(exclude_none=True)
-    values = {TAGS.get(name, f"eval/{name}"): float(value) for name, value in point.items()
+    values = {tag(name): float(value) for name, value in point.items()
               if name != "step" and _finite(value)}
     return Scalars(step=row.step, wall_time=_epoch(row.created_at), values=values)
 

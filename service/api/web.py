@@ -2,12 +2,14 @@
 with the user's key, as any client does. The pages hold no data and need no key; every
 number on them comes from /v1 with the key the user typed, kept in sessionStorage."""
 
+import json
 import re
 from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
+from jobspec.metrics import table
 from service.errors import ApiError
 
 router = APIRouter(include_in_schema=False)
@@ -30,13 +32,17 @@ PAGES = {"jobs": ("Jobs", "jobs.js"), "job": ("Job", "job.js"),
                                                                    "playground.js"),
          "new": ("New dataset or job", "new.js"), "sweeps": ("Sweeps", "sweeps.js"),
          "sweep": ("Sweep", "sweep.js")}
+# The metric table (names, labels, units, colours), embedded in every page as a JSON data
+# block (not a script: the CSP runs none inline); common.js reads it as Cloze.METRICS.
+# "<" escaped, so no value could close the element.
+METRIC_TABLE = json.dumps(table()).replace("<", "\\u003c")
 
 
 def _page(page: str) -> HTMLResponse:
     title, script = PAGES[page]
     shell = (WEB / "shell.html").read_text(encoding="utf-8")
     html = shell.replace("{{title}}", title).replace("{{page}}", page) \
-        .replace("{{script}}", script)
+        .replace("{{script}}", script).replace("{{metrics}}", METRIC_TABLE)
     return HTMLResponse(html, headers=HEADERS)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from jobspec.metrics import EVAL_LOSS, METRICS, TRAIN_LOSS, EvalPoint, TrainPoint, columns
 from service.domain.ids import new_id
 from service.domain.tables import (
     CheckpointRow,
@@ -72,17 +73,52 @@ def record_event(session: Session, job_id: str, level: str, message: str) -> Non
     session.add(EventRow(job_id=job_id, level=level, message=message))
 
 
-def record_point(session: Session, job_id: str, step: int, metrics: dict[str, Any],
+def record_train(session: Session, job_id: str, point: TrainPoint,
+                 gauges: dict[str, float]) -> dict[str, Any]:
+    """A log point: merged into the job's curve row at its step, and the job's progress
+    (step, tokens, the latest train loss, the gauges GET /metrics shows) with a fresh
+    heartbeat. Returns the curve fields written."""
+    values: dict[str, Any] = dict(point)
+    fields = {name: values.get(name) for name in columns("train")}
+    extra = {m.name: values[m.name] for m in METRICS
+             if m.side == "train" and not m.column and m.name in values}  # mfu
+    if extra:
+        fields["extra"] = extra
+    progress: dict[str, Any] = {"step": point["step"], "tokens_seen": point["tokens_seen"],
+                                "tokens_per_second": point["tokens_per_second"],
+                                TRAIN_LOSS: point[TRAIN_LOSS]}
+    if point.get("total_steps"):  # fine-tuning knows its step count once it read the data
+        progress["total_steps"] = point["total_steps"]
+    progress["training_gauges"] = gauges
+    _merge_point(session, job_id, point["step"], fields, progress)
+    return fields
+
+
+def record_eval(session: Session, job_id: str, point: EvalPoint) -> dict[str, Any]:
+    """A held-out evaluation: merged into the job's curve row at its step (the metrics
+    without a column, a task's own and the probes, under extra), and the job's latest
+    eval loss with a fresh heartbeat. Returns the curve fields written."""
+    named = columns("eval")
+    fields: dict[str, Any] = {name: point.get(name) for name in named}
+    extra = {k: v for k, v in point.items() if k not in (*named, "step")
+             and (isinstance(v, int | float) or k == "probes")}
+    if extra:
+        fields["extra"] = extra
+    _merge_point(session, job_id, point["step"], fields, {EVAL_LOSS: point[EVAL_LOSS]})
+    return fields
+
+
+def _merge_point(session: Session, job_id: str, step: int, fields: dict[str, Any],
                  progress: dict[str, Any]) -> None:
-    """Merge `metrics` into the job's one curve row at `step` (train and eval fields of a
-    step arrive separately; `extra` dicts merge key by key), and write `progress` (step,
-    tokens, latest losses, gauges) onto the job row with a fresh heartbeat."""
+    """Merge `fields` into the job's one curve row at `step` (train and eval fields of a
+    step arrive separately; `extra` dicts merge key by key), and write `progress` onto the
+    job row with a fresh heartbeat."""
     row = session.scalar(select(MetricRow).where(MetricRow.job_id == job_id,
                                                  MetricRow.step == step))
     if row is None:
-        session.add(MetricRow(job_id=job_id, step=step, **metrics))
+        session.add(MetricRow(job_id=job_id, step=step, **fields))
     else:
-        for key, value in metrics.items():
+        for key, value in fields.items():
             if key == "extra" and row.extra:
                 value = {**row.extra, **value}
             setattr(row, key, value)

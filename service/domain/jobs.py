@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from jobspec import ARCHITECTURES
 from jobspec.field_errors import error_param
 from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT
+from jobspec.metrics import columns
 from jobspec.model_facts import FEATURE_EXTRACTION
 from service.domain import admission, lifecycle, webhooks
 from service.domain.errors import Conflict, Invalid, not_found
@@ -116,10 +117,10 @@ class MetricPoint(BaseModel):
 
     @classmethod
     def of(cls, row: MetricRow) -> "MetricPoint":
-        return cls(step=row.step, train_loss=row.train_loss, learning_rate=row.learning_rate,
-                   grad_norm=row.grad_norm, tokens_per_second=row.tokens_per_second,
-                   tokens_seen=row.tokens_seen, eval_loss=row.eval_loss,
-                   perplexity=row.perplexity, accuracy=row.accuracy, **(row.extra or {}))
+        # The fields above are the metric table's columns (jobspec/metrics.py), as
+        # MetricRow's are (test_project checks all three agree); the others come from extra.
+        stored = {name: getattr(row, name) for name in (*columns("train"), *columns("eval"))}
+        return cls(step=row.step, **stored, **(row.extra or {}))
 
 
 class EventPublic(BaseModel):

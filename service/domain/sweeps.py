@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, names, parse_spec
+from jobspec.metrics import columns
 from jobspec.sweep import SweepSpec, corner_specs
 from service.domain import jobs, lifecycle, webhooks
 from service.domain.errors import Invalid, not_found
@@ -19,7 +20,7 @@ from service.domain.sweep_study import TrialRecord, minimizes
 from service.domain.tables import JobRow, MetricRow, SweepRow, SweepTrialRow
 
 # The metrics stored in columns of an eval point; the others are in its `extra`.
-COLUMN_METRICS = ("eval_loss", "perplexity", "accuracy")
+COLUMN_METRICS = columns("eval")
 
 
 class TrialPublic(BaseModel):

@@ -7,6 +7,10 @@
 const Cloze = (() => {
   const KEY = "cloze.apiKey";
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  // The metric table (jobspec/metrics.py), embedded in the page by the server: name ->
+  // { name, side, tag, label, unit, color, column }. Pages name metrics through it.
+  const METRICS = Object.fromEntries(JSON.parse(
+    document.getElementById("metric-table").textContent).map((m) => [m.name, m]));
 
   const apiKey = () => sessionStorage.getItem(KEY) || "";
 
@@ -229,5 +233,5 @@ const Cloze = (() => {
   const main = () => document.getElementById("main");
 
   return { api, apiKey, download, streamJob, el, notice, showError, fmt, statusBadge,
-           bestTrial, progressBar, randomKey, sleep, main, TERMINAL, ApiError };
+           bestTrial, progressBar, randomKey, sleep, main, TERMINAL, METRICS, ApiError };
 })();

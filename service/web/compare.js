@@ -4,6 +4,7 @@
 
 (() => {
   const { api, el, fmt, statusBadge, showError, notice } = Cloze;
+  const { train_loss: TRAIN, eval_loss: EVAL } = Cloze.METRICS;
   const REFRESH_MS = 5000;
   const MAX_JOBS = 10;
   const params = new URLSearchParams(location.search);
@@ -37,8 +38,8 @@
       const name = r.job.name + " (" + r.job.id + ")";
       const pick = (field) => r.points.filter((p) => typeof p[field] === "number")
         .map((p) => [p.step, p[field]]);
-      train.push({ name: r.job.id, label: name, color, points: pick("train_loss") });
-      evals.push({ name: r.job.id, label: name, color, points: pick("eval_loss"), dots: true,
+      train.push({ name: r.job.id, label: name, color, points: pick(TRAIN.name) });
+      evals.push({ name: r.job.id, label: name, color, points: pick(EVAL.name), dots: true,
                    dashed: true });
       const swatch = el("i");
       swatch.style.background = color;
@@ -50,9 +51,9 @@
         el("td", { class: "num" }, fmt.num(r.job.train_loss)),
         el("td", { class: "num" }, fmt.num(r.job.eval_loss))));
     });
-    Chart.draw(trainCard.svg, train, { yLabel: "train loss" });
+    Chart.draw(trainCard.svg, train, { yLabel: TRAIN.label });
     Chart.legend(trainCard.legend, train);
-    Chart.draw(evalCard.svg, evals, { yLabel: "eval loss" });
+    Chart.draw(evalCard.svg, evals, { yLabel: EVAL.label });
     Chart.legend(evalCard.legend, evals);
     return results.some((r) => r.job && !Cloze.TERMINAL.has(r.job.status));
   }
@@ -67,10 +68,10 @@
     });
     const grid = el("div", { class: "charts" });
     main.append(form, grid, el("table", {}, el("thead", {}, el("tr", {},
-      ["job", "name", "status", "step", "train loss", "eval loss"].map((h) => el("th", {}, h)))),
+      ["job", "name", "status", "step", TRAIN.label, EVAL.label].map((h) => el("th", {}, h)))),
       table));
-    trainCard = Chart.card(grid, "train loss", "chart-train");
-    evalCard = Chart.card(grid, "eval loss", "chart-eval");
+    trainCard = Chart.card(grid, TRAIN.label, "chart-train");
+    evalCard = Chart.card(grid, EVAL.label, "chart-eval");
     if (!ids.length) {
       notice("Choose jobs on the jobs page, or type their ids above.");
       return;

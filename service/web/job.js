@@ -4,6 +4,7 @@
 
 (() => {
   const { api, el, fmt, statusBadge, progressBar, showError, notice, streamJob } = Cloze;
+  const M = Cloze.METRICS;
   const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
   const points = new Map(); // step -> merged metric point (eval results arrive later)
   let job = null, charts = null, pending = false;
@@ -22,8 +23,10 @@
     const fact = (name, value) => el("div", {}, el("b", {}, name), value);
     facts.replaceChildren(
       fact("id", job.id), fact("progress", progressBar(p.step, p.total_steps)),
-      fact("train loss", fmt.num(job.train_loss)), fact("eval loss", fmt.num(job.eval_loss)),
-      fact("tokens/s", fmt.num(p.tokens_per_second, 3)), fact("tokens seen", fmt.int(p.tokens_seen)),
+      fact(M.train_loss.label, fmt.num(job.train_loss)),
+      fact(M.eval_loss.label, fmt.num(job.eval_loss)),
+      fact(M.tokens_per_second.label, fmt.num(p.tokens_per_second, 3)),
+      fact(M.tokens_seen.label, fmt.int(p.tokens_seen)),
       fact("ETA", job.status === "running" ? fmt.duration(p.eta_seconds) : "–"),
       fact("attempts", String(job.attempts)), fact("started", fmt.time(job.started_at)),
       fact("finished", fmt.time(job.finished_at)),
@@ -60,25 +63,26 @@
     } catch (error) { showError(error); }
   }
 
-  function series(field, label, color, dots) {
+  function series(metric, dots) {  // a metric of the table, drawn in its colour
     const out = [];
     for (const [step, point] of points) {
-      if (typeof point[field] === "number") out.push([step, point[field]]);
+      if (typeof point[metric.name] === "number") out.push([step, point[metric.name]]);
     }
     out.sort((a, b) => a[0] - b[0]);
-    return { name: field, label, color, points: out, dots };
+    return { name: metric.name, label: metric.label, color: metric.color, points: out, dots };
   }
+
+  const axis = (metric) => metric.unit || metric.label;
 
   function redraw() {
     pending = false;
-    const loss = [series("train_loss", "train loss", "#1f77b4"),
-                  series("eval_loss", "eval loss", "#ff7f0e", true)];
+    const loss = [series(M.train_loss), series(M.eval_loss, true)];
     Chart.draw(charts.loss.svg, loss, { yLabel: "loss" });
     Chart.legend(charts.loss.legend, loss);
-    const lr = [series("learning_rate", "learning rate", "#2ca02c")];
-    Chart.draw(charts.lr.svg, lr, { yLabel: "learning rate" });
-    const speed = [series("tokens_per_second", "tokens/s", "#9467bd")];
-    Chart.draw(charts.speed.svg, speed, { yLabel: "tokens/s" });
+    const lr = [series(M.learning_rate)];
+    Chart.draw(charts.lr.svg, lr, { yLabel: axis(M.learning_rate) });
+    const speed = [series(M.tokens_per_second)];
+    Chart.draw(charts.speed.svg, speed, { yLabel: axis(M.tokens_per_second) });
   }
 
   function schedule() {
@@ -111,7 +115,7 @@
       checkpointBody.replaceChildren(...list.data.map((c) => el("tr", {},
         el("td", { class: "num" }, fmt.int(c.step)), el("td", {}, fmt.time(c.created_at)),
         el("td", { class: "num" }, fmt.int(c.bytes)),
-        el("td", { class: "wrap" }, ["train_loss", "eval_loss", "accuracy"]
+        el("td", { class: "wrap" }, [M.train_loss, M.eval_loss, M.accuracy].map((m) => m.name)
           .filter((k) => typeof (c.metrics || {})[k] === "number")
           .map((k) => k + " " + fmt.num(c.metrics[k])).join(", ")),
         el("td", {}, el("button", { onclick: () => publish(c.step) }, "Publish as model")))));

@@ -3,6 +3,7 @@
 
 (() => {
   const { api, el, fmt, statusBadge, progressBar, showError, notice } = Cloze;
+  const M = Cloze.METRICS;
   const REFRESH_MS = 2000;
   const chosen = new Set();
 
@@ -60,7 +61,8 @@
       el("div", { class: "actions" }, compare, el("a", { href: "/new" }, "New job"), updated),
       el("div", { class: "scroll" }, el("table", { id: "jobs" },
         el("thead", {}, el("tr", {}, ["", "id", "name", "status", "progress",
-          "train loss", "eval loss", "tokens/s", "ETA", "created", "model"].map(
+          M.train_loss.label, M.eval_loss.label, M.tokens_per_second.label, "ETA", "created",
+          "model"].map(
           (h) => el("th", {}, h)))),
         body)));
     refresh();

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from jobspec.metrics import EvalPoint, TrainPoint
 from workers.engine.checkpoint import load_checkpoint
 from workers.engine.objective import Batch
 from workers.engine.reporter import Reporter
@@ -169,11 +170,11 @@ class RankReporter:
         if self.inner is not None and self.parallel.main:
             self.inner.event(level, message)
 
-    def log(self, point: dict[str, Any]) -> None:
+    def log(self, point: TrainPoint) -> None:
         if self.inner is not None and self.parallel.main:
             self.inner.log(point)
 
-    def eval(self, point: dict[str, Any]) -> None:
+    def eval(self, point: EvalPoint) -> None:
         if self.inner is not None and self.parallel.main:
             self.inner.eval(point)
 

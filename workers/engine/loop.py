@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from jobspec.common import EarlyStopping
+from jobspec.metrics import EVAL_LOSS, TrainPoint, eval_point
 from jobspec.pooling import Pooling, write_pooling
 from workers.engine.architectures import count_parameters, peak_flops
 from workers.engine.capacity import check_fits
@@ -154,16 +155,16 @@ def _restore_rng(rng: dict[str, Any], objective: Objective, device: torch.device
 
 def _log_point(window: _Window, step: int, total: int, learning_rate: float,
                tokens_seen: int, flops_per_token: float, peak: float | None
-               ) -> dict[str, Any]:
+               ) -> TrainPoint:
     """The metrics of a log point: means over the steps since the previous one."""
     train_loss = float(window.loss) / window.steps
     grad_norm = float(window.grad_norm) / window.steps
     check_finite("loss", train_loss, step)
     check_finite("gradient norm", grad_norm, step)
     tokens_per_second = window.tokens / max(window.seconds, 1e-9)
-    point = {"step": step, "total_steps": total, "train_loss": train_loss,
-             "learning_rate": float(learning_rate), "grad_norm": grad_norm,
-             "tokens_per_second": tokens_per_second, "tokens_seen": tokens_seen}
+    point = TrainPoint(step=step, total_steps=total, train_loss=train_loss,
+                       learning_rate=float(learning_rate), grad_norm=grad_norm,
+                       tokens_per_second=tokens_per_second, tokens_seen=tokens_seen)
     if peak is not None and flops_per_token:
         point["mfu"] = tokens_per_second * flops_per_token / peak
     return point
@@ -262,8 +263,8 @@ def _evaluate(objective: Objective, settings: LoopSettings, device: torch.device
     evaluation: dict[str, Any] = {"step": step, **parallel.call(objective.evaluate, device)}
     if settings.probes is not None:
         evaluation["probes"] = parallel.call(settings.probes, device=device)
-    check_finite("eval loss", evaluation["eval_loss"], step)
-    reporter.eval(evaluation)
+    check_finite("eval loss", evaluation[EVAL_LOSS], step)
+    reporter.eval(eval_point(evaluation))
     if best is None or not best.update(evaluation, objective.weights):
         return evaluation, False
     rule = best.rule
@@ -407,7 +408,7 @@ def _train(objective: Objective, settings: LoopSettings, workdir: str, reporter:
     else:
         if final_eval is None:  # resumed from the last step's checkpoint
             final_eval = {"step": step, **parallel.call(objective.evaluate, device)}
-            reporter.eval(final_eval)
+            reporter.eval(eval_point(final_eval))
         final_eval = _keep_best(objective, best, step, final_eval, reporter)
         parallel.unshard(objective)  # fsdp: the whole model back on rank 0
     if not stopped and parallel.main:  # the other ranks hold the same weights

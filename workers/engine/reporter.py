@@ -1,6 +1,8 @@
 """The callback interface through which a training run reports progress."""
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
+
+from jobspec.metrics import EvalPoint, TrainPoint
 
 
 class Reporter(Protocol):
@@ -9,12 +11,11 @@ class Reporter(Protocol):
     def event(self, level: str, message: str) -> None:
         """A human-readable log line; level is "info", "warning" or "error"."""
 
-    def log(self, point: dict[str, Any]) -> None:
-        """Training metrics every log_every steps: step, train_loss, learning_rate, grad_norm,
-        tokens_per_second, tokens_seen; on CUDA GPUs of known peak FLOP/s also mfu (0-1)."""
+    def log(self, point: TrainPoint) -> None:
+        """Training metrics every log_every steps (jobspec/metrics.py names them all)."""
 
-    def eval(self, point: dict[str, Any]) -> None:
-        """Held-out metrics: step, eval_loss, perplexity, accuracy (masked-token accuracy)."""
+    def eval(self, point: EvalPoint) -> None:
+        """Held-out metrics: eval_loss and the objective's or task's own, with the probes."""
 
     def checkpoint(self, step: int, directory: str) -> None:
         """A complete checkpoint directory was written; the caller may upload and delete it."""

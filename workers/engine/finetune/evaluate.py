@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from jobspec.metrics import EVAL_LOSS
 from workers.engine.finetune.dataset import Encoded, collate
 from workers.engine.finetune.metrics import classification_metrics, tagging_metrics
 from workers.engine.masking import IGNORE_INDEX
@@ -52,4 +53,4 @@ def evaluate(model: torch.nn.Module, encoded: Encoded, labels: list[str], *, bio
         scores = classification_metrics(encoded.gold, predicted)  # type: ignore[arg-type]
     else:
         scores = tagging_metrics(encoded.gold, predicted, bio)
-    return {"eval_loss": loss_sum / max(1, count), **scores}
+    return {EVAL_LOSS: loss_sum / max(1, count), **scores}

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import NewGELUActivation
 
+from jobspec.metrics import EVAL_LOSS
 from workers.engine.objective import Batch
 from workers.engine.objectives.common import PretrainData, perplexity
 
@@ -136,5 +137,5 @@ class CausalLM(PretrainData):
             count += targets.numel()
         self.model.train(was_training)
         eval_loss = loss_sum / count
-        return {"eval_loss": eval_loss, "perplexity": perplexity(eval_loss),
+        return {EVAL_LOSS: eval_loss, "perplexity": perplexity(eval_loss),
                 "accuracy": correct / count}

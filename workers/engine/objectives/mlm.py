@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from jobspec.metrics import EVAL_LOSS
 from workers.engine.checkpoint import decode_rng_state, encode_rng_state
 from workers.engine.masking import IGNORE_INDEX, Masker
 from workers.engine.objective import Batch
@@ -126,5 +127,5 @@ class MaskedLM(PretrainData):
             count += gold.numel()
         self.model.train(was_training)
         eval_loss = loss_sum / count
-        return {"eval_loss": eval_loss, "perplexity": perplexity(eval_loss),
+        return {EVAL_LOSS: eval_loss, "perplexity": perplexity(eval_loss),
                 "accuracy": correct / count}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jobspec.metrics import EVAL_LOSS
 from workers.engine.masking import IGNORE_INDEX, Masker
 from workers.engine.objective import Batch
 from workers.engine.objectives.common import perplexity
@@ -98,6 +99,6 @@ class MaskedLMWithNSP(MaskedLM):
             pairs += len(nsp_gold)
         self.model.train(was_training)
         mlm_loss, nsp_loss = mlm_sum / max(1, masked), nsp_sum / max(1, pairs)
-        return {"eval_loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+        return {EVAL_LOSS: mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
                 "perplexity": perplexity(mlm_loss), "accuracy": correct / max(1, masked),
                 "nsp_accuracy": nsp_correct / max(1, pairs)}
