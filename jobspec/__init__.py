@@ -11,7 +11,7 @@ from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 from jobspec.common import SpecError
 from jobspec.field_errors import error_param
 from jobspec.finetune import FINETUNE_DATA, AdapterSpec, FinetuneHyperparameters, FinetuneSpec
-from jobspec.model import (
+from jobspec.model_shapes import (
     ARCHITECTURES,
     DECODERS,
     ENCODERS,

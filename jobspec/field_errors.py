@@ -1,6 +1,6 @@
 """The field a pydantic validation error is about, as the user wrote it: the `param` of an
 error answer ("hyperparameters.learning_rate"). One converter for parse_spec, the API's
-request errors (service/errors.py) and the jobs domain's re-validation, so a location reads
+request errors (service/http_errors.py) and the jobs domain's re-validation, so a location reads
 the same whichever of them refuses the request."""
 
 from collections.abc import Mapping

@@ -140,7 +140,7 @@ class FinetuneSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
     early_stopping: EarlyStopping | None = None
-    # Status changes are POSTed here, signed (service/webhooks.py).
+    # Status changes are POSTed here, signed (service/webhook_sender.py).
     webhook: WebhookSpec | None = None
 
     @property

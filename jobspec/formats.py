@@ -1,8 +1,8 @@
 """Data formats, defined once: the files a dataset may be, the kinds of data they hold, what
 makes a record or a line valid, the split names, CoNLL columns and the entity tag scheme.
 
-The API's upload check (service/domain/corpus.py) and the engine's readers
-(workers/engine/corpus.py, workers/engine/finetune/records.py, .../metrics.py) both read
+The API's upload check (service/domain/upload_inspection.py) and the engine's readers
+(workers/engine/corpus_reader.py, workers/engine/finetune/records.py, .../scores.py) both read
 them here, so that a file the upload accepts is one the engine can read, and a new format
 or record kind is added in one place: its suffix in FORMATS, its kind in DATASET_KINDS,
 its rule as a function below (raising FormatError), its reader on each side.

@@ -5,8 +5,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
-from jobspec.model import DECODERS, ModelSpec
 from jobspec.model_facts import objective_task
+from jobspec.model_shapes import DECODERS, ModelSpec
 from jobspec.names import Name
 from jobspec.resources import (
     DEFAULT_PRIORITY,
@@ -125,7 +125,7 @@ class PretrainSpec(Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     priority: Priority = DEFAULT_PRIORITY
     early_stopping: EarlyStopping | None = None
-    # Status changes are POSTed here, signed (service/webhooks.py).
+    # Status changes are POSTed here, signed (service/webhook_sender.py).
     webhook: WebhookSpec | None = None
     # Scored at every eval and stored with the eval point (metrics' "probes").
     probes: list[Probe] | None = Field(default=None, max_length=50)

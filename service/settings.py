@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # How long a worker keeps retrying database writes while the database is down.
     db_retry_s: float = Field(default=120.0, ge=0)
 
-    # Webhooks (service/webhooks.py). URLs that resolve to private, loopback, link-local or
+    # Webhooks (service/webhook_sender.py). URLs that resolve to private, loopback, link-local or
     # other non-global addresses are refused (a webhook must not reach into our network)
     # unless this is true; None: allowed only where no API key is required and the API
     # listens on loopback only (the embedded default, one person's own machine). Never by

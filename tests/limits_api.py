@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import errors
+from service import http_errors
 from service.api import datasets, jobs, models
 from service.api.auth import authenticate
 from service.db import get_session, make_engine
@@ -66,7 +66,7 @@ def make_api(tmp_path: Path, **overrides: Any) -> Iterator[Api]:
             s.commit()
 
     app = FastAPI()
-    errors.install(app)
+    http_errors.install(app)
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(jobs.router)

@@ -276,8 +276,8 @@ def test_lengths_are_grouped_so_padding_stays_under_half():
 def test_overload_is_a_503_with_retry_after(world, monkeypatch):
     import asyncio
 
-    from service.domain.errors import Unavailable
-    from service.errors import domain_status
+    from service.domain.refusals import Unavailable
+    from service.http_errors import domain_status
     from service.inference import pipelines
     from service.inference.batcher import Overloaded
 
@@ -289,7 +289,7 @@ def test_overload_is_a_503_with_retry_after(world, monkeypatch):
         raise Overloaded("512 sequences are waiting for this model")
 
     monkeypatch.setattr(served.batcher, "submit", full)
-    # The serving layer says so in its own terms; service/errors.py makes it a 503.
+    # The serving layer says so in its own terms; service/http_errors.py makes it a 503.
     with pytest.raises(Unavailable) as refused:
         asyncio.run(pipelines.infer(served, []))
     assert domain_status(refused.value) == 503 and refused.value.retry_after_s == 1

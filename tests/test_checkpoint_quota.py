@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from jobspec.capacity import pretrain_parameters
+from jobspec.sizing import pretrain_parameters
 from service.cli import app
 from service.domain import checkpoint_quota
 from service.domain.specs import PretrainJobCreate

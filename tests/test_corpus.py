@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
+from service.domain.upload_inspection import CorpusInspector, CorpusRejected, format_of
 from tests.stack import DATA
 
 

@@ -105,7 +105,7 @@ def new_job(owner: str, name: str) -> str:
 
 def record(job_id: str, steps: range, loss_at_zero: float = 9.0) -> None:
     from service.storage import get_store
-    from workers.reporter import DbReporter
+    from workers.db_reporter import DbReporter
 
     reporter = DbReporter(job_id, get_store())
     for step in steps:
@@ -226,7 +226,7 @@ def test_numbers_read_as_they_are(served: Served, page: Any) -> None:
     a learning rate decaying from 1e-3 to 9.5e-4 are all different (they all read "1e-3"),
     and the jobs table fits the window (its date column pushed the page past the header)."""
     from service.storage import get_store
-    from workers.reporter import DbReporter
+    from workers.db_reporter import DbReporter
 
     alice = make_key("alice")
     job_id = new_job("alice", "a-run-with-a-rather-long-name-to-fit-in-the-table")

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import errors
+from service import http_errors
 from service.api import datasets
 from service.api.auth import authenticate
 from service.db import get_session, make_engine
@@ -65,7 +65,7 @@ def api(tmp_path: Path, objects: Path) -> Iterator[TestClient]:
             s.commit()
 
     app = FastAPI()
-    errors.install(app)
+    http_errors.install(app)
     app.include_router(datasets.router)
     app.dependency_overrides.update({
         get_session: session, get_settings: lambda: settings, get_store: lambda: store,

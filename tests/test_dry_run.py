@@ -230,7 +230,7 @@ def test_parameters_count_every_architecture_exactly():
     import torch
 
     from jobspec import PretrainSpec
-    from jobspec.capacity import pretrain_parameters
+    from jobspec.sizing import pretrain_parameters
     from workers.engine.architectures import MODEL_CLASSES, model_config
 
     class Vocab:

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from jobspec import formats
-from service.domain.corpus import CorpusInspector, CorpusRejected
+from service.domain.upload_inspection import CorpusInspector, CorpusRejected
 from workers.engine import CorpusError
-from workers.engine.corpus import iter_documents
+from workers.engine.corpus_reader import iter_documents
 from workers.engine.finetune.records import read_examples
 
 

@@ -1,6 +1,6 @@
 """Job statuses move only through service/domain/lifecycle.py, each move a conditional
 UPDATE: a duplicate delivery, a second finish or a second reaper does nothing. And the
-domain's own exceptions (service/domain/errors.py) reach clients exactly as the HTTP
+domain's own exceptions (service/domain/refusals.py) reach clients exactly as the HTTP
 errors they replaced did: same status, code, message, param and Retry-After."""
 
 import threading

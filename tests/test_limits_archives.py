@@ -162,7 +162,7 @@ def test_the_worker_refuses_a_base_model_that_points_outside(tmp_path: Path,
     """The worker checks again before loading (a model stored before this check, or
     written by other means): a failed job with the reason, not another owner's weights."""
     from workers.engine.architectures import load_model
-    from workers.engine.errors import ConfigError
+    from workers.engine.failures import ConfigError
     from workers.engine.finetune.model import load_base
 
     with tarfile.open(fileobj=io.BytesIO(_sharded(tmp_path, tokenizer_dir, "../x.safetensors"))

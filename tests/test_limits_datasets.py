@@ -117,7 +117,7 @@ def test_a_dataset_a_running_job_reads_cannot_be_deleted(api: Api, field: str):
 def test_corpus_scanning_runs_off_the_event_loop(api: Api, monkeypatch: pytest.MonkeyPatch):
     import asyncio
 
-    from service.domain.corpus import CorpusInspector
+    from service.domain.upload_inspection import CorpusInspector
 
     where: list[bool] = []
     real = CorpusInspector.feed

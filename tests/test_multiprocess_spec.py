@@ -74,7 +74,7 @@ def test_fsdp_lowers_what_each_process_needs():
     """The memory check and the dry run count one process's share: under fsdp its slice of
     the training state (after building the whole model once), so a model whose state does
     not fit one device can fit N of them; under ddp, a whole copy."""
-    from jobspec.capacity import estimate_pretrain_bytes, pretrain_parameters
+    from jobspec.sizing import estimate_pretrain_bytes, pretrain_parameters
 
     def need(processes: int, strategy: str, batch: int = 8) -> int:
         return estimate_pretrain_bytes(parse_spec({

@@ -50,7 +50,7 @@ def new_job(owner: str, name: str = "curve") -> str:
 def record_run(job_id: str) -> None:
     """Metric points as the worker records them: train fields, then eval fields merged in."""
     from service.storage import get_store
-    from workers.reporter import DbReporter
+    from workers.db_reporter import DbReporter
 
     reporter = DbReporter(job_id, get_store())
     for step in TRAIN_STEPS:

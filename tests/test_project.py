@@ -121,13 +121,41 @@ def test_engine_imports_only_training_libraries():
                     f"{path} imports {module}"
 
 
+# File names shared on purpose, each pair by one convention (ARCHITECTURE.md, "Names"):
+# an entity's routes in service/api/ beside its functions in service/domain/, a job type's
+# spec in jobspec/ beside its run in workers/engine/, and the two halves of the `cloze`
+# command (the service's, the client's).
+SHARED_NAMES = {
+    "datasets.py": {"service/api", "service/domain"},
+    "jobs.py": {"service/api", "service/domain"},
+    "models.py": {"service/api", "service/domain"},
+    "sweeps.py": {"service/api", "service/domain"},
+    "pretrain.py": {"jobspec", "workers/engine"},
+    "cli.py": {"service", "cloze_client"},
+}
+
+
+def test_a_file_name_means_one_thing():
+    """Two modules with one name (errors.py x4, tasks.py x2 before issue 23) send a reader
+    to the wrong file; a new one needs a name that says what it is, or a convention above."""
+    where: dict[str, set[str]] = {}
+    for package in ("service", "workers", "jobspec", "cloze_client"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name != "__init__.py":
+                where.setdefault(path.name, set()).add(
+                    path.parent.relative_to(ROOT).as_posix())
+    reused = {name: dirs for name, dirs in where.items()
+              if len(dirs) > 1 and SHARED_NAMES.get(name) != dirs}
+    assert not reused, f"file names used twice: {reused}"
+
+
 def test_domain_knows_nothing_of_http():
-    """The domain raises its own exceptions (service/domain/errors.py); service/errors.py
+    """The domain raises its own exceptions (service/domain/refusals.py); service/http_errors.py
     alone turns them into HTTP answers."""
     for path in (ROOT / "service" / "domain").rglob("*.py"):
         for module in _imports(path):
             assert module.split(".")[0] not in {"fastapi", "starlette"} and \
-                module != "service.errors" and not module.startswith("service.api"), \
+                module != "service.http_errors" and not module.startswith("service.api"), \
                 f"{path} imports {module}"
         tree = ast.parse(path.read_text())
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
@@ -135,13 +163,13 @@ def test_domain_knows_nothing_of_http():
         assert "ApiError" not in names, f"{path} raises an HTTP error"
 
 def test_inference_knows_nothing_of_http():
-    """The serving layer (service/inference/) raises domain errors (service/domain/errors.py:
-    a full queue is Unavailable, a long text TooLarge); service/errors.py alone decides the
+    """The serving layer (service/inference/) raises domain errors (service/domain/refusals.py:
+    a full queue is Unavailable, a long text TooLarge); service/http_errors.py alone decides the
     status and headers a client gets."""
     for path in (ROOT / "service" / "inference").rglob("*.py"):
         for module in _imports(path):
             assert module.split(".")[0] not in {"fastapi", "starlette", "http"} and \
-                module != "service.errors" and not module.startswith("service.api"), \
+                module != "service.http_errors" and not module.startswith("service.api"), \
                 f"{path} imports {module}"
         tree = ast.parse(path.read_text())
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
@@ -393,7 +421,7 @@ FACT_OWNERS = {
     "pipeline_task": "jobspec/model_facts.py", "objective_task": "jobspec/model_facts.py",
     "auto_class": "jobspec/model_facts.py", "model_details": "jobspec/model_facts.py",
     "run_fingerprint": "jobspec/model_facts.py", "NOT_IN_FINGERPRINT": "jobspec/model_facts.py",
-    "ROBERTA_POSITION_OFFSET": "jobspec/capacity.py",
+    "ROBERTA_POSITION_OFFSET": "jobspec/sizing.py",
     "error_param": "jobspec/field_errors.py",
 }
 # Spec fields only a fingerprint's exclusions name as strings (elsewhere they are spec

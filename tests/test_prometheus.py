@@ -125,7 +125,7 @@ def test_job_gauges_match_the_jobs_in_the_database(app: FastAPI):
 
 def test_a_worker_s_log_points_reach_the_training_gauges(app: FastAPI):
     from service.storage import get_store
-    from workers.reporter import DbReporter
+    from workers.db_reporter import DbReporter
 
     job_id = add_job("running")
     reporter = DbReporter(job_id, get_store())

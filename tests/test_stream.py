@@ -130,7 +130,7 @@ class Worker:
 
     def __init__(self, job_id: str) -> None:
         from service.storage import get_store
-        from workers.reporter import DbReporter
+        from workers.db_reporter import DbReporter
 
         self.job_id = job_id
         self.reporter = DbReporter(job_id, get_store())

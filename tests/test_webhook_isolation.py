@@ -43,7 +43,7 @@ def test_a_receiver_dripping_its_head_is_cut_off_at_the_limit(tmp_path, monkeypa
     """Each byte comes well within a per-read timeout, so only a deadline for the whole
     attempt ends it; the claim's lease outlasts it, so nobody claims it again meanwhile."""
     from service.settings import get_settings
-    from service.webhooks import lease_s
+    from service.webhook_sender import lease_s
 
     slow = SlowReceiver("head", every=0.1)
     try:
@@ -98,7 +98,7 @@ def _bob_waits(app: Any, receiver: Receiver, slow: SlowReceiver, alices_urls: li
     with the sender running, how long Bob's delivery took to arrive."""
     import threading
 
-    from service import webhooks
+    from service import webhook_sender
     from service.settings import get_settings
 
     alice = client(app, Authorization=f"Bearer {make_key('alice')}")
@@ -106,7 +106,7 @@ def _bob_waits(app: Any, receiver: Receiver, slow: SlowReceiver, alices_urls: li
     for url in alices_urls:
         _submit(alice, url)
     _submit(bob, receiver.url.replace("127.0.0.1", "fast.example"))
-    stop, sender = threading.Event(), webhooks.Sender(get_settings())
+    stop, sender = threading.Event(), webhook_sender.Sender(get_settings())
     thread = threading.Thread(target=sender.run, args=(stop,))
     thread.start()
     try:

@@ -45,10 +45,10 @@ def _submit(c, url: str, **extra: Any):
 
 def _deliver_all() -> int:
     """Attempts made until none is due."""
-    from service import webhooks
+    from service import webhook_sender
 
     made = 0
-    while webhooks.deliver_next():
+    while webhook_sender.deliver_next():
         made += 1
     return made
 

@@ -3,7 +3,7 @@
 A worker's main process also keeps a liveness heartbeat (what /health counts) and runs
 the reaper, so a dead worker's job is re-queued wherever workers run, not only where an
 API process happens to be. The reaper's updates are conditional: any number may run.
-It sends no webhooks: the API processes do (service/webhooks.py), so an HTTP attempt
+It sends no webhooks: the API processes do (service/webhook_sender.py), so an HTTP attempt
 never runs in a process that forks, nor holds up a job's start or the heartbeat.
 """
 
@@ -32,7 +32,7 @@ from service.settings import get_settings
 if logs.json_wanted():  # now, before the worker starts: its first warnings are JSON too
     logs.configure()
 
-app = Celery("cloze", include=["workers.tasks"])
+app = Celery("cloze", include=["workers.celery_tasks"])
 app.conf.update(celery_config(get_settings()))
 
 log = logging.getLogger("cloze.worker")

@@ -29,11 +29,11 @@ import torch
 from jobspec import FinetuneSpec, PretrainSpec, parse_spec
 from service import logs
 from service.storage import get_store
+from workers.db_reporter import DbReporter
 from workers.engine import ConfigError, CorpusError, EngineError, TooBig, run_pretraining
 from workers.engine.distributed import Parallel, RankReporter, init_from_env
 from workers.engine.finetune import FinetuneResult, run_finetune
 from workers.engine.pretrain import PretrainResult
-from workers.reporter import DbReporter
 
 REQUEST, RESULT = "request.json", "result.json"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

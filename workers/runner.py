@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
-from jobspec.data import tokenized_prefix
 from jobspec.model_facts import model_details
+from jobspec.shard_key import tokenized_prefix
 from service import logs
 from service.db import session_scope
 from service.domain import attempts, calibration, lifecycle, models, quotas
@@ -31,6 +31,7 @@ from service.queue import enqueue_training
 from service.scratch import scratch_dir
 from service.settings import get_settings
 from service.storage import ObjectStore, get_store
+from workers.db_reporter import DbReporter, with_db_retry
 from workers.engine import (
     ConfigError,
     CorpusError,
@@ -46,7 +47,6 @@ from workers.engine import (
 from workers.engine.loop import LoopResult, pick_device
 from workers.engine.pretrain import PretrainResult
 from workers.multiprocess import run_multiprocess
-from workers.reporter import DbReporter, with_db_retry
 
 log = logging.getLogger("cloze.worker")
 

@@ -7,16 +7,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import errors, logs, reaper, webhooks
+from service import http_errors, logs, reaper, webhook_sender
 from service.api import (
     datasets,
     docs,
     health,
     jobs,
-    metrics,
     models,
     openai,
     plots,
+    prometheus,
     stream,
     sweeps,
     web,
@@ -30,7 +30,7 @@ from service.settings import get_settings
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    stops = [reaper.start(), webhooks.start()]
+    stops = [reaper.start(), webhook_sender.start()]
     yield
     for stop in stops:
         stop.set()
@@ -42,7 +42,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Cloze", version="0.1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None,
                   description="Pretrain, fine-tune and serve Transformer language models.")
-    errors.install(app)
+    http_errors.install(app)
     app.add_middleware(AuthFirstMiddleware)  # inside the body limit: callers known, body unread
     # Uploads stream to storage and check their own limit on the file part; the room above
     # it is for the multipart framing and form fields around the file.
@@ -57,9 +57,9 @@ def create_app() -> FastAPI:
     app.add_middleware(BoundaryMiddleware)  # Host and Origin before any route
     app.add_middleware(ObservabilityMiddleware)  # outermost: every answer counted and logged
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    app.include_router(prometheus.router)
     for module in (datasets, jobs, models, openai, stream, plots, sweeps):
-        app.include_router(module.router, responses=errors.ERROR_RESPONSES)
+        app.include_router(module.router, responses=http_errors.ERROR_RESPONSES)
     app.include_router(web.router)  # the dashboard's pages (not in the API schema)
     app.include_router(docs.router)  # /docs and /redoc (not in the API schema)
     log = logging.getLogger("cloze.api")

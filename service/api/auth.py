@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from service.db import get_session
 from service.domain import keys
 from service.domain.keys import Principal
-from service.errors import ApiError
+from service.http_errors import ApiError
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("cloze.auth")

@@ -13,7 +13,7 @@ default, with no key of ours) passes straight through, as today.
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import errors
+from service import http_errors
 from service.api.auth import IDENTIFIED, identify, needs_lookup
 from service.db import session_scope
 from service.domain.keys import Principal
@@ -43,7 +43,7 @@ class AuthFirstMiddleware:
             except Exception as exc:
                 # 401, 429, or the database down: the answer the route would have given,
                 # in the same shape, and the body is never read.
-                response = errors.response_for(exc)
+                response = http_errors.response_for(exc)
                 if response is None:
                     raise
                 await response(scope, receive, send)

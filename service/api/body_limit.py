@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.http_errors import error_body
 
 # Room over an upload's limit for the multipart framing and the form fields around the
 # file (the upload routes allow the same before counting the file part themselves).

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.auth import keys_required
-from service.errors import error_body
+from service.http_errors import error_body
 from service.settings import Settings, get_settings
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")

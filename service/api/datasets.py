@@ -24,9 +24,9 @@ from service.api.multipart import (
 )
 from service.domain import datasets, idempotency, quotas
 from service.domain.datasets import DatasetPublic, DatasetUpload
-from service.domain.errors import DomainError
+from service.domain.refusals import DomainError
 from service.domain.schemas import ListOf
-from service.errors import ApiError
+from service.http_errors import ApiError
 from service.settings import Settings
 from service.storage import ObjectStore
 

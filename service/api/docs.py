@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
 from service.api.web import WEB
-from service.errors import ApiError
+from service.http_errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 

@@ -40,7 +40,7 @@ from service.domain.schemas import ListOf
 from service.domain.specs import JobCreate
 from service.domain.tables import JobRow
 from service.domain.webhooks import WebhookDeliveryPublic
-from service.errors import ApiError
+from service.http_errors import ApiError
 from service.queue import enqueue_training
 from service.settings import Settings
 

@@ -31,8 +31,8 @@ from service.domain import idempotency, imports, keys, models, quotas
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
-from service.errors import ApiError
-from service.inference import embeddings, registry, tasks
+from service.http_errors import ApiError
+from service.inference import classify_generate, embeddings, registry
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.inference.served import BATCHED_TASKS, FEATURE_EXTRACTION
 from service.scratch import scratch_dir
@@ -214,26 +214,28 @@ async def fill_mask_route(model_id: str, body: FillMaskRequest, request: Request
 
 
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
-async def classify_route(model_id: str, body: tasks.ClassifyRequest, request: Request) -> Any:
+async def classify_route(model_id: str, body: classify_generate.ClassifyRequest,
+                         request: Request) -> Any:
     """Text classification in the Hugging Face Inference API format."""
     id_, prefix = await resolve(request, model_id, "text-classification")
-    return await tasks.classify(model_id=id_, prefix=prefix, request=body)
+    return await classify_generate.classify(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/token-classification", responses=_answer(
     "[{entity_group, score, word, start, end}] for one input; a list of those for several"))
-async def token_classification_route(model_id: str, body: tasks.TokenRequest,
+async def token_classification_route(model_id: str, body: classify_generate.TokenRequest,
                                      request: Request) -> Any:
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
     id_, prefix = await resolve(request, model_id, "token-classification")
-    return await tasks.token_classification(model_id=id_, prefix=prefix, request=body)
+    return await classify_generate.token_classification(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
-async def generate_route(model_id: str, body: tasks.GenerateRequest, request: Request) -> Any:
+async def generate_route(model_id: str, body: classify_generate.GenerateRequest,
+                         request: Request) -> Any:
     """Text generation in the Hugging Face Inference API format."""
     id_, prefix = await resolve(request, model_id, "text-generation")
-    return await tasks.generate(model_id=id_, prefix=prefix, request=body)
+    return await classify_generate.generate(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/feature-extraction", responses=_answer(

@@ -11,7 +11,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from jobspec import names
-from service.errors import ApiError
+from service.http_errors import ApiError
 
 
 @dataclass

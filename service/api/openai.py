@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from service.api.json_body import JsonBodyRoute
 from service.api.models import resolve
-from service.domain.errors import DomainError, NotFound
+from service.domain.refusals import DomainError, NotFound
 from service.inference import embeddings
 from service.inference.served import FEATURE_EXTRACTION
 

@@ -36,7 +36,7 @@ from service.domain import jobs, lifecycle
 from service.domain.jobs import EventPublic, JobPublic, MetricPoint
 from service.domain.lifecycle import JobStatus
 from service.domain.tables import EventRow, JobRow, MetricRow
-from service.errors import ApiError
+from service.http_errors import ApiError
 
 log = logging.getLogger("cloze.stream")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=JsonBodyRoute)

@@ -11,7 +11,7 @@ process bounds what it serves (several processes behind a balancer each allow as
 import threading
 from collections import Counter
 
-from service.errors import ApiError
+from service.http_errors import ApiError
 
 # A stream ends within MAX_STREAM_S (or when its job does); a slot frees when one does.
 RETRY_AFTER_S = 5

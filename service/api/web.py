@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from jobspec.metrics import table
-from service.errors import ApiError
+from service.http_errors import ApiError
 
 router = APIRouter(include_in_schema=False)
 

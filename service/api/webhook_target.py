@@ -6,7 +6,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jobspec.webhook import WebhookSpec
 from service.domain import webhooks
-from service.domain.errors import Invalid
+from service.domain.refusals import Invalid
 from service.settings import Settings
 
 

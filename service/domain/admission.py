@@ -18,8 +18,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from service.domain import lifecycle
-from service.domain.errors import LimitReached
 from service.domain.lifecycle import JobStatus
+from service.domain.refusals import LimitReached
 from service.domain.tables import AdmissionLockRow, SweepRow, utcnow
 
 # How long an admission waits for the owner's lock on Postgres before it gives up (an

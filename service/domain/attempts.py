@@ -1,7 +1,7 @@
 """What one attempt of a job records while it trains: its inputs, its events, its curve,
 its progress and heartbeat, its checkpoints, and what it drops when it resumes or loses.
 
-The worker (workers/runner.py, workers/reporter.py) writes the service's tables only
+The worker (workers/runner.py, workers/db_reporter.py) writes the service's tables only
 through these functions; it owns its transactions (each function takes the session the
 caller commits) and never names a table. Status changes are not here: they go through
 service/domain/lifecycle.py alone (`_move`).

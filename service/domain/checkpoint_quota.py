@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.domain import quotas
-from service.domain.errors import Invalid, TooLarge
 from service.domain.estimates import JobEstimate
+from service.domain.refusals import Invalid, TooLarge
 from service.domain.specs import FinetuneJobCreate, PretrainJobCreate
 from service.domain.tables import CheckpointRow, JobRow
 from service.settings import Settings

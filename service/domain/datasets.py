@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 from jobspec.formats import TEXT, DatasetKind
 from jobspec.names import MAX_NAME_CHARS, problem
 from service.domain import admission, lifecycle, quotas
-from service.domain.corpus import CorpusInspector, CorpusRejected, format_of
-from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
 from service.domain.pagination import newest_first, owned
+from service.domain.refusals import Conflict, Invalid, not_found
 from service.domain.schemas import Timestamp
 from service.domain.tables import DatasetRow
+from service.domain.upload_inspection import CorpusInspector, CorpusRejected, format_of
 from service.settings import Settings
 from service.storage import ObjectStore
 

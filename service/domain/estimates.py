@@ -20,9 +20,9 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from jobspec import formats
-from jobspec.capacity import estimate_finetune_bytes, estimate_pretrain_bytes, pretrain_parameters
-from jobspec.data import tokenized_prefix
 from jobspec.finetune import auto_steps
+from jobspec.shard_key import tokenized_prefix
+from jobspec.sizing import estimate_finetune_bytes, estimate_pretrain_bytes, pretrain_parameters
 from service.domain import calibration
 from service.domain.specs import FinetuneJobCreate, PretrainJobCreate
 from service.domain.tables import DatasetRow, ModelRow

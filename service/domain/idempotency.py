@@ -8,7 +8,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.domain.errors import Conflict, Invalid
+from service.domain.refusals import Conflict, Invalid
 from service.domain.tables import IdempotencyRow
 
 

@@ -46,7 +46,7 @@ from jobspec.model_facts import (
     auto_class,
 )
 from jobspec.pooling import read_pooling
-from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
+from service.domain.refusals import DomainError, Invalid, TooLarge, Unsupported
 from service.settings import Settings
 from service.transformers_import import transformers
 

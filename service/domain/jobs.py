@@ -13,10 +13,10 @@ from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT
 from jobspec.metrics import columns
 from jobspec.model_facts import FEATURE_EXTRACTION
 from service.domain import admission, lifecycle, webhooks
-from service.domain.errors import Conflict, Invalid, not_found
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
+from service.domain.refusals import Conflict, Invalid, not_found
 from service.domain.schemas import Timestamp
 from service.domain.specs import FINETUNE_DATA, FinetuneJobCreate, JobCreate, PretrainJobCreate
 from service.domain.tables import (

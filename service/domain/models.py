@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from jobspec import names
 from jobspec.model_facts import model_details, pipeline_task
 from service.domain import admission, jobs, lifecycle, quotas
-from service.domain.errors import Conflict, DomainError, NotFound, not_found
 from service.domain.ids import new_id
 from service.domain.imports import read_header
 from service.domain.pagination import newest_first, owned
+from service.domain.refusals import Conflict, DomainError, NotFound, not_found
 from service.domain.schemas import Timestamp
 from service.domain.tables import CheckpointRow, JobRow, ModelRow
 from service.scratch import scratch_dir

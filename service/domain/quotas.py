@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.domain.errors import TooLarge
+from service.domain.refusals import TooLarge
 from service.domain.tables import CheckpointRow, DatasetRow, JobRow, ModelRow, TokenizedRow
 from service.settings import Settings
 

@@ -15,8 +15,8 @@ from jobspec import SpecError, names, parse_spec
 from jobspec.sweep import SweepSpec, with_params
 from service.db import rowcount
 from service.domain import admission, jobs, lifecycle, sweeps
-from service.domain.errors import Invalid
 from service.domain.lifecycle import JobStatus
+from service.domain.refusals import Invalid
 from service.domain.sweep_study import TrialRecord, best, propose, to_prune
 from service.domain.tables import EventRow, SweepRow, SweepTrialRow
 

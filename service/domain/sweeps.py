@@ -11,10 +11,10 @@ from jobspec import FinetuneSpec, PretrainSpec, SpecError, names, parse_spec
 from jobspec.metrics import columns
 from jobspec.sweep import SweepSpec, corner_specs
 from service.domain import jobs, lifecycle, webhooks
-from service.domain.errors import Invalid, not_found
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
+from service.domain.refusals import Invalid, not_found
 from service.domain.schemas import Timestamp
 from service.domain.sweep_study import TrialRecord, minimizes
 from service.domain.tables import JobRow, MetricRow, SweepRow, SweepTrialRow

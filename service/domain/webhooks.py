@@ -1,6 +1,6 @@
 """Signed webhooks: each status change of a job with a webhook becomes a delivery row,
 written in the transaction that changes the status (an outbox: no change without its
-delivery, no delivery without its change); senders (service/webhooks.py) claim due
+delivery, no delivery without its change); senders (service/webhook_sender.py) claim due
 deliveries, POST them and record how each attempt went.
 
 A job's deliveries go out in the order of its status changes: one waits while an earlier
@@ -25,8 +25,8 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.db import rowcount
-from service.domain.errors import Invalid
 from service.domain.ids import new_id
+from service.domain.refusals import Invalid
 from service.domain.schemas import Timestamp
 from service.domain.tables import JobRow, WebhookDeliveryRow, utcnow
 from service.settings import Settings

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.domain.errors import Invalid, TooLarge
+from service.domain.refusals import Invalid, TooLarge
 from service.inference.pipelines import check_text, in_thread, infer, load_async
 from service.inference.served import FEATURE_EXTRACTION, Seq, Served
 from service.settings import get_settings

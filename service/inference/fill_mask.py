@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.domain.errors import Invalid, TooLarge
+from service.domain.refusals import Invalid, TooLarge
 from service.inference.pipelines import (
     check_outputs,
     check_text,

@@ -13,7 +13,7 @@ import anyio
 import anyio.to_thread
 
 from jobspec.pooling import read_pooling
-from service.domain.errors import Invalid, TooLarge, Unavailable
+from service.domain.refusals import Invalid, TooLarge, Unavailable
 from service.inference.batcher import Overloaded
 from service.inference.loader import ModelCache, ModelTooLarge, tokenizer_bytes
 from service.inference.served import FEATURE_EXTRACTION, Seq, Served

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from service.domain import models
-from service.domain.errors import Invalid
-from service.inference import embeddings, loader, pipelines, tasks
+from service.domain.refusals import Invalid
+from service.inference import classify_generate, embeddings, loader, pipelines
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.inference.served import FEATURE_EXTRACTION, Served
 
@@ -79,13 +79,15 @@ async def _warm_fill_mask(served: Served, id_: str, prefix: str) -> None:
 
 
 async def _warm_classify(served: Served, id_: str, prefix: str) -> None:
-    await tasks.classify(model_id=id_, prefix=prefix,
-                         request=tasks.ClassifyRequest(inputs=["Warm up.", "A warm-up text."]))
+    await classify_generate.classify(
+        model_id=id_, prefix=prefix,
+        request=classify_generate.ClassifyRequest(inputs=["Warm up.", "A warm-up text."]))
 
 
 async def _warm_tokens(served: Served, id_: str, prefix: str) -> None:
-    await tasks.token_classification(model_id=id_, prefix=prefix, request=tasks.TokenRequest(
-        inputs=["Warm up in Paris.", "A warm-up text from London."]))
+    await classify_generate.token_classification(
+        model_id=id_, prefix=prefix, request=classify_generate.TokenRequest(
+            inputs=["Warm up in Paris.", "A warm-up text from London."]))
 
 
 async def _warm_embeddings(served: Served, id_: str, prefix: str) -> None:

@@ -48,7 +48,7 @@ def tiny_bert_export(corpus: Path, out: Path, *, vocab_size: int, dropout: float
     from jobspec import ModelSpec, TokenizerSpec
     from workers.engine.architectures import build_model
     from workers.engine.checkpoint import save_export
-    from workers.engine.corpus import iter_documents
+    from workers.engine.corpus_reader import iter_documents
     from workers.engine.tokenizer import count_characters, train_tokenizer
 
     docs = list(iter_documents(str(corpus), "txt"))

@@ -35,7 +35,7 @@ from jobspec import FinetuneSpec, TokenizerSpec, parse_spec
 from jobspec.pooling import read_pooling
 from workers.engine import prepare_data, run_pretraining
 from workers.engine.architectures import load_model
-from workers.engine.corpus import iter_documents
+from workers.engine.corpus_reader import iter_documents
 from workers.engine.finetune import run_finetune
 from workers.engine.tokenizer import count_characters, train_tokenizer
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from jobspec import PretrainSpec, parse_spec
 from workers.engine import run_pretraining
-from workers.engine.errors import ConfigError
+from workers.engine.failures import ConfigError
 
 pytestmark = pytest.mark.slow
 

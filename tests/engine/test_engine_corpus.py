@@ -8,7 +8,7 @@ import json
 import pytest
 
 from workers.engine import CorpusError, prepare_data
-from workers.engine.corpus import iter_documents
+from workers.engine.corpus_reader import iter_documents
 
 
 def test_reads_all_formats(tmp_path):

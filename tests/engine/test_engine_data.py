@@ -11,7 +11,7 @@ from jobspec import parse_spec
 from workers.engine import EngineError, StopRequested, data_key, prepare_data, run_pretraining
 from workers.engine import data as data_module
 from workers.engine.blocks import BlockPacker, encode_batches
-from workers.engine.corpus import iter_documents
+from workers.engine.corpus_reader import iter_documents
 from workers.engine.data import load_data_tokenizer as load_tokenizer
 
 

@@ -21,8 +21,8 @@ from transformers import (
 )
 
 from jobspec.pretrain import TokenizerSpec
-from workers.engine.corpus import iter_documents
-from workers.engine.errors import EngineError
+from workers.engine.corpus_reader import iter_documents
+from workers.engine.failures import EngineError
 from workers.engine.tokenizer import (
     count_characters,
     load_tokenizer,

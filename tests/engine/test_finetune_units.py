@@ -20,15 +20,15 @@ from jobspec.finetune import (
 from jobspec.formats import is_entity_tagging
 from jobspec.pretrain import TokenizerSpec
 from workers.engine import CorpusError
-from workers.engine.corpus import iter_documents
+from workers.engine.corpus_reader import iter_documents
 from workers.engine.finetune.dataset import encode_tagged
-from workers.engine.finetune.metrics import (
+from workers.engine.finetune.records import Example, load_splits, read_examples
+from workers.engine.finetune.scores import (
     classification_metrics,
     entities,
     entity_scores,
     tagging_metrics,
 )
-from workers.engine.finetune.records import Example, load_splits, read_examples
 from workers.engine.masking import IGNORE_INDEX
 from workers.engine.tokenizer import count_characters, train_tokenizer
 

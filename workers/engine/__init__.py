@@ -4,10 +4,10 @@ prepare_data tokenizes a local corpus file once into token shards; run_pretraini
 run_finetune train on the one loop (loop.py) and report through a Reporter.
 """
 
-from workers.engine.capacity import TooBig, check_fits
 from workers.engine.checkpoint import verify_checkpoint
 from workers.engine.data import data_key, prepare_data
-from workers.engine.errors import ConfigError, CorpusError, EngineError, StopRequested
+from workers.engine.failures import ConfigError, CorpusError, EngineError, StopRequested
+from workers.engine.fit_check import TooBig, check_fits
 from workers.engine.pretrain import PretrainResult, estimate_pretrain_bytes, run_pretraining
 from workers.engine.reporter import Reporter
 

@@ -28,9 +28,9 @@ from transformers import (
 )
 
 from jobspec import ModelSpec
-from jobspec.capacity import ROBERTA_POSITION_OFFSET
 from jobspec.model_dir import check_model_dir
-from workers.engine.errors import ConfigError, EngineError
+from jobspec.sizing import ROBERTA_POSITION_OFFSET
+from workers.engine.failures import ConfigError, EngineError
 
 # Peak dense bf16 FLOP/s by GPU name (substring, first match wins), for MFU. Sparsity-free
 # figures from the vendors' data sheets.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from workers.engine.errors import EngineError
+from workers.engine.failures import EngineError
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"

@@ -22,10 +22,10 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from jobspec import PretrainSpec
-from jobspec.data import DATA_FORMAT_VERSION, data_key
+from jobspec.shard_key import DATA_FORMAT_VERSION, data_key
 from workers.engine.blocks import BlockPacker, encode_batches, token_dtype
-from workers.engine.corpus import iter_documents
-from workers.engine.errors import CorpusError, EngineError, StopRequested
+from workers.engine.corpus_reader import iter_documents
+from workers.engine.failures import CorpusError, EngineError, StopRequested
 from workers.engine.pairs import PairMaker, tokenize_documents
 from workers.engine.reporter import Reporter
 from workers.engine.tokenizer import count_characters, load_tokenizer, train_tokenizer

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from jobspec.common import EarlyStopping
-from workers.engine.errors import ConfigError
+from workers.engine.failures import ConfigError
 
 
 class BestSoFar:

@@ -44,7 +44,7 @@ from torch.distributed.tensor import DTensor
 
 from workers.engine.checkpoint import load_checkpoint
 from workers.engine.distributed import Parallel
-from workers.engine.errors import EngineError
+from workers.engine.failures import EngineError
 
 FULL = StateDictOptions(full_state_dict=True)
 TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)  # others get {}

@@ -22,7 +22,6 @@ from jobspec.common import EarlyStopping
 from jobspec.metrics import EVAL_LOSS, TrainPoint, eval_point
 from jobspec.pooling import Pooling, write_pooling
 from workers.engine.architectures import count_parameters, peak_flops
-from workers.engine.capacity import check_fits
 from workers.engine.checkpoint import (
     checkpoint_dir,
     decode_rng_state,
@@ -33,7 +32,8 @@ from workers.engine.checkpoint import (
 )
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.early_stop import BestSoFar
-from workers.engine.errors import ConfigError, EngineError
+from workers.engine.failures import ConfigError, EngineError
+from workers.engine.fit_check import check_fits
 from workers.engine.model_card import model_card, serves_embeddings
 from workers.engine.objective import Batch, Objective
 from workers.engine.optim import Schedule, build_optimizer, lr_factor, resolve_optimizer_impl

@@ -10,21 +10,21 @@ from typing import Any
 import numpy as np
 
 from jobspec import PretrainSpec
-from jobspec.capacity import ROBERTA_POSITION_OFFSET, estimate_pretrain_bytes, rank_micro_batch
 from jobspec.model_facts import run_fingerprint
 from jobspec.pooling import base_pooling
 from jobspec.resources import shards
+from jobspec.sizing import ROBERTA_POSITION_OFFSET, estimate_pretrain_bytes, rank_micro_batch
 from workers.engine.architectures import build_model, describe, flops_per_token, load_model
 from workers.engine.blocks import ShardedBlocks
-from workers.engine.capacity import check_fits, estimate_bytes
 from workers.engine.data import VALID_FILE, data_key, load_data_tokenizer, load_meta
 from workers.engine.distributed import SINGLE, Parallel
-from workers.engine.errors import ConfigError, EngineError
+from workers.engine.failures import ConfigError, EngineError
+from workers.engine.fit_check import check_fits, estimate_bytes
 from workers.engine.loop import LoopResult, LoopSettings, pick_device, train
 from workers.engine.objectives.clm import CausalLM
-from workers.engine.objectives.common import PretrainData
 from workers.engine.objectives.mlm import MaskedLM
 from workers.engine.objectives.nsp import MaskedLMWithNSP
+from workers.engine.objectives.pretrain_data import PretrainData
 from workers.engine.optim import Schedule
 from workers.engine.probes import run_probes
 from workers.engine.reporter import Reporter

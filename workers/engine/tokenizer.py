@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from jobspec.pretrain import TokenizerSpec
-from workers.engine.errors import ConfigError, EngineError
+from workers.engine.failures import ConfigError, EngineError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4, in this order

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from jobspec.metrics import EVAL_LOSS
 from workers.engine.finetune.dataset import Encoded, collate
-from workers.engine.finetune.metrics import classification_metrics, tagging_metrics
+from workers.engine.finetune.scores import classification_metrics, tagging_metrics
 from workers.engine.masking import IGNORE_INDEX
 
 

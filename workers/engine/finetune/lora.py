@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from jobspec import AdapterSpec as AdapterConfig
-from workers.engine.errors import ConfigError
+from workers.engine.failures import ConfigError
 
 
 def add_lora(model: torch.nn.Module, adapter: AdapterConfig, head: list[str]) -> torch.nn.Module:

@@ -19,7 +19,7 @@ from transformers import (
 
 from jobspec import ModelSpec
 from workers.engine.architectures import check_confined, model_config
-from workers.engine.errors import ConfigError, EngineError
+from workers.engine.failures import ConfigError, EngineError
 
 HEADS = {"text_classification": AutoModelForSequenceClassification,
          "token_classification": AutoModelForTokenClassification}

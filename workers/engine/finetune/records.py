@@ -17,7 +17,7 @@ import numpy as np
 from jobspec import formats
 from jobspec.finetune import FINETUNE_DATA
 from jobspec.formats import SPLITS, FormatError
-from workers.engine.errors import CorpusError
+from workers.engine.failures import CorpusError
 
 # The held-out examples depend only on the data, not on the run's seed, so runs with
 # different seeds are compared on the same validation set (as in pretraining).

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobspec import FinetuneSpec
-from jobspec.capacity import estimate_finetune_bytes
 from jobspec.finetune import auto_learning_rate, auto_steps
 from jobspec.formats import is_entity_tagging
 from jobspec.model_facts import run_fingerprint
 from jobspec.pooling import base_pooling
+from jobspec.sizing import estimate_finetune_bytes
 from workers.engine.distributed import SINGLE, Parallel
-from workers.engine.errors import ConfigError
+from workers.engine.failures import ConfigError
 from workers.engine.finetune.dataset import encode_tagged, encode_texts
 from workers.engine.finetune.lora import add_lora, unwrap
 from workers.engine.finetune.model import load_base

@@ -10,7 +10,7 @@ from transformers.activations import NewGELUActivation
 
 from jobspec.metrics import EVAL_LOSS
 from workers.engine.objective import Batch
-from workers.engine.objectives.common import PretrainData, perplexity
+from workers.engine.objectives.pretrain_data import PretrainData, perplexity
 
 # Rows of the [tokens, vocabulary] logits made at a time by linear_cross_entropy: a chunk's
 # logits (512 x 8192 in fp32: 16 MiB) stay near the cache instead of a [B*S, V] copy per

@@ -12,7 +12,7 @@ from jobspec.metrics import EVAL_LOSS
 from workers.engine.checkpoint import decode_rng_state, encode_rng_state
 from workers.engine.masking import IGNORE_INDEX, Masker
 from workers.engine.objective import Batch
-from workers.engine.objectives.common import PretrainData, perplexity
+from workers.engine.objectives.pretrain_data import PretrainData, perplexity
 from workers.engine.tokenizer import word_continuations
 
 POSITION_BUCKET = 64  # the sparse head runs on a multiple of this many rows (masked_positions)

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from jobspec.metrics import EVAL_LOSS
 from workers.engine.masking import IGNORE_INDEX, Masker
 from workers.engine.objective import Batch
-from workers.engine.objectives.common import perplexity
 from workers.engine.objectives.mlm import (
     EVAL_MASK_PROBABILITY,
     EVAL_MASK_SEED,
     MaskedLM,
     masked_positions,
 )
+from workers.engine.objectives.pretrain_data import perplexity
 from workers.engine.pairs import split_pair_rows
 
 

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Iterator
 
 from jobspec import formats
-from workers.engine.errors import CorpusError
+from workers.engine.failures import CorpusError
 
 CORPUS_FORMATS = formats.formats_holding(formats.TEXT)  # what a pretraining corpus may be
 _BOM = b"\xef\xbb\xbf"

@@ -1,14 +1,14 @@
 """What a job's model holds and needs, without torch: a pretraining model's exact parameter
 count, and a rough upper bound of one process's training memory.
 
-The worker refuses a job that cannot fit (workers/engine/capacity.py) and the API's dry run
+The worker refuses a job that cannot fit (workers/engine/fit_check.py) and the API's dry run
 reports the same figures, so both read them from here.
 """
 
 from typing import Any
 
 from jobspec.finetune import FinetuneSpec
-from jobspec.model import ENCODERS
+from jobspec.model_shapes import ENCODERS
 from jobspec.pretrain import PretrainSpec
 from jobspec.resources import shards
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psutil
 import torch
 
-from jobspec.capacity import estimate_bytes
-from workers.engine.errors import EngineError
+from jobspec.sizing import estimate_bytes
+from workers.engine.failures import EngineError
 
 __all__ = ["TooBig", "available_bytes", "check_fits", "estimate_bytes"]
 

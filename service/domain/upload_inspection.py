@@ -18,7 +18,7 @@ import zlib
 
 from jobspec import formats
 from jobspec.formats import MAX_LABEL_CHARS, MAX_LABELS, FormatError
-from service.domain.errors import DomainError, Invalid, TooLarge, Unsupported
+from service.domain.refusals import DomainError, Invalid, TooLarge, Unsupported
 
 MAX_COLUMNS = 64  # CoNLL-U has 10, CoNLL-2012 about 20
 SAMPLE_VALUES, SAMPLE_CHARS = 5, 40  # the first distinct values shown per column

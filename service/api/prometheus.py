@@ -34,7 +34,7 @@ from service.api.deps import SettingsDep
 from service.db import session_scope
 from service.domain import telemetry
 from service.domain.lifecycle import JobStatus
-from service.errors import ApiError
+from service.http_errors import ApiError
 from service.queue import live_workers
 from service.settings import Settings
 

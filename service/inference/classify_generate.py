@@ -6,7 +6,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.domain.errors import Invalid, TooLarge
+from service.domain.refusals import Invalid, TooLarge
 from service.inference.pipelines import (
     call,
     check_outputs,

@@ -1,7 +1,7 @@
 """What the domain refuses, said in its own terms: the kind of refusal, a stable `code`,
 a message for the user and the request part at fault (`param`).
 
-The domain knows nothing of HTTP; service/errors.py maps each kind to its status.
+The domain knows nothing of HTTP; service/http_errors.py maps each kind to its status.
 """
 
 

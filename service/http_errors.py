@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobspec.field_errors import error_param
 from service import logs
-from service.domain.errors import (
+from service.domain.refusals import (
     Conflict,
     DomainError,
     Invalid,
@@ -64,7 +64,7 @@ def error_body(code: str, message: str, param: str | None = None) -> dict[str, o
 
 
 # The HTTP status of each kind of refusal the domain and the serving layer (service/inference/)
-# raise (service/domain/errors.py); a Retryable's retry_after_s becomes Retry-After.
+# raise (service/domain/refusals.py); a Retryable's retry_after_s becomes Retry-After.
 DOMAIN_STATUS: dict[type, int] = {
     NotFound: 404, Invalid: 422, Conflict: 409, TooLarge: 413, Unsupported: 415,
     LimitReached: 429, Unavailable: 503,
