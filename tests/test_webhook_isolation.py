@@ -2,7 +2,7 @@
 wall-clock limit whatever the receiver does (dripping its head, dripping its body, a name
 that resolves slowly), and the sender's pool keeps one host's and one owner's attempts to
 their share, so another tenant's delivery goes out at once. The end-to-end probe, with a
-real worker, is tests/test_webhook_e2e_isolation.py."""
+real worker, is tests/test_e2e_webhook_isolation.py."""
 
 import time
 from collections.abc import Iterator
