@@ -6,7 +6,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
-from jobspec.formats import LABELLED_TEXT, MAX_LABEL_CHARS, MAX_LABELS, TAGGED_TOKENS
+from jobspec.formats import (
+    EXTRACTIVE_QA,
+    LABELLED_TEXT,
+    MAX_LABEL_CHARS,
+    MAX_LABELS,
+    TAGGED_TOKENS,
+)
 from jobspec.model_facts import FINETUNE_TASKS
 from jobspec.names import Name
 from jobspec.resources import (
@@ -53,7 +59,8 @@ def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None
 Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
 
 # The dataset kind each task reads.
-FINETUNE_DATA = {"text_classification": LABELLED_TEXT, "token_classification": TAGGED_TOKENS}
+FINETUNE_DATA = {"text_classification": LABELLED_TEXT, "token_classification": TAGGED_TOKENS,
+                 "question_answering": EXTRACTIVE_QA}
 
 
 # "auto" hyperparameters are resolved by the engine once it has the base model and the data
@@ -117,7 +124,7 @@ class AdapterSpec(Strict):
 
 class FinetuneSpec(Strict):
     type: Literal["finetune"] = "finetune"
-    task: Literal["text_classification", "token_classification"]
+    task: Literal["text_classification", "token_classification", "question_answering"]
     name: Name | None = None
     base_model_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=64)
@@ -158,6 +165,9 @@ class FinetuneSpec(Strict):
                                            self.hyperparameters.batch_size)) is not None:
             return problem
         if self.labels is not None:
+            if self.task == "question_answering":
+                return "labels", "question_answering predicts spans of the context: it takes " \
+                                 "no labels"
             if len(set(self.labels)) != len(self.labels):
                 return "labels", "labels must be distinct"
             if any(not label.strip() for label in self.labels):

@@ -21,12 +21,15 @@ from typing import Any, Final, Literal
 TEXT: Final = "text"  # documents: a .txt's lines, or JSON lines with "text"
 LABELLED_TEXT: Final = "labelled_text"  # JSON lines with "text" and "label"
 TAGGED_TOKENS: Final = "tagged_tokens"  # CoNLL columns, or JSON lines with "tokens" and "tags"
-DatasetKind = Literal["text", "labelled_text", "tagged_tokens"]
-DATASET_KINDS: tuple[DatasetKind, ...] = (TEXT, LABELLED_TEXT, TAGGED_TOKENS)
+# SQuAD / CMRC records: JSON lines with "context", "question" and "answers"
+EXTRACTIVE_QA: Final = "extractive_qa"
+DatasetKind = Literal["text", "labelled_text", "tagged_tokens", "extractive_qa"]
+DATASET_KINDS: tuple[DatasetKind, ...] = (TEXT, LABELLED_TEXT, TAGGED_TOKENS, EXTRACTIVE_QA)
 # How a user makes a dataset of each kind, as messages tell them.
 KIND_HOLDS = {TEXT: '.txt or JSON lines with "text"',
               LABELLED_TEXT: 'JSON lines with "text" and "label"',
-              TAGGED_TOKENS: 'CoNLL columns or JSON lines with "tokens" and "tags"'}
+              TAGGED_TOKENS: 'CoNLL columns or JSON lines with "tokens" and "tags"',
+              EXTRACTIVE_QA: 'JSON lines with "context", "question" and "answers" (SQuAD)'}
 
 MAX_LABELS = 1000  # distinct labels or tags a dataset (and a job's labels) may have
 MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloats every answer
@@ -66,7 +69,7 @@ def _plain_and_gzip(name: str, layout: Literal["lines", "json", "columns"],
 # In this order in messages ("use one of txt, txt.gz, jsonl, jsonl.gz").
 FORMATS = {f.name: f for f in (
     *_plain_and_gzip("txt", "lines", (TEXT,), columns_as="conll"),
-    *_plain_and_gzip("jsonl", "json", (TEXT, LABELLED_TEXT, TAGGED_TOKENS)),
+    *_plain_and_gzip("jsonl", "json", (TEXT, LABELLED_TEXT, TAGGED_TOKENS, EXTRACTIVE_QA)),
     *_plain_and_gzip("conll", "columns", (TAGGED_TOKENS,)),
 )}
 _PLAIN = [f.suffix for f in FORMATS.values() if not f.gzip]
@@ -129,6 +132,8 @@ BAD_LABEL = "bad_label"
 BAD_TAGS = "bad_tags"
 BAD_SPLIT = "bad_split"
 NO_TAG = "no_tag"
+BAD_QUESTION = "bad_question"
+BAD_ANSWER = "bad_answer"
 
 
 # -- JSON lines: one record a line
@@ -186,6 +191,8 @@ def json_record(line: str) -> dict[str, Any]:
 
 def record_kind(record: dict[str, Any]) -> DatasetKind:
     """The kind of data a record holds, by its fields."""
+    if "question" in record or "context" in record:
+        return EXTRACTIVE_QA
     if "tokens" in record:
         return TAGGED_TOKENS
     if "label" in record:
@@ -259,10 +266,94 @@ def tagged_tokens(record: dict[str, Any]) -> TaggedTokens:
     return TaggedTokens(tokens, tags, record_split(record))
 
 
-Record = Document | LabelledText | TaggedTokens
+# -- Extractive question answering (SQuAD, CMRC)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer to a question: its text and where it starts in the context (characters)."""
+
+    text: str
+    start: int
+
+
+@dataclass(frozen=True)
+class AnsweredQuestion:
+    """A question about a context and its answers, spans of the context (SQuAD, CMRC); no
+    answers: the context does not answer it (SQuAD 2.0's is_impossible)."""
+
+    context: str
+    question: str
+    answers: tuple[Answer, ...]
+    id: str | None
+    split: str | None
+
+    @property
+    def labels(self) -> list[str]:
+        return []
+
+
+MAX_ANSWERS = 100  # answers a question may list (SQuAD's dev set gives up to 6)
+
+
+def _answer_pairs(record: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(text, answer_start) of each of "answers", written as SQuAD's files write them (a list
+    of {"text", "answer_start"}) or as Hugging Face datasets do ({"text": [...],
+    "answer_start": [...]})."""
+    answers = record.get("answers", [])
+    if isinstance(answers, dict):
+        texts, starts = answers.get("text"), answers.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or \
+                len(texts) != len(starts):
+            raise FormatError(BAD_ANSWER, ': "answers" as an object needs lists "text" and '
+                                          '"answer_start" of equal length')
+        return list(zip(texts, starts, strict=True))
+    if not isinstance(answers, list) or \
+            not all(isinstance(a, dict) and {"text", "answer_start"} <= set(a) for a in answers):
+        raise FormatError(BAD_ANSWER, ': "answers" must be a list of {"text", "answer_start"} '
+                                      "([] for a question the context does not answer)")
+    return [(a["text"], a["answer_start"]) for a in answers]
+
+
+def answered_question(record: dict[str, Any]) -> AnsweredQuestion:
+    """A SQuAD-style record: non-blank strings "context" and "question", and "answers", each
+    a non-blank "text" that "answer_start" (a character offset, from 0) points at in the
+    context. No answers (or SQuAD 2.0's "is_impossible": true): an unanswerable question."""
+    context, question = record.get("context"), record.get("question")
+    if not isinstance(context, str) or not context.strip():
+        raise FormatError(BAD_QUESTION, ' needs a non-blank string "context"')
+    if not isinstance(question, str) or not question.strip():
+        raise FormatError(BAD_QUESTION, ' needs a non-blank string "question"')
+    pairs = _answer_pairs(record)
+    impossible = record.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise FormatError(BAD_ANSWER, ': "is_impossible" must be true or false')
+    if impossible and pairs:
+        raise FormatError(BAD_ANSWER, ': "is_impossible" is true but "answers" is not empty')
+    if len(pairs) > MAX_ANSWERS:
+        raise FormatError(BAD_ANSWER, f': more than {MAX_ANSWERS} "answers"')
+    answers = []
+    for i, (text, start) in enumerate(pairs):
+        if not isinstance(text, str) or not text.strip():
+            raise FormatError(BAD_ANSWER, f": answers[{i}].text must be a non-blank string")
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise FormatError(BAD_ANSWER, f": answers[{i}].answer_start must be an integer")
+        if start < 0 or context[start:start + len(text)] != text:
+            there = context[max(start, 0):max(start, 0) + len(text)]
+            raise FormatError(BAD_ANSWER, f": answers[{i}].answer_start ({start}) does not "
+                                          f"point at answers[{i}].text ({text[:40]!r}) in "
+                                          f"\"context\", which reads {there[:40]!r} there")
+        answers.append(Answer(text, start))
+    id_ = record.get("id")
+    return AnsweredQuestion(context, question, tuple(answers),
+                            None if id_ is None else str(id_), record_split(record))
+
+
+Record = Document | LabelledText | TaggedTokens | AnsweredQuestion
 # How a JSON record of each kind is read (None: a blank one, skipped).
 RECORD_READERS: dict[str, Callable[[dict[str, Any]], Record | None]] = {
-    TEXT: document, LABELLED_TEXT: labelled_text, TAGGED_TOKENS: tagged_tokens}
+    TEXT: document, LABELLED_TEXT: labelled_text, TAGGED_TOKENS: tagged_tokens,
+    EXTRACTIVE_QA: answered_question}
 
 
 # -- CoNLL columns: a token a line, its tags in columns after it, sentences between blank lines

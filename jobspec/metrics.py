@@ -61,6 +61,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("f1", "eval", "eval/f1", "F1", ""),
     Metric("precision", "eval", "eval/precision", "precision", ""),
     Metric("recall", "eval", "eval/recall", "recall", ""),
+    # Extractive QA: SQuAD's exact match (its F1 is "f1"), as fractions, not percentages.
+    Metric("exact_match", "eval", "eval/exact_match", "exact match", ""),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
@@ -116,6 +118,7 @@ class EvalPoint(TypedDict, total=False):
     f1: float
     precision: float
     recall: float
+    exact_match: float
     # Fill-mask probes of the model at this step (jobspec's probes), stored with the point.
     probes: list[dict[str, Any]]
 

@@ -22,6 +22,8 @@ FILL_MASK = "fill-mask"
 TEXT_GENERATION = "text-generation"
 TEXT_CLASSIFICATION = "text-classification"
 TOKEN_CLASSIFICATION = "token-classification"
+# Extractive: a span of the context (the Hugging Face Inference API's question-answering).
+QUESTION_ANSWERING = "question-answering"
 # A base model without a head (BertModel, GPT2Model, a sentence-transformers encoder):
 # imported only, never trained here.
 FEATURE_EXTRACTION = "feature-extraction"
@@ -29,13 +31,15 @@ FEATURE_EXTRACTION = "feature-extraction"
 # The task each pretraining objective's model serves, and each fine-tuning task's.
 OBJECTIVE_TASKS = {"mlm": FILL_MASK, "mlm_nsp": FILL_MASK, "clm": TEXT_GENERATION}
 FINETUNE_TASKS = {"text_classification": TEXT_CLASSIFICATION,
-                  "token_classification": TOKEN_CLASSIFICATION}
+                  "token_classification": TOKEN_CLASSIFICATION,
+                  "question_answering": QUESTION_ANSWERING}
 
 # The transformers Auto class that loads a model of each task (the model card's "how to
 # use", and what an import is checked with).
 AUTO_CLASSES = {FILL_MASK: "AutoModelForMaskedLM", TEXT_GENERATION: "AutoModelForCausalLM",
                 TEXT_CLASSIFICATION: "AutoModelForSequenceClassification",
                 TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
+                QUESTION_ANSWERING: "AutoModelForQuestionAnswering",
                 FEATURE_EXTRACTION: "AutoModel"}
 
 

@@ -32,7 +32,7 @@ from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.http_errors import ApiError
-from service.inference import classify_generate, embeddings, registry
+from service.inference import classify_generate, embeddings, question_answering, registry
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.inference.served import BATCHED_TASKS, FEATURE_EXTRACTION
 from service.scratch import scratch_dir
@@ -228,6 +228,31 @@ async def token_classification_route(model_id: str, body: classify_generate.Toke
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
     id_, prefix = await resolve(request, model_id, "token-classification")
     return await classify_generate.token_classification(model_id=id_, prefix=prefix, request=body)
+
+
+QA_ANSWER: dict[int | str, dict[str, Any]] = {200: {
+    "description": "{answer, score, start, end} for one input and top_k 1; a list of top_k "
+                   "of them, best first, for top_k > 1; for a list of inputs, a list of "
+                   "those, one per input",
+    "content": {"application/json": {"schema": {}}}}}
+
+
+@router.post("/{model_id}/question-answering", responses=QA_ANSWER)
+async def question_answering_route(model_id: str,
+                                   body: question_answering.QuestionAnsweringRequest,
+                                   request: Request) -> Any:
+    """Extractive question answering in the Hugging Face Inference API format (what
+    huggingface_hub's InferenceClient.question_answering sends): `{"inputs": {"question",
+    "context"}, "parameters": {top_k, doc_stride, max_answer_len, max_seq_len,
+    handle_impossible_answer, align_to_words}}` -> `{"answer", "score", "start", "end"}`:
+    the span of the context (characters start to end) that answers the question, and its
+    probability; a context longer than the model's window is read in windows overlapping by
+    doc_stride tokens. With handle_impossible_answer, `""` (start = end = 0) is the answer
+    when no span is likelier. Answers and scores are those transformers' (4.x)
+    question-answering pipeline gives on the downloaded model."""
+    id_, prefix = await resolve(request, model_id, "question-answering")
+    return await question_answering.question_answering(model_id=id_, prefix=prefix,
+                                                       request=body)
 
 
 @router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))

@@ -88,8 +88,13 @@ def load(model_id: str, prefix: str, task: str) -> Served:
             pooling = read_pooling(local) if task == FEATURE_EXTRACTION else None
         except ValueError as exc:  # checked at import; a model trained here writes them
             raise Invalid("invalid_model", f"the model's pooling files: {exc}") from None
-        served = Served(pipeline(task, model=str(local), device="cpu"), task, get_settings(),
-                        pooling, tokenizer_bytes(local))
+        if task == "question-answering":  # transformers 5 has no pipeline for it
+            from service.inference.question_answering import reader
+
+            pipe: Any = reader(local)
+        else:
+            pipe = pipeline(task, model=str(local), device="cpu")
+        served = Served(pipe, task, get_settings(), pooling, tokenizer_bytes(local))
         served.prepare(get_settings(), _warm_up_seqs(served))
         return served
 

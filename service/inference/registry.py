@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session
 
 from service.domain import models
 from service.domain.refusals import Invalid
-from service.inference import classify_generate, embeddings, loader, pipelines
+from service.inference import (
+    classify_generate,
+    embeddings,
+    loader,
+    pipelines,
+    question_answering,
+)
 from service.inference.fill_mask import FillMaskRequest, fill_mask
 from service.inference.served import FEATURE_EXTRACTION, Served
 
@@ -23,6 +29,7 @@ from service.inference.served import FEATURE_EXTRACTION, Served
 # with a head, from its base model), whatever its own task.
 ENDPOINT = {"fill-mask": "fill-mask", "text-classification": "classify",
             "token-classification": "token-classification", "text-generation": "generate",
+            "question-answering": "question-answering",
             FEATURE_EXTRACTION: "feature-extraction"}
 
 
@@ -95,11 +102,18 @@ async def _warm_embeddings(served: Served, id_: str, prefix: str) -> None:
         embeddings.FeatureExtractionRequest(inputs=["Warm up.", "A warm-up text."])))
 
 
+async def _warm_question_answering(served: Served, id_: str, prefix: str) -> None:
+    await question_answering.question_answering(
+        model_id=id_, prefix=prefix, request=question_answering.QuestionAnsweringRequest(
+            inputs={"question": "Where is the warm-up?", "context": "The warm-up is here."}))
+
+
 # One request down the whole path of each task (threads, tokenizer, decoding), after the
 # forward passes that loading runs (Served.prepare).
 WARM_UP: dict[str, Callable[[Served, str, str], Awaitable[None]]] = {
     "fill-mask": _warm_fill_mask, "text-classification": _warm_classify,
-    "token-classification": _warm_tokens, FEATURE_EXTRACTION: _warm_embeddings}
+    "token-classification": _warm_tokens, FEATURE_EXTRACTION: _warm_embeddings,
+    "question-answering": _warm_question_answering}
 
 
 async def load_warm(model_id: str, prefix: str, task: str) -> tuple[Served, float]:

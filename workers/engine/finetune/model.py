@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -22,7 +23,8 @@ from workers.engine.architectures import check_confined, model_config
 from workers.engine.failures import ConfigError, EngineError
 
 HEADS = {"text_classification": AutoModelForSequenceClassification,
-         "token_classification": AutoModelForTokenClassification}
+         "token_classification": AutoModelForTokenClassification,
+         "question_answering": AutoModelForQuestionAnswering}
 # Config fields that hold dropout rates, across BERT-like architectures.
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
                   "attention_dropout")

@@ -32,6 +32,8 @@ class Example:
     target: str | list[str]
     line: int  # where it starts in its file, for error messages
     split: str | None = None  # the record's own "split" field, if any
+    # Extractive QA: the whole record (inputs: its question; target: its answers' texts).
+    qa: formats.AnsweredQuestion | None = None
 
 
 @dataclass
@@ -79,6 +81,9 @@ def _json_examples(path: str, fmt: str, where: str, kind: str) -> Iterator[Examp
             yield Example(record.text, record.label, lineno, split)
         elif isinstance(record, formats.TaggedTokens):
             yield Example(record.tokens, record.tags, lineno, split)
+        elif isinstance(record, formats.AnsweredQuestion):
+            yield Example(record.question, [a.text for a in record.answers], lineno, split,
+                          qa=record)
         else:
             raise CorpusError(f"{where}: {kind.replace('_', ' ')} records have no target")
 
@@ -184,6 +189,8 @@ def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...]
                      f"(validation_fraction {validation_fraction}); "
                      f"{len(read['train'])} remain for training")
 
+    if FINETUNE_DATA[task] == formats.EXTRACTIVE_QA:  # answers are spans: no label set
+        return Splits(read["train"], read["valid"], read.get("test"), [], notes)
     kind = "label" if task == "text_classification" else "tag"
     if labels is not None:
         allowed = set(labels)

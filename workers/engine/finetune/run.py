@@ -51,6 +51,11 @@ def run_finetune(
     (path, format[, tag column]); checkpoint and export under workdir. resume_from
     continues exactly. parallel: this process's rank when torchrun runs it on several
     (workers/multiprocess.py); rank 0 alone exports and scores the test split."""
+    if spec.task == "question_answering":  # a plug-in of its own (finetune/qa.py)
+        from workers.engine.finetune.qa import run_question_answering
+
+        return run_question_answering(spec, base_model_dir, data, workdir, reporter, device,
+                                      resume_from, base_config, parallel)
     reporter = parallel.reporter(reporter)
     hp = spec.hyperparameters
     dev = pick_device(device)
