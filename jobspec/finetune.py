@@ -7,10 +7,10 @@ from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
 from jobspec.formats import (
-    EXTRACTIVE_QA,
     LABELLED_TEXT,
     MAX_LABEL_CHARS,
     MAX_LABELS,
+    MULTI_LABELLED_TEXT,
     TAGGED_TOKENS,
 )
 from jobspec.model_facts import FINETUNE_TASKS
@@ -58,9 +58,10 @@ def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None
 # A label or tag, as a dataset may hold them (jobspec/formats.py).
 Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
 
-# The dataset kind each task reads.
+# The dataset kind each task reads. Texts may come in pairs ("text_pair") for the three
+# sequence tasks; regression reads a number in "label".
 FINETUNE_DATA = {"text_classification": LABELLED_TEXT, "token_classification": TAGGED_TOKENS,
-                 "question_answering": EXTRACTIVE_QA}
+                 "regression": LABELLED_TEXT, "multi_label_classification": MULTI_LABELLED_TEXT}
 
 
 # "auto" hyperparameters are resolved by the engine once it has the base model and the data
@@ -114,17 +115,26 @@ class FinetuneHyperparameters(Strict):
 
 
 class AdapterSpec(Strict):
-    """Parameter-efficient fine-tuning; the export is merged, so plain transformers loads it."""
+    """Parameter-efficient fine-tuning; the export is merged, so plain transformers loads it.
 
-    type: Literal["lora"] = "lora"
+    "lora": adapters of rank r. "adalora" (AdaLoRA, peft): adapters start at rank init_r
+    (default 1.5 x r) and are pruned during training to an average rank of r, the budget
+    going to the weights that matter most; the first tenth of the steps only trains, the
+    last fifth trains the final ranks."""
+
+    type: Literal["lora", "adalora"] = "lora"
     r: int = Field(default=8, ge=1, le=256)
     alpha: Finite = Field(default=16.0, gt=0, le=4096)
     dropout: Finite = Field(default=0.05, ge=0, lt=1.0)
+    init_r: int | None = Field(default=None, ge=1, le=384)  # adalora only
 
 
 class FinetuneSpec(Strict):
     type: Literal["finetune"] = "finetune"
-    task: Literal["text_classification", "token_classification", "question_answering"]
+    # Text classification reads "text" (and "text_pair") with a "label"; regression a number
+    # in "label"; multi-label classification a list in "labels".
+    task: Literal["text_classification", "token_classification", "regression",
+                  "multi_label_classification"]
     name: Name | None = None
     base_model_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=64)
@@ -164,10 +174,15 @@ class FinetuneSpec(Strict):
         if (problem := batch_inconsistency(self.resources,
                                            self.hyperparameters.batch_size)) is not None:
             return problem
+        if self.adapter is not None and self.adapter.init_r is not None:
+            if self.adapter.type != "adalora":
+                return "adapter.init_r", 'init_r is for "type": "adalora" only'
+            if self.adapter.init_r < self.adapter.r:
+                return "adapter.init_r", "init_r (the starting rank) must be at least r (the " \
+                                         "average rank AdaLoRA prunes to)"
         if self.labels is not None:
-            if self.task == "question_answering":
-                return "labels", "question_answering predicts spans of the context: it takes " \
-                                 "no labels"
+            if self.task == "regression":
+                return "labels", "regression predicts a number: it takes no labels"
             if len(set(self.labels)) != len(self.labels):
                 return "labels", "labels must be distinct"
             if any(not label.strip() for label in self.labels):

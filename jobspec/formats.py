@@ -11,6 +11,7 @@ Stdlib only: the API imports it without torch, the engine without the service.
 """
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,17 +20,21 @@ from typing import Any, Final, Literal
 # -- What a dataset holds (DatasetRow.kind, the API's "kind")
 
 TEXT: Final = "text"  # documents: a .txt's lines, or JSON lines with "text"
-LABELLED_TEXT: Final = "labelled_text"  # JSON lines with "text" and "label"
+# JSON lines with "text" and "label" (a class, or a number to regress on), each text alone
+# or with a "text_pair" (NLI, paraphrase, question pairs; STS for a numeric label)
+LABELLED_TEXT: Final = "labelled_text"
 TAGGED_TOKENS: Final = "tagged_tokens"  # CoNLL columns, or JSON lines with "tokens" and "tags"
-# SQuAD / CMRC records: JSON lines with "context", "question" and "answers"
-EXTRACTIVE_QA: Final = "extractive_qa"
-DatasetKind = Literal["text", "labelled_text", "tagged_tokens", "extractive_qa"]
-DATASET_KINDS: tuple[DatasetKind, ...] = (TEXT, LABELLED_TEXT, TAGGED_TOKENS, EXTRACTIVE_QA)
+# JSON lines with "text" (and "text_pair") and "labels": the list of labels that apply
+MULTI_LABELLED_TEXT: Final = "multi_labelled_text"
+DatasetKind = Literal["text", "labelled_text", "tagged_tokens", "multi_labelled_text"]
+DATASET_KINDS: tuple[DatasetKind, ...] = (TEXT, LABELLED_TEXT, TAGGED_TOKENS,
+                                          MULTI_LABELLED_TEXT)
 # How a user makes a dataset of each kind, as messages tell them.
 KIND_HOLDS = {TEXT: '.txt or JSON lines with "text"',
-              LABELLED_TEXT: 'JSON lines with "text" and "label"',
+              LABELLED_TEXT: 'JSON lines with "text" (and "text_pair") and "label"',
               TAGGED_TOKENS: 'CoNLL columns or JSON lines with "tokens" and "tags"',
-              EXTRACTIVE_QA: 'JSON lines with "context", "question" and "answers" (SQuAD)'}
+              MULTI_LABELLED_TEXT: 'JSON lines with "text" (and "text_pair") and "labels" '
+                                   '(a list)'}
 
 MAX_LABELS = 1000  # distinct labels or tags a dataset (and a job's labels) may have
 MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloats every answer
@@ -69,7 +74,8 @@ def _plain_and_gzip(name: str, layout: Literal["lines", "json", "columns"],
 # In this order in messages ("use one of txt, txt.gz, jsonl, jsonl.gz").
 FORMATS = {f.name: f for f in (
     *_plain_and_gzip("txt", "lines", (TEXT,), columns_as="conll"),
-    *_plain_and_gzip("jsonl", "json", (TEXT, LABELLED_TEXT, TAGGED_TOKENS, EXTRACTIVE_QA)),
+    *_plain_and_gzip("jsonl", "json", (TEXT, LABELLED_TEXT, TAGGED_TOKENS,
+                                        MULTI_LABELLED_TEXT)),
     *_plain_and_gzip("conll", "columns", (TAGGED_TOKENS,)),
 )}
 _PLAIN = [f.suffix for f in FORMATS.values() if not f.gzip]
@@ -132,8 +138,9 @@ BAD_LABEL = "bad_label"
 BAD_TAGS = "bad_tags"
 BAD_SPLIT = "bad_split"
 NO_TAG = "no_tag"
-BAD_QUESTION = "bad_question"
-BAD_ANSWER = "bad_answer"
+BAD_PAIR = "bad_pair"
+NOT_A_NUMBER = "not_a_number"
+BAD_LABELS = "bad_labels"
 
 
 # -- JSON lines: one record a line
@@ -154,15 +161,34 @@ class Document:
 
 @dataclass(frozen=True)
 class LabelledText:
-    """A text and its label, to learn to classify texts."""
+    """A text (or a pair of texts) and its label: a class, or a number to regress on."""
 
     text: str
-    label: str  # an integer label as its digits
+    label: str  # a number as JSON wrote it ("3", "0.75"); read by number() for regression
     split: str | None
+    text_pair: str | None = None  # the second text of a pair (NLI, paraphrase, STS)
 
     @property
     def labels(self) -> list[str]:
-        return [self.label]
+        """Its class; a fractional number is a score, not a class: not counted as a label
+        (a regression set has as many values as records)."""
+        return [] if is_fraction(self.label) else [self.label]
+
+
+@dataclass(frozen=True)
+class MultiLabelledText:
+    """A text (or pair) and the labels that apply to it (none, one or several)."""
+
+    text: str
+    label_set: list[str]  # distinct, in the record's order
+    split: str | None
+    text_pair: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return self.label_set
+
+
 
 
 @dataclass(frozen=True)
@@ -191,10 +217,10 @@ def json_record(line: str) -> dict[str, Any]:
 
 def record_kind(record: dict[str, Any]) -> DatasetKind:
     """The kind of data a record holds, by its fields."""
-    if "question" in record or "context" in record:
-        return EXTRACTIVE_QA
     if "tokens" in record:
         return TAGGED_TOKENS
+    if "labels" in record:
+        return MULTI_LABELLED_TEXT
     if "label" in record:
         return LABELLED_TEXT
     return TEXT
@@ -229,6 +255,40 @@ def label(value: str) -> str:
     return value
 
 
+def text_pair_of(record: dict[str, Any]) -> str | None:
+    """The record's "text_pair": None without one, else a string."""
+    pair = record.get("text_pair")
+    if pair is not None and not isinstance(pair, str):
+        raise FormatError(BAD_PAIR, ': "text_pair" must be a string')
+    return pair
+
+
+def is_fraction(value: str) -> bool:
+    """Whether a label is a number written with a fraction or an exponent ("0.75", "5.0",
+    "1e-3"; JSON's 5.0 included): a score to regress on, not a class ("3" is a class)."""
+    try:
+        int(value)
+        return False
+    except ValueError:
+        pass
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def number(value: str) -> float:
+    """A regression label as the number it is ("3", "4.25", " 1e-3"; no NaN or infinity)."""
+    try:
+        result = float(value)
+    except ValueError:
+        result = math.nan
+    if not math.isfinite(result):
+        raise FormatError(NOT_A_NUMBER, f': "label" must be a number for regression, not '
+                                        f'{value[:40]!r}')
+    return result
+
+
 def document(record: dict[str, Any]) -> Document | None:
     """A text record; None if its text is blank (it holds no document)."""
     text = text_of(record)
@@ -244,10 +304,27 @@ def labelled_text(record: dict[str, Any]) -> LabelledText | None:
     if not text.strip():
         return None
     value = record.get("label")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise FormatError(NO_LABEL, ' needs a "label" (a string or an integer)',
-                          ': every record needs a "label" (a string or an integer)')
-    return LabelledText(text, label(str(value)), record_split(record))
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or \
+            isinstance(value, float) and not math.isfinite(value):
+        raise FormatError(NO_LABEL, ' needs a "label" (a string or a number)',
+                          ': every record needs a "label" (a string or a number)')
+    return LabelledText(text, label(str(value)), record_split(record), text_pair_of(record))
+
+
+def multi_labelled_text(record: dict[str, Any]) -> MultiLabelledText | None:
+    """A multi-label record: a string "text" and "labels", a list of label strings (empty
+    when none applies); None if its text is blank."""
+    text = text_of(record)
+    if not text.strip():
+        return None
+    values = record.get("labels")
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise FormatError(BAD_LABELS, ': "labels" must be a list of strings (the labels that '
+                                      "apply; [] for none)")
+    if len(values) > MAX_LABELS:
+        raise FormatError(BAD_LABELS, f': "labels" holds more than {MAX_LABELS} labels')
+    return MultiLabelledText(text, list(dict.fromkeys(label(v) for v in values)),
+                             record_split(record), text_pair_of(record))
 
 
 def tagged_tokens(record: dict[str, Any]) -> TaggedTokens:
@@ -266,94 +343,11 @@ def tagged_tokens(record: dict[str, Any]) -> TaggedTokens:
     return TaggedTokens(tokens, tags, record_split(record))
 
 
-# -- Extractive question answering (SQuAD, CMRC)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An answer to a question: its text and where it starts in the context (characters)."""
-
-    text: str
-    start: int
-
-
-@dataclass(frozen=True)
-class AnsweredQuestion:
-    """A question about a context and its answers, spans of the context (SQuAD, CMRC); no
-    answers: the context does not answer it (SQuAD 2.0's is_impossible)."""
-
-    context: str
-    question: str
-    answers: tuple[Answer, ...]
-    id: str | None
-    split: str | None
-
-    @property
-    def labels(self) -> list[str]:
-        return []
-
-
-MAX_ANSWERS = 100  # answers a question may list (SQuAD's dev set gives up to 6)
-
-
-def _answer_pairs(record: dict[str, Any]) -> list[tuple[Any, Any]]:
-    """(text, answer_start) of each of "answers", written as SQuAD's files write them (a list
-    of {"text", "answer_start"}) or as Hugging Face datasets do ({"text": [...],
-    "answer_start": [...]})."""
-    answers = record.get("answers", [])
-    if isinstance(answers, dict):
-        texts, starts = answers.get("text"), answers.get("answer_start")
-        if not isinstance(texts, list) or not isinstance(starts, list) or \
-                len(texts) != len(starts):
-            raise FormatError(BAD_ANSWER, ': "answers" as an object needs lists "text" and '
-                                          '"answer_start" of equal length')
-        return list(zip(texts, starts, strict=True))
-    if not isinstance(answers, list) or \
-            not all(isinstance(a, dict) and {"text", "answer_start"} <= set(a) for a in answers):
-        raise FormatError(BAD_ANSWER, ': "answers" must be a list of {"text", "answer_start"} '
-                                      "([] for a question the context does not answer)")
-    return [(a["text"], a["answer_start"]) for a in answers]
-
-
-def answered_question(record: dict[str, Any]) -> AnsweredQuestion:
-    """A SQuAD-style record: non-blank strings "context" and "question", and "answers", each
-    a non-blank "text" that "answer_start" (a character offset, from 0) points at in the
-    context. No answers (or SQuAD 2.0's "is_impossible": true): an unanswerable question."""
-    context, question = record.get("context"), record.get("question")
-    if not isinstance(context, str) or not context.strip():
-        raise FormatError(BAD_QUESTION, ' needs a non-blank string "context"')
-    if not isinstance(question, str) or not question.strip():
-        raise FormatError(BAD_QUESTION, ' needs a non-blank string "question"')
-    pairs = _answer_pairs(record)
-    impossible = record.get("is_impossible", False)
-    if not isinstance(impossible, bool):
-        raise FormatError(BAD_ANSWER, ': "is_impossible" must be true or false')
-    if impossible and pairs:
-        raise FormatError(BAD_ANSWER, ': "is_impossible" is true but "answers" is not empty')
-    if len(pairs) > MAX_ANSWERS:
-        raise FormatError(BAD_ANSWER, f': more than {MAX_ANSWERS} "answers"')
-    answers = []
-    for i, (text, start) in enumerate(pairs):
-        if not isinstance(text, str) or not text.strip():
-            raise FormatError(BAD_ANSWER, f": answers[{i}].text must be a non-blank string")
-        if isinstance(start, bool) or not isinstance(start, int):
-            raise FormatError(BAD_ANSWER, f": answers[{i}].answer_start must be an integer")
-        if start < 0 or context[start:start + len(text)] != text:
-            there = context[max(start, 0):max(start, 0) + len(text)]
-            raise FormatError(BAD_ANSWER, f": answers[{i}].answer_start ({start}) does not "
-                                          f"point at answers[{i}].text ({text[:40]!r}) in "
-                                          f"\"context\", which reads {there[:40]!r} there")
-        answers.append(Answer(text, start))
-    id_ = record.get("id")
-    return AnsweredQuestion(context, question, tuple(answers),
-                            None if id_ is None else str(id_), record_split(record))
-
-
-Record = Document | LabelledText | TaggedTokens | AnsweredQuestion
+Record = Document | LabelledText | TaggedTokens | MultiLabelledText
 # How a JSON record of each kind is read (None: a blank one, skipped).
 RECORD_READERS: dict[str, Callable[[dict[str, Any]], Record | None]] = {
     TEXT: document, LABELLED_TEXT: labelled_text, TAGGED_TOKENS: tagged_tokens,
-    EXTRACTIVE_QA: answered_question}
+    MULTI_LABELLED_TEXT: multi_labelled_text}
 
 
 # -- CoNLL columns: a token a line, its tags in columns after it, sentences between blank lines

@@ -61,8 +61,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("f1", "eval", "eval/f1", "F1", ""),
     Metric("precision", "eval", "eval/precision", "precision", ""),
     Metric("recall", "eval", "eval/recall", "recall", ""),
-    # Extractive QA: SQuAD's exact match (its F1 is "f1"), as fractions, not percentages.
-    Metric("exact_match", "eval", "eval/exact_match", "exact match", ""),
+    # Regression: mean squared error and the correlations of predictions with the gold
+    # numbers (GLUE's STS-B reports Pearson and Spearman).
+    Metric("mse", "eval", "eval/mse", "MSE", ""),
+    Metric("pearson", "eval", "eval/pearson", "Pearson r", ""),
+    Metric("spearman", "eval", "eval/spearman", "Spearman rho", ""),
+    # Multi-label: F1 over every (example, label) decision and the mean of per-label F1s,
+    # at the decision threshold with the best validation micro-F1 (reported with them).
+    Metric("micro_f1", "eval", "eval/micro_f1", "micro-F1", ""),
+    Metric("macro_f1", "eval", "eval/macro_f1", "macro-F1", ""),
+    Metric("threshold", "eval", "eval/threshold", "decision threshold", ""),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
@@ -81,9 +89,9 @@ def tag(name: str) -> str:
 
 
 def minimized(name: str) -> bool:
-    """Whether lower is better: losses and perplexity; every other metric is maximized
-    (early stopping's and sweeps' default direction)."""
-    return "loss" in name or name == "perplexity"
+    """Whether lower is better: losses, perplexity and mean squared error; every other
+    metric is maximized (early stopping's and sweeps' default direction)."""
+    return "loss" in name or name in ("perplexity", "mse")
 
 
 def table() -> list[dict[str, Any]]:
@@ -118,7 +126,12 @@ class EvalPoint(TypedDict, total=False):
     f1: float
     precision: float
     recall: float
-    exact_match: float
+    mse: float
+    pearson: float
+    spearman: float
+    micro_f1: float
+    macro_f1: float
+    threshold: float
     # Fill-mask probes of the model at this step (jobspec's probes), stored with the point.
     probes: list[dict[str, Any]]
 

@@ -30,9 +30,17 @@ FEATURE_EXTRACTION = "feature-extraction"
 
 # The task each pretraining objective's model serves, and each fine-tuning task's.
 OBJECTIVE_TASKS = {"mlm": FILL_MASK, "mlm_nsp": FILL_MASK, "clm": TEXT_GENERATION}
+# Regression and multi-label models are sequence classifiers too (their config's
+# problem_type tells the pipeline to leave the score as it is, or to apply a sigmoid).
 FINETUNE_TASKS = {"text_classification": TEXT_CLASSIFICATION,
                   "token_classification": TOKEN_CLASSIFICATION,
+                  "regression": TEXT_CLASSIFICATION,
+                  "multi_label_classification": TEXT_CLASSIFICATION,
                   "question_answering": QUESTION_ANSWERING}
+# The config.problem_type of each sequence task's export (transformers' names).
+PROBLEM_TYPES = {"text_classification": "single_label_classification",
+                 "regression": "regression",
+                 "multi_label_classification": "multi_label_classification"}
 
 # The transformers Auto class that loads a model of each task (the model card's "how to
 # use", and what an import is checked with).

@@ -32,8 +32,8 @@ TAGGED = {"tokens": ["a", "b"], "tags": ["B-X", "O"]}
 
 @pytest.mark.parametrize(("task", "data", "upload_says", "engine_says"), [
     ("text_classification", jsonl(LABELLED, {"text": "b"}),
-     'line 2: every record needs a "label" (a string or an integer)',
-     'the train data line 2 needs a "label" (a string or an integer)'),
+     'line 2: every record needs a "label" (a string or a number)',
+     'the train data line 2 needs a "label" (a string or a number)'),
     ("text_classification", jsonl(LABELLED, {"text": "b", "label": True}),
      "line 2: every record needs a", 'the train data line 2 needs a "label"'),
     ("text_classification", jsonl(LABELLED, {"text": "b", "label": " "}),

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from jobspec import ARCHITECTURES
 from jobspec.field_errors import error_param
-from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT
+from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT, FormatError, number
 from jobspec.metrics import columns
 from jobspec.model_facts import FEATURE_EXTRACTION
 from service.domain import admission, lifecycle, webhooks
@@ -194,6 +194,14 @@ def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
     return job_in
 
 
+def _is_number(label: str) -> bool:
+    try:
+        number(label)
+        return True
+    except FormatError:
+        return False
+
+
 def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> None:
     base = session.get(ModelRow, job_in.base_model_id)
     if base is None or base.owner != owner:
@@ -206,6 +214,14 @@ def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> 
         if dataset.kind != needed:
             raise _invalid(param, f"{job_in.task} needs {KIND_HOLDS[needed]}; {dataset.id} holds "
                            f"{dataset.kind.replace('_', ' ')}")
+        if job_in.task == "regression":
+            # The labels an upload records are its classes; scores (fractions) are not
+            # listed, so any listed label must be an integer.
+            words = [label for label in dataset.labels or () if not _is_number(label)]
+            if words:
+                raise _invalid(param, f'regression needs a number in every record\'s "label"; '
+                               f"{dataset.id} holds labels that are not numbers: "
+                               f"{', '.join(repr(w) for w in words[:5])}")
         if job_in.labels is not None:
             extra = sorted(set(dataset.labels or ()) - set(job_in.labels))
             if extra:

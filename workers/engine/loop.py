@@ -251,6 +251,11 @@ def _step(objective: Objective, settings: LoopSettings, optimizer: torch.optim.O
     grad_norm = parallel.norm(
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
     optimizer.step()
+    # An objective may act between the step and the clearing of its gradients (AdaLoRA
+    # reallocates adapter ranks by them): its optional after_step (objective.py).
+    after_step = getattr(objective, "after_step", None)
+    if after_step is not None:
+        after_step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm, objective.tokens(batch)
 

@@ -42,3 +42,6 @@ class Objective(Protocol):
 
     def export(self, directory: Path) -> Path:
         """Write the final model (plain transformers layout) and its tokenizer."""
+
+    # Optional: `after_step(self) -> None`, called after each optimizer step before the
+    # gradients are cleared (AdaLoRA's rank allocation, finetune/task.py).

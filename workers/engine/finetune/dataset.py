@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from jobspec.formats import number
 from workers.engine.finetune.records import Example
 from workers.engine.masking import IGNORE_INDEX
 
@@ -18,12 +19,17 @@ class Encoded:
 
     input_ids: list[list[int]]
     # text classification: one label id per example; tagging: one id per piece, the tag on
-    # each word's first piece and IGNORE_INDEX elsewhere (the Hugging Face convention).
-    targets: list[int] | list[list[int]]
-    gold: list[str] | list[list[str]]  # the labels / per-word tags as written in the data
+    # each word's first piece and IGNORE_INDEX elsewhere (the Hugging Face convention);
+    # regression: the number; multi-label: a 0/1 per label.
+    targets: list[int] | list[list[int]] | list[float] | list[list[float]]
+    # the labels / per-word tags / labels that apply as written in the data; the numbers
+    gold: list[str] | list[list[str]] | list[float]
     # tagging only: per sentence, the word index of each labelled piece, in order.
     word_of_target: list[list[int]] | None = None
     truncated: int = 0  # examples cut at sequence_length
+    # pairs: the second segment's ids (BERT's token_type_ids), where the model takes them
+    token_type_ids: list[list[int]] | None = None
+    problem: str = "single_label_classification"  # model_facts.PROBLEM_TYPES' values
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -34,16 +40,36 @@ class Encoded:
 
 
 def encode_texts(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
-                 label_ids: dict[str, int], sequence_length: int) -> Encoded:
-    """[CLS] text [SEP], cut to sequence_length tokens."""
-    texts = [e.inputs for e in examples]
-    full = tokenizer(texts, truncation=True, max_length=sequence_length, return_length=True)
+                 label_ids: dict[str, int], sequence_length: int,
+                 problem: str = "single_label_classification") -> Encoded:
+    """[CLS] text [SEP] (a pair in the model's own pair format: [CLS] a [SEP] b [SEP] with
+    token_type_ids for BERT), cut to sequence_length tokens (pairs: the longer text first,
+    as the pipeline's truncation=True does)."""
+    texts = [str(e.inputs) for e in examples]
+    pairs = [e.pair for e in examples]
+    if any(p is not None for p in pairs):
+        full = tokenizer(texts, [p or "" for p in pairs], truncation=True,
+                         max_length=sequence_length, return_length=True)
+    else:
+        full = tokenizer(texts, truncation=True, max_length=sequence_length,
+                         return_length=True)
     # Counted as cut when it fills the whole sequence: an upper bound that needs no second,
     # untruncated tokenization of long texts.
     truncated = sum(n >= sequence_length for n in full["length"])
-    labels = [str(e.target) for e in examples]
-    return Encoded(full["input_ids"], [label_ids[label] for label in labels], labels,
-                   truncated=truncated)
+    types = full.get("token_type_ids") if any(p is not None for p in pairs) else None
+    targets: list[int] | list[float] | list[list[float]]
+    gold: list[str] | list[list[str]] | list[float]
+    if problem == "regression":
+        gold = targets = [number(str(e.target)) for e in examples]
+    elif problem == "multi_label_classification":
+        gold = [list(e.target) for e in examples]
+        targets = [[1.0 if label in set(e.target) else 0.0 for label in label_ids]
+                   for e in examples]
+    else:
+        gold = [str(e.target) for e in examples]
+        targets = [label_ids[label] for label in gold]
+    return Encoded(full["input_ids"], targets, gold, truncated=truncated,
+                   token_type_ids=types, problem=problem)
 
 
 def spaced(words: str | list[str]) -> list[str]:
@@ -85,9 +111,14 @@ def encode_tagged(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
 
 def most_frequent(encoded: Encoded) -> str:
     """The most common label or tag of a split (ties: first seen)."""
-    flat = encoded.gold if isinstance(encoded.gold[0], str) else \
-        [t for tags in encoded.gold for t in tags]
-    return Counter(flat).most_common(1)[0][0]
+    flat: list[str] = []
+    for gold in encoded.gold:
+        if isinstance(gold, str):
+            flat.append(gold)
+        elif isinstance(gold, list) and encoded.word_of_target is not None:
+            flat.extend(gold)
+    common = Counter(flat).most_common(1)
+    return common[0][0] if common else ""
 
 
 def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -99,7 +130,15 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torc
     for n, row in enumerate(rows):
         input_ids[n, : len(row)] = torch.tensor(row)
         attention_mask[n, : len(row)] = 1
-    if encoded.word_of_target is None:
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if encoded.token_type_ids is not None:
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        for n, i in enumerate(indices):
+            types[n, : len(encoded.token_type_ids[i])] = torch.tensor(encoded.token_type_ids[i])
+        batch["token_type_ids"] = types
+    if encoded.word_of_target is None and encoded.problem != "single_label_classification":
+        labels = torch.tensor([encoded.targets[i] for i in indices], dtype=torch.float)
+    elif encoded.word_of_target is None:
         labels = torch.tensor([encoded.targets[i] for i in indices])
     else:
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -107,4 +146,4 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int) -> dict[str, torc
             piece_tags = encoded.targets[i]
             assert isinstance(piece_tags, list)  # tagging: a target per piece
             labels[n, : len(piece_tags)] = torch.tensor(piece_tags)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return {**batch, "labels": labels}

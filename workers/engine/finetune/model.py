@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -19,12 +18,14 @@ from transformers import (
 )
 
 from jobspec import ModelSpec
+from jobspec.model_facts import PROBLEM_TYPES
 from workers.engine.architectures import check_confined, model_config
 from workers.engine.failures import ConfigError, EngineError
 
 HEADS = {"text_classification": AutoModelForSequenceClassification,
          "token_classification": AutoModelForTokenClassification,
-         "question_answering": AutoModelForQuestionAnswering}
+         "regression": AutoModelForSequenceClassification,
+         "multi_label_classification": AutoModelForSequenceClassification}
 # Config fields that hold dropout rates, across BERT-like architectures.
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
                   "attention_dropout")
@@ -54,10 +55,13 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _label_config(config: PretrainedConfig, labels: list[str], dropout: float | None) -> None:
+def _label_config(config: PretrainedConfig, task: str, labels: list[str],
+                  dropout: float | None) -> None:
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
-    config.problem_type = None  # a base tuned for multi-label or regression: infer ours
+    # What the pipeline applies to the outputs: softmax, none (regression) or a sigmoid
+    # per label (multi-label); None for the other tasks (a base tuned otherwise: not kept).
+    config.problem_type = PROBLEM_TYPES.get(task)
     if dropout is not None:
         for name in DROPOUT_FIELDS:
             if isinstance(getattr(config, name, None), float):
@@ -86,7 +90,7 @@ def load_base(task: str, labels: list[str], base_model_dir: str | None,
         tokenizer = load_tokenizer(base_model_dir)
         try:
             config = AutoConfig.from_pretrained(base_model_dir)
-            _label_config(config, labels, dropout)
+            _label_config(config, task, labels, dropout)
             model, info = auto.from_pretrained(
                 base_model_dir, config=config, output_loading_info=True,
                 ignore_mismatched_sizes=True,  # a base with a head for other labels
@@ -104,7 +108,7 @@ def load_base(task: str, labels: list[str], base_model_dir: str | None,
         tokenizer = load_tokenizer(base_config["tokenizer_dir"])
         shape = {k: v for k, v in base_config.items() if k in ModelSpec.model_fields}
         config = model_config(ModelSpec(**shape), tokenizer, dropout or 0.0)
-        _label_config(config, labels, dropout)
+        _label_config(config, task, labels, dropout)
         model = auto.from_config(config, attn_implementation=attention)
         new = set()  # everything is new; the head is what lies outside the encoder
     limits = [getattr(model.config, "max_position_embeddings", None),

@@ -26,14 +26,14 @@ SPLIT_SEED = 0
 
 @dataclass
 class Example:
-    """One text and its label, or one sentence's words and their tags."""
+    """One text (or pair) and its label, number or labels; or one sentence's words and
+    their tags."""
 
     inputs: str | list[str]
-    target: str | list[str]
+    target: str | list[str]  # multi-label: the labels that apply (maybe none)
     line: int  # where it starts in its file, for error messages
     split: str | None = None  # the record's own "split" field, if any
-    # Extractive QA: the whole record (inputs: its question; target: its answers' texts).
-    qa: formats.AnsweredQuestion | None = None
+    pair: str | None = None  # the second text of a pair
 
 
 @dataclass
@@ -78,12 +78,11 @@ def _json_examples(path: str, fmt: str, where: str, kind: str) -> Iterator[Examp
             continue
         split = SPLITS.get(record.split or "")
         if isinstance(record, formats.LabelledText):
-            yield Example(record.text, record.label, lineno, split)
+            yield Example(record.text, record.label, lineno, split, record.text_pair)
+        elif isinstance(record, formats.MultiLabelledText):
+            yield Example(record.text, record.label_set, lineno, split, record.text_pair)
         elif isinstance(record, formats.TaggedTokens):
             yield Example(record.tokens, record.tags, lineno, split)
-        elif isinstance(record, formats.AnsweredQuestion):
-            yield Example(record.question, [a.text for a in record.answers], lineno, split,
-                          qa=record)
         else:
             raise CorpusError(f"{where}: {kind.replace('_', ' ')} records have no target")
 
@@ -153,6 +152,27 @@ def _hold_out(train: list[Example], fraction: float) -> tuple[list[Example], lis
             [e for i, e in enumerate(train) if i in held])
 
 
+# The one output of a regression model: its name as transformers gives it (the pipeline
+# answers [{"label": "LABEL_0", "score": value}]).
+REGRESSION_LABEL = "LABEL_0"
+
+
+def _check_pairs(read: Mapping[str, list[Example]]) -> None:
+    """Texts come in pairs in every record of every split, or in none."""
+    first: tuple[str, Example] | None = None
+    for split, examples in read.items():
+        for example in examples:
+            if first is None:
+                first = (split, example)
+            elif (example.pair is None) != (first[1].pair is None):
+                has, lacks = ((first, (split, example)) if example.pair is None
+                              else ((split, example), first))
+                raise CorpusError(
+                    f"the {lacks[0]} data, line {lacks[1].line}, has no \"text_pair\" where the "
+                    f"{has[0]} data, line {has[1].line}, has one: give every record a "
+                    "text_pair, or none")
+
+
 # One split's data: (path, format) or (path, format, tag column); the tag column (counted
 # from 0) says where a CoNLL file keeps its tags, None meaning the second column.
 DataFile = tuple[str, str] | tuple[str, str, int | None]
@@ -189,9 +209,17 @@ def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...]
                      f"(validation_fraction {validation_fraction}); "
                      f"{len(read['train'])} remain for training")
 
-    if FINETUNE_DATA[task] == formats.EXTRACTIVE_QA:  # answers are spans: no label set
-        return Splits(read["train"], read["valid"], read.get("test"), [], notes)
-    kind = "label" if task == "text_classification" else "tag"
+    _check_pairs(read)
+    if task == "regression":
+        for split, examples in read.items():
+            for example in examples:
+                try:
+                    formats.number(str(example.target))
+                except FormatError as exc:
+                    raise CorpusError(exc.at(example.line, where=f"the {split} data")) from None
+        return Splits(read["train"], read["valid"], read.get("test"), [REGRESSION_LABEL],
+                      notes)
+    kind = "tag" if task == "token_classification" else "label"
     if labels is not None:
         allowed = set(labels)
         for split, examples in read.items():

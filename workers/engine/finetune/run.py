@@ -1,4 +1,5 @@
-"""run_finetune: fine-tune a base model for text or token classification and export it."""
+"""run_finetune: fine-tune a base model for text classification (single texts or pairs),
+regression, multi-label classification or token classification, and export it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from jobspec import FinetuneSpec
 from jobspec.finetune import auto_learning_rate, auto_steps
 from jobspec.formats import is_entity_tagging
-from jobspec.model_facts import run_fingerprint
+from jobspec.model_facts import PROBLEM_TYPES, run_fingerprint
 from jobspec.pooling import base_pooling
 from jobspec.sizing import estimate_finetune_bytes
 from workers.engine.distributed import SINGLE, Parallel
@@ -51,11 +52,6 @@ def run_finetune(
     (path, format[, tag column]); checkpoint and export under workdir. resume_from
     continues exactly. parallel: this process's rank when torchrun runs it on several
     (workers/multiprocess.py); rank 0 alone exports and scores the test split."""
-    if spec.task == "question_answering":  # a plug-in of its own (finetune/qa.py)
-        from workers.engine.finetune.qa import run_question_answering
-
-        return run_question_answering(spec, base_model_dir, data, workdir, reporter, device,
-                                      resume_from, base_config, parallel)
     reporter = parallel.reporter(reporter)
     hp = spec.hyperparameters
     dev = pick_device(device)
@@ -86,20 +82,19 @@ def run_finetune(
     # Of the exported model: LoRA's adapters are merged into the weights they adapt.
     num_parameters = sum(p.numel() for p in model.parameters())
     memory = estimate_finetune_bytes(spec, config, num_parameters, len(labels))
-    if spec.adapter is not None:
-        model = add_lora(model, spec.adapter, base.head)
-    # Checkpoints hold the transformers model itself (with LoRA: adapters injected).
-    weights = unwrap(model) if spec.adapter is not None else model
 
-    # -- Tokenize every split once; word tags go on each word's first piece.
-    encode = encode_texts if spec.task == "text_classification" else encode_tagged
+    # -- Tokenize every split once (pairs in the model's pair format); word tags go on each
+    # word's first piece.
+    tagging = spec.task == "token_classification"
     label_ids = {label: i for i, label in enumerate(labels)}
-    encoded = {name: encode(examples, tokenizer, label_ids, hp.sequence_length)
+    encoded = {name: encode_tagged(examples, tokenizer, label_ids, hp.sequence_length)
+               if tagging else encode_texts(examples, tokenizer, label_ids, hp.sequence_length,
+                                            PROBLEM_TYPES[spec.task])
                for name, examples in (("train", splits.train), ("valid", splits.valid),
                                       ("test", splits.test)) if examples is not None}
     for name, split in encoded.items():
         if split.truncated:
-            unit = "texts" if spec.task == "text_classification" else "sentences"
+            unit = "sentences" if tagging else "texts"
             reporter.event("warning" if name == "train" else "info",
                            f"{split.truncated} of {len(split)} {name} {unit} were cut to "
                            f"sequence_length ({hp.sequence_length} tokens)")
@@ -122,6 +117,10 @@ def run_finetune(
         learning_rate = float(hp.learning_rate)
     if resolved:
         reporter.event("info", "hyperparameters " + "; ".join(resolved))
+    if spec.adapter is not None:  # AdaLoRA's rank budget is scheduled over the run's steps
+        model = add_lora(model, spec.adapter, base.head, total)
+    # Checkpoints hold the transformers model itself (with LoRA: adapters injected).
+    weights = unwrap(model) if spec.adapter is not None else model
     reporter.event("info", f"{total} steps of {hp.batch_size} examples: "
                            f"{total * hp.batch_size / len(train_split):.2f} epochs of "
                            f"{len(train_split)} training examples; {len(encoded['valid'])} "
@@ -136,7 +135,9 @@ def run_finetune(
                           bio=spec.task == "token_classification"
                           and is_entity_tagging(labels),
                           batch_size=hp.batch_size, seed=hp.seed,
-                          lora=spec.adapter is not None, fingerprint=fingerprint)
+                          lora=spec.adapter is not None, fingerprint=fingerprint,
+                          adalora=spec.adapter is not None
+                          and spec.adapter.type == "adalora")
     loop = LoopSettings(
         schedule=Schedule(total=total, warmup=round(hp.warmup_ratio * total)),
         batch_size=hp.batch_size, micro_batch=hp.batch_size, learning_rate=learning_rate,

@@ -1,4 +1,5 @@
-"""Classification and tagging metrics, written out so the engine needs no metrics library.
+"""Classification, tagging, regression and multi-label metrics, written out so the engine
+needs no metrics library.
 
 Macro-F1 matches scikit-learn's f1_score(average="macro"); entity scores match seqeval's
 default (conlleval) mode: micro-averaged over entities, an I- tag after O or after another
@@ -9,6 +10,7 @@ and U- are read as E- and S-.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from jobspec.formats import OUTSIDE, tag_parts
@@ -86,3 +88,108 @@ def tagging_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[
     if bio:
         scores.update(entity_scores(gold, predicted))
     return scores
+
+
+# -- Regression: mean squared error and the two correlations GLUE's STS-B reports.
+
+
+def mse(gold: Sequence[float], predicted: Sequence[float]) -> float:
+    """Mean squared error."""
+    return sum((g - p) ** 2 for g, p in zip(gold, predicted, strict=True)) / max(1, len(gold))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's correlation coefficient (scipy.stats.pearsonr's statistic); 0.0 when
+    either side is constant (undefined there)."""
+    n = len(x)
+    if n < 2:
+        return 0.0
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx <= 0 or syy <= 0:
+        return 0.0
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given the mean of the ranks they span (scipy's rankdata)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            result[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (scipy.stats.spearmanr's): Pearson's on tie-averaged
+    ranks."""
+    return pearson(ranks(x), ranks(y))
+
+
+def regression_metrics(gold: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
+    """mse, pearson and spearman."""
+    return {"mse": mse(gold, predicted), "pearson": pearson(gold, predicted),
+            "spearman": spearman(gold, predicted)}
+
+
+# -- Multi-label: each label a yes/no decision; F1 micro-averaged over every decision and
+# macro-averaged over labels (scikit-learn's f1_score(average="micro" / "macro") on the
+# label indicator matrix).
+
+# The decision thresholds tried on the validation split (the one with the best micro-F1
+# is kept with the model).
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+DEFAULT_THRESHOLD = 0.5
+
+
+def multi_label_f1(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]],
+                   labels: Sequence[str]) -> dict[str, float]:
+    """micro_f1 and macro_f1 of label sets over the label list (a label never in gold nor
+    predicted scores 0, as scikit-learn's zero_division=0 does)."""
+    tp = dict.fromkeys(labels, 0)
+    fp = dict.fromkeys(labels, 0)
+    fn = dict.fromkeys(labels, 0)
+    for g, p in zip(gold, predicted, strict=True):
+        gs, ps = set(g), set(p)
+        for label in labels:
+            tp[label] += label in gs and label in ps
+            fp[label] += label not in gs and label in ps
+            fn[label] += label in gs and label not in ps
+    t, f_p, f_n = sum(tp.values()), sum(fp.values()), sum(fn.values())
+    micro = 2 * t / (2 * t + f_p + f_n) if t else 0.0
+    per_label = [2 * tp[x] / (2 * tp[x] + fp[x] + fn[x]) if tp[x] else 0.0 for x in labels]
+    return {"micro_f1": micro, "macro_f1": sum(per_label) / max(1, len(per_label))}
+
+
+def labels_on(probabilities: Sequence[Sequence[float]], labels: Sequence[str],
+              threshold: float) -> list[list[str]]:
+    """The labels whose probability is at least the threshold, per example."""
+    return [[label for label, p in zip(labels, row, strict=True) if p >= threshold]
+            for row in probabilities]
+
+
+def best_threshold(gold: Sequence[Sequence[str]], probabilities: Sequence[Sequence[float]],
+                   labels: Sequence[str]) -> float:
+    """The threshold of THRESHOLDS with the best micro-F1 (ties: the one nearest 0.5)."""
+    def key(t: float) -> tuple[float, float]:
+        f1 = multi_label_f1(gold, labels_on(probabilities, labels, t), labels)["micro_f1"]
+        return f1, -abs(t - DEFAULT_THRESHOLD)
+    return max(THRESHOLDS, key=key)
+
+
+def multi_label_metrics(gold: Sequence[Sequence[str]], probabilities: Sequence[Sequence[float]],
+                        labels: Sequence[str], threshold: float | None) -> dict[str, float]:
+    """micro_f1, macro_f1 and the threshold they were scored at: the given one, or (None)
+    the best on these examples, as on the validation split."""
+    if threshold is None:
+        threshold = best_threshold(gold, probabilities, labels)
+    scores = multi_label_f1(gold, labels_on(probabilities, labels, threshold), labels)
+    return {**scores, "threshold": threshold}

@@ -8,12 +8,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from workers.engine.checkpoint import save_export
 from workers.engine.finetune.dataset import Encoded, collate, most_frequent
-from workers.engine.finetune.evaluate import evaluate
-from workers.engine.finetune.lora import merge
+from workers.engine.finetune.evaluate import evaluate, model_inputs, summed_loss
+from workers.engine.finetune.lora import adalora_penalty, adalora_step, merge
 from workers.engine.masking import IGNORE_INDEX
 from workers.engine.objective import Batch
 
@@ -60,18 +59,31 @@ class GroupedSampler:
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
 
 
+# The export's config.json field holding a multi-label model's decision threshold (the
+# probability at which a label is on), chosen on the validation split.
+THRESHOLD_FIELD = "cloze_threshold"
+
+
 class Classification:
     """Batches of examples of similar length from a seeded shuffle per epoch (state: epoch
-    and position), padded to the longest; the loss is the mean over examples (text) or
-    labelled first pieces (tagging); eval scores the validation split with the task's
-    metrics."""
+    and position), padded to the longest; the loss is the mean over examples (text,
+    regression), labelled first pieces (tagging) or example-label decisions (multi-label);
+    eval scores the validation split with the task's metrics.
+
+    With AdaLoRA adapters the loss carries their orthogonal regularisation and after_step
+    lets peft reallocate their ranks after each optimizer step. A multi-label model's
+    export keeps the decision threshold of the best validation micro-F1 (THRESHOLD_FIELD),
+    and the test split is scored at it."""
 
     def __init__(self, model: torch.nn.Module, weights: torch.nn.Module, tokenizer: Any,
                  encoded: dict[str, Encoded], labels: list[str], *, bio: bool,
-                 batch_size: int, seed: int, lora: bool, fingerprint: dict[str, Any]) -> None:
+                 batch_size: int, seed: int, lora: bool, fingerprint: dict[str, Any],
+                 adalora: bool = False) -> None:
         self.model, self.weights, self.tokenizer = model, weights, tokenizer
         self.train, self.valid = encoded["train"], encoded["valid"]
-        self.batch_size, self.seed, self.lora = batch_size, seed, lora
+        self.batch_size, self.seed, self.lora, self.adalora = batch_size, seed, lora, adalora
+        self.steps = 0  # optimizer steps taken (AdaLoRA's schedule reads it)
+        self.threshold: float | None = None  # multi-label: chosen at export
         self.sampler = GroupedSampler([len(ids) for ids in self.train.input_ids], batch_size,
                                       seed)
         self.score = partial(evaluate, labels=labels, bio=bio,
@@ -83,26 +95,38 @@ class Classification:
     def next_batch(self) -> tuple[Batch, dict[str, int]]:
         batch = collate(self.train, self.sampler.next_batch().tolist(),
                         self.tokenizer.pad_token_id)
-        return batch, {"targets": int((batch["labels"] != IGNORE_INDEX).sum())}
+        return batch, {"targets": int((batch["labels"] != IGNORE_INDEX).sum()),
+                       "rows": len(batch["input_ids"])}
 
     def tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum())  # real tokens, not padding
 
     def loss(self, micro: Batch, norms: dict[str, int], device: torch.device) -> torch.Tensor:
         micro = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
-        logits = self.model(input_ids=micro["input_ids"],
-                            attention_mask=micro["attention_mask"]).logits
-        return F.cross_entropy(logits.flatten(0, -2).float(), micro["labels"].flatten(),
-                               ignore_index=IGNORE_INDEX, reduction="sum") / norms["targets"]
+        logits = self.model(**model_inputs(micro)).logits
+        loss = summed_loss(logits, micro["labels"], self.train.problem) / norms["targets"]
+        if self.adalora:  # its share of the batch's one penalty
+            loss = loss + adalora_penalty(self.model) * (len(micro["input_ids"]) /
+                                                          norms["rows"])
+        return loss
+
+    def after_step(self) -> None:
+        """Called by the loop after each optimizer step, before the gradients are cleared."""
+        self.steps += 1
+        if self.adalora:
+            adalora_step(self.model, self.steps)
 
     def evaluate(self, device: torch.device, split: Encoded | None = None,
                  model: torch.nn.Module | None = None) -> dict[str, Any]:
-        return self.score(model or self.model, split or self.valid, device=device)
+        # The validation split picks its own threshold; another is scored at the model's.
+        return self.score(model or self.model, split or self.valid, device=device,
+                          threshold=None if split is None else self.threshold)
 
     def state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state()}
+        return {"sampler": self.sampler.state(), "steps": self.steps}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
         position = state["sampler"]
         self.sampler = GroupedSampler([len(ids) for ids in self.train.input_ids],
                                       self.batch_size, self.seed, position["epoch"],
@@ -114,4 +138,8 @@ class Classification:
     def export(self, directory: Path) -> Path:
         # With LoRA the adapters are folded in: a plain model that transformers loads alone.
         self.final = merge(self.model) if self.lora else self.model
+        if self.valid.problem == "multi_label_classification":
+            device = next(self.final.parameters()).device
+            self.threshold = float(self.evaluate(device, model=self.final)["threshold"])
+            setattr(self.final.config, THRESHOLD_FIELD, self.threshold)
         return save_export(directory, self.final, self.tokenizer)
