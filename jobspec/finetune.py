@@ -7,10 +7,13 @@ from pydantic import Field, PlainValidator, StringConstraints, WithJsonSchema
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
 from jobspec.formats import (
+    EXTRACTIVE_QA,
     LABELLED_TEXT,
+    MAX_COLUMN_NAME_CHARS,
     MAX_LABEL_CHARS,
     MAX_LABELS,
     MULTI_LABELLED_TEXT,
+    ROLES,
     TAGGED_TOKENS,
 )
 from jobspec.model_facts import FINETUNE_TASKS
@@ -57,11 +60,35 @@ def auto_or(kind: type[int] | type[float], *, le: float, gt: float | None = None
 
 # A label or tag, as a dataset may hold them (jobspec/formats.py).
 Label = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_CHARS)]
+# A table's column, as a job's "columns" names it.
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_COLUMN_NAME_CHARS)]
+# Tables (CSV, TSV, Parquet): the column each field of a record is read from, by its role
+# (jobspec/formats.py ROLES: "text", "text_pair", "label", ...). A role left out is read from
+# the column named for it ("text", "sentence", "label", ...: formats.ROLE_NAMES).
+Columns = Annotated[dict[str, ColumnName] | None,
+                    Field(default=None, max_length=32, examples=[
+                        {"text": "sentence1", "text_pair": "sentence2", "label": "gold_label"}])]
+
+
+def columns_inconsistency(columns: dict[str, str] | None, roles: list[str] | None = None
+                          ) -> tuple[str, str] | None:
+    """(param, message) if `columns` names a role that is not one (of `roles`, by default
+    every role) or reads two roles from one column."""
+    allowed = ROLES if roles is None else roles
+    read: dict[str, str] = {}
+    for role, column in (columns or {}).items():
+        if role not in allowed:
+            return f"columns.{role}", f"{role!r} is not a role here; use {', '.join(allowed)}"
+        if column in read:
+            return f"columns.{role}", f"column {column!r} is already read as {read[column]!r}"
+        read[column] = role
+    return None
 
 # The dataset kind each task reads. Texts may come in pairs ("text_pair") for the three
 # sequence tasks; regression reads a number in "label".
 FINETUNE_DATA = {"text_classification": LABELLED_TEXT, "token_classification": TAGGED_TOKENS,
-                 "regression": LABELLED_TEXT, "multi_label_classification": MULTI_LABELLED_TEXT}
+                 "regression": LABELLED_TEXT, "multi_label_classification": MULTI_LABELLED_TEXT,
+                 "question_answering": EXTRACTIVE_QA}
 
 
 # "auto" hyperparameters are resolved by the engine once it has the base model and the data
@@ -134,13 +161,14 @@ class FinetuneSpec(Strict):
     # Text classification reads "text" (and "text_pair") with a "label"; regression a number
     # in "label"; multi-label classification a list in "labels".
     task: Literal["text_classification", "token_classification", "regression",
-                  "multi_label_classification"]
+                  "multi_label_classification", "question_answering"]
     name: Name | None = None
     base_model_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=64)
     # Optional separate files for the validation and test splits (e.g. CoNLL train/dev/test).
     validation_dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
     test_dataset_id: str | None = Field(default=None, min_length=1, max_length=64)
+    columns: Columns = None
     # The label (or tag) set; by default the one found in the data.
     labels: list[Label] | None = Field(default=None, min_length=2, max_length=MAX_LABELS)
     validation_fraction: Finite = Field(default=0.1, gt=0, le=0.5)
@@ -174,6 +202,8 @@ class FinetuneSpec(Strict):
         if (problem := batch_inconsistency(self.resources,
                                            self.hyperparameters.batch_size)) is not None:
             return problem
+        if (problem := columns_inconsistency(self.columns)) is not None:
+            return problem
         if self.adapter is not None and self.adapter.init_r is not None:
             if self.adapter.type != "adalora":
                 return "adapter.init_r", 'init_r is for "type": "adalora" only'
@@ -183,6 +213,9 @@ class FinetuneSpec(Strict):
         if self.labels is not None:
             if self.task == "regression":
                 return "labels", "regression predicts a number: it takes no labels"
+            if self.task == "question_answering":
+                return "labels", "question_answering predicts spans of the context: it takes " \
+                                 "no labels"
             if len(set(self.labels)) != len(self.labels):
                 return "labels", "labels must be distinct"
             if any(not label.strip() for label in self.labels):

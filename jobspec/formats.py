@@ -10,10 +10,11 @@ its rule as a function below (raising FormatError), its reader on each side.
 Stdlib only: the API imports it without torch, the engine without the service.
 """
 
+import csv
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -26,15 +27,19 @@ LABELLED_TEXT: Final = "labelled_text"
 TAGGED_TOKENS: Final = "tagged_tokens"  # CoNLL columns, or JSON lines with "tokens" and "tags"
 # JSON lines with "text" (and "text_pair") and "labels": the list of labels that apply
 MULTI_LABELLED_TEXT: Final = "multi_labelled_text"
-DatasetKind = Literal["text", "labelled_text", "tagged_tokens", "multi_labelled_text"]
+# SQuAD / CMRC records: JSON lines with "context", "question" and "answers"
+EXTRACTIVE_QA: Final = "extractive_qa"
+DatasetKind = Literal["text", "labelled_text", "tagged_tokens", "multi_labelled_text",
+                      "extractive_qa"]
 DATASET_KINDS: tuple[DatasetKind, ...] = (TEXT, LABELLED_TEXT, TAGGED_TOKENS,
-                                          MULTI_LABELLED_TEXT)
+                                          MULTI_LABELLED_TEXT, EXTRACTIVE_QA)
 # How a user makes a dataset of each kind, as messages tell them.
 KIND_HOLDS = {TEXT: '.txt or JSON lines with "text"',
               LABELLED_TEXT: 'JSON lines with "text" (and "text_pair") and "label"',
               TAGGED_TOKENS: 'CoNLL columns or JSON lines with "tokens" and "tags"',
               MULTI_LABELLED_TEXT: 'JSON lines with "text" (and "text_pair") and "labels" '
-                                   '(a list)'}
+                                   '(a list)',
+              EXTRACTIVE_QA: 'JSON lines with "context", "question" and "answers" (SQuAD)'}
 
 MAX_LABELS = 1000  # distinct labels or tags a dataset (and a job's labels) may have
 MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloats every answer
@@ -43,17 +48,29 @@ MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloa
 # -- Files
 
 
+# How a file's records are laid out: a document a line, JSON lines, CoNLL columns, a
+# table of delimited text (CSV, TSV: a header row, then a record a row) or a Parquet table.
+Layout = Literal["lines", "json", "columns", "delimited", "parquet"]
+TABLE_LAYOUTS = ("delimited", "parquet")  # records whose fields are named columns
+
+
 @dataclass(frozen=True)
 class FileFormat:
     """A file a dataset may be: its name (DatasetRow.format), how its lines are read and
     which kinds of data it may hold."""
 
     name: str  # "jsonl.gz"
-    layout: Literal["lines", "json", "columns"]  # a document a line, JSON lines, CoNLL
+    layout: Layout
     holds: tuple[DatasetKind, ...]
     # A .txt is judged by its first lines: CoNLL columns make it this format instead
     # (people keep CoNLL corpora in files named train.txt).
     columns_as: str | None = None
+    delimiter: str | None = None  # "delimited" layouts: "," or "\t"
+
+    @property
+    def table(self) -> bool:
+        """Records are rows with named columns (a job's "columns" map applies)."""
+        return self.layout in TABLE_LAYOUTS
 
     @property
     def suffix(self) -> str:
@@ -64,23 +81,30 @@ class FileFormat:
         return self.name.endswith(".gz")
 
 
-def _plain_and_gzip(name: str, layout: Literal["lines", "json", "columns"],
-                    holds: tuple[DatasetKind, ...], columns_as: str | None = None
+def _plain_and_gzip(name: str, layout: Layout, holds: tuple[DatasetKind, ...],
+                    columns_as: str | None = None, delimiter: str | None = None
                     ) -> tuple[FileFormat, FileFormat]:
-    return (FileFormat(name, layout, holds, columns_as),
-            FileFormat(f"{name}.gz", layout, holds, columns_as and f"{columns_as}.gz"))
+    return (FileFormat(name, layout, holds, columns_as, delimiter),
+            FileFormat(f"{name}.gz", layout, holds, columns_as and f"{columns_as}.gz",
+                       delimiter))
 
 
 # In this order in messages ("use one of txt, txt.gz, jsonl, jsonl.gz").
 FORMATS = {f.name: f for f in (
     *_plain_and_gzip("txt", "lines", (TEXT,), columns_as="conll"),
     *_plain_and_gzip("jsonl", "json", (TEXT, LABELLED_TEXT, TAGGED_TOKENS,
-                                        MULTI_LABELLED_TEXT)),
+                                        MULTI_LABELLED_TEXT, EXTRACTIVE_QA)),
     *_plain_and_gzip("conll", "columns", (TAGGED_TOKENS,)),
+    # Tables: delimited text holds strings (no lists: no tagged tokens), Parquet any type.
+    *_plain_and_gzip("csv", "delimited", (TEXT, LABELLED_TEXT), delimiter=","),
+    *_plain_and_gzip("tsv", "delimited", (TEXT, LABELLED_TEXT), delimiter="\t"),
+    # Parquet compresses inside the file: no .gz of it.
+    FileFormat("parquet", "parquet", (TEXT, LABELLED_TEXT, TAGGED_TOKENS)),
 )}
 _PLAIN = [f.suffix for f in FORMATS.values() if not f.gzip]
-# The suffixes an upload may have, as messages list them: ".txt, .jsonl or .conll".
+# The suffixes an upload may have, as messages list them: ".txt, .jsonl, ... or .parquet".
 UPLOAD_SUFFIXES = f"{', '.join(_PLAIN[:-1])} or {_PLAIN[-1]}"
+GZIP_SUFFIXES = ", ".join(f.suffix for f in FORMATS.values() if f.gzip)
 
 
 def suffix_format(filename: str) -> FileFormat | None:
@@ -123,13 +147,18 @@ class FormatError(ValueError):
         self.rule, self.problem = rule, problem
         self.upload_problem = problem if upload_problem is None else upload_problem
 
-    def at(self, line: int, *, where: str = "", upload: bool = False) -> str:
-        """The message for line `line` of a file: "the train data line 3 needs a ..."."""
+    def at(self, line: int, *, where: str = "", upload: bool = False, unit: str = "line"
+           ) -> str:
+        """The message for line `line` of a file: "the train data line 3 needs a ...";
+        unit "row" for a table's rows (counted from 1 after the header)."""
         problem = self.upload_problem if upload else self.problem
-        return f"{where} line {line}{problem}" if where else f"line {line}{problem}"
+        return f"{where} {unit} {line}{problem}" if where else f"{unit} {line}{problem}"
 
 
 # The rules (FormatError.rule).
+BAD_HEADER = "bad_header"
+RAGGED_ROW = "ragged_row"
+NO_COLUMN = "no_column"
 INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
 NO_TEXT = "no_text"
@@ -138,6 +167,8 @@ BAD_LABEL = "bad_label"
 BAD_TAGS = "bad_tags"
 BAD_SPLIT = "bad_split"
 NO_TAG = "no_tag"
+BAD_QUESTION = "bad_question"
+BAD_ANSWER = "bad_answer"
 BAD_PAIR = "bad_pair"
 NOT_A_NUMBER = "not_a_number"
 BAD_LABELS = "bad_labels"
@@ -189,8 +220,6 @@ class MultiLabelledText:
         return self.label_set
 
 
-
-
 @dataclass(frozen=True)
 class TaggedTokens:
     """A sentence's words and a tag for each."""
@@ -217,6 +246,8 @@ def json_record(line: str) -> dict[str, Any]:
 
 def record_kind(record: dict[str, Any]) -> DatasetKind:
     """The kind of data a record holds, by its fields."""
+    if "question" in record or "context" in record:
+        return EXTRACTIVE_QA
     if "tokens" in record:
         return TAGGED_TOKENS
     if "labels" in record:
@@ -343,11 +374,272 @@ def tagged_tokens(record: dict[str, Any]) -> TaggedTokens:
     return TaggedTokens(tokens, tags, record_split(record))
 
 
-Record = Document | LabelledText | TaggedTokens | MultiLabelledText
+# -- Extractive question answering (SQuAD, CMRC)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer to a question: its text and where it starts in the context (characters)."""
+
+    text: str
+    start: int
+
+
+@dataclass(frozen=True)
+class AnsweredQuestion:
+    """A question about a context and its answers, spans of the context (SQuAD, CMRC); no
+    answers: the context does not answer it (SQuAD 2.0's is_impossible)."""
+
+    context: str
+    question: str
+    answers: tuple[Answer, ...]
+    id: str | None
+    split: str | None
+
+    @property
+    def labels(self) -> list[str]:
+        return []
+
+
+MAX_ANSWERS = 100  # answers a question may list (SQuAD's dev set gives up to 6)
+
+
+def _answer_pairs(record: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(text, answer_start) of each of "answers", written as SQuAD's files write them (a list
+    of {"text", "answer_start"}) or as Hugging Face datasets do ({"text": [...],
+    "answer_start": [...]})."""
+    answers = record.get("answers", [])
+    if isinstance(answers, dict):
+        texts, starts = answers.get("text"), answers.get("answer_start")
+        if not isinstance(texts, list) or not isinstance(starts, list) or \
+                len(texts) != len(starts):
+            raise FormatError(BAD_ANSWER, ': "answers" as an object needs lists "text" and '
+                                          '"answer_start" of equal length')
+        return list(zip(texts, starts, strict=True))
+    if not isinstance(answers, list) or \
+            not all(isinstance(a, dict) and {"text", "answer_start"} <= set(a) for a in answers):
+        raise FormatError(BAD_ANSWER, ': "answers" must be a list of {"text", "answer_start"} '
+                                      "([] for a question the context does not answer)")
+    return [(a["text"], a["answer_start"]) for a in answers]
+
+
+def answered_question(record: dict[str, Any]) -> AnsweredQuestion:
+    """A SQuAD-style record: non-blank strings "context" and "question", and "answers", each
+    a non-blank "text" that "answer_start" (a character offset, from 0) points at in the
+    context. No answers (or SQuAD 2.0's "is_impossible": true): an unanswerable question."""
+    context, question = record.get("context"), record.get("question")
+    if not isinstance(context, str) or not context.strip():
+        raise FormatError(BAD_QUESTION, ' needs a non-blank string "context"')
+    if not isinstance(question, str) or not question.strip():
+        raise FormatError(BAD_QUESTION, ' needs a non-blank string "question"')
+    pairs = _answer_pairs(record)
+    impossible = record.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise FormatError(BAD_ANSWER, ': "is_impossible" must be true or false')
+    if impossible and pairs:
+        raise FormatError(BAD_ANSWER, ': "is_impossible" is true but "answers" is not empty')
+    if len(pairs) > MAX_ANSWERS:
+        raise FormatError(BAD_ANSWER, f': more than {MAX_ANSWERS} "answers"')
+    answers = []
+    for i, (text, start) in enumerate(pairs):
+        if not isinstance(text, str) or not text.strip():
+            raise FormatError(BAD_ANSWER, f": answers[{i}].text must be a non-blank string")
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise FormatError(BAD_ANSWER, f": answers[{i}].answer_start must be an integer")
+        if start < 0 or context[start:start + len(text)] != text:
+            there = context[max(start, 0):max(start, 0) + len(text)]
+            raise FormatError(BAD_ANSWER, f": answers[{i}].answer_start ({start}) does not "
+                                          f"point at answers[{i}].text ({text[:40]!r}) in "
+                                          f"\"context\", which reads {there[:40]!r} there")
+        answers.append(Answer(text, start))
+    id_ = record.get("id")
+    return AnsweredQuestion(context, question, tuple(answers),
+                            None if id_ is None else str(id_), record_split(record))
+
+
+Record = Document | LabelledText | TaggedTokens | MultiLabelledText | AnsweredQuestion
 # How a JSON record of each kind is read (None: a blank one, skipped).
 RECORD_READERS: dict[str, Callable[[dict[str, Any]], Record | None]] = {
     TEXT: document, LABELLED_TEXT: labelled_text, TAGGED_TOKENS: tagged_tokens,
-    MULTI_LABELLED_TEXT: multi_labelled_text}
+    MULTI_LABELLED_TEXT: multi_labelled_text, EXTRACTIVE_QA: answered_question}
+
+
+# -- Tables: CSV, TSV and Parquet. A record is a row, and each of its fields (a role:
+# "text", "label", ...) is read from a column: the one a job's "columns" map names for the
+# role, else the first column named as ROLE_NAMES says. Rows become the same dicts a JSON
+# line is (table_record), and RECORD_READERS apply to them as to JSON lines.
+
+# The roles a column may play: the fields of a record that a kind's reader reads. A job's
+# "columns" maps roles to column names; a task that reads another field adds its role here.
+ROLES: list[str] = ["text", "text_pair", "label", "labels", "tokens", "tags",
+                    "question", "context", "answers", "split"]
+# A role the job's "columns" leaves out is played by the first column with one of these
+# names (case and surrounding spaces aside); a role with none is not read.
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "text": ("text", "sentence", "sentence1", "premise", "question1", "content", "document",
+             "body", "review"),
+    "text_pair": ("text_pair", "sentence2", "hypothesis", "question2"),
+    "label": ("label", "gold_label", "class", "category", "target", "score"),
+    "labels": ("labels",),
+    "tokens": ("tokens", "words"),
+    "tags": ("tags", "ner_tags", "pos_tags"),
+    "question": ("question",),
+    "context": ("context",),
+    "answers": ("answers",),
+    "split": ("split",),
+}
+# The roles each kind of data reads (its reader's fields); a table holds the first kind
+# whose roles it has, so the more specific come first.
+KIND_ROLES: dict[str, tuple[str, ...]] = {
+    EXTRACTIVE_QA: ("question", "context", "answers"), TAGGED_TOKENS: ("tokens", "tags"),
+    MULTI_LABELLED_TEXT: ("text", "labels"), LABELLED_TEXT: ("text", "label"),
+    TEXT: ("text",)}
+# Roles read when present, beside a kind's own (KIND_ROLES).
+OPTIONAL_ROLES: dict[str, tuple[str, ...]] = {
+    LABELLED_TEXT: ("text_pair",), MULTI_LABELLED_TEXT: ("text_pair",)}
+MAX_TABLE_COLUMNS = 128
+MAX_COLUMN_NAME_CHARS = 200
+# The types a table's column is shown as (a dataset's "fields"): delimited text is read as
+# strings, and a column is "integer" or "number" when every non-empty cell reads as one.
+COLUMN_TYPES = ("string", "integer", "number", "boolean", "list", "other")
+QUOTE = '"'  # CSV and TSV alike: fields may be quoted, "" inside is one quote
+
+
+class NoColumn(FormatError):
+    """A role's column the table does not have (`role`: the role, as "columns" names it)."""
+
+    def __init__(self, role: str, problem: str) -> None:
+        super().__init__(NO_COLUMN, problem)
+        self.role = role
+
+
+def csv_dialect(fmt: FileFormat) -> dict[str, Any]:
+    """The csv module's reading of a delimited format (both sides read with it)."""
+    return {"delimiter": fmt.delimiter, "quotechar": QUOTE, "doublequote": True,
+            "strict": False}
+
+
+def table_header(values: list[str]) -> list[str]:
+    """A table's column names (a CSV's first row, a Parquet schema's names): each named,
+    distinct, at most MAX_TABLE_COLUMNS."""
+    if len(values) > MAX_TABLE_COLUMNS:
+        raise FormatError(BAD_HEADER, f": more than {MAX_TABLE_COLUMNS} columns")
+    names = [v.strip() for v in values]
+    seen: set[str] = set()
+    for number, name in enumerate(names, start=1):
+        if not name:
+            raise FormatError(BAD_HEADER, f": column {number} has no name (the first row is "
+                                          "the header, with a name for each column)")
+        if len(name) > MAX_COLUMN_NAME_CHARS:
+            raise FormatError(BAD_HEADER, f": column {number}'s name is longer than "
+                                          f"{MAX_COLUMN_NAME_CHARS} characters")
+        if name in seen:
+            raise FormatError(BAD_HEADER, f": two columns are named {name!r}")
+        seen.add(name)
+    return names
+
+
+def table_row(header: list[str], values: list[str]) -> dict[str, str]:
+    """A delimited row as a dict by column name: one value for each column."""
+    if len(values) != len(header):
+        raise FormatError(RAGGED_ROW, f" has {len(values)} values where the header has "
+                                      f"{len(header)} columns")
+    return dict(zip(header, values, strict=True))
+
+
+def ends_in_quotes(line: str, delimiter: str, in_quotes: bool = False) -> bool:
+    """Whether a physical line of delimited text ends inside a quoted field (its record
+    goes on on the next line), as the csv module reads it (csv_dialect): a quote opens a
+    quoted field only at the field's start, "" inside one is a quote, and a quote anywhere
+    else is a character. in_quotes: the line starts inside a quoted field."""
+    i, n, at_start = 0, len(line), not in_quotes
+    while i < n:
+        if in_quotes:
+            j = line.find(QUOTE, i)
+            if j < 0:
+                return True
+            if j + 1 < n and line[j + 1] == QUOTE:
+                i = j + 2
+                continue
+            in_quotes, at_start, i = False, False, j + 1
+        elif at_start and line[i] == QUOTE:
+            in_quotes, i = True, i + 1
+        else:
+            j = line.find(delimiter, i)
+            if j < 0:
+                return False
+            at_start, i = True, j + 1
+    return in_quotes
+
+
+def delimited_rows(lines: Iterable[str], fmt: FileFormat) -> Iterator[tuple[int, list[str]]]:
+    """(line number where it ends, values) of each non-blank record of delimited text,
+    header first; `lines` as a file opened with newline="" gives them."""
+    reader = csv.reader(lines, **csv_dialect(fmt))
+    try:
+        for values in reader:
+            if values:
+                yield reader.line_num, values
+    except csv.Error as exc:
+        raise FormatError(BAD_HEADER if reader.line_num <= 1 else RAGGED_ROW,
+                          f": {exc}") from None
+
+
+def role_columns(names: Iterable[str], given: Mapping[str, str] | None) -> dict[str, str]:
+    """Role -> column for a table with these columns: the column `given` names for a role,
+    else the first named as ROLE_NAMES says (each column plays one role at most)."""
+    names = list(names)
+    given = dict(given or {})
+    roles: dict[str, str] = {}
+    for role, column in given.items():
+        if column not in names:
+            raise NoColumn(role, f"there is no column {column!r}; the columns are "
+                                 f"{', '.join(repr(n) for n in names)}")
+        roles[role] = column
+    by_name = {name.strip().lower(): name for name in reversed(names)}
+    for role in ROLES:
+        if role in roles:
+            continue
+        for alias in ROLE_NAMES.get(role, ()):
+            named = by_name.get(alias)
+            if named is not None and named not in roles.values():
+                roles[role] = named
+                break
+    return roles
+
+
+def table_kind(roles: Mapping[str, str]) -> DatasetKind:
+    """What a table holds, by the roles its columns play (TEXT if it has no other's)."""
+    for kind, needed in KIND_ROLES.items():
+        if all(role in roles for role in needed):
+            return kind  # type: ignore[return-value]
+    return TEXT
+
+
+def table_record(row: Mapping[str, Any], roles: Mapping[str, str]) -> dict[str, Any]:
+    """The record a table's row holds: each role's field from its column. An empty cell
+    (null, or "" in delimited text) is a field left out, but for the text, where "" is a
+    blank text (skipped, as a blank JSON line's)."""
+    record: dict[str, Any] = {}
+    for role, column in roles.items():
+        value = row.get(column)
+        if value is None or (value == "" and role != "text"):
+            continue
+        record[role] = value
+    return record
+
+
+def read_row(kind: str, row: Mapping[str, Any], roles: Mapping[str, str]) -> Record | None:
+    """A table's row read as a record of `kind` (RECORD_READERS), its errors naming the
+    columns read."""
+    try:
+        return RECORD_READERS[kind](table_record(row, roles))
+    except FormatError as exc:
+        wanted = {*KIND_ROLES.get(kind, ()), *OPTIONAL_ROLES.get(kind, ()), "split"}
+        read = ", ".join(f"{role}={column!r}" for role, column in roles.items()
+                         if role in wanted)
+        raise FormatError(exc.rule, f"{exc.problem} (columns read: {read})",
+                          f"{exc.upload_problem} (columns read: {read})") from None
 
 
 # -- CoNLL columns: a token a line, its tags in columns after it, sentences between blank lines

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from jobspec.common import KEEP_CHECKPOINTS, EarlyStopping, Finite, Seed, Strict
+from jobspec.finetune import Columns, columns_inconsistency
 from jobspec.model_facts import objective_task
 from jobspec.model_shapes import DECODERS, ModelSpec
 from jobspec.names import Name
@@ -108,6 +109,9 @@ class PretrainSpec(Strict):
     # architecture, shape and tokenizer; "model" then only names its architecture.
     base_model_id: str | None = Field(default=None, min_length=1, max_length=64)
     validation_fraction: Finite = Field(default=0.02, gt=0, le=0.5)
+    # A table (CSV, TSV, Parquet): the column holding the text, {"text": "body"}; by default
+    # the column named text, sentence, content, ... (jobspec/formats.py ROLE_NAMES).
+    columns: Columns = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     hyperparameters: PretrainHyperparameters = Field(default_factory=PretrainHyperparameters)
@@ -174,6 +178,8 @@ class PretrainSpec(Strict):
             return problem
         if (problem := batch_inconsistency(self.resources,
                                            self.hyperparameters.batch_size)) is not None:
+            return problem
+        if (problem := columns_inconsistency(self.columns, ["text"])) is not None:
             return problem
         hp, model, tok = self.hyperparameters, self.model, self.tokenizer
         arch, objective = model.architecture, self.objective or ""

@@ -24,6 +24,8 @@ def data_key(spec: PretrainSpec) -> str:
         "sequence_length": spec.hyperparameters.sequence_length,
         "validation_fraction": spec.validation_fraction,
     }
+    if spec.columns:  # a table's text column (left out when not named: keys stay as before)
+        settings["columns"] = spec.columns
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

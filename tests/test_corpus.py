@@ -37,7 +37,7 @@ def test_chunking_never_changes_the_verdict(cuts):
 def test_formats_and_kinds():
     assert format_of("a.CONLL.gz") == "conll.gz"
     with pytest.raises(CorpusRejected):
-        format_of("a.csv")
+        format_of("a.xlsx")
     conll = b"# doc = 1\nThe\tat\nCat\tnn\n\nRuns\tvb\n"
     found = inspect(conll, "conll")
     assert (found.kind, found.documents, found.labels) == ("tagged_tokens", 2, {"at", "nn", "vb"})

@@ -17,8 +17,10 @@ from workers.engine.finetune.records import read_examples
 def upload(data: bytes, fmt: str) -> CorpusInspector:
     inspector = CorpusInspector(fmt, max_bytes=10**9, max_uncompressed=10**9,
                                 max_line_bytes=10**6)
-    inspector.feed(data)
+    for start in range(0, len(data), 5):  # in small chunks: records span them
+        inspector.feed(data[start:start + 5])
     inspector.finish()
+    inspector.close()
     return inspector
 
 
@@ -124,11 +126,20 @@ def test_pretraining_reads_what_a_text_upload_holds(tmp_path):
 
 def test_file_formats():
     assert formats.suffix_format("A.TXT.GZ") == formats.FORMATS["txt.gz"]
-    assert formats.suffix_format("a.gz") is None and formats.suffix_format("a.csv") is None
+    assert formats.suffix_format("a.gz") is None and formats.suffix_format("a.xlsx") is None
     assert formats.FORMATS["txt.gz"].columns_as == "conll.gz"
-    assert formats.formats_holding(formats.TEXT) == ("txt", "txt.gz", "jsonl", "jsonl.gz")
-    assert formats.formats_holding(formats.LABELLED_TEXT) == ("jsonl", "jsonl.gz")
-    assert formats.UPLOAD_SUFFIXES == ".txt, .jsonl or .conll"
+    assert formats.formats_holding(formats.TEXT) == (
+        "txt", "txt.gz", "jsonl", "jsonl.gz", "csv", "csv.gz", "tsv", "tsv.gz", "parquet")
+    assert formats.formats_holding(formats.LABELLED_TEXT) == (
+        "jsonl", "jsonl.gz", "csv", "csv.gz", "tsv", "tsv.gz", "parquet")
+    assert formats.UPLOAD_SUFFIXES == ".txt, .jsonl, .conll, .csv, .tsv or .parquet"
+    assert formats.suffix_format("a.TSV.gz") == formats.FORMATS["tsv.gz"]
+    assert formats.suffix_format("a.parquet.gz") is None  # Parquet compresses inside
+    assert {f.name for f in formats.FORMATS.values() if f.table} == {
+        "csv", "csv.gz", "tsv", "tsv.gz", "parquet"}
+    # Every role a kind reads is a role, with a name it is found by.
+    for roles in (*formats.KIND_ROLES.values(), *formats.OPTIONAL_ROLES.values()):
+        assert set(roles) <= set(formats.ROLES) and all(formats.ROLE_NAMES[r] for r in roles)
     # Every kind a format holds is a kind, and every kind is held by some format.
     held = {kind for fmt in formats.FORMATS.values() for kind in fmt.holds}
     assert held == set(formats.DATASET_KINDS) == set(formats.KIND_HOLDS)
@@ -140,3 +151,70 @@ def test_tag_scheme():
     assert not formats.is_entity_tagging({"O"}) and not formats.is_entity_tagging(None)
     assert not formats.is_entity_tagging({"NN", "B-NP"})
     assert formats.tag_parts("U-LOC") == ("S", "LOC") and formats.tag_parts("O") == ("O", "")
+
+
+# Delimited text the csv module reads in one way, and the upload's record-at-a-time reader
+# (formats.ends_in_quotes) must read in the same: quotes, doubled quotes, newlines and
+# delimiters inside quotes, a stray quote inside an unquoted field, CRLF, a BOM, blank lines.
+TRICKY_CSV = ('\ufefftext,label\r\n'
+              '"a, ""quoted"" text",x\r\n'
+              '5" tall and ""odd,y\n'
+              '\n'
+              '"two\nlines\n\nand a blank one",x\n'
+              '"ends with a quote""",y\n'
+              'plain,"x"\n')
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "csv.gz"])
+def test_both_sides_read_a_table_alike(tmp_path, fmt):
+    import csv
+    import gzip as gz
+    import io
+
+    text = TRICKY_CSV if fmt != "tsv" else TRICKY_CSV.replace(",", "\t")
+    data = text.encode()
+    stored = gz.compress(data) if fmt.endswith(".gz") else data
+    found = upload(stored, fmt)
+    delimiter = "\t" if fmt == "tsv" else ","
+    rows = [r for r in csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""),
+                                  delimiter=delimiter) if r][1:]
+    assert found.documents == len(rows) == 5
+    assert found.labels == {r[1] for r in rows} == {"x", "y"}
+    path = tmp_path / f"train.{fmt}"
+    path.write_bytes(stored)
+    examples = read_examples("text_classification", str(path), fmt, "the train data")
+    assert [(e.inputs, e.target) for e in examples] == [tuple(r) for r in rows]
+    profile = found.profile["columns"]
+    assert profile["text"]["lengths"]["count"] == 5
+    assert profile["label"]["values"] == {"x": 3, "y": 2}
+
+
+def test_both_sides_refuse_a_ragged_row(tmp_path):
+    data = b"text,label\na,x\nb,y,z\n"
+    with pytest.raises(CorpusRejected) as refused:
+        upload(data, "csv")
+    assert refused.value.message == "row 2 has 3 values where the header has 2 columns (line 3)"
+    path = tmp_path / "train.csv"
+    path.write_bytes(data)
+    with pytest.raises(CorpusError, match=r"^the train data row 2 has 3 values where the header "
+                                          r"has 2 columns \(line 3\)$"):
+        read_examples("text_classification", str(path), "csv", "the train data")
+
+
+def test_both_sides_read_parquet_through_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"s1": ["a", "b", ""], "s2": ["c", "d", "e"], "y": [0, 1, 1]}),
+                   path, row_group_size=2)
+    found = upload(path.read_bytes(), "parquet")
+    assert found.kind == formats.TEXT and found.documents == 3  # no column named for a role
+    examples = read_examples("text_classification", str(path), "parquet", "the train data",
+                             columns={"text": "s1", "text_pair": "s2", "label": "y"})
+    assert [(e.inputs, e.pair, e.target) for e in examples] == [("a", "c", "0"),
+                                                               ("b", "d", "1")]
+    with pytest.raises(CorpusError, match=r"row 1 needs a string \"text\".*text='y'"):
+        read_examples("text_classification", str(path), "parquet", "the train data",
+                      columns={"text": "y", "label": "s1"})
+    assert list(iter_documents(str(path), "parquet", {"text": "s2"})) == ["c", "d", "e"]

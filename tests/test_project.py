@@ -109,8 +109,9 @@ def test_service_never_imports_workers():
 def test_engine_imports_only_training_libraries():
     # peft only for LoRA fine-tuning (imported where it is used).
     # jobspec: the one job schema (pydantic only), shared with the API.
+    # pyarrow only to read Parquet datasets (workers/engine/table_rows.py).
     allowed = {"torch", "transformers", "tokenizers", "numpy", "safetensors", "peft", "psutil",
-               "jobspec"}
+               "jobspec", "pyarrow"}
     for path in (ROOT / "workers" / "engine").rglob("*.py"):
         for module in _imports(path):
             top = module.split(".")[0]

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from jobspec.formats import UPLOAD_SUFFIXES
+from jobspec.formats import GZIP_SUFFIXES, UPLOAD_SUFFIXES
 from jobspec.names import MAX_NAME_CHARS
 from service.api.deps import (
     After,
@@ -23,6 +23,8 @@ from service.api.multipart import (
     stream_parts,
 )
 from service.domain import datasets, idempotency, quotas
+from service.domain.dataset_preview import MAX_PREVIEW_RECORDS, MAX_TOP_LABELS, DatasetPreview
+from service.domain.dataset_preview import preview as preview_of
 from service.domain.datasets import DatasetPublic, DatasetUpload
 from service.domain.refusals import DomainError
 from service.domain.schemas import ListOf
@@ -35,7 +37,8 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"], route_class=JsonBod
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary",
-                            "description": f"{UPLOAD_SUFFIXES}, or .gz of them"},
+                            "description": f"{UPLOAD_SUFFIXES}, or {GZIP_SUFFIXES}; "
+                                           "CSV and TSV with a header row"},
                    "name": {"type": "string", "maxLength": 255},
                    "tag_column": {"type": "integer", "description": "as the query parameter"}}}}}}}
 TAG_COLUMN_DOC = (
@@ -158,6 +161,21 @@ def list_datasets(session: SessionDep, caller: CallerDep, limit: Limit = 20,
 def get_dataset(dataset_id: str, session: SessionDep, caller: CallerDep) -> DatasetPublic:
     return DatasetPublic.of(datasets.get(session=session, dataset_id=dataset_id,
                                          scope=caller.scope))
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview)
+def preview_dataset(dataset_id: str, session: SessionDep, store: StoreDep, caller: CallerDep,
+                    limit: Annotated[int, Query(ge=1, le=MAX_PREVIEW_RECORDS)] = 20,
+                    top: Annotated[int, Query(ge=1, le=MAX_TOP_LABELS)] = 20
+                    ) -> DatasetPreview:
+    """The dataset's first `limit` records as the file holds them (a table's rows by column
+    name; cells cut to 1,000 characters, lists to 200 items; at most 4 MiB read), and per
+    column (a table's, or a record's fields: text, label, tokens, tags) its type, the role a
+    job reads it as by default, empty cells, a histogram of text lengths (characters; fixed
+    bin edges, the last open) and, for a column that holds labels, the `top` most frequent
+    values with their counts. The histograms were counted over the whole file at upload."""
+    row = datasets.get(session=session, dataset_id=dataset_id, scope=caller.scope)
+    return preview_of(row=row, store=store, limit=limit, top=top)
 
 
 @router.delete("/{dataset_id}", status_code=204, response_class=Response)

@@ -6,7 +6,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobspec.formats import TEXT, DatasetKind
+from jobspec import formats
+from jobspec.formats import KIND_HOLDS, TEXT, DatasetKind
 from jobspec.names import MAX_NAME_CHARS, problem
 from service.domain import admission, lifecycle, quotas
 from service.domain.ids import new_id
@@ -17,6 +18,11 @@ from service.domain.tables import DatasetRow
 from service.domain.upload_inspection import CorpusInspector, CorpusRejected, format_of
 from service.settings import Settings
 from service.storage import ObjectStore
+
+
+class Column(BaseModel):
+    name: str
+    type: str = Field(description="string, integer, number, boolean, list or other")
 
 
 class DatasetPublic(BaseModel):
@@ -37,6 +43,9 @@ class DatasetPublic(BaseModel):
         None, description="the column read as tags, counted from 0 (column 0 holds the tokens)")
     column_samples: list[list[str]] | None = Field(
         None, description="the first few distinct values of each column")
+    fields: list[Column] | None = Field(
+        None, description="tables (CSV, TSV, Parquet): the columns and their types, in file "
+        "order; a fine-tuning job's \"columns\" names which is read as what")
     created_at: Timestamp
 
     @classmethod
@@ -45,7 +54,7 @@ class DatasetPublic(BaseModel):
                    sha256=row.sha256, documents=row.documents, kind=row.kind,
                    labels=row.labels, splits=row.splits, columns=row.column_count,
                    tag_column=row.tag_column, column_samples=row.column_samples,
-                   created_at=row.created_at)
+                   fields=row.fields, created_at=row.created_at)
 
 
 class DatasetUpload:
@@ -95,6 +104,7 @@ class DatasetUpload:
 
     def abort(self) -> None:
         self._out.close()
+        self.inspector.close()
         self.store.delete_prefix(f"datasets/{self.id}")  # its folder too, not an empty one
 
     def finish(self) -> None:
@@ -104,6 +114,8 @@ class DatasetUpload:
         except CorpusRejected:
             self.abort()
             raise
+        finally:
+            self.inspector.close()
         self._out.close()
 
     def record(self, *, session: Session, owner: str, name: str | None) -> DatasetRow:
@@ -113,7 +125,8 @@ class DatasetUpload:
                          documents=found.documents, kind=found.kind or TEXT,
                          labels=sorted(found.labels) or None, splits=found.splits or None,
                          column_count=found.columns, tag_column=found.tag_column,
-                         column_samples=found.column_samples, storage_key=self.key)
+                         column_samples=found.column_samples, fields=found.fields,
+                         profile=found.profile, storage_key=self.key)
         session.add(row)
         session.flush()
         return row
@@ -134,6 +147,69 @@ def list_(*, session: Session, scope: str | None, limit: int, after: str | None
 
 
 DATA_FIELDS = ("dataset_id", "validation_dataset_id", "test_dataset_id")  # in a job's spec
+TEXT_ROLES = ("text", "text_pair", "question", "context")  # roles read as text
+LABEL_ROLES = ("label", "labels", "tags")  # roles whose values are a job's label set
+
+
+def read_as(row: DatasetRow, kind: str, columns: dict[str, str] | None, *, param: str,
+            task: str) -> list[str] | None:
+    """Check that a job (`task`, reading data of `kind`) can read the dataset through its
+    `columns` map, and return the label set it will find (None: unknown, or not labels).
+
+    A table (CSV, TSV, Parquet) is read through the map, each role it leaves out from the
+    column named for it (formats.role_columns): every role the kind reads needs a column,
+    text roles a column of text, label roles one that can hold labels. Other datasets must
+    hold the kind, and take no map. Refusals name `param` (the dataset's field) or
+    columns.<role>."""
+    fmt = formats.FORMATS.get(row.format)
+    if fmt is None or not fmt.table:
+        if columns:
+            raise Invalid("invalid_request", f"columns: a columns map is for tables (CSV, TSV, "
+                          f"Parquet); {row.id} is {row.format}, whose fields have fixed "
+                          "names", "columns")
+        if row.kind != kind:
+            raise Invalid("invalid_request", f"{param}: {task} needs {KIND_HOLDS[kind]}; "
+                          f"{row.id} holds {row.kind.replace('_', ' ')}", param)
+        return row.labels
+    if kind not in fmt.holds:
+        raise Invalid("invalid_request", f"{param}: {task} needs {KIND_HOLDS[kind]}; a "
+                      f"{fmt.name} table cannot hold it", param)
+    types = {f["name"]: f["type"] for f in row.fields or ()}
+    has = ", ".join(repr(name) for name in types)
+    try:
+        roles = formats.role_columns(types, columns)
+    except formats.NoColumn as exc:
+        raise Invalid("invalid_request", f"columns.{exc.role}: {row.id} has no column "
+                      f"{(columns or {})[exc.role]!r}; its columns are {has}",
+                      f"columns.{exc.role}") from None
+    profile = (row.profile or {}).get("columns", {})
+    labels: list[str] | None = None
+    for role in (*formats.KIND_ROLES.get(kind, ()), *formats.OPTIONAL_ROLES.get(kind, ())):
+        column = roles.get(role)
+        if column is None:
+            if role not in formats.KIND_ROLES.get(kind, ()):
+                continue  # an optional role (a text's pair)
+            raise Invalid("invalid_request", f"columns.{role}: {task} reads a {role!r} from "
+                          f"each row, and no column of {row.id} is named for it; name it in "
+                          f"columns.{role} (its columns are {has})", f"columns.{role}")
+        found = types.get(column)
+        if role in TEXT_ROLES and found != "string":
+            raise Invalid("invalid_request", f"columns.{role}: column {column!r} of {row.id} "
+                          f"holds {found} values, not text", f"columns.{role}")
+        if role in LABEL_ROLES:
+            seen = profile.get(column, {})
+            if task == "regression":
+                if found not in ("integer", "number"):
+                    raise Invalid("invalid_request", f"columns.{role}: regression needs a "
+                                  f"number in column {column!r}; it holds {found} values",
+                                  f"columns.{role}")
+                continue
+            if seen.get("values") is None:
+                why = seen.get("not_labels") or "its values are not labels"
+                raise Invalid("invalid_request", f"columns.{role}: column {column!r} of "
+                              f"{row.id} cannot hold labels: {why}", f"columns.{role}")
+            labels = sorted(seen["values"])
+    return labels
 
 
 def delete(*, session: Session, store: ObjectStore, dataset_id: str, scope: str | None) -> None:

@@ -12,7 +12,7 @@ from jobspec.field_errors import error_param
 from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT, FormatError, number
 from jobspec.metrics import columns
 from jobspec.model_facts import FEATURE_EXTRACTION
-from service.domain import admission, lifecycle, webhooks
+from service.domain import admission, datasets, lifecycle, webhooks
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
@@ -160,7 +160,9 @@ def _check_pretrain(session: Session, owner: str, job_in: PretrainJobCreate
     """The job, checked against its dataset and base model; with a base model, re-read
     with the base's architecture (which decides the objective's default)."""
     dataset = _own_dataset(session, owner, "dataset_id", job_in.dataset_id)
-    if dataset is not None and dataset.kind == TAGGED_TOKENS:
+    if dataset is not None and (job_in.columns or dataset.fields is not None):  # a table
+        datasets.read_as(dataset, TEXT, job_in.columns, param="dataset_id", task="pretraining")
+    elif dataset is not None and dataset.kind == TAGGED_TOKENS:
         raise _invalid("dataset_id", f"{dataset.id} holds tagged tokens; pretraining needs "
                        f"text ({KIND_HOLDS[TEXT]})")
     if job_in.base_model_id is None:
@@ -211,19 +213,19 @@ def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> 
         dataset = _own_dataset(session, owner, param, getattr(job_in, param))
         if dataset is None:
             continue
-        if dataset.kind != needed:
-            raise _invalid(param, f"{job_in.task} needs {KIND_HOLDS[needed]}; {dataset.id} holds "
-                           f"{dataset.kind.replace('_', ' ')}")
+        # Its label set as the job reads it (a table's, through the job's columns).
+        labels = datasets.read_as(dataset, needed, job_in.columns, param=param,
+                                  task=job_in.task)
         if job_in.task == "regression":
             # The labels an upload records are its classes; scores (fractions) are not
             # listed, so any listed label must be an integer.
-            words = [label for label in dataset.labels or () if not _is_number(label)]
+            words = [label for label in labels or () if not _is_number(label)]
             if words:
                 raise _invalid(param, f'regression needs a number in every record\'s "label"; '
                                f"{dataset.id} holds labels that are not numbers: "
                                f"{', '.join(repr(w) for w in words[:5])}")
         if job_in.labels is not None:
-            extra = sorted(set(dataset.labels or ()) - set(job_in.labels))
+            extra = sorted(set(labels or ()) - set(job_in.labels))
             if extra:
                 raise _invalid("labels", f"{dataset.id} has labels that are not in labels: "
                                f"{', '.join(extra[:10])}")

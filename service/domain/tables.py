@@ -51,6 +51,11 @@ class DatasetRow(Base):
     column_count: Mapped[int | None] = mapped_column(Integer)
     tag_column: Mapped[int | None] = mapped_column(Integer)
     column_samples: Mapped[list[list[str]] | None] = mapped_column(JSON)
+    # Tables (CSV, TSV, Parquet): each column's name and type, in file order. Null for others.
+    fields: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    # What the data holds, found by the upload's inspection (upload_inspection.profile): per
+    # column its type, a histogram of text lengths and the count of each label. The preview's.
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 

@@ -8,17 +8,30 @@ SNIFF_LINES lines or SNIFF_CHARS characters) until they tell plain text from CoN
 people keep CoNLL corpora in files named train.txt, and taking them for text would pretrain on
 "EU NNP B-NP B-ORG" lines.
 
+Tables: a CSV or TSV is read a record at a time (a quoted field may hold newlines: its
+physical lines are kept until the record ends, up to the line limit); a Parquet file is
+spooled to a scratch folder as it arrives and read after the last byte, a batch of rows at
+a time (its footer says how large it is uncompressed, checked before any row is read).
+Either way the dataset records its columns (names and types) and a profile: per column,
+a histogram of text lengths and, for a column that could hold labels, the count of each.
+
 What each format, record and line may hold is jobspec/formats.py's (the engine reads the
 same rules); this module streams the bytes past them and words their errors for the API.
 """
 
 import codecs
+import contextlib
+import csv
 import hashlib
+import math
 import zlib
+from collections import Counter
+from typing import IO, Any
 
 from jobspec import formats
 from jobspec.formats import MAX_LABEL_CHARS, MAX_LABELS, FormatError
 from service.domain.refusals import DomainError, Invalid, TooLarge, Unsupported
+from service.scratch import scratch_dir
 
 MAX_COLUMNS = 64  # CoNLL-U has 10, CoNLL-2012 about 20
 SAMPLE_VALUES, SAMPLE_CHARS = 5, 40  # the first distinct values shown per column
@@ -29,6 +42,10 @@ RATIO_FLOOR = 8 * 1024 * 1024
 GUNZIP_STEP = 1024 * 1024  # decompressed bytes per step: each is checked before the next
 # The error code of each format rule an upload breaks; the rest are invalid_dataset.
 RULE_CODES = {formats.INVALID_JSON: "invalid_jsonl", formats.NO_TEXT: "invalid_jsonl"}
+# Text lengths (characters; items for a list column) are counted in bins from each edge to
+# the next, the last open: fixed, so the histogram needs no second pass.
+LENGTH_EDGES = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+PARQUET_BATCH_ROWS = 256  # rows decoded at once: what a Parquet upload holds in memory
 
 
 class CorpusRejected(DomainError):
@@ -56,7 +73,7 @@ def format_of(filename: str) -> str:
     if fmt is None:
         raise CorpusUnsupported(
             "unsupported_format", f"unsupported file type {filename!r}: upload "
-            f"{formats.UPLOAD_SUFFIXES} (or .gz of them)")
+            f"{formats.UPLOAD_SUFFIXES} (or {formats.GZIP_SUFFIXES})")
     return fmt.name
 
 
@@ -145,6 +162,161 @@ class _Column:
         self.values, self.unfit = None, why
 
 
+class Lengths:
+    """A histogram of lengths over LENGTH_EDGES, with their count, least, most and mean."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LENGTH_EDGES)
+        self.n = self.total = 0
+        self.least: int | None = None
+        self.most = 0
+
+    def add(self, length: int) -> None:
+        self.counts[_bin(length)] += 1
+        self.n += 1
+        self.total += length
+        self.most = max(self.most, length)
+        self.least = length if self.least is None else min(self.least, length)
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.n:
+            return None
+        return {"edges": list(LENGTH_EDGES), "counts": self.counts, "count": self.n,
+                "min": self.least, "max": self.most, "mean": round(self.total / self.n, 1)}
+
+
+def _bin(length: int) -> int:
+    for index in range(len(LENGTH_EDGES) - 1, -1, -1):
+        if length >= LENGTH_EDGES[index]:
+            return index
+    return 0
+
+
+class Values:
+    """How often each value of a column occurs, while the column could hold labels: at most
+    MAX_LABELS distinct values, each non-blank and at most MAX_LABEL_CHARS long."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] | None = Counter()
+        self.unfit: str | None = None  # why the column cannot hold labels
+
+    def see(self, value: str, where: str) -> None:
+        if self.counts is None:
+            return
+        if value in self.counts:
+            self.counts[value] += 1
+        elif not value.strip():
+            self._unfit(f"{where} is blank")
+        elif len(value) > MAX_LABEL_CHARS:
+            self._unfit(f"{where} is longer than {MAX_LABEL_CHARS} characters")
+        elif len(self.counts) >= MAX_LABELS:
+            self._unfit(f"it has more than {MAX_LABELS} distinct values by {where}")
+        else:
+            self.counts[value] = 1
+
+    def _unfit(self, why: str) -> None:
+        self.counts, self.unfit = None, why
+
+
+class TableColumn:
+    """What one column of a table holds: its type, empty cells, lengths and values."""
+
+    def __init__(self, name: str, declared: str | None = None) -> None:
+        self.name = name
+        self.declared = declared  # a Parquet column's type, from its schema
+        self.integers = self.numbers = self.strings = self.empty = 0
+        self.lengths = Lengths()
+        self.values = Values()
+
+    @property
+    def type(self) -> str:
+        if self.declared is not None:
+            return self.declared
+        if self.strings or not (self.integers or self.numbers):
+            return "string"
+        return "number" if self.numbers else "integer"
+
+    def see_text(self, value: str, row: int) -> None:
+        """A cell of delimited text: a string, typed by what it reads as."""
+        if value == "":
+            self.empty += 1
+            return
+        if not self.strings:  # until a cell is text, try numbers
+            kind = _number_kind(value)
+            if kind == "integer":
+                self.integers += 1
+            elif kind == "number":
+                self.numbers += 1
+            else:
+                self.strings += 1
+        self.lengths.add(len(value))
+        self.values.see(value, f"row {row}")
+
+    def see(self, value: Any, row: int, max_cell: int) -> None:
+        """A cell of a Parquet column, as pyarrow gives it (None for null)."""
+        if value is None:
+            self.empty += 1
+            return
+        if isinstance(value, list):
+            if sum(len(v) if isinstance(v, str) else 1 for v in value) > max_cell:
+                raise _cell_too_long(self.name, row, max_cell)
+            self.lengths.add(len(value))
+            for item in value:
+                if item is not None:
+                    self.values.see(str(item), f"row {row}")
+            return
+        text = value if isinstance(value, str) else str(value)
+        if len(text) > max_cell:
+            raise _cell_too_long(self.name, row, max_cell)
+        if isinstance(value, str):
+            self.lengths.add(len(value))
+        if isinstance(value, bool | int | str):
+            self.values.see(text, f"row {row}")
+        elif self.values.counts is not None:
+            self.values._unfit("it holds numbers with fractions or other values")
+
+    def profile(self) -> dict[str, Any]:
+        return {"type": self.type, "empty": self.empty, "lengths": self.lengths.summary(),
+                "values": dict(self.values.counts) if self.values.counts is not None
+                else None, "not_labels": self.values.unfit}
+
+
+def _cell_too_long(column: str, row: int, limit: int) -> "CorpusTooLarge":
+    return CorpusTooLarge("line_too_long", f"row {row}: the cell of column {column!r} is "
+                          f"longer than {limit} characters")
+
+
+def _number_kind(value: str) -> str | None:
+    try:
+        int(value)
+        return "integer"
+    except ValueError:
+        pass
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return "number" if math.isfinite(number) else None
+
+
+def parquet_type(arrow_type: Any) -> str:
+    """The column type a Parquet (arrow) type is shown as (formats.COLUMN_TYPES)."""
+    import pyarrow as pa  # only for Parquet uploads and previews
+
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or \
+            pa.types.is_dictionary(arrow_type) and pa.types.is_string(arrow_type.value_type):
+        return "string"
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "number"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return "list"
+    return "other"
+
+
 class CorpusInspector:
     def __init__(self, fmt: str, *, max_bytes: int, max_uncompressed: int,
                  max_line_bytes: int, tag_column: int | None = None,
@@ -159,13 +331,33 @@ class CorpusInspector:
         self.documents = 0
         self.line_no = 1
         self._sha = hashlib.sha256()
-        file_format = formats.FORMATS[fmt]
+        file_format = self._format = formats.FORMATS[fmt]
         self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if file_format.gzip else None
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         # How lines are read: "sniff" (a .txt's first lines, kept until they decide between
-        # "text" and "columns"), "text" (only counted), "json" or "columns" (each checked).
+        # "text" and "columns"), "text" (only counted), "json", "columns" or "table" (each
+        # checked); "parquet": bytes spooled to a scratch file, read at the end.
         self._mode = "sniff" if file_format.columns_as else \
-            {"lines": "text", "json": "json", "columns": "columns"}[file_format.layout]
+            {"lines": "text", "json": "json", "columns": "columns", "delimited": "table",
+             "parquet": "parquet"}[file_format.layout]
+        # Tables: the header, each column's profile, the record being read (its physical
+        # lines, while a quoted field holds newlines), rows read.
+        self.header: list[str] | None = None
+        self._table: list[TableColumn] = []
+        self._record: list[str] = []
+        self._record_len = self._record_line = 0
+        self._in_quotes = False
+        self._split_column: int | None = None
+        self.rows = 0
+        # JSON lines and text: lengths of the texts, counts of the labels.
+        self._lengths = Lengths()
+        self._label_counts: Counter[str] = Counter()
+        self._scratch = contextlib.ExitStack()
+        self._spool: IO[bytes] | None = None
+        if self._mode == "parquet":
+            folder = self._scratch.enter_context(scratch_dir("upload-"))
+            self._spool_path = folder / "upload.parquet"
+            self._spool = self._scratch.enter_context(open(self._spool_path, "wb"))
         self._line: list[str] = []  # the current, unfinished line (all but text)
         self._line_len = 0
         self._line_has_text = False  # text: does the current line hold any non-space?
@@ -189,6 +381,35 @@ class CorpusInspector:
         return self._sha.hexdigest()
 
     @property
+    def fields(self) -> list[dict[str, str]] | None:
+        """A table's columns: name and type (formats.COLUMN_TYPES), in file order."""
+        return [{"name": c.name, "type": c.type} for c in self._table] if self._table else None
+
+    @property
+    def profile(self) -> dict[str, Any] | None:
+        """What the data holds, for its preview: per column (a table's, or a record's fields)
+        its type, empty cells, a histogram of text lengths and the count of each value of a
+        column that could hold labels."""
+        if self._table:
+            return {"rows": self.rows, "columns": {c.name: c.profile() for c in self._table}}
+        if not self._lengths.n:
+            return None
+        fields = {"text": {"type": "string", "empty": 0, "lengths": self._lengths.summary(),
+                           "values": None, "not_labels": None}}
+        if self.kind == formats.TAGGED_TOKENS:
+            fields = {"tokens": {**fields["text"], "type": "list"}}
+        if self._label_counts:
+            name = "tags" if self.kind == formats.TAGGED_TOKENS else "label"
+            fields[name] = {"type": "list" if name == "tags" else "string", "empty": 0,
+                            "lengths": None, "values": dict(self._label_counts),
+                            "not_labels": None}
+        return {"rows": self.documents, "columns": fields}
+
+    def close(self) -> None:
+        """Remove what the inspection keeps on disk (a Parquet upload's spooled copy)."""
+        self._scratch.close()
+
+    @property
     def column_samples(self) -> list[list[str]] | None:
         return [c.samples for c in self._columns] if self._columns else None
 
@@ -203,6 +424,9 @@ class CorpusInspector:
             raise CorpusTooLarge("payload_too_large",
                                  f"upload exceeds the limit of {self.max_bytes} bytes")
         self._sha.update(chunk)
+        if self._spool is not None:
+            self._spool.write(chunk)  # read whole at the end: a Parquet footer comes last
+            return
         if self._gunzip is not None:
             try:
                 # Bounded output per step keeps a gzip bomb from inflating in memory, and
@@ -253,7 +477,9 @@ class CorpusInspector:
 
     def _whole_line(self, line: str) -> None:
         if self._mode == "text":
-            self.documents += bool(line.strip())
+            if line.strip():
+                self.documents += 1
+                self._lengths.add(len(line))
             self.line_no += 1
         elif self._mode == "sniff" or len(line) > self.max_line_bytes:
             self._piece(line)
@@ -270,6 +496,7 @@ class CorpusInspector:
             self._decide()  # the sample is full: judge by the lines it holds
         if self._mode == "text":
             self._line_has_text = self._line_has_text or bool(piece.strip())
+            self._line_len += len(piece)
             return
         self._line_len += len(piece)
         if self._mode != "sniff" and self._line_len > self.max_line_bytes:
@@ -281,7 +508,9 @@ class CorpusInspector:
     def _end_line(self) -> None:
         if self._mode == "text":
             self.documents += self._line_has_text
-            self._line_has_text = False
+            if self._line_has_text:
+                self._lengths.add(self._line_len)
+            self._line_has_text, self._line_len = False, 0
         else:
             line = "".join(self._line)
             self._line, self._line_len = [], 0
@@ -297,9 +526,13 @@ class CorpusInspector:
 
     def _check_line(self, line: str) -> None:
         if self._mode == "text":
-            self.documents += bool(line.strip())
+            if line.strip():
+                self.documents += 1
+                self._lengths.add(len(line))
         elif self._mode == "columns":
             self._check_conll(line)
+        elif self._mode == "table":
+            self._check_table(line)
         elif line.strip():
             self._check_json(line.strip())
 
@@ -321,7 +554,8 @@ class CorpusInspector:
         self.line_no = current
         if self._mode == "text":  # the unfinished line: only whether it has text matters
             self._line_has_text = any(piece.strip() for piece in self._line)
-            self._line, self._line_len = [], 0
+            self._line_len = sum(len(piece) for piece in self._line)
+            self._line = []
 
     def _check_request(self) -> None:
         """Refuse a tag column this upload cannot have, as soon as that is known."""
@@ -332,6 +566,10 @@ class CorpusInspector:
             raise CorpusInvalid("invalid_tag_column",
                                 'tag_column is for CoNLL column files; JSON lines name their '
                                 'tags in "tags"', "tag_column")
+        if self._mode in ("table", "parquet"):
+            raise CorpusInvalid("invalid_tag_column",
+                                'tag_column is for CoNLL column files; a table\'s columns are '
+                                'named at fine-tuning ("columns": {"tags": "..."})', "tag_column")
         if self._mode == "text":
             raise CorpusInvalid(
                 "invalid_tag_column",
@@ -382,9 +620,141 @@ class CorpusInspector:
             return  # blank text: no document
         for value in read.labels:
             self._label(value)
+            self._label_counts[value] += 1
+        text = getattr(read, "text", None)
+        if isinstance(text, str):
+            self._lengths.add(len(text))
+        elif isinstance(read, formats.TaggedTokens):
+            self._lengths.add(len(read.tokens))
         split = read.split or "train"
         self.splits[split] = self.splits.get(split, 0) + 1
         self.documents += 1
+
+    def _check_table(self, line: str) -> None:
+        """One physical line of a CSV or TSV: a record, or part of one whose quoted field
+        holds a newline (kept until the record ends, up to the line limit)."""
+        delimiter = self._format.delimiter
+        assert delimiter is not None
+        if not self._record:
+            if formats.QUOTE not in line:  # most lines: no quoting to read
+                line = line.removesuffix("\r")
+                if line:
+                    self._table_values(line.split(delimiter), self.line_no)
+                return
+            self._record_line = self.line_no
+        self._record.append(line)
+        self._record_len += len(line) + 1
+        if self._record_len > self.max_line_bytes:
+            raise CorpusTooLarge("line_too_long",
+                                 f"the record from line {self._record_line} is longer than "
+                                 f"{self.max_line_bytes} characters (a quote never closed?)")
+        self._in_quotes = formats.ends_in_quotes(line, delimiter, self._in_quotes)
+        if self._in_quotes:
+            return
+        lines, self._record, self._record_len = self._record, [], 0
+        values = next(csv.reader([f"{physical}\n" for physical in lines],
+                                 **formats.csv_dialect(self._format)), [])
+        if values:
+            self._table_values(values, self._record_line)
+
+    def _start_table(self, header: list[str], line: int,
+                     types: list[str] | None = None) -> None:
+        try:
+            self.header = formats.table_header(header)
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_dataset", exc.at(line, upload=True)) from None
+        self._table = [TableColumn(name, None if types is None else types[i])
+                       for i, name in enumerate(self.header)]
+        split = formats.role_columns(self.header, None).get("split")
+        self._split_column = None if split is None else self.header.index(split)
+
+    def _table_values(self, values: list[str], line: int) -> None:
+        if self.header is None:
+            self._start_table(values, line)
+            return
+        self.rows += 1
+        try:
+            formats.table_row(self.header, values)
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_dataset",
+                                f"{exc.at(self.rows, unit='row', upload=True)} "
+                                f"(line {line})") from None
+        for column, value in zip(self._table, values, strict=True):
+            column.see_text(value, self.rows)
+        self._table_split(values)
+
+    def _table_split(self, values: list[Any]) -> None:
+        split = None if self._split_column is None else values[self._split_column]
+        try:
+            named = formats.record_split({"split": split}) if split not in (None, "") else None
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_dataset", exc.at(self.rows, unit="row", upload=True)
+                                ) from None
+        named = named or "train"
+        self.splits[named] = self.splits.get(named, 0) + 1
+        self.documents += 1
+
+    def _read_parquet(self) -> None:
+        """The spooled Parquet file, checked from its footer (columns, size uncompressed,
+        ratio) before a row is read, then read a batch of rows at a time."""
+        import pyarrow as pa  # noqa: PLC0415 (only for Parquet uploads)
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        assert self._spool is not None
+        self._spool.close()
+        try:
+            parquet = pq.ParquetFile(self._spool_path)
+            meta = parquet.metadata
+            schema = parquet.schema_arrow
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorpusInvalid("invalid_parquet", f"not a Parquet file ({exc}); upload a "
+                                ".parquet file written by pyarrow, pandas, polars or Spark"
+                                ) from None
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        self.uncompressed = sum(g.total_byte_size for g in groups)
+        if self.uncompressed > self.max_uncompressed:
+            raise CorpusTooLarge("payload_too_large",
+                                 f"corpus exceeds {self.max_uncompressed} bytes uncompressed")
+        if self.max_ratio is not None and self.uncompressed > RATIO_FLOOR and \
+                self.uncompressed > self.max_ratio * self.bytes:
+            raise CorpusTooLarge("payload_too_large",
+                                 f"the Parquet file decompresses to more than "
+                                 f"{self.max_ratio:g} times its size (a compression bomb?)")
+        self._start_table(list(schema.names), 1, [parquet_type(f.type) for f in schema])
+        # Rows decoded at once: fewer when rows are large, so a batch stays near 64 MB.
+        widest = max((g.total_byte_size / max(g.num_rows, 1) for g in groups), default=1)
+        batch = max(1, min(PARQUET_BATCH_ROWS, int(64 * 1024 * 1024 // max(widest, 1))))
+        try:
+            for table in parquet.iter_batches(batch_size=batch):
+                columns = [array.to_pylist() for array in table.columns]
+                for index in range(table.num_rows):
+                    self.rows += 1
+                    row = [values[index] for values in columns]
+                    for column, value in zip(self._table, row, strict=True):
+                        column.see(value, self.rows, self.max_line_bytes)
+                    self._table_split(row)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorpusInvalid("invalid_parquet",
+                                f"the Parquet file is damaged at row {self.rows + 1} ({exc})"
+                                ) from None
+
+    def _table_kind(self) -> None:
+        """What a table holds, by its columns' names (formats.ROLE_NAMES): a kind its format
+        may hold, whose roles' columns fit (labels: MAX_LABELS distinct values at most)."""
+        assert self.header is not None
+        roles = formats.role_columns(self.header, None)
+        by_name = {c.name: c for c in self._table}
+        self.kind = formats.TEXT
+        for kind, needed in formats.KIND_ROLES.items():
+            if kind in self._format.holds and all(role in roles for role in needed):
+                self.kind = kind
+                break
+        for role in ("label", "tags", "labels"):
+            column = by_name.get(roles.get(role, ""))
+            if role in formats.KIND_ROLES.get(self.kind, ()) and column is not None:
+                counts = column.values.counts
+                self.labels = set(counts) if counts is not None else set()
+                break
 
     def _check_conll(self, line: str) -> None:
         """One line of a column file, read as the engine reads it (formats.conll_line):
@@ -441,6 +811,12 @@ class CorpusInspector:
 
     def finish(self) -> None:
         """Call after the last chunk; raises if the corpus is truncated or empty."""
+        if self._mode == "parquet":
+            if self.bytes == 0:
+                raise CorpusInvalid("empty_file", "the uploaded file is empty")
+            self._read_parquet()
+            self._finish_table()
+            return
         if self._gunzip is not None and not self._gunzip.eof:
             raise CorpusInvalid("invalid_gzip", "the gzip stream is truncated")
         try:
@@ -453,6 +829,15 @@ class CorpusInspector:
         self._end_line()
         if self._mode == "sniff":
             self._decide()
+        if self._mode == "table":
+            if self._record:
+                raise CorpusInvalid("invalid_dataset", f"the record from line "
+                                    f"{self._record_line} ends inside a quoted field (a quote "
+                                    "never closed)")
+            if self.bytes == 0:
+                raise CorpusInvalid("empty_file", "the uploaded file is empty")
+            self._finish_table()
+            return
         self.line_no -= 1
         self.kind = self.kind or formats.TEXT
         if self.bytes == 0:
@@ -462,3 +847,11 @@ class CorpusInspector:
                                 "the corpus holds no documents (every line is blank)")
         if self._mode == "columns":
             self._choose_tag_column()
+
+    def _finish_table(self) -> None:
+        if self.header is None:
+            raise CorpusInvalid("no_documents", "the table is empty: it needs a header row "
+                                "naming its columns, then a row for each record")
+        if self.rows == 0:
+            raise CorpusInvalid("no_documents", "the table has a header but no rows")
+        self._table_kind()

@@ -1,5 +1,5 @@
-"""Streaming reader for corpus files: one document per line, as plain text or JSON lines
-(jobspec/formats.py says what a text record is)."""
+"""Streaming reader for corpus files: one document per line, as plain text or JSON lines,
+or one per row of a table's text column (jobspec/formats.py says what a text record is)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from jobspec import formats
 from workers.engine.failures import CorpusError
+from workers.engine.table_rows import open_table, table_roles
 
 CORPUS_FORMATS = formats.formats_holding(formats.TEXT)  # what a pretraining corpus may be
 _BOM = b"\xef\xbb\xbf"
@@ -37,8 +38,32 @@ def _parse_json_line(line: str, lineno: int) -> str | None:
     return None if document is None else document.text
 
 
-def iter_documents(path: str, corpus_format: str) -> Iterator[str]:
-    """Yield the non-blank documents of the corpus in file order, streaming."""
+def _table_documents(path: str, corpus_format: str, columns: dict[str, str] | None
+                     ) -> Iterator[str]:
+    """The texts of a table's text column (the job's columns["text"], else the column named
+    text, sentence, ...), row by row."""
+    table = open_table(path, corpus_format, "the corpus")
+    roles = table_roles(table, columns, "the corpus")
+    if "text" not in roles:
+        raise CorpusError(f"the corpus has no text column: name it in columns.text (its "
+                          f"columns are {', '.join(table.header)})")
+    for number, row in table.rows:
+        try:
+            document = formats.read_row(formats.TEXT, row, {"text": roles["text"]})
+        except formats.FormatError as exc:
+            raise CorpusError(exc.at(number, where="the corpus", unit="row")) from None
+        if document is not None and isinstance(document, formats.Document) and \
+                document.text.strip():
+            yield document.text
+
+
+def iter_documents(path: str, corpus_format: str, columns: dict[str, str] | None = None
+                   ) -> Iterator[str]:
+    """Yield the non-blank documents of the corpus in file order, streaming; columns: a
+    table's text column ({"text": name}; None: the column named for it)."""
+    if corpus_format in CORPUS_FORMATS and formats.FORMATS[corpus_format].table:
+        yield from _table_documents(path, corpus_format, columns)
+        return
     try:
         with _open(path, corpus_format) as fh:
             is_json = formats.FORMATS[corpus_format].layout == "json"

@@ -44,13 +44,15 @@ STOP_POLL_DOCUMENTS = 256  # while reading the corpus, ask should_stop() this of
 class _Documents:
     """Re-iterable corpus view that counts documents and polls for a stop request."""
 
-    def __init__(self, path: str, corpus_format: str, reporter: Reporter) -> None:
+    def __init__(self, path: str, corpus_format: str, reporter: Reporter,
+                 columns: dict[str, str] | None = None) -> None:
         self.path, self.format, self.reporter = path, corpus_format, reporter
+        self.columns = columns  # a table's text column ({"text": ...}); None: by its name
         self.count = 0
 
     def __iter__(self) -> Iterator[str]:
         self.count = 0
-        for doc in iter_documents(self.path, self.format):
+        for doc in iter_documents(self.path, self.format, self.columns):
             if self.count % STOP_POLL_DOCUMENTS == 0 and self.reporter.should_stop():
                 raise StopRequested("stopped while reading the corpus")
             self.count += 1
@@ -142,7 +144,7 @@ def prepare_data(spec: PretrainSpec, corpus_path: str, corpus_format: str, out_d
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)
     seq = spec.hyperparameters.sequence_length
-    documents = _Documents(corpus_path, corpus_format, reporter)
+    documents = _Documents(corpus_path, corpus_format, reporter, spec.columns)
     tokenizer = _tokenizer(spec, documents, reporter, base_model_dir)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)
 

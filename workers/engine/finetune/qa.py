@@ -415,7 +415,7 @@ def run_question_answering(spec: FinetuneSpec, base_model_dir: str | None,
     reporter = parallel.reporter(reporter)
     hp = spec.hyperparameters
     dev = pick_device(device)
-    splits = load_splits(spec.task, data, None, spec.validation_fraction)
+    splits = load_splits(spec.task, data, None, spec.validation_fraction, columns=spec.columns)
     for note in splits.notes:
         reporter.event("info", note)
     records = {name: [e.qa for e in examples if e.qa is not None]

@@ -18,6 +18,7 @@ from jobspec import formats
 from jobspec.finetune import FINETUNE_DATA
 from jobspec.formats import SPLITS, FormatError
 from workers.engine.failures import CorpusError
+from workers.engine.table_rows import open_table, table_roles
 
 # The held-out examples depend only on the data, not on the run's seed, so runs with
 # different seeds are compared on the same validation set (as in pretraining).
@@ -34,6 +35,8 @@ class Example:
     line: int  # where it starts in its file, for error messages
     split: str | None = None  # the record's own "split" field, if any
     pair: str | None = None  # the second text of a pair
+    # Extractive QA: the whole record (inputs: its question; target: its answers' texts).
+    qa: formats.AnsweredQuestion | None = None
 
 
 @dataclass
@@ -76,15 +79,37 @@ def _json_examples(path: str, fmt: str, where: str, kind: str) -> Iterator[Examp
             raise CorpusError(exc.at(lineno, where=where)) from None
         if record is None:  # blank text: nothing to learn from
             continue
-        split = SPLITS.get(record.split or "")
-        if isinstance(record, formats.LabelledText):
-            yield Example(record.text, record.label, lineno, split, record.text_pair)
-        elif isinstance(record, formats.MultiLabelledText):
-            yield Example(record.text, record.label_set, lineno, split, record.text_pair)
-        elif isinstance(record, formats.TaggedTokens):
-            yield Example(record.tokens, record.tags, lineno, split)
-        else:
-            raise CorpusError(f"{where}: {kind.replace('_', ' ')} records have no target")
+        yield _example(record, lineno, where, kind)
+
+
+def _table_examples(path: str, fmt: str, where: str, kind: str,
+                    columns: dict[str, str] | None) -> Iterator[Example]:
+    """The rows of a table (CSV, TSV, Parquet), each read through the job's columns map as
+    a record of `kind` (formats.read_row: the rules of a JSON line's record)."""
+    table = open_table(path, fmt, where)
+    roles = table_roles(table, columns, where)
+    for number, row in table.rows:
+        try:
+            record = formats.read_row(kind, row, roles)
+        except FormatError as exc:
+            raise CorpusError(exc.at(number, where=where, unit="row")) from None
+        if record is not None:  # blank text: nothing to learn from
+            yield _example(record, number, where, kind)
+
+
+def _example(record: formats.Record, line: int, where: str, kind: str) -> Example:
+    """A record (of any layout) as the example the tasks train on."""
+    split = SPLITS.get(record.split or "")
+    if isinstance(record, formats.LabelledText):
+        return Example(record.text, record.label, line, split, record.text_pair)
+    if isinstance(record, formats.MultiLabelledText):
+        return Example(record.text, record.label_set, line, split, record.text_pair)
+    if isinstance(record, formats.TaggedTokens):
+        return Example(record.tokens, record.tags, line, split)
+    if isinstance(record, formats.AnsweredQuestion):
+        return Example(record.question, [a.text for a in record.answers], line, split,
+                       qa=record)
+    raise CorpusError(f"{where}: {kind.replace('_', ' ')} records have no target")
 
 
 def _conll(path: str, fmt: str, where: str, tag_column: int = 1) -> Iterator[Example]:
@@ -118,9 +143,11 @@ def _conll(path: str, fmt: str, where: str, tag_column: int = 1) -> Iterator[Exa
 
 
 def read_examples(task: str, path: str, fmt: str, where: str,
-                  tag_column: int | None = None) -> list[Example]:
+                  tag_column: int | None = None, columns: dict[str, str] | None = None
+                  ) -> list[Example]:
     """All examples of one file; where names it in errors (e.g. "the train data");
-    tag_column: the column of a CoNLL file holding the tags (None: 1, the second)."""
+    tag_column: the column of a CoNLL file holding the tags (None: 1, the second);
+    columns: a table's column for each role (None: the columns named for them)."""
     kind = FINETUNE_DATA[task]
     usable = formats.formats_holding(kind)
     if fmt not in usable:
@@ -128,6 +155,8 @@ def read_examples(task: str, path: str, fmt: str, where: str,
                           f"{', '.join(usable)}")
     if formats.FORMATS[fmt].layout == "columns":
         return list(_conll(path, fmt, where, 1 if tag_column is None else tag_column))
+    if formats.FORMATS[fmt].table:
+        return list(_table_examples(path, fmt, where, kind, columns))
     return list(_json_examples(path, fmt, where, kind))
 
 
@@ -179,9 +208,10 @@ DataFile = tuple[str, str] | tuple[str, str, int | None]
 
 
 def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...] | None,
-                validation_fraction: float) -> Splits:
+                validation_fraction: float, columns: dict[str, str] | None = None) -> Splits:
     """Read the splits the caller gave; split by the records' "split" field if only train was
-    given; hold out validation_fraction of train if there is no validation data."""
+    given; hold out validation_fraction of train if there is no validation data. columns:
+    a table's column for each role (the job's "columns")."""
     unknown = set(data) - set(SPLITS)
     if unknown:
         raise CorpusError(f"unknown data split(s) {sorted(unknown)}; use train, valid, test")
@@ -190,7 +220,8 @@ def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...]
     read: dict[str, list[Example]] = {}
     for name, given in data.items():
         path, fmt, tag_column = _file(given)
-        read[SPLITS[name]] = read_examples(task, path, fmt, f"the {name} data", tag_column)
+        read[SPLITS[name]] = read_examples(task, path, fmt, f"the {name} data", tag_column,
+                                           columns)
     notes = []
     if set(read) == {"train"} and any(e.split is not None for e in read["train"]):
         records = read.pop("train")
@@ -209,6 +240,8 @@ def load_splits(task: str, data: Mapping[str, DataFile], labels: tuple[str, ...]
                      f"(validation_fraction {validation_fraction}); "
                      f"{len(read['train'])} remain for training")
 
+    if FINETUNE_DATA[task] == formats.EXTRACTIVE_QA:  # answers are spans: no label set
+        return Splits(read["train"], read["valid"], read.get("test"), [], notes)
     _check_pairs(read)
     if task == "regression":
         for split, examples in read.items():

@@ -52,13 +52,19 @@ def run_finetune(
     (path, format[, tag column]); checkpoint and export under workdir. resume_from
     continues exactly. parallel: this process's rank when torchrun runs it on several
     (workers/multiprocess.py); rank 0 alone exports and scores the test split."""
+    if spec.task == "question_answering":  # a plug-in of its own (finetune/qa.py)
+        from workers.engine.finetune.qa import run_question_answering
+
+        return run_question_answering(spec, base_model_dir, data, workdir, reporter, device,
+                                      resume_from, base_config, parallel)
     reporter = parallel.reporter(reporter)
     hp = spec.hyperparameters
     dev = pick_device(device)
 
     # -- Data: every split read and checked before a model is loaded, so bad data fails fast.
     labels_given = tuple(spec.labels) if spec.labels is not None else None
-    splits = load_splits(spec.task, data, labels_given, spec.validation_fraction)
+    splits = load_splits(spec.task, data, labels_given, spec.validation_fraction,
+                         columns=spec.columns)
     for note in splits.notes:
         reporter.event("info", note)
     labels = splits.labels
