@@ -61,6 +61,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("f1", "eval", "eval/f1", "F1", ""),
     Metric("precision", "eval", "eval/precision", "precision", ""),
     Metric("recall", "eval", "eval/recall", "recall", ""),
+    # Extractive QA: SQuAD's exact match (its F1 is "f1"), as fractions, not percentages.
+    Metric("exact_match", "eval", "eval/exact_match", "exact match", ""),
     # Regression: mean squared error and the correlations of predictions with the gold
     # numbers (GLUE's STS-B reports Pearson and Spearman).
     Metric("mse", "eval", "eval/mse", "MSE", ""),
@@ -126,6 +128,7 @@ class EvalPoint(TypedDict, total=False):
     f1: float
     precision: float
     recall: float
+    exact_match: float
     mse: float
     pearson: float
     spearman: float

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -25,7 +26,8 @@ from workers.engine.failures import ConfigError, EngineError
 HEADS = {"text_classification": AutoModelForSequenceClassification,
          "token_classification": AutoModelForTokenClassification,
          "regression": AutoModelForSequenceClassification,
-         "multi_label_classification": AutoModelForSequenceClassification}
+         "multi_label_classification": AutoModelForSequenceClassification,
+         "question_answering": AutoModelForQuestionAnswering}
 # Config fields that hold dropout rates, across BERT-like architectures.
 DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
                   "attention_dropout")
