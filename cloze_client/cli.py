@@ -144,7 +144,8 @@ def _transfer() -> Progress:
 
 @datasets_app.command("upload")
 def datasets_upload(
-        file: Annotated[Path, typer.Argument(help=".txt, .jsonl, .conll, or .gz of them")],
+        file: Annotated[Path, typer.Argument(
+            help=".txt, .jsonl, .conll, .csv, .tsv (or .gz of them) or .parquet")],
         name: Annotated[str | None, typer.Option(help="a name (default: the file's)")] = None,
         tag_column: Annotated[int | None, typer.Option(
             help="CoNLL files: the tag column, counted from 0")] = None,
@@ -177,10 +178,49 @@ def datasets_list(limit: int = 20, after: str | None = None, as_json: AsJson = F
 
 
 @datasets_app.command("show")
-def datasets_show(dataset_id: str, url: Url = None, api_key: ApiKey = None) -> None:
-    """One dataset, as JSON."""
+def datasets_show(dataset_id: str, limit: Annotated[int, typer.Option(
+                      help="records to show (at most 100)")] = 5,
+                  top: Annotated[int, typer.Option(help="labels to show per column")] = 10,
+                  as_json: AsJson = False, url: Url = None, api_key: ApiKey = None) -> None:
+    """One dataset: what it is, its columns (type, role, text lengths, label counts) and its
+    first records (GET /v1/datasets/{id} and its preview)."""
     with connected(url, api_key) as client:
-        _print_json(client.get_dataset(dataset_id))
+        dataset = client.get_dataset(dataset_id)
+        preview = client.preview_dataset(dataset_id, limit=limit, top=top)
+    if as_json:
+        return _print_json({**dataset, "preview": preview})
+    out = _out()
+    out.print(f"{dataset['id']}  {dataset['name']}: {dataset['format']}, "
+              f"{dataset['kind'].replace('_', ' ')}, {dataset['documents']:,} documents, "
+              f"{_size(dataset['bytes'])}", highlight=False)
+    if splits := dataset.get("splits"):
+        out.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in splits.items()),
+                  highlight=False)
+    rows = []
+    for column in preview["columns"]:
+        lengths, labels = column.get("lengths"), column.get("labels")
+        summary = ""
+        if labels:
+            summary = ", ".join(f"{c['value']} {c['count']:,}" for c in labels["counts"])
+            if labels["other"]:
+                summary += f", other {labels['other']:,} ({labels['distinct']:,} distinct)"
+        elif lengths:
+            summary = (f"length {lengths['min']}-{lengths['max']}, mean {lengths['mean']:g} "
+                       f"{_bars(lengths['counts'])}")
+        rows.append([column["name"], column["type"], column.get("role") or "",
+                     f"{column.get('empty', 0):,}", summary])
+    if rows:
+        _print_table(["column", "type", "role", "empty", "values"], rows, wrap=("values",))
+    out.print(f"first {len(preview['records'])} records:", highlight=False)
+    for record in preview["records"]:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False)[:500] + "\n")
+
+
+def _bars(counts: list[int]) -> str:
+    """A histogram as a line of block characters, one per bin."""
+    blocks = " ▁▂▃▄▅▆▇█"
+    top = max(counts) or 1
+    return "".join(blocks[round(8 * c / top)] if c else "·" for c in counts)
 
 
 @datasets_app.command("delete")

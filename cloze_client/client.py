@@ -18,6 +18,7 @@ from cloze_client.sse import StreamEvent, parse
 from cloze_client.types import (
     TERMINAL,
     Dataset,
+    DatasetPreview,
     Event,
     FillMaskResult,
     Job,
@@ -214,6 +215,13 @@ class Client:
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         return cast(Dataset, self._json("GET", f"/v1/datasets/{dataset_id}"))
+
+    def preview_dataset(self, dataset_id: str, *, limit: int = 20, top: int = 20
+                        ) -> DatasetPreview:
+        """The first `limit` records, and per column its type, role, text-length histogram
+        and the `top` most frequent labels."""
+        return cast(DatasetPreview, self._json(
+            "GET", f"/v1/datasets/{dataset_id}/preview", params={"limit": limit, "top": top}))
 
     def delete_dataset(self, dataset_id: str) -> None:
         self._request("DELETE", f"/v1/datasets/{dataset_id}")

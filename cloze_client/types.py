@@ -21,7 +21,22 @@ class Dataset(TypedDict):
     columns: int | None
     tag_column: int | None
     column_samples: list[list[str]] | None
+    fields: NotRequired[list[dict[str, str]] | None]  # tables: column names and types
     created_at: str
+
+
+class DatasetPreview(TypedDict):
+    """GET /v1/datasets/{id}/preview: the first records and, per column, its type, role,
+    empty cells, text-length histogram ("lengths") and label counts ("labels")."""
+
+    object: Literal["dataset.preview"]
+    dataset_id: str
+    format: str
+    kind: str
+    rows: int | None
+    records: list[dict[str, Any]]
+    columns: list[dict[str, Any]]
+    truncated: bool
 
 
 class Progress(TypedDict):

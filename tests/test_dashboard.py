@@ -327,6 +327,32 @@ def test_sweeps_list_and_page(served: Served, page: Any) -> None:
     assert "No sweeps yet" in page.inner_text("#sweeps-body")
 
 
+def test_dataset_list_and_view(served: Served, page: Any) -> None:
+    """A CSV on the dashboard: listed at /datasets; its view shows each column's type and
+    role, the label counts of the label column, a length histogram of the text column and
+    the first records, quoted newlines and all."""
+    alice = make_key("alice")
+    csv_bytes = ('sentence,gold_label\n"one\ntwo",yes\nthree,no\nfour,yes\n' +
+                 "".join(f"row {i},yes\n" for i in range(5))).encode()
+    with httpx.Client(base_url=served.url, timeout=30, headers=bearer(alice)) as http:
+        dataset = http.post("/v1/datasets", files={"file": ("nli.csv", csv_bytes)}).json()
+    page.goto(served.url + "/datasets")
+    page.fill("#key-input", alice)
+    page.click("#key-form button[type=submit]")
+    page.wait_for_selector(f"tr[data-dataset='{dataset['id']}']")
+    assert "labelled text" in page.inner_text(f"tr[data-dataset='{dataset['id']}']")
+    page.click(f"a[href='/datasets/{dataset['id']}']")
+    page.wait_for_selector("#columns tr[data-column='gold_label']")
+    label = page.inner_text("#columns tr[data-column='gold_label']")
+    assert "label" in label and "yes 7" in label and "no 1" in label, label
+    text = page.inner_text("#columns tr[data-column='sentence']")
+    assert "string" in text and "text" in text and "length 4" in text, text
+    assert page.locator("#columns tr[data-column='sentence'] .bar").count() > 0
+    assert page.locator("#records tbody tr").count() == 8
+    assert "one\ntwo" in page.inner_text("#records tbody tr:first-child")
+    assert "8 documents" in page.inner_text("#dataset-summary")
+
+
 # --- the embedded default, a real worker ------------------------------------------------
 
 def test_embedded_train_watch_and_fill_mask(embedded_stack: Stack, data_dir: Path,

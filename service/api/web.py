@@ -31,7 +31,8 @@ PAGES = {"jobs": ("Jobs", "jobs.js"), "job": ("Job", "job.js"),
          "compare": ("Compare runs", "compare.js"), "playground": ("Fill-mask playground",
                                                                    "playground.js"),
          "new": ("New dataset or job", "new.js"), "sweeps": ("Sweeps", "sweeps.js"),
-         "sweep": ("Sweep", "sweep.js")}
+         "sweep": ("Sweep", "sweep.js"), "datasets": ("Datasets", "datasets.js"),
+         "dataset": ("Dataset", "dataset.js")}
 # The metric table (names, labels, units, colours), embedded in every page as a JSON data
 # block (not a script: the CSP runs none inline); common.js reads it as Cloze.METRICS.
 # "<" escaped, so no value could close the element.
@@ -79,6 +80,16 @@ def sweeps_page() -> HTMLResponse:
 @router.get("/sweeps/{sweep_id}")
 def sweep_page(sweep_id: str) -> HTMLResponse:  # the script reads the id from the address
     return _page("sweep")
+
+
+@router.get("/datasets")
+def datasets_page() -> HTMLResponse:
+    return _page("datasets")
+
+
+@router.get("/datasets/{dataset_id}")
+def dataset_page(dataset_id: str) -> HTMLResponse:  # the script reads the id from the address
+    return _page("dataset")
 
 
 @router.get("/web/{name}")
