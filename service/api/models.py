@@ -216,7 +216,15 @@ async def fill_mask_route(model_id: str, body: FillMaskRequest, request: Request
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
 async def classify_route(model_id: str, body: classify_generate.ClassifyRequest,
                          request: Request) -> Any:
-    """Text classification in the Hugging Face Inference API format."""
+    """Text classification in the Hugging Face Inference API format.
+
+    `inputs`: a text, a pair `{"text": ..., "text_pair": ...}` (NLI, paraphrase, STS: read
+    in the model's pair format, as transformers' pipeline reads it), or a list of either.
+    The answer is one list of `{label, score}` per input, best first: softmax scores; for
+    a regression model one `{"label": "LABEL_0", "score": <the predicted number>}`; for a
+    multi-label model every label's sigmoid score, with `"on": true` where it reaches the
+    decision threshold chosen on validation when the model was fine-tuned (its
+    config.json's `cloze_threshold`)."""
     id_, prefix = await resolve(request, model_id, "text-classification")
     return await classify_generate.classify(model_id=id_, prefix=prefix, request=body)
 

@@ -38,7 +38,19 @@ class ClassifyParameters(BaseModel):
     truncation: bool = True
 
 
-class ClassifyRequest(_Request):
+class TextPair(BaseModel):
+    """A pair of texts to classify together (NLI, paraphrase, STS), as the HF API and
+    transformers' text-classification pipeline take it."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    text_pair: str
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # HF clients may send "options" and the like
+    # A text, a pair {"text", "text_pair"}, or a list of either.
+    inputs: str | TextPair | list[str] | list[TextPair]
     parameters: ClassifyParameters | None = None
 
 
@@ -76,18 +88,49 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+# A multi-label model's decision threshold in its config.json (finetune/task.py writes it).
+THRESHOLD_FIELD = "cloze_threshold"
+
+
 async def classify(*, model_id: str, prefix: str, request: ClassifyRequest) -> Any:
-    """A list of [{label, score}] lists, one per input, best first (as the HF API answers)."""
+    """A list of [{label, score}] lists, one per input (a text or a pair), best first (as
+    the HF API answers). The scores are what the pipeline gives for the model's
+    problem_type: softmax, the raw value of a regression model, a sigmoid per label of a
+    multi-label model, where each label also says whether it is "on" (its score at least
+    the threshold the model was fine-tuned to)."""
     served = await load_async(model_id, prefix, "text-classification")
     chunks, post = await in_thread(_classify_inputs, served, request)
     logits = await infer(served, [_seq(chunk) for chunk in chunks])
-    return _plain([served.pipe.postprocess({"logits": x}, **post) for x in logits])
+    answers = _plain([served.pipe.postprocess({"logits": x}, **post) for x in logits])
+    config = served.model.config
+    applied = (request.parameters or ClassifyParameters()).function_to_apply
+    if config.problem_type == "multi_label_classification" and applied in (None, "sigmoid"):
+        threshold = float(getattr(config, THRESHOLD_FIELD, 0.5))
+        for answer in answers:
+            for label in answer:
+                label["on"] = label["score"] >= threshold
+    return answers
+
+
+def _classify_texts(inputs: str | TextPair | list[str] | list[TextPair]
+                    ) -> list[str] | list[dict[str, str]]:
+    """The request's texts or pairs ({"text", "text_pair"}), each text checked against the
+    count and length limits."""
+    if isinstance(inputs, str) or (isinstance(inputs, list) and
+                                   all(isinstance(x, str) for x in inputs)):
+        return texts_of(inputs)  # type: ignore[arg-type]
+    pairs: list[TextPair] = [inputs] if isinstance(inputs, TextPair) else \
+        [p for p in inputs if isinstance(p, TextPair)]
+    texts_of([p.text for p in pairs])  # the count, and each first text
+    for pair in pairs:
+        texts_of(pair.text_pair)
+    return [{"text": p.text, "text_pair": p.text_pair} for p in pairs]
 
 
 def _classify_inputs(served: Served, request: ClassifyRequest
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Each text tokenized once, by the pipeline's own preprocessing."""
-    texts = texts_of(request.inputs)
+    texts = _classify_texts(request.inputs)
     params = request.parameters or ClassifyParameters()
     labels = int(served.model.config.num_labels)
     # By default every label (as the HF API answers), but never more than max_top_k.

@@ -18,6 +18,20 @@ OBJECTIVES = {
 }
 
 
+ADAPTERS = {"lora": "LoRA", "adalora": "AdaLoRA"}
+# What a fine-tuning task's outputs mean and how it is scored.
+TASK_NOTES = {
+    "text_classification": "scored by accuracy and macro-F1; texts alone or in pairs "
+                           '(`{"text", "text_pair"}`)',
+    "regression": "one output, the predicted number (problem_type regression, MSE loss); "
+                  "scored by MSE, Pearson and Spearman",
+    "multi_label_classification": "a sigmoid per label (problem_type "
+                                  "multi_label_classification); scored by micro- and "
+                                  "macro-F1 at the decision threshold in config.json's "
+                                  "`cloze_threshold` (the best validation micro-F1)",
+}
+
+
 def serves_embeddings(spec: dict[str, Any], architecture: str) -> bool:
     """Whether the model is an encoder, whose mean-pooled last hidden states Cloze serves
     as embeddings (and whose export carries the sentence-transformers files saying so): a
@@ -47,9 +61,13 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
               f"A {architecture} model of {num_parameters:,} parameters, trained with Cloze "
               f"({done}).", "", "## Training", ""]
     if finetune:
+        adapter = (spec.get("adapter") or {}).get("type")
         lines += [f"- task: {spec.get('task')}, from base model `{spec.get('base_model_id')}`"
-                  + (" with LoRA adapters (merged into this model)"
-                     if spec.get("adapter") else "")]
+                  + (f" with {ADAPTERS.get(adapter, adapter)} adapters (merged into this model)"
+                     if adapter else "")]
+        if spec.get("task") in TASK_NOTES:
+            lines += [f"- {TASK_NOTES[spec['task']]}"]
+
     else:
         objective = spec.get("objective", "")
         lines += [f"- objective: {OBJECTIVES.get(objective, objective)}"]
