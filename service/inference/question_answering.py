@@ -7,8 +7,9 @@ pipeline (transformers 4) did it, so answers and scores are the ones it gave on 
 export: the question and the context in windows of max_seq_len tokens overlapping by
 doc_stride; in each window the start and end logits softmaxed over the context's tokens (and
 [CLS]); a span's score the product of its start and end probabilities, spans of at most
-max_answer_len tokens; the answer widened to whole words (align_to_words); with
-handle_impossible_answer, "" scored by the smallest [CLS] x [CLS] product of the windows.
+max_answer_len tokens; the answer widened to whole words (align_to_words), the scores of
+spans that give the same answer (case aside) summed; with handle_impossible_answer, ""
+scored by the smallest [CLS] x [CLS] product of the windows.
 """
 
 from pathlib import Path
@@ -128,9 +129,8 @@ def _windows(served: Served, item: QuestionContext, max_seq_len: int, doc_stride
                       f"doc_stride ({doc_stride}) leave no room for the context in windows of "
                       f"max_seq_len ({max_seq_len}) tokens", "inputs.question")
     encoded = tokenizer(item.question, item.context, truncation="only_second",
-                        max_length=max_seq_len, stride=doc_stride, return_tensors="np",
-                        return_token_type_ids=True, return_overflowing_tokens=True,
-                        return_offsets_mapping=True)
+                        max_length=max_seq_len, stride=doc_stride, return_token_type_ids=True,
+                        return_overflowing_tokens=True, return_offsets_mapping=True)
     limit = get_settings().inference_max_queue
     if len(encoded["input_ids"]) > limit:
         raise TooLarge("too_many_sequences", f"inputs.context: read in more than {limit} "
@@ -149,34 +149,49 @@ def read(served: Served, item: QuestionContext, *, max_seq_len: int, doc_stride:
     tokenizer = served.tokenizer
     rows = len(encoded["input_ids"])
     names = [n for n in served.input_names if n in encoded]
-    starts, ends = [], []
+    start_logits: list[np.ndarray] = []
+    end_logits: list[np.ndarray] = []
     with torch.inference_mode():
         torch.set_num_threads(served.threads)
         for first in range(0, rows, BATCH):  # windows of one text: all full but the last
-            batch = {n: torch.as_tensor(encoded[n][first:first + BATCH]) for n in names}
+            chunk = range(first, min(first + BATCH, rows))
+            width = max(len(encoded["input_ids"][w]) for w in chunk)
+            batch = {n: torch.zeros((len(chunk), width), dtype=torch.long) for n in names}
+            batch["input_ids"].fill_(served.pad_id)
+            for row, w in enumerate(chunk):
+                for n in names:
+                    values = encoded[n][w]
+                    batch[n][row, :len(values)] = torch.tensor(values)
             out = served.model(**batch)
-            starts.append(out.start_logits.float().numpy())
-            ends.append(out.end_logits.float().numpy())
-    start_logits, end_logits = np.concatenate(starts), np.concatenate(ends)
+            for row, w in enumerate(chunk):
+                length = len(encoded["input_ids"][w])
+                start_logits.append(out.start_logits[row, :length].float().numpy())
+                end_logits.append(out.end_logits[row, :length].float().numpy())
     candidates: list[dict[str, Any]] = []
     null_score = 1e6
     cls_id = tokenizer.cls_token_id
     for w in range(rows):
-        sequence = encoded.sequence_ids(w)
         # Tokens an answer may hold: the context's, and [CLS] (no answer).
-        allowed = np.array([s == 1 for s in sequence])
+        allowed = np.array([s == 1 for s in encoded.sequence_ids(w)])
         if cls_id is not None:
-            allowed |= encoded["input_ids"][w] == cls_id
-        allowed &= encoded["attention_mask"][w].astype(bool)
+            allowed |= np.array(encoded["input_ids"][w]) == cls_id
+        allowed &= np.array(encoded["attention_mask"][w], dtype=bool)
         start = _softmax(np.where(allowed, start_logits[w], -10000.0))
         end = _softmax(np.where(allowed, end_logits[w], -10000.0))
         if handle_impossible:
             null_score = min(null_score, float(start[0] * end[0]))
         start[0] = end[0] = 0.0
-        for s, e, score in _top_spans(start, end, top_k, max_answer_len, allowed):
+        # More spans than asked for: widened to words, several may become the same answer.
+        wanted = 2 * top_k + 10 if align_to_words else top_k
+        for s, e, score in _top_spans(start, end, wanted, max_answer_len, allowed):
             begin, finish = _characters(encoded[w], s, e, align_to_words)
-            candidates.append({"score": score, "start": begin, "end": finish,
-                               "answer": item.context[begin:finish]})
+            text = item.context[begin:finish]
+            same = next((a for a in candidates if a["answer"].lower() == text.lower()), None)
+            if same is not None:  # the same answer from another span or window: summed
+                same["score"] += score
+            else:
+                candidates.append({"score": score, "start": begin, "end": finish,
+                                   "answer": text})
     if handle_impossible:
         candidates.append({"score": null_score, "start": 0, "end": 0, "answer": ""})
     answers = sorted(candidates, key=lambda a: a["score"], reverse=True)[:top_k]
