@@ -7,7 +7,13 @@ from typing import Any
 
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from jobspec.model_facts import FILL_MASK, TEXT_GENERATION, auto_class, pipeline_task
+from jobspec.model_facts import (
+    FILL_MASK,
+    QUESTION_ANSWERING,
+    TEXT_GENERATION,
+    auto_class,
+    pipeline_task,
+)
 from jobspec.pooling import Pooling
 
 OBJECTIVES = {
@@ -67,7 +73,6 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
                      if adapter else "")]
         if spec.get("task") in TASK_NOTES:
             lines += [f"- {TASK_NOTES[spec['task']]}"]
-
     else:
         objective = spec.get("objective", "")
         lines += [f"- objective: {OBJECTIVES.get(objective, objective)}"]
@@ -109,6 +114,17 @@ def model_card(*, spec: dict[str, Any], step: int, total_steps: int, tokens_seen
                       "same to sentence-transformers: "
                       '`SentenceTransformer("path/to/this/directory").encode(texts)`.'
                       if pooling else ".")]
+    if task == QUESTION_ANSWERING:  # transformers 5 has no question-answering pipeline
+        lines += ["", "## How to use", "", "```python",
+                  "from transformers import AutoModelForQuestionAnswering, AutoTokenizer", "",
+                  'model = AutoModelForQuestionAnswering.from_pretrained("path/to/this/directory")',
+                  'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")',
+                  'inputs = tokenizer("Who sat?", "The cat sat on the mat.", return_tensors="pt")',
+                  "out = model(**inputs)  # start_logits, end_logits: the answer's ends",
+                  "", "# transformers 4: pipeline(\"question-answering\", "
+                  'model="path/to/this/directory")',
+                  "```", ""]
+        return "\n".join(lines)
     example = {FILL_MASK: f'"Paris is the {mask_token or "[MASK]"} of France."',
                TEXT_GENERATION: '"Once upon a time"'}.get(task, '"A text to label."')
     lines += ["", "## How to use", "", "```python",
