@@ -96,6 +96,8 @@ def test_other_owners_ids_are_404_on_every_route(secured, world):
         body = INFERENCE if method == "POST" and "/models/" in template else None
         if template.endswith("/sentence-similarity"):
             body = {"inputs": {"source_sentence": "the lord", "sentences": ["the king"]}}
+        if template.endswith("/question-answering"):
+            body = {"inputs": {"question": "Who?", "context": "The lord."}}
         r = bob.request(method, path, json=body)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         ok = alice.request(method, path, json=body)
