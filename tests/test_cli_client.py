@@ -93,8 +93,10 @@ def test_upload_submit_watch_metrics_and_fill_mask(embedded_stack: Stack, data_d
     # upload: the id on stdout, the dataset as the API has it
     dataset_id = ok(cloze("datasets", "upload", str(corpus), "--name", "cli", url=url)).strip()
     assert dataset_id.startswith("ds_")
-    shown = json.loads(ok(cloze("datasets", "show", dataset_id, url=url)))
+    shown = json.loads(ok(cloze("datasets", "show", dataset_id, "--json", url=url)))
     assert shown["bytes"] == corpus.stat().st_size and shown["name"] == "cli"
+    assert shown["preview"]["records"], shown["preview"]  # its first documents
+    assert dataset_id in ok(cloze("datasets", "show", dataset_id, url=url))  # for a person
     assert dataset_id in ok(cloze("datasets", "list", url=url))
 
     # submit a YAML spec, naming the dataset on the command line

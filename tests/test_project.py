@@ -556,3 +556,14 @@ def test_jobspec_needs_only_pydantic():
             top = module.split(".")[0]
             assert top in {"pydantic", "pydantic_core", "jobspec", "__future__"} or \
                 top in sys.stdlib_module_names, f"{path} imports {module}"
+
+
+def test_every_test_file_is_in_the_tests_index():
+    """tests/README.md says which file tests what; a file missing there is one a newcomer
+    cannot find (and a row for a removed file sends them nowhere)."""
+    index = (ROOT / "tests" / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", index, re.M))
+    files = {p.relative_to(ROOT / "tests").as_posix()
+             for p in (ROOT / "tests").rglob("test_*.py")}
+    assert files - listed == set(), "add these to tests/README.md's index"
+    assert listed - files == set(), "tests/README.md lists files that are gone"
