@@ -2,7 +2,7 @@
 
 Revision ID: 0015
 Revises: 0014
-Create Date: 2027-01-12 10:00:00.000000
+Create Date: 2026-12-07 21:30:00.000000
 """
 from collections.abc import Sequence
 
