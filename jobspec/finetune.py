@@ -140,6 +140,32 @@ class FinetuneHyperparameters(Strict):
     # "auto": bf16 autocast where the device has native bf16, as in pretraining.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 
+    def steps_per_epoch(self, train_examples: int) -> int:
+        return max(1, -(-train_examples // self.batch_size))
+
+    def total_steps(self, train_examples: int) -> int:
+        """max_steps, else the epochs' steps ("auto": auto_steps)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.epochs == "auto":
+            return auto_steps(train_examples, self.batch_size)
+        return self.epochs * self.steps_per_epoch(train_examples)
+
+    def resolve(self, train_examples: int, hidden_size: int) -> tuple[int, float, list[str]]:
+        """The run's optimizer steps and peak learning rate, and what "auto" chose, said for
+        the job's events (the engine's every fine-tuning task reads it; the dry run reads
+        total_steps)."""
+        total, notes = self.total_steps(train_examples), []
+        if self.max_steps is None and self.epochs == "auto":
+            notes.append(f"epochs auto: {total} steps "
+                         f"({total / self.steps_per_epoch(train_examples):.2f} epochs)")
+        if self.learning_rate == "auto":
+            learning_rate = auto_learning_rate(hidden_size)
+            notes.append(f"learning_rate auto: {learning_rate:g} (hidden size {hidden_size})")
+        else:
+            learning_rate = float(self.learning_rate)
+        return total, learning_rate, notes
+
 
 class AdapterSpec(Strict):
     """Parameter-efficient fine-tuning; the export is merged, so plain transformers loads it.

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from jobspec import formats
-from jobspec.finetune import auto_steps
 from jobspec.shard_key import tokenized_prefix
 from jobspec.sizing import estimate_finetune_bytes, estimate_pretrain_bytes, pretrain_parameters
 from service.domain import calibration
@@ -285,13 +284,7 @@ def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
     n_train, n_valid = _examples(train, valid, spec.validation_fraction)
     labels = len(spec.labels) if spec.labels is not None else len(
         {label for ds in (train, valid, test) if ds is not None for label in ds.labels or ()})
-    per_epoch = max(1, math.ceil(n_train / hp.batch_size))
-    if hp.max_steps is not None:
-        steps = hp.max_steps
-    elif hp.epochs == "auto":
-        steps = auto_steps(n_train, hp.batch_size)
-    else:
-        steps = int(hp.epochs) * per_epoch
+    steps = hp.total_steps(n_train)
     epochs = steps * hp.batch_size / n_train if n_train else None
     base = session.get(ModelRow, spec.base_model_id)
     assert base is not None  # checked by jobs.admit

@@ -12,7 +12,6 @@ with exact match and F1 as SQuAD's official script does (CMRC 2018's for Chinese
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
@@ -26,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from jobspec import FinetuneSpec
-from jobspec.finetune import auto_learning_rate, auto_steps
 from jobspec.formats import AnsweredQuestion
 from jobspec.metrics import EVAL_LOSS
 from jobspec.model_facts import run_fingerprint
@@ -461,21 +459,8 @@ def run_question_answering(spec: FinetuneSpec, base_model_dir: str | None,
         reporter.event("info", f"{unanswerable} of {len(records['train'])} training questions "
                                "have no answer (SQuAD 2.0): the model may answer none")
     train_split = windows["train"]
-    steps_per_epoch = math.ceil(len(train_split) / hp.batch_size)
-    resolved = []
-    if hp.max_steps is not None:
-        total = hp.max_steps
-    elif hp.epochs == "auto":
-        total = auto_steps(len(train_split), hp.batch_size)
-        resolved.append(f"epochs auto: {total} steps ({total / steps_per_epoch:.2f} epochs)")
-    else:
-        total = hp.epochs * steps_per_epoch
-    if hp.learning_rate == "auto":
-        learning_rate = auto_learning_rate(config.hidden_size)
-        resolved.append(f"learning_rate auto: {learning_rate:g} (hidden size "
-                        f"{config.hidden_size})")
-    else:
-        learning_rate = float(hp.learning_rate)
+    steps_per_epoch = hp.steps_per_epoch(len(train_split))
+    total, learning_rate, resolved = hp.resolve(len(train_split), config.hidden_size)
     if resolved:
         reporter.event("info", "hyperparameters " + "; ".join(resolved))
     fingerprint = run_fingerprint(

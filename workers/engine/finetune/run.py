@@ -3,12 +3,10 @@ regression, multi-label classification or token classification, and export it.""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobspec import FinetuneSpec
-from jobspec.finetune import auto_learning_rate, auto_steps
 from jobspec.formats import is_entity_tagging
 from jobspec.model_facts import PROBLEM_TYPES, run_fingerprint
 from jobspec.pooling import base_pooling
@@ -105,22 +103,9 @@ def run_finetune(
                            f"{split.truncated} of {len(split)} {name} {unit} were cut to "
                            f"sequence_length ({hp.sequence_length} tokens)")
     train_split = encoded["train"]
-    steps_per_epoch = math.ceil(len(train_split) / hp.batch_size)
+    steps_per_epoch = hp.steps_per_epoch(len(train_split))
     # -- "auto" hyperparameters: resolved from the base model and the data, and reported.
-    resolved = []
-    if hp.max_steps is not None:
-        total = hp.max_steps
-    elif hp.epochs == "auto":
-        total = auto_steps(len(train_split), hp.batch_size)
-        resolved.append(f"epochs auto: {total} steps ({total / steps_per_epoch:.2f} epochs)")
-    else:
-        total = hp.epochs * steps_per_epoch
-    if hp.learning_rate == "auto":
-        learning_rate = auto_learning_rate(config.hidden_size)
-        resolved.append(f"learning_rate auto: {learning_rate:g} (hidden size "
-                        f"{config.hidden_size})")
-    else:
-        learning_rate = float(hp.learning_rate)
+    total, learning_rate, resolved = hp.resolve(len(train_split), config.hidden_size)
     if resolved:
         reporter.event("info", "hyperparameters " + "; ".join(resolved))
     if spec.adapter is not None:  # AdaLoRA's rank budget is scheduled over the run's steps
