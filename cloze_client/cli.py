@@ -25,10 +25,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from cloze_client.client import Client
 from cloze_client.errors import ClozeError
-from cloze_client.types import TERMINAL, Job, JobEstimate, Model, Sweep, Trial
+from cloze_client.types import TERMINAL, Evaluation, Job, JobEstimate, Model, Sweep, Trial
 from cloze_client.watch import WatchState, duration, elapsed_seconds
 
 datasets_app = typer.Typer(help="Upload, list, show and delete datasets.", no_args_is_help=True)
@@ -97,13 +98,14 @@ def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _print_table(columns: list[str], rows: list[list[str]], *, wrap: tuple[str, ...] = (),
-                 title: str | None = None) -> None:
+def _print_table(columns: list[str], rows: list[list[str]] | list[list[str | Text]], *,
+                 wrap: tuple[str, ...] = (), title: str | None = None) -> None:
     """A plain table on stdout. Only the free-text columns named in `wrap` (names,
     sentences) wrap to fit a narrow terminal; every other column (ids, numbers, times, and
     every header) keeps its full width, even if the line must then run past the terminal's
     edge. Piped into a file or another program, nothing wraps (as with kubectl): one row a
-    line."""
+    line. A cell is shown as it is written (names are the user's: "[red]" in one is not
+    markup); a Text cell brings its own style."""
     table = Table(box=None, header_style="bold", pad_edge=False, title=title)
     least = 2 * (len(columns) - 1)  # the padding between columns
     for i, name in enumerate(columns):
@@ -115,7 +117,7 @@ def _print_table(columns: list[str], rows: list[list[str]], *, wrap: tuple[str, 
             table.add_column(name, no_wrap=True, min_width=width)
             least += width
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(c) if isinstance(c, str) else c for c in row))
     out = _out()
     if not out.is_terminal:
         wide = Console(width=100_000, no_color=True)
@@ -360,23 +362,35 @@ def jobs_list(limit: int = 20, after: str | None = None,
         wrap=("name",))
 
 
+# The job type whose result is a table of scores (GET /v1/jobs/{id}'s "evaluation").
+EVALUATE = "evaluate"
+
+
 def job_lines(job: Job) -> list[str]:
     """A job for a person (as `gh run view`): what it is, where it stands, how long it
     took, what it made or why it failed."""
     p, spec = job["progress"], job["spec"]
+    evaluate = job["type"] == EVALUATE
     kind = spec.get("objective") or spec.get("task")
+    if evaluate:  # what it evaluates: the model, and the one it is compared with
+        kind = spec.get("model_id", "") + (f" vs {spec['compare_model_id']}"
+                                           if spec.get("compare_model_id") else "")
     lines = [f"{job['id']} {job['name']}: {job['type']}{f' ({kind})' if kind else ''}, "
              f"{job['status']}"
              + (" (cancelling)" if job["cancel_requested"] and job["status"] == "running" else "")
              + (" (pausing)" if job.get("pause_requested") and job["status"] == "running"
                 else "")]
-    progress = [f"{p['step']:,}/{p['total_steps']:,} steps", f"{p['tokens_seen']:,} tokens"]
-    if p["tokens_per_second"] is not None:
+    # An evaluate job's progress counts cells (a task trained one way), not steps.
+    progress = [f"{p['step']:,}/{p['total_steps']:,} cells"] if evaluate else \
+        [f"{p['step']:,}/{p['total_steps']:,} steps", f"{p['tokens_seen']:,} tokens"]
+    if p["tokens_per_second"] is not None and not evaluate:
         progress.append(f"{p['tokens_per_second']:,.0f} tokens/s")
     if job["status"] == "running" and p["eta_seconds"] is not None:
         progress.append(f"ETA {duration(p['eta_seconds'])}")
     lines.append(f"  progress  {', '.join(progress)}")
-    lines.append(f"  loss      train {_loss(job['train_loss'])}, eval {_loss(job['eval_loss'])}")
+    if not evaluate:  # its fine-tunes' losses are no loss of its own: its table says more
+        lines.append(f"  loss      train {_loss(job['train_loss'])}, "
+                     f"eval {_loss(job['eval_loss'])}")
     started, finished = job["started_at"], job["finished_at"]
     if not started:
         times = f"created {_when(job['created_at'])} UTC, not started"
@@ -387,8 +401,9 @@ def job_lines(job: Job) -> list[str]:
             times += f", finished {finished[11:19] if same_day else _when(finished)}"
         times += f", {'took' if finished else 'running for'} {duration(elapsed_seconds(job))}"
     lines.append(f"  time      {times}")
-    lines.append(f"  dataset   {job['dataset_id']}")
-    lines.append(f"  model     {job['model_id'] or '-'}")
+    if not evaluate:  # its datasets and models are the table's
+        lines.append(f"  dataset   {job['dataset_id']}")
+        lines.append(f"  model     {job['model_id'] or '-'}")
     lines.append(f"  attempts  {job['attempts']}")
     if job.get("waiting_reason"):
         lines.append(f"  waiting   {job['waiting_reason']}")
@@ -397,16 +412,62 @@ def job_lines(job: Job) -> list[str]:
     return lines
 
 
+def _score(value: float | None) -> str:
+    """A test score as the model card writes it; blank while its cell is not done."""
+    return "" if value is None else f"{value:.4f}"
+
+
+SIGN_STYLES = {"+": "green", "-": "red", "=": "dim"}
+
+
+def _difference(value: float | None, sign: str | None) -> Text:
+    """+0.0523 (+): the sign says better, worse or a tie (closer than the table's `tie`)."""
+    if value is None or sign is None:
+        return Text("")
+    return Text(f"{value:+.4f} ({sign})", style=SIGN_STYLES.get(sign, ""))
+
+
+def evaluation_table(job: Job, evaluation: Evaluation
+                     ) -> tuple[list[str], list[list[str | Text]], str]:
+    """An evaluate job's table for a person: columns, rows and the "cells N of M done"
+    line. The comparison's columns only when the job compares two models; random init's
+    only when it trains them."""
+    compare = bool(job["spec"].get("compare_model_id"))
+    random_init = job["spec"].get("random_init") is not False
+    columns = ["task", "metric", "model", *(["compare model"] if compare else []),
+               *(["random init"] if random_init else []), "baseline",
+               *(["model - random init"] if random_init else []),
+               *(["model - compare"] if compare else [])]
+    rows: list[list[str | Text]] = []
+    for r in evaluation["rows"]:
+        baseline = "" if r["baseline"] is None else \
+            f"{_score(r['baseline'])} ({r['baseline_name']})" if r["baseline_name"] \
+            else _score(r["baseline"])
+        rows.append([r["task"], r["metric"], _score(r["model"]),
+                     *([_score(r["compare_model"])] if compare else []),
+                     *([_score(r["random_init"])] if random_init else []), baseline,
+                     *([_difference(r["difference"], r["sign"])] if random_init else []),
+                     *([_difference(r["compare_difference"], r["compare_sign"])]
+                       if compare else [])])
+    done = f"cells {evaluation['cells_done']} of {evaluation['cells_total']} done"
+    return columns, rows, done
+
+
 @jobs_app.command("show")
 def jobs_show(job_id: str, as_json: AsJson = False, url: Url = None,
               api_key: ApiKey = None) -> None:
-    """One job: status, progress, losses, times, dataset, model, error (--json: all of it,
-    the spec included)."""
+    """One job: status, progress, losses, times, dataset, model, error; an evaluate job's
+    table of scores (--json: all of it, the spec included)."""
     with connected(url, api_key) as client:
         job = client.get_job(job_id)
     if as_json:
         return _print_json(job)
     print("\n".join(job_lines(job)))
+    if evaluation := job.get("evaluation"):
+        columns, rows, done = evaluation_table(job, evaluation)
+        print()
+        _print_table(columns, rows, wrap=("task", "baseline"))
+        print(done)
     return None
 
 

@@ -52,6 +52,36 @@ class JobError(TypedDict):
     message: str
 
 
+class EvaluationRow(TypedDict):
+    """One task of an evaluate job's table: each way of training it scored on the task's
+    test split by `metric` (None while that cell is not done). jobspec/evaluation.py's Row,
+    which the client cannot import (tests/test_evaluation_views.py checks they match)."""
+
+    task: str
+    task_type: str
+    dataset_id: str
+    metric: str
+    model: float | None
+    compare_model: float | None
+    random_init: float | None
+    baseline: float | None
+    baseline_name: str | None
+    # model - random init (did pretraining pay?), "+", "-" or "=" (closer than `tie`).
+    difference: float | None
+    sign: Literal["+", "-", "="] | None
+    compare_difference: float | None
+    compare_sign: Literal["+", "-", "="] | None
+
+
+class Evaluation(TypedDict):
+    """An evaluate job's table (jobspec/evaluation.py's Table), filled in as cells finish."""
+
+    rows: list[EvaluationRow]
+    cells_done: int
+    cells_total: int
+    tie: float
+
+
 class Job(TypedDict):
     id: str
     object: Literal["job"]
@@ -74,6 +104,8 @@ class Job(TypedDict):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    # An evaluate job's table; None for the other types.
+    evaluation: NotRequired[Evaluation | None]
 
 
 class MetricPoint(TypedDict):

@@ -2,18 +2,22 @@
 each kept as a Hugging Face directory plus an archive."""
 
 import hashlib
+import io
 import json
+import secrets
 import tarfile
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobspec import names
 from jobspec.model_facts import model_details, pipeline_task
+from service.db import rowcount
 from service.domain import admission, jobs, lifecycle, quotas
 from service.domain.ids import new_id
 from service.domain.imports import read_header
@@ -90,6 +94,134 @@ def publish(*, session: Session, store: ObjectStore, export_dir: Path, owner: st
 
 def delete_files(*, store: ObjectStore, model_id: str) -> None:
     store.delete_prefix(f"models/{model_id}")
+
+
+# ---- the model card ---------------------------------------------------------------------
+
+CARD = "README.md"
+# Another writer changing the same card between our read and our write sends us back to
+# read its version; two writers of one card at once are rare (two jobs finishing together).
+CARD_TRIES = 5
+
+
+def append_card_section(*, session: Session, store: ObjectStore, model_id: str,
+                        section: str) -> None:
+    """Add `section` (Markdown that starts with its heading line, e.g. "## Evaluation
+    (job_x)") to the model's card, README.md, both in the archive that downloads serve and
+    in its files. A section with the same heading is replaced, not repeated: a job that
+    finishes twice (a resumed attempt racing the first) writes it once. A model with no
+    card gets one holding just the section.
+
+    The archive is the card's copy of record (what a user downloads): it is rebuilt under a
+    new key with the new card, the row switched to it only if no other writer switched it
+    meanwhile (else we start again from theirs), and the old archive removed after the
+    commit. Commits `session`; raises NotFound when the model is gone."""
+    for _ in range(CARD_TRIES):
+        # Read from the database, not from the session (a row it holds may be stale).
+        found = session.execute(select(ModelRow.archive_key, ModelRow.storage_prefix)
+                                .where(ModelRow.id == model_id)).first()
+        if found is None:
+            raise not_found("model", model_id)
+        old_key, prefix = found
+        session.commit()  # no connection held while the archive is read and rebuilt
+        member = f"{model_id}/{CARD}"  # the archive's one top folder is the model's id
+        card = _read_member(store, old_key, member)
+        new_card = with_section(card or "", section)
+        if new_card == card:
+            return
+        new_key = f"models/{model_id}/{model_id}-{secrets.token_hex(6)}.tar.gz"
+        with scratch_dir("card-") as tmp:
+            archive = Path(tmp) / "model.tar.gz"
+            _replace_member(store, old_key, archive, member, new_card.encode())
+            store.put_file(archive, new_key)
+            size = archive.stat().st_size
+        switched = rowcount(session.execute(
+            update(ModelRow).where(ModelRow.id == model_id, ModelRow.archive_key == old_key)
+            .values(archive_key=new_key, bytes=size)
+            # A row the session holds changes only if the database's did.
+            .execution_options(synchronize_session="fetch")))
+        session.commit()
+        if switched:
+            with store.open_write(f"{prefix}/{CARD}") as f:
+                f.write(new_card.encode())
+            store.delete(old_key)
+            return
+        store.delete(new_key)
+    raise Conflict("conflict", f"the card of model {model_id} kept changing while it was "
+                   "being written; try again")
+
+
+def _is_fence(line: str) -> bool:
+    return line.lstrip().startswith(("```", "~~~"))
+
+
+def _heading_level(line: str) -> int:
+    """1 for "# x", 2 for "## x", ...; 0 for a line that is no heading."""
+    hashes = len(line) - len(line.lstrip("#"))
+    return hashes if 0 < hashes <= 6 and line[hashes:hashes + 1] in (" ", "") else 0
+
+
+def with_section(card: str, section: str) -> str:
+    """The card with `section` in place of the section under the same heading (up to the
+    next heading of its level or above), or at its end. Lines in code blocks are not
+    headings (the card's usage example has Python comments)."""
+    heading = section.split("\n", 1)[0].rstrip()
+    level = _heading_level(heading)
+    if not level:
+        raise ValueError(f"a card section starts with its heading, not {heading!r}")
+    body = section.rstrip("\n") + "\n"
+    lines = card.splitlines(keepends=True)
+    start = end = None
+    fenced = False
+    for i, line in enumerate(lines):
+        if _is_fence(line):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        if start is None and line.rstrip() == heading:
+            start = i
+        elif start is not None and 0 < _heading_level(line) <= level:
+            end = i
+            break
+    if start is None:
+        return card.rstrip("\n") + "\n\n" + body if card.strip() else body
+    after = "".join(lines[end:]) if end is not None else ""
+    return "".join(lines[:start]) + body + ("\n" + after if after else "")
+
+
+def _read_member(store: ObjectStore, key: str, name: str) -> str | None:
+    """One file of a stored .tar.gz as text, read as a stream (a model's card comes before
+    its weights: tarfile adds a folder's files in sorted order, capitals first)."""
+    with store.open_read(key) as raw, tarfile.open(fileobj=raw, mode="r|gz") as tar:
+        for member in tar:
+            if member.name == name and member.isfile():
+                f = tar.extractfile(member)
+                return f.read().decode("utf-8", errors="replace") if f else None
+    return None
+
+
+def _replace_member(store: ObjectStore, key: str, target: Path, name: str, data: bytes
+                    ) -> None:
+    """Copy a stored .tar.gz to `target` member by member, with `name` holding `data`
+    (added at its place, or at the end when the archive has none)."""
+    def new_member() -> tuple[tarfile.TarInfo, io.BytesIO]:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        return info, io.BytesIO(data)
+
+    written = False
+    with store.open_read(key) as raw, tarfile.open(fileobj=raw, mode="r|gz") as old, \
+            tarfile.open(target, "w:gz") as new:
+        for member in old:
+            if member.name == name:
+                if not written:
+                    new.addfile(*new_member())
+                    written = True
+                continue
+            new.addfile(member, old.extractfile(member) if member.isfile() else None)
+        if not written:
+            new.addfile(*new_member())
 
 
 # ---- delete -----------------------------------------------------------------------------
