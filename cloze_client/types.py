@@ -71,6 +71,9 @@ class EvaluationRow(TypedDict):
     sign: Literal["+", "-", "="] | None
     compare_difference: float | None
     compare_sign: Literal["+", "-", "="] | None
+    # Each finished cell's cost, by variant: optimizer steps (fine-tunes) and seconds.
+    steps: dict[str, int]
+    seconds: dict[str, float]
 
 
 class Evaluation(TypedDict):
