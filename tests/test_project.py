@@ -110,8 +110,10 @@ def test_engine_imports_only_training_libraries():
     # peft only for LoRA fine-tuning (imported where it is used).
     # jobspec: the one job schema (pydantic only), shared with the API.
     # pyarrow only to read Parquet datasets (workers/engine/table_rows.py).
+    # sklearn and scipy (its sparse matrices) only for an evaluate job's TF-IDF + logistic
+    # regression baselines (workers/engine/baselines.py).
     allowed = {"torch", "transformers", "tokenizers", "numpy", "safetensors", "peft", "psutil",
-               "jobspec", "pyarrow"}
+               "jobspec", "pyarrow", "sklearn", "scipy"}
     for path in (ROOT / "workers" / "engine").rglob("*.py"):
         for module in _imports(path):
             top = module.split(".")[0]

@@ -79,11 +79,45 @@ def _head(model: PreTrainedModel, new_keys: set[str]) -> list[str]:
     return sorted(set(outside) | (fresh - covered))
 
 
+def _random_model(task: str, labels: list[str], base_config: dict[str, Any] | None, *,
+                  dropout: float | None, attention: str
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A randomly initialised task model: of a model directory's own architecture
+    ({"config_dir": ...}: its config.json and tokenizer, any architecture transformers
+    knows, imported ones included) or of a ModelSpec shape ({"architecture": "bert",
+    sizes..., "tokenizer_dir"})."""
+    auto = HEADS[task]
+    if isinstance(base_config, dict) and base_config.get("config_dir"):
+        directory = base_config["config_dir"]
+        check_confined(directory)
+        tokenizer = load_tokenizer(directory)
+        try:
+            config = AutoConfig.from_pretrained(directory)
+            _label_config(config, task, labels, dropout)
+            # fp32 as a loaded base (from_config would take the config's "dtype").
+            model = auto.from_config(config, attn_implementation=attention,
+                                     dtype=torch.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise EngineError(f"cannot initialise the base model's architecture for {task}: "
+                              f"{exc}") from None
+        return model, tokenizer
+    if not isinstance(base_config, dict) or not base_config.get("tokenizer_dir"):
+        raise ConfigError("without a base model, base_config with a tokenizer_dir (or a "
+                          "config_dir) is needed to initialise one")
+    tokenizer = load_tokenizer(base_config["tokenizer_dir"])
+    shape = {k: v for k, v in base_config.items() if k in ModelSpec.model_fields}
+    config = model_config(ModelSpec(**shape), tokenizer, dropout or 0.0)
+    _label_config(config, task, labels, dropout)
+    return auto.from_config(config, attn_implementation=attention), tokenizer
+
+
 def load_base(task: str, labels: list[str], base_model_dir: str | None,
               base_config: dict[str, Any] | None, *, dropout: float | None, attention: str,
               seed: int) -> Base:
     """The task model from base_model_dir (its encoder reused, a new head), or randomly
-    initialised from base_config ({"architecture": "bert", sizes..., "tokenizer_dir"})."""
+    initialised from base_config: {"config_dir": a model directory} (that model's
+    architecture and tokenizer, random weights: an evaluate job's random-init baseline) or
+    {"architecture": "bert", sizes..., "tokenizer_dir"} (a ModelSpec shape)."""
     torch.manual_seed(seed)  # the new head's (or the whole model's) initial weights
     auto = HEADS[task]
     unused: list[str] = []
@@ -97,21 +131,19 @@ def load_base(task: str, labels: list[str], base_model_dir: str | None,
                 base_model_dir, config=config, output_loading_info=True,
                 ignore_mismatched_sizes=True,  # a base with a head for other labels
                 use_safetensors=True,  # never unpickle weights
-                attn_implementation=attention)
+                # fp32 master weights, as the loop's mixed precision expects: transformers
+                # would keep a checkpoint's own bf16/fp16 (Hub models often are), where
+                # updates below the format's precision are lost, and an evaluate job's
+                # random init (fp32) would not train on the same terms.
+                dtype=torch.float32, attn_implementation=attention)
         except (OSError, ValueError, KeyError) as exc:
             raise EngineError(f"cannot load the base model for {task}: {exc}") from None
         new = set(info["missing_keys"]) | {k[0] if isinstance(k, tuple) else k
                                            for k in info["mismatched_keys"]}
         unused = sorted(info["unexpected_keys"])
     else:
-        if not isinstance(base_config, dict) or not base_config.get("tokenizer_dir"):
-            raise ConfigError("without a base model, base_config with a tokenizer_dir is "
-                              "needed to initialise one")
-        tokenizer = load_tokenizer(base_config["tokenizer_dir"])
-        shape = {k: v for k, v in base_config.items() if k in ModelSpec.model_fields}
-        config = model_config(ModelSpec(**shape), tokenizer, dropout or 0.0)
-        _label_config(config, task, labels, dropout)
-        model = auto.from_config(config, attn_implementation=attention)
+        model, tokenizer = _random_model(task, labels, base_config, dropout=dropout,
+                                         attention=attention)
         new = set()  # everything is new; the head is what lies outside the encoder
     limits = [getattr(model.config, "max_position_embeddings", None),
               tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else None]

@@ -102,7 +102,9 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     """Pearson's correlation coefficient (scipy.stats.pearsonr's statistic); 0.0 when
     either side is constant (undefined there)."""
     n = len(x)
-    if n < 2:
+    # Tested before the sums: a constant's deviations from its computed mean are rounding
+    # errors, not zero (a regression baseline's training mean everywhere gave 1.9e-15).
+    if n < 2 or min(x) == max(x) or min(y) == max(y):
         return 0.0
     mx, my = sum(x) / n, sum(y) / n
     sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
