@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from jobspec.common import SpecError
+from jobspec.evaluation import EvaluateSpec
 from jobspec.field_errors import error_param
 from jobspec.finetune import FINETUNE_DATA, AdapterSpec, FinetuneHyperparameters, FinetuneSpec
 from jobspec.model_shapes import (
@@ -36,13 +37,14 @@ def _job_type(value: Any) -> str:
 
 
 JobSpec = Annotated[
-    Annotated[PretrainSpec, Tag("pretrain")] | Annotated[FinetuneSpec, Tag("finetune")],
+    Annotated[PretrainSpec, Tag("pretrain")] | Annotated[FinetuneSpec, Tag("finetune")]
+    | Annotated[EvaluateSpec, Tag("evaluate")],
     Discriminator(_job_type),
 ]
-_ADAPTER: TypeAdapter[PretrainSpec | FinetuneSpec] = TypeAdapter(JobSpec)
+_ADAPTER: TypeAdapter[PretrainSpec | FinetuneSpec | EvaluateSpec] = TypeAdapter(JobSpec)
 
 
-def parse_spec(data: Any) -> PretrainSpec | FinetuneSpec:
+def parse_spec(data: Any) -> PretrainSpec | FinetuneSpec | EvaluateSpec:
     """A validated spec from its JSON form, or SpecError naming the field to fix."""
     try:
         spec = _ADAPTER.validate_python(data)
@@ -60,6 +62,7 @@ __all__ = [
     "ARCHITECTURES",
     "DECODERS",
     "ENCODERS",
+    "EvaluateSpec",
     "FINETUNE_DATA",
     "OBJECTIVES",
     "RECIPES",

@@ -8,7 +8,13 @@ from typing import Any
 
 # The tags pydantic puts in a location when it picks a member of the job-spec union
 # (jobspec.JobSpec): they name no field the user wrote.
-UNION_TAGS = frozenset({"pretrain", "finetune"})
+UNION_TAGS = frozenset({"pretrain", "finetune", "evaluate"})
+
+
+def _union_member(part: Any) -> bool:
+    """A member of a plain union in a location ("list[SuiteTask]", "literal['uploaded']"):
+    pydantic names the branch it tried; no field of a spec has brackets in its name."""
+    return isinstance(part, str) and part.endswith("]") and "[" in part
 
 
 def error_param(error: Mapping[str, Any], *, in_request: bool = False) -> str | None:
@@ -20,5 +26,6 @@ def error_param(error: Mapping[str, Any], *, in_request: bool = False) -> str | 
         part, loc = str(loc[0]), loc[1:]
     else:
         part = None
-    fields = [str(p) for p in loc if not (isinstance(p, str) and p in UNION_TAGS)]
+    fields = [str(p) for p in loc
+              if not (isinstance(p, str) and p in UNION_TAGS) and not _union_member(p)]
     return ".".join(fields) or part

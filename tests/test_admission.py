@@ -158,7 +158,7 @@ def test_deleting_a_model_and_a_job_on_it_never_both_succeed(api: Api):
         assert made.status_code in (202, 422), made.text
         both.append((gone.status_code, made.status_code))
         if made.status_code == 202:  # it names the model: the delete was refused
-            assert gone.status_code == 409 and "is the base model of job" in gone.text
+            assert gone.status_code == 409 and "is read by job" in gone.text
             assert api.client.get(f"/v1/models/{model}").status_code == 200
             api.client.post(f"/v1/jobs/{made.json()['id']}/cancel")
             assert api.client.delete(f"/v1/models/{model}").status_code == 204

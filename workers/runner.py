@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from jobspec import FinetuneSpec, PretrainSpec, SpecError, parse_spec
+from jobspec import EvaluateSpec, FinetuneSpec, PretrainSpec, SpecError, parse_spec
+from jobspec import evaluation as ev
 from jobspec.model_facts import model_details
 from jobspec.shard_key import tokenized_prefix
 from service import logs
@@ -165,9 +166,12 @@ def _fail(job_id: str, reporter: DbReporter, code: str, message: str) -> None:
 
 def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: Path) -> None:
     try:
+        spec = parse_spec(attempt.spec)
+        if isinstance(spec, EvaluateSpec):
+            _evaluate(attempt, spec, store, reporter, work)
+            return
         if "train" not in attempt.data:
             raise CorpusError("the job's dataset no longer exists")
-        spec = parse_spec(attempt.spec)
         reporter.keep_checkpoints = spec.keep_checkpoints
         resume_from = _resume_point(attempt, store, reporter, work / "resume")
         if isinstance(spec, FinetuneSpec):
@@ -192,11 +196,7 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
                             "model, batch_size or micro_batch_size") from None
         raise
     if published is None:
-        # A pause that a cancel overtook (even after the checkpoint) ends cancelled.
-        if reporter.pausing() and _pause_reached(attempt.job_id):
-            return
-        reporter.event("info", JobStatus.CANCELLED.value)
-        finish(attempt.job_id, JobStatus.CANCELLED)
+        _stopped(attempt, reporter)
         return
     if finish(attempt.job_id, JobStatus.SUCCEEDED, model_id=published):
         reporter.event("info", f"model {published} is ready")
@@ -204,6 +204,43 @@ def _attempt(attempt: Attempt, store: ObjectStore, reporter: DbReporter, work: P
         with session_scope() as s:
             attempts.discard_model(s, published)
         models.delete_files(store=store, model_id=published)
+
+
+def _stopped(attempt: Attempt, reporter: DbReporter) -> None:
+    """The run stopped when asked: paused, or cancelled (a pause that a cancel overtook,
+    even after the checkpoint, ends cancelled)."""
+    if reporter.pausing() and _pause_reached(attempt.job_id):
+        return
+    reporter.event("info", JobStatus.CANCELLED.value)
+    finish(attempt.job_id, JobStatus.CANCELLED)
+
+
+def _evaluate(attempt: Attempt, spec: EvaluateSpec, store: ObjectStore, reporter: DbReporter,
+              work: Path) -> None:
+    """Every cell of the suite not done yet (workers/suite.py); the table goes onto the
+    evaluated model's card once the last is done."""
+    from workers.suite import run_suite  # only evaluate jobs load the baselines
+
+    if not run_suite(attempt.job_id, attempt.number, spec, store, reporter, work):
+        _stopped(attempt, reporter)
+        return
+    if not finish(attempt.job_id, JobStatus.SUCCEEDED):
+        return  # the reaper gave the job to another attempt meanwhile: that one ends it
+    with session_scope() as s:
+        table = ev.table(spec, [t.name or t.dataset_id for t in spec.tasks],
+                         attempts.cells(s, attempt.job_id))
+    reporter.event("info", f"evaluation done: {len(table.rows)} tasks")
+    try:
+        with session_scope() as s:
+            models.append_card_section(
+                session=s, store=store, model_id=spec.model_id,
+                section=f"## Evaluation ({attempt.job_id})\n\n"
+                        + ev.markdown(table, compare=spec.compare_model_id is not None))
+    except Exception:  # the table is the job's; the card is a copy of it
+        log.warning("%s: could not add the table to the model card", attempt.job_id,
+                    exc_info=True)
+        reporter.event("warning", f"the table could not be added to {spec.model_id}'s model "
+                                  "card (see the worker log); it is in the job")
 
 
 def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter: DbReporter,

@@ -133,7 +133,8 @@ def list_jobs(session: SessionDep, caller: CallerDep, limit: Limit = 20, after: 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, session: SessionDep, caller: CallerDep) -> JobPublic:
-    return JobPublic.of(jobs.get(session=session, job_id=job_id, scope=caller.scope))
+    row = jobs.get(session=session, job_id=job_id, scope=caller.scope)
+    return JobPublic.of(row, jobs.evaluation(session, row))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -13,11 +13,13 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from jobspec import evaluation as ev
 from jobspec.metrics import EVAL_LOSS, METRICS, TRAIN_LOSS, EvalPoint, TrainPoint, columns
 from service.domain.ids import new_id
 from service.domain.tables import (
     CheckpointRow,
     DatasetRow,
+    EvaluationCellRow,
     EventRow,
     JobRow,
     MetricRow,
@@ -57,15 +59,66 @@ def inputs(session: Session, job_id: str) -> Inputs:
     job = session.get(JobRow, job_id)
     assert job is not None
     spec = dict(job.spec)
+    return Inputs(number=job.attempts, owner=job.owner, spec=spec, data=_data(session, spec),
+                  base_model=_model(session, spec.get("base_model_id")))
+
+
+def _data(session: Session, reader: dict[str, Any]) -> dict[str, Stored]:
     data = {}
     for split, param in SPLIT_PARAMS:
-        if spec.get(param) and (row := session.get(DatasetRow, spec[param])) is not None:
+        if reader.get(param) and (row := session.get(DatasetRow, reader[param])) is not None:
             data[split] = Stored(row.id, row.storage_key, row.format, row.tag_column)
-    base = None
-    if spec.get("base_model_id") and (m := session.get(ModelRow, spec["base_model_id"])):
-        base = Stored(m.id, m.storage_prefix, m.architecture)
-    return Inputs(number=job.attempts, owner=job.owner, spec=spec, data=data,
-                  base_model=base)
+    return data
+
+
+def _model(session: Session, model_id: str | None) -> Stored | None:
+    if model_id and (m := session.get(ModelRow, model_id)) is not None:
+        return Stored(m.id, m.storage_prefix, m.architecture)
+    return None
+
+
+@dataclass(frozen=True)
+class SuiteInputs:
+    """What an evaluate job's attempt reads: each task's data (split -> dataset) and the
+    models it fine-tunes (variant -> model); a deleted one is missing."""
+
+    tasks: list[dict[str, Stored]]
+    models: dict[str, Stored]
+    cells: list[ev.Cell]  # those finished by earlier attempts: not done again
+
+
+def suite_inputs(session: Session, job_id: str, spec: ev.EvaluateSpec) -> SuiteInputs:
+    models = {variant: stored for variant, model_id in (
+        (ev.MODEL, spec.model_id), (ev.COMPARE_MODEL, spec.compare_model_id))
+        if (stored := _model(session, model_id)) is not None}
+    return SuiteInputs(tasks=[_data(session, task.model_dump()) for task in spec.tasks],
+                       models=models, cells=cells(session, job_id))
+
+
+def cells(session: Session, job_id: str) -> list[ev.Cell]:
+    """An evaluate job's finished cells, in the order they finished."""
+    rows = session.scalars(select(EvaluationCellRow).where(
+        EvaluationCellRow.job_id == job_id).order_by(EvaluationCellRow.id))
+    return [ev.Cell(task_index=r.task_index, variant=r.variant, metrics=r.metrics,
+                    steps=r.steps, seconds=r.seconds) for r in rows]
+
+
+def record_cell(session: Session, job_id: str, cell: ev.Cell) -> bool:
+    """A finished cell, once (False if an earlier attempt racing this one recorded it
+    first), and the job's progress: its cells done, with a fresh heartbeat."""
+    done = session.scalar(select(EvaluationCellRow.id).where(
+        EvaluationCellRow.job_id == job_id, EvaluationCellRow.task_index == cell.task_index,
+        EvaluationCellRow.variant == cell.variant))
+    if done is None:
+        session.add(EvaluationCellRow(job_id=job_id, task_index=cell.task_index,
+                                      variant=cell.variant, metrics=cell.metrics,
+                                      steps=cell.steps, seconds=cell.seconds))
+        session.flush()
+    count = session.scalar(select(func.count()).select_from(EvaluationCellRow).where(
+        EvaluationCellRow.job_id == job_id))
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(
+        step=count, heartbeat_at=utcnow()))
+    return done is None
 
 
 def record_event(session: Session, job_id: str, level: str, message: str) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from service.domain import quotas
 from service.domain.estimates import JobEstimate
 from service.domain.refusals import Invalid, TooLarge
-from service.domain.specs import FinetuneJobCreate, PretrainJobCreate
+from service.domain.specs import EvaluateJobCreate, FinetuneJobCreate, PretrainJobCreate
 from service.domain.tables import CheckpointRow, JobRow
 from service.settings import Settings
 
@@ -63,13 +63,15 @@ def _size(n: float) -> str:
 
 
 def check(session: Session, owner: str, settings: Settings,
-          job_in: PretrainJobCreate | FinetuneJobCreate, found: JobEstimate | None) -> None:
+          job_in: PretrainJobCreate | FinetuneJobCreate | EvaluateJobCreate,
+          found: JobEstimate | None) -> None:
     """Refuse a job whose kept checkpoints cannot fit the room its owner's quota leaves:
     422 on keep_checkpoints naming the most that fit (null, which keeps every one, is
     accepted when all of them fit), 413 when not even one fits. Without an estimate of the
     model's size nothing is refused here; the worker's check before each checkpoint holds."""
     quota = settings.storage_quota_bytes
-    if not quota or found is None or not found.parameters:
+    if not quota or found is None or not found.parameters \
+            or isinstance(job_in, EvaluateJobCreate):  # it stores no checkpoints
         return
     size = estimated_bytes(job_in, found.parameters, found.data.vocab_size)
     count = written(job_in, found)

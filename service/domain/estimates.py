@@ -19,11 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from jobspec import formats
+from jobspec import evaluation as ev
+from jobspec import formats, parse_spec
 from jobspec.shard_key import tokenized_prefix
 from jobspec.sizing import estimate_finetune_bytes, estimate_pretrain_bytes, pretrain_parameters
 from service.domain import calibration
-from service.domain.specs import FinetuneJobCreate, PretrainJobCreate
+from service.domain.specs import EvaluateJobCreate, FinetuneJobCreate, PretrainJobCreate
 from service.domain.tables import DatasetRow, ModelRow
 from service.storage import ObjectStore
 from service.transformers_import import transformers
@@ -86,6 +87,10 @@ class JobEstimate(BaseModel):
     memory_bytes: int | None
     data: DataFigures
     time: TimeFigures | None
+    # An evaluate job: the estimate of each task's fine-tune (the job runs each once per
+    # model it fine-tunes: the model, the one to compare, random init); its figures above
+    # are their sums.
+    tasks: list["JobEstimate"] | None = None
 
 
 def _read_sample(store: ObjectStore, key: str) -> tuple[bytes, float]:
@@ -301,9 +306,41 @@ def _finetune(session: Session, store: ObjectStore, spec: FinetuneJobCreate
     return data, steps, epochs, parameters, memory, per_example, spec.task, base.architecture
 
 
+def _evaluate(session: Session, store: ObjectStore, job_in: EvaluateJobCreate, name: str
+              ) -> JobEstimate:
+    """An evaluate job's figures: its tasks' fine-tunes, each as many times as the job
+    fine-tunes a model on it (the comparison model is counted at the model's size), run one
+    after another (resources.processes at once take less wall-clock time than this)."""
+    finetunes = sum(v != ev.BASELINE for v in job_in.variants())
+    tasks = []
+    for i, task in enumerate(job_in.tasks):
+        spec = parse_spec(ev.finetune_spec(job_in, i))
+        assert isinstance(spec, FinetuneJobCreate)
+        tasks.append(estimate(session=session, store=store, job_in=spec,
+                              name=task.name or task.dataset_id))
+    timed = [t.time for t in tasks if t.time is not None]
+    time = None
+    if len(timed) == len(tasks):
+        seconds = finetunes * sum(t.seconds for t in timed)
+        tokens = finetunes * sum(t.tokens for t in timed)
+        time = TimeFigures(seconds=round(seconds, 1), tokens=tokens,
+                           tokens_per_second=round(tokens / max(seconds, 1e-9), 1),
+                           source=timed[0].source, worker_kind=timed[0].worker_kind)
+    memories = [t.memory_bytes for t in tasks if t.memory_bytes is not None]
+    data = DataFigures(source="records", documents=sum(t.data.documents for t in tasks),
+                       train_examples=sum(t.data.train_examples or 0 for t in tasks),
+                       validation_examples=sum(t.data.validation_examples or 0 for t in tasks))
+    return JobEstimate(type=job_in.type, name=name, spec={**job_in.stored_spec(), "name": name},
+                       steps=finetunes * sum(t.steps for t in tasks), epochs=None,
+                       parameters=tasks[0].parameters, memory_bytes=max(memories, default=None),
+                       data=data, time=time, tasks=tasks)
+
+
 def estimate(*, session: Session, store: ObjectStore, job_in: PretrainJobCreate |
-             FinetuneJobCreate, name: str) -> JobEstimate:
+             FinetuneJobCreate | EvaluateJobCreate, name: str) -> JobEstimate:
     """What an admitted spec would do (jobs.admit has checked it and its datasets)."""
+    if isinstance(job_in, EvaluateJobCreate):
+        return _evaluate(session, store, job_in, name)
     memory: int | None = None
     if isinstance(job_in, PretrainJobCreate):
         dataset = session.get(DatasetRow, job_in.dataset_id)
@@ -339,7 +376,8 @@ def estimate(*, session: Session, store: ObjectStore, job_in: PretrainJobCreate 
 
 
 def estimate_or_none(*, session: Session, store: ObjectStore,
-                     job_in: PretrainJobCreate | FinetuneJobCreate, name: str
+                     job_in: PretrainJobCreate | FinetuneJobCreate | EvaluateJobCreate,
+                     name: str
                      ) -> JobEstimate | None:
     """What a submission records of its estimate (its eta until measured; its checkpoints'
     size, for the storage quota); None when it cannot be told (an estimate is never a

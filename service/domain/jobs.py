@@ -7,18 +7,35 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from jobspec import ARCHITECTURES
+from jobspec import ARCHITECTURES, SpecError, parse_spec
+from jobspec import evaluation as ev
 from jobspec.field_errors import error_param
-from jobspec.formats import KIND_HOLDS, TAGGED_TOKENS, TEXT, FormatError, number
+from jobspec.formats import (
+    EXTRACTIVE_QA,
+    KIND_HOLDS,
+    LABELLED_TEXT,
+    MULTI_LABELLED_TEXT,
+    SPLITS,
+    TAGGED_TOKENS,
+    TEXT,
+    FormatError,
+    number,
+)
 from jobspec.metrics import columns
 from jobspec.model_facts import FEATURE_EXTRACTION
-from service.domain import admission, datasets, lifecycle, webhooks
+from service.domain import admission, attempts, datasets, lifecycle, webhooks
 from service.domain.ids import new_id
 from service.domain.lifecycle import JobStatus
 from service.domain.pagination import newest_first, owned
 from service.domain.refusals import Conflict, Invalid, not_found
 from service.domain.schemas import Timestamp
-from service.domain.specs import FINETUNE_DATA, FinetuneJobCreate, JobCreate, PretrainJobCreate
+from service.domain.specs import (
+    FINETUNE_DATA,
+    EvaluateJobCreate,
+    FinetuneJobCreate,
+    JobCreate,
+    PretrainJobCreate,
+)
 from service.domain.tables import (
     CheckpointRow,
     DatasetRow,
@@ -70,9 +87,12 @@ class JobPublic(BaseModel):
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
+    # An evaluate job's table (jobspec/evaluation.py), filled in as its cells finish; null
+    # for the other job types and in lists.
+    evaluation: ev.Table | None = None
 
     @classmethod
-    def of(cls, row: JobRow) -> "JobPublic":
+    def of(cls, row: JobRow, evaluation: ev.Table | None = None) -> "JobPublic":
         eta = None
         if lifecycle.is_running(row) and row.tokens_per_second and row.total_steps > row.step \
                 and row.step:
@@ -97,7 +117,7 @@ class JobPublic(BaseModel):
             train_loss=row.train_loss, eval_loss=row.eval_loss, model_id=row.model_id,
             attempts=row.attempts, cancel_requested=row.cancel_requested,
             pause_requested=row.pause_requested, error=error,
-            waiting_reason=waiting,
+            waiting_reason=waiting, evaluation=evaluation,
             created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at)
 
 
@@ -231,11 +251,82 @@ def _check_finetune(session: Session, owner: str, job_in: FinetuneJobCreate) -> 
                                f"{', '.join(extra[:10])}")
 
 
+# The task an "uploaded" suite gives each kind of labelled dataset.
+UPLOADED_TASKS = {LABELLED_TEXT: "text_classification", TAGGED_TOKENS: "token_classification",
+                  MULTI_LABELLED_TEXT: "multi_label_classification",
+                  EXTRACTIVE_QA: "question_answering"}
+
+
+def _check_evaluate(session: Session, owner: str, job_in: EvaluateJobCreate
+                    ) -> EvaluateJobCreate:
+    """The evaluate job checked as each of its fine-tunes would be (a refusal names the
+    suite's task: "suite.1.columns.label"), with an "uploaded" suite resolved and every
+    task named, as the stored spec keeps them."""
+    for param in ("model_id", "compare_model_id"):
+        model_id = getattr(job_in, param)
+        if model_id is not None and ((model := session.get(ModelRow, model_id)) is None
+                                     or model.owner != owner):
+            raise _invalid(param, f"no model with id {model_id!r}")
+    suite = _uploaded_suite(session, owner) if isinstance(job_in.suite, str) \
+        else job_in.suite
+    named = []
+    for i, task in enumerate(suite):
+        dataset = _own_dataset(session, owner, f"suite.{i}.dataset_id", task.dataset_id)
+        assert dataset is not None
+        named.append(task.model_copy(update={"name": task.name or dataset.name}))
+        if task.test_dataset_id is None and dataset.splits is not None \
+                and "test" not in {SPLITS.get(k) for k in dataset.splits}:
+            raise _invalid(f"suite.{i}.dataset_id", "an evaluate job scores every task on "
+                           f"its test split; {dataset.id} has none (its records' splits: "
+                           f"{', '.join(f'{k} {v}' for k, v in dataset.splits.items())}): "
+                           'give test_dataset_id, or records with "split": "test"')
+    job_in = job_in.model_copy(update={"suite": named})
+    for i in range(len(named)):
+        try:
+            finetune = parse_spec(ev.finetune_spec(job_in, i))
+            assert isinstance(finetune, FinetuneJobCreate)
+            _check_finetune(session, owner, finetune)
+        except SpecError as exc:
+            raise _in_suite(i, exc.param, exc.message) from None
+        except Invalid as exc:
+            raise _in_suite(i, exc.param, exc.message) from None
+    return job_in
+
+
+def _in_suite(index: int, param: str | None, message: str) -> Invalid:
+    """A fine-tune's refusal as the evaluate job's: its field within suite.<index> (the
+    base model is the evaluated one: model_id)."""
+    if param in (None, "hyperparameters") or (param or "").startswith("hyperparameters."):
+        return Invalid("invalid_request", message, param)
+    if param == "base_model_id":
+        return _invalid("model_id", message.split(": ", 1)[-1])
+    return _invalid(f"suite.{index}.{param}", message.split(": ", 1)[-1])
+
+
+def _uploaded_suite(session: Session, owner: str) -> list[ev.SuiteTask]:
+    """One task per labelled dataset of the owner, newest first (at most MAX_SUITE_TASKS)
+    whose records carry a test split; tables are left out (their columns need a map)."""
+    rows = session.scalars(select(DatasetRow).where(
+        DatasetRow.owner == owner, DatasetRow.kind.in_(UPLOADED_TASKS))
+        .order_by(DatasetRow.created_at.desc()))
+    # (fields: in Python, as a JSON column stores None as JSON null, not SQL NULL)
+    suite = [ev.SuiteTask.model_validate({"task": UPLOADED_TASKS[row.kind],
+                                          "dataset_id": row.id, "name": row.name})
+             for row in rows if row.fields is None
+             and "test" in {SPLITS.get(k) for k in row.splits or {}}]
+    if not suite:
+        raise _invalid("suite", 'the "uploaded" suite takes every dataset of yours with labels '
+                       "and a test split (records with \"split\": \"test\"); you have none: "
+                       "upload one, or list the suite's tasks")
+    return suite[:ev.MAX_SUITE_TASKS]
+
+
 @dataclass(frozen=True)
 class Admitted:
     """A spec that passed every check a submission makes, with what the job row records."""
 
-    job_in: PretrainJobCreate | FinetuneJobCreate  # re-read with a base model's architecture
+    # re-read with a base model's architecture; an evaluate job's suite resolved
+    job_in: PretrainJobCreate | FinetuneJobCreate | EvaluateJobCreate
     name: str
     total_steps: int
     max_active: int  # checked again, under the owner's lock, when the row is inserted
@@ -256,6 +347,11 @@ def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -
         shape = job_in.base_model_id or f"{job_in.model.architecture}-{job_in.model.size}"
         name = job_in.name or f"{shape}-{job_in.objective}"
         total_steps = job_in.hyperparameters.max_steps
+    elif isinstance(job_in, EvaluateJobCreate):
+        job_in = _check_evaluate(session, owner, job_in)
+        name = job_in.name or f"evaluate-{job_in.model_id}"
+        # Its progress counts cells (a task trained one way), not steps.
+        total_steps = len(job_in.tasks) * len(job_in.variants())
     else:
         _check_finetune(session, owner, job_in)
         name = job_in.name or f"{job_in.task.replace('_', '-')}-{job_in.base_model_id}"
@@ -265,20 +361,25 @@ def admit(*, session: Session, job_in: JobCreate, owner: str, max_active: int) -
     return Admitted(job_in, name, total_steps, max_active)
 
 
-def _still_there(session: Session, owner: str, job_in: PretrainJobCreate | FinetuneJobCreate
-                 ) -> None:
+def _still_there(session: Session, owner: str,
+                 job_in: PretrainJobCreate | FinetuneJobCreate | EvaluateJobCreate) -> None:
     """The datasets and base model the job reads exist (checked under the owner's lock:
     a delete racing this submission either finds the job, or is found to have won)."""
     # Queries, not session.get: the session may hold the rows admit read, deleted since.
-    for param in ("dataset_id", "validation_dataset_id", "test_dataset_id"):
-        dataset_id = getattr(job_in, param, None)
-        if dataset_id is not None and session.scalar(select(DatasetRow.id).where(
-                DatasetRow.id == dataset_id, DatasetRow.owner == owner)) is None:
-            raise _invalid(param, f"no dataset with id {dataset_id!r}")
-    base_id = job_in.base_model_id
-    if base_id is not None and session.scalar(select(ModelRow.id).where(
-            ModelRow.id == base_id, ModelRow.owner == owner)) is None:
-        raise _invalid("base_model_id", f"no model with id {base_id!r}")
+    readers: list[tuple[str, Any]] = [("", job_in)] if not isinstance(
+        job_in, EvaluateJobCreate) else [(f"suite.{i}.", t) for i, t in enumerate(job_in.tasks)]
+    for where, reader in readers:
+        for param in ("dataset_id", "validation_dataset_id", "test_dataset_id"):
+            dataset_id = getattr(reader, param, None)
+            if dataset_id is not None and session.scalar(select(DatasetRow.id).where(
+                    DatasetRow.id == dataset_id, DatasetRow.owner == owner)) is None:
+                raise _invalid(where + param, f"no dataset with id {dataset_id!r}")
+    models = [("model_id", job_in.model_id), ("compare_model_id", job_in.compare_model_id)] \
+        if isinstance(job_in, EvaluateJobCreate) else [("base_model_id", job_in.base_model_id)]
+    for param, model_id in models:
+        if model_id is not None and session.scalar(select(ModelRow.id).where(
+                ModelRow.id == model_id, ModelRow.owner == owner)) is None:
+            raise _invalid(param, f"no model with id {model_id!r}")
 
 
 def create(*, session: Session, admitted: Admitted, owner: str,
@@ -311,6 +412,15 @@ def get(*, session: Session, job_id: str, scope: str | None) -> JobRow:
     if row is None or (scope is not None and row.owner != scope):
         raise not_found("job", job_id)
     return row
+
+
+def evaluation(session: Session, row: JobRow) -> ev.Table | None:
+    """An evaluate job's table from the cells finished so far; None for other jobs."""
+    if row.type != "evaluate":
+        return None
+    spec = ev.EvaluateSpec.model_validate(row.spec)
+    return ev.table(spec, [t.name or t.dataset_id for t in spec.tasks],
+                    attempts.cells(session, row.id))
 
 
 def list_(*, session: Session, scope: str | None, limit: int, after: str | None,

@@ -90,7 +90,10 @@ def active_job_naming(session: Session, owner: str, object_id: str,
     jobs = session.execute(select(JobRow.id, JobRow.spec).where(
         JobRow.owner == owner, JobRow.status.in_(UNFINISHED))).all()
     for job_id, spec in jobs:
-        if any((spec or {}).get(field) == object_id for field in spec_fields):
+        # An evaluate job names its datasets in each task of its suite.
+        readers = [spec or {}, *[t for t in (spec or {}).get("suite") or ()
+                                 if isinstance(t, dict)]]
+        if any(reader.get(field) == object_id for reader in readers for field in spec_fields):
             return str(job_id)
     return None
 

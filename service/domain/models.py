@@ -234,9 +234,12 @@ def delete(*, session: Session, store: ObjectStore, model_id: str, scope: str | 
     same moment either is found here, or finds the model gone (jobs.create)."""
     row = get(session=session, model_id=model_id, scope=scope)
     admission.hold(session, row.owner)
-    busy = lifecycle.active_job_naming(session, row.owner, row.id, ("base_model_id",))
+    # A job fine-tuning from it, or an evaluate job fine-tuning it (or comparing with it).
+    busy = lifecycle.active_job_naming(session, row.owner, row.id,
+                                       ("base_model_id", "model_id", "compare_model_id"))
     if busy:
-        raise Conflict("conflict", f"model {model_id} is the base model of job {busy}; "
+        raise Conflict("conflict", f"model {model_id} is read by job {busy} (its base model, or "
+                       "the model it evaluates); "
                        "cancel it or wait until it ends")
     session.delete(row)
     session.commit()  # the record goes first: no one is served files that are going away

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobspec import FinetuneSpec, PretrainSpec, SpecError, names, parse_spec
+from jobspec import EvaluateSpec, FinetuneSpec, PretrainSpec, SpecError, names, parse_spec
 from jobspec.metrics import columns
 from jobspec.sweep import SweepSpec, corner_specs
 from service.domain import jobs, lifecycle, webhooks
@@ -112,6 +112,9 @@ def admit(*, session: Session, sweep_in: SweepSpec, owner: str, max_active: int
         base = parse_spec(sweep_in.base)
     except SpecError as exc:
         raise _invalid(f"base.{exc.param}" if exc.param else "base", exc.message) from None
+    if isinstance(base, EvaluateSpec):  # it has no metric of its own to compare trials by
+        raise _invalid("base.type", "a sweep's trials are pretraining or fine-tuning jobs; "
+                       "an evaluate job fine-tunes with the defaults on every task of its suite")
     fields = type(base.hyperparameters).model_fields
     for path in sweep_in.search_space:
         if path.split(".", 1)[1] not in fields:

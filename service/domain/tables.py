@@ -317,3 +317,22 @@ class SweepTrialRow(Base):
     # Stopped by the pruner at `pruned_step` (its job is then cancelled).
     pruned: Mapped[bool] = mapped_column(Boolean, default=False)
     pruned_step: Mapped[int | None] = mapped_column(Integer)
+
+
+class EvaluationCellRow(Base):
+    """A finished cell of an evaluate job (a task of its suite, trained one way: the model,
+    the model to compare, random init or the baseline) with its test scores; the job's
+    table is made from them (jobspec/evaluation.py), and a resumed job skips them."""
+
+    __tablename__ = "evaluation_cells"
+    __table_args__ = (UniqueConstraint("job_id", "task_index", "variant",
+                                       name="uq_evaluation_cells_job_task_variant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    task_index: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict[str, Any]]
+    steps: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
