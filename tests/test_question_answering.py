@@ -209,3 +209,58 @@ def test_top_spans_respect_order_and_length():
     # Disallowed tokens (the question's) are dropped.
     assert [(s, e) for s, e, _ in _top_spans(start, end, 1, 15,
                                              np.array([True, True, True, False]))] == []
+
+
+# -- Adapters
+
+
+def test_adalora_trains_question_answering_and_exports_a_plain_model(tmp_path):
+    """AdaLoRA (peft) on extractive QA, as on the sequence tasks: its rank schedule over the
+    run's steps, the orthogonal penalty in the loss; the export merges the adapters into a
+    plain AutoModelForQuestionAnswering."""
+    import gzip
+
+    from transformers import AutoModelForQuestionAnswering
+
+    from jobspec import parse_spec
+    from tests.inference_helpers import bert
+    from workers.engine.finetune import run_finetune
+
+    class Quiet:
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def event(self, level: str, message: str) -> None:
+            self.events.append(message)
+
+        def log(self, point: dict) -> None:
+            pass
+
+        def eval(self, point: dict) -> None:
+            pass
+
+        def checkpoint(self, step: int, directory: str) -> None:
+            pass
+
+        def should_stop(self) -> bool:
+            return False
+
+    base = bert(tmp_path / "base", vocab_size=300)
+    with gzip.open(Path(__file__).parent / "data" / "brown-qa.jsonl.gz", "rt") as fh:
+        records = [json.loads(line) for line in fh]
+    few = [r for split, n in (("train", 48), ("valid", 16), ("test", 16))
+           for r in [r for r in records if r["split"] == split][:n]]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in few))
+    spec = parse_spec({"type": "finetune", "task": "question_answering", "base_model_id": "m",
+                       "dataset_id": "d", "adapter": {"type": "adalora", "r": 2},
+                       "hyperparameters": {"max_steps": 10, "batch_size": 8,
+                                           "sequence_length": 64, "learning_rate": 1e-3}})
+    reporter = Quiet()
+    result = run_finetune(spec, str(base), {"train": (str(data), "jsonl")},  # type: ignore[arg-type]
+                          str(tmp_path / "run"), reporter, device="cpu")
+    assert result.steps == 10 and result.export_dir is not None
+    assert 0 < result.trainable_parameters < result.num_parameters
+    assert {"exact_match", "f1"} <= set(result.test_metrics or {})
+    model = AutoModelForQuestionAnswering.from_pretrained(result.export_dir)
+    assert not any("lora" in name for name, _ in model.named_parameters())

@@ -33,7 +33,13 @@ from jobspec.sizing import estimate_finetune_bytes
 from workers.engine.checkpoint import save_export
 from workers.engine.distributed import SINGLE, Parallel
 from workers.engine.failures import ConfigError, CorpusError
-from workers.engine.finetune.lora import add_lora, merge, unwrap
+from workers.engine.finetune.lora import (
+    adalora_penalty,
+    adalora_step,
+    add_lora,
+    merge,
+    unwrap,
+)
 from workers.engine.finetune.model import load_base
 from workers.engine.finetune.records import load_splits
 from workers.engine.finetune.task import GroupedSampler
@@ -323,15 +329,18 @@ def qa_metrics(examples: Sequence[AnsweredQuestion], predicted: Sequence[str]
 
 class QuestionAnswering:
     """Batches of windows of similar length from a seeded shuffle per epoch; the loss is the
-    mean over windows; eval answers each validation question and scores it."""
+    mean over windows; eval answers each validation question and scores it. With AdaLoRA
+    adapters the loss carries their orthogonal regularisation and after_step reallocates
+    their ranks, as in task.py's Classification."""
 
     def __init__(self, model: torch.nn.Module, weights: torch.nn.Module, tokenizer: Any,
                  windows: dict[str, Windows], *, allow_null: bool, batch_size: int, seed: int,
-                 lora: bool, fingerprint: dict[str, Any]) -> None:
+                 lora: bool, fingerprint: dict[str, Any], adalora: bool = False) -> None:
         self.model, self.weights, self.tokenizer = model, weights, tokenizer
         self.train, self.valid = windows["train"], windows["valid"]
         self.allow_null = allow_null
-        self.batch_size, self.seed, self.lora = batch_size, seed, lora
+        self.batch_size, self.seed, self.lora, self.adalora = batch_size, seed, lora, adalora
+        self.steps = 0  # optimizer steps taken (AdaLoRA's schedule reads it)
         self.sampler = GroupedSampler([len(ids) for ids in self.train.input_ids], batch_size,
                                       seed)
         self._fingerprint = fingerprint
@@ -347,7 +356,17 @@ class QuestionAnswering:
 
     def loss(self, micro: Batch, norms: dict[str, int], device: torch.device) -> torch.Tensor:
         micro = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
-        return span_losses(self.model, micro).sum() / norms["targets"]
+        loss = span_losses(self.model, micro).sum() / norms["targets"]
+        if self.adalora:  # its share of the batch's one penalty
+            loss = loss + adalora_penalty(self.model) * (len(micro["input_ids"]) /
+                                                          norms["targets"])
+        return loss
+
+    def after_step(self) -> None:
+        """Called by the loop after each optimizer step, before the gradients are cleared."""
+        self.steps += 1
+        if self.adalora:
+            adalora_step(self.model, self.steps)
 
     @torch.no_grad()
     def evaluate(self, device: torch.device, split: Windows | None = None,
@@ -382,9 +401,10 @@ class QuestionAnswering:
                 **qa_metrics(windows.examples, predicted)}
 
     def state(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state()}
+        return {"sampler": self.sampler.state(), "steps": self.steps}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
         position = state["sampler"]
         self.sampler = GroupedSampler([len(ids) for ids in self.train.input_ids],
                                       self.batch_size, self.seed, position["epoch"],
@@ -439,9 +459,7 @@ def run_question_answering(spec: FinetuneSpec, base_model_dir: str | None,
     config: Any = model.config
     num_parameters = sum(p.numel() for p in model.parameters())
     memory = estimate_finetune_bytes(spec, config, num_parameters, len(HEAD_LABELS))
-    if spec.adapter is not None:
-        model = add_lora(model, spec.adapter, base.head)
-    weights = unwrap(model) if spec.adapter is not None else model
+    weights = model
 
     stride = stride_for(hp.sequence_length)
     windows = {name: make_windows(examples, tokenizer, hp.sequence_length, stride)
@@ -463,13 +481,18 @@ def run_question_answering(spec: FinetuneSpec, base_model_dir: str | None,
     total, learning_rate, resolved = hp.resolve(len(train_split), config.hidden_size)
     if resolved:
         reporter.event("info", "hyperparameters " + "; ".join(resolved))
+    if spec.adapter is not None:  # AdaLoRA's rank budget is scheduled over the run's steps
+        model = add_lora(model, spec.adapter, base.head, total)
+        weights = unwrap(model)
     fingerprint = run_fingerprint(
         spec, labels=[], base_model=base_model_dir is not None,
         examples={name: len(split) for name, split in windows.items()},
         tokens={name: split.tokens() for name, split in windows.items()})
     task = QuestionAnswering(model, weights, tokenizer, windows, allow_null=allow_null,
                              batch_size=hp.batch_size, seed=hp.seed,
-                             lora=spec.adapter is not None, fingerprint=fingerprint)
+                             lora=spec.adapter is not None, fingerprint=fingerprint,
+                             adalora=spec.adapter is not None
+                             and spec.adapter.type == "adalora")
     loop = LoopSettings(
         schedule=Schedule(total=total, warmup=round(hp.warmup_ratio * total)),
         batch_size=hp.batch_size, micro_batch=hp.batch_size, learning_rate=learning_rate,
