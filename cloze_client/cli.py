@@ -338,8 +338,9 @@ def jobs_submit(
         return None
     with connected(url, api_key) as client:
         job = client.submit_job(spec)
+    unit = "cells" if job["type"] == "evaluate" else "steps"  # an evaluate job counts cells
     _err().print(f"{job['id']}: {job['type']} job {job['name']!r}, {job['status']}, "
-                 f"{job['progress']['total_steps']} steps", highlight=False)
+                 f"{job['progress']['total_steps']} {unit}", highlight=False)
     print(job["id"])
     if watch:
         jobs_watch(job["id"], url=url, api_key=api_key)
