@@ -3,7 +3,8 @@ pretrained here, evaluated on two tasks the tests carry (spam e-mails: text
 classification; Brown part-of-speech tags: token classification). It makes the table
 (model, random init, baseline, difference and sign), survives a kill -9 of its worker
 mid-suite without redoing a finished cell, puts the table on the model card, is cancelled
-cleanly, and refuses bad suites with a 4xx naming the field."""
+cleanly, goes on from its finished cells after a pause, and refuses bad suites with a 4xx
+naming the field."""
 
 import collections
 import re
@@ -145,6 +146,22 @@ def test_cancelled_mid_suite(stack, model, suite):
     assert 1 <= done < 3
     time.sleep(2)  # nothing more is recorded after the end
     assert stack.client.get(f"/v1/jobs/{job['id']}").json()["evaluation"]["cells_done"] == done
+
+
+def test_paused_and_resumed_goes_on_from_the_cells_done(stack, model, suite):
+    job = evaluate(stack, model, suite[:1])
+    stack.wait_until(job["id"], lambda j: (j.get("evaluation") or {}).get("cells_done", 0)
+                     >= 1, "a cell done", timeout=600)
+    assert stack.client.post(f"/v1/jobs/{job['id']}/pause").status_code == 200
+    paused = stack.wait_until(job["id"], lambda j: j["status"] == "paused", "paused",
+                              timeout=300)
+    done = paused["evaluation"]["cells_done"]
+    assert stack.client.post(f"/v1/jobs/{job['id']}/resume").status_code == 200
+    final = stack.wait_job(job["id"], timeout=600)
+    assert final["status"] == "succeeded", final
+    assert final["evaluation"]["cells_done"] == 3
+    log = events(stack, job["id"])
+    assert any(f"{done} of 3 cells were finished by an earlier attempt" in m for m in log), log
 
 
 def test_bad_suites_are_refused_naming_the_field(stack, model, suite, data_dir):
