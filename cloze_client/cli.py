@@ -147,7 +147,7 @@ def _transfer() -> Progress:
 @datasets_app.command("upload")
 def datasets_upload(
         file: Annotated[Path, typer.Argument(
-            help=".txt, .jsonl, .conll, .csv, .tsv (or .gz of them) or .parquet")],
+            help=".txt, .jsonl, .json (SQuAD), .conll, .csv, .tsv (or .gz of them) or .parquet")],
         name: Annotated[str | None, typer.Option(help="a name (default: the file's)")] = None,
         tag_column: Annotated[int | None, typer.Option(
             help="CoNLL files: the tag column, counted from 0")] = None,

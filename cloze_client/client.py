@@ -203,8 +203,8 @@ class Client:
     def upload_dataset(self, path: str | Path, *, name: str | None = None,
                        tag_column: int | None = None, progress: Progress | None = None,
                        idempotency_key: str | None = None) -> Dataset:
-        """Upload a corpus or labelled set (.txt, .jsonl, .conll, or .gz of them), streamed
-        from disk; `progress(sent, total)` is called as it goes."""
+        """Upload a corpus or labelled set (.txt, .jsonl, .json, .conll, .csv, .tsv, or .gz of
+        them, or .parquet), streamed from disk; `progress(sent, total)` is called as it goes."""
         return cast(Dataset, self._upload(
             "/v1/datasets", Path(path), name=name, progress=progress,
             idempotency_key=idempotency_key, params=self._params(tag_column=tag_column)))

@@ -39,7 +39,8 @@ KIND_HOLDS = {TEXT: '.txt or JSON lines with "text"',
               TAGGED_TOKENS: 'CoNLL columns or JSON lines with "tokens" and "tags"',
               MULTI_LABELLED_TEXT: 'JSON lines with "text" (and "text_pair") and "labels" '
                                    '(a list)',
-              EXTRACTIVE_QA: 'JSON lines with "context", "question" and "answers" (SQuAD)'}
+              EXTRACTIVE_QA: 'JSON lines with "context", "question" and "answers", or a '
+                             'SQuAD / CMRC 2018 .json'}
 
 MAX_LABELS = 1000  # distinct labels or tags a dataset (and a job's labels) may have
 MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloats every answer
@@ -49,8 +50,9 @@ MAX_LABEL_CHARS = 100  # a longer "label" is a mistake (a text column), and bloa
 
 
 # How a file's records are laid out: a document a line, JSON lines, CoNLL columns, a
-# table of delimited text (CSV, TSV: a header row, then a record a row) or a Parquet table.
-Layout = Literal["lines", "json", "columns", "delimited", "parquet"]
+# table of delimited text (CSV, TSV: a header row, then a record a row), a Parquet table, or
+# one JSON document in SQuAD's nesting (data, paragraphs, questions: squad_records below).
+Layout = Literal["lines", "json", "columns", "delimited", "parquet", "squad"]
 TABLE_LAYOUTS = ("delimited", "parquet")  # records whose fields are named columns
 
 
@@ -66,6 +68,9 @@ class FileFormat:
     # (people keep CoNLL corpora in files named train.txt).
     columns_as: str | None = None
     delimiter: str | None = None  # "delimited" layouts: "," or "\t"
+    # A .json is judged by its first line: a whole JSON record on it makes it this format
+    # instead (JSON lines named .json, as Hugging Face datasets' to_json writes them).
+    lines_as: str | None = None
 
     @property
     def table(self) -> bool:
@@ -82,11 +87,11 @@ class FileFormat:
 
 
 def _plain_and_gzip(name: str, layout: Layout, holds: tuple[DatasetKind, ...],
-                    columns_as: str | None = None, delimiter: str | None = None
-                    ) -> tuple[FileFormat, FileFormat]:
-    return (FileFormat(name, layout, holds, columns_as, delimiter),
+                    columns_as: str | None = None, delimiter: str | None = None,
+                    lines_as: str | None = None) -> tuple[FileFormat, FileFormat]:
+    return (FileFormat(name, layout, holds, columns_as, delimiter, lines_as),
             FileFormat(f"{name}.gz", layout, holds, columns_as and f"{columns_as}.gz",
-                       delimiter))
+                       delimiter, lines_as and f"{lines_as}.gz"))
 
 
 # In this order in messages ("use one of txt, txt.gz, jsonl, jsonl.gz").
@@ -94,6 +99,8 @@ FORMATS = {f.name: f for f in (
     *_plain_and_gzip("txt", "lines", (TEXT,), columns_as="conll"),
     *_plain_and_gzip("jsonl", "json", (TEXT, LABELLED_TEXT, TAGGED_TOKENS,
                                         MULTI_LABELLED_TEXT, EXTRACTIVE_QA)),
+    # SQuAD's and CMRC 2018's files: one JSON document (or JSON lines, by the first line).
+    *_plain_and_gzip("json", "squad", (EXTRACTIVE_QA,), lines_as="jsonl"),
     *_plain_and_gzip("conll", "columns", (TAGGED_TOKENS,)),
     # Tables: delimited text holds strings (no lists: no tagged tokens), Parquet any type.
     *_plain_and_gzip("csv", "delimited", (TEXT, LABELLED_TEXT), delimiter=","),
@@ -172,6 +179,7 @@ BAD_ANSWER = "bad_answer"
 BAD_PAIR = "bad_pair"
 NOT_A_NUMBER = "not_a_number"
 BAD_LABELS = "bad_labels"
+BAD_DOCUMENT = "bad_document"
 
 
 # -- JSON lines: one record a line
@@ -462,6 +470,151 @@ Record = Document | LabelledText | TaggedTokens | MultiLabelledText | AnsweredQu
 RECORD_READERS: dict[str, Callable[[dict[str, Any]], Record | None]] = {
     TEXT: document, LABELLED_TEXT: labelled_text, TAGGED_TOKENS: tagged_tokens,
     MULTI_LABELLED_TEXT: multi_labelled_text, EXTRACTIVE_QA: answered_question}
+
+
+# -- One JSON document in SQuAD's nesting, as SQuAD v1.1 and v2.0, CMRC 2018 and DRCD ship:
+#   {"version": ..., "data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [
+#     {"id", "question", "answers": [{"text", "answer_start"}], "is_impossible"?, ...}]}]}]}
+# Each question is the flat record a JSON line would be ({**question, "context": its
+# paragraph's}), read by answered_question with its rules. The document's text is read whole
+# (a paragraph's objects at a time, not the document's), so it is bounded: past this, JSON
+# lines, read a line at a time, are the way.
+MAX_DOCUMENT_BYTES = 256 * 1024**2  # SQuAD 2.0's train set is about 40 MB
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODE = json.JSONDecoder().raw_decode
+
+
+def holds_json_lines(first_line: str) -> bool:
+    """Whether a .json whose first non-blank line is this holds JSON lines: the line is a
+    whole JSON object, and not a document holding "data" (a SQuAD file on one line)."""
+    try:
+        record = json_record(first_line)
+    except FormatError:
+        return False
+    return not isinstance(record.get("data"), list)
+
+
+class _Walk:
+    """A JSON document read from the outside in: an object's members and a list's items one
+    at a time, and only the values asked for decoded whole."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.at = text, 0
+
+    def _next(self) -> str:
+        """The next character that is not space ("" at the end), not consumed."""
+        space = _SPACE.match(self.text, self.at)
+        assert space is not None  # "*" matches nothing too
+        self.at = space.end()
+        return self.text[self.at:self.at + 1]
+
+    def invalid(self, message: str, at: int | None = None) -> FormatError:
+        error = json.JSONDecodeError(message, self.text, self.at if at is None else at)
+        return FormatError(INVALID_JSON, f"the document is not valid JSON: {error.msg} at "
+                                         f"line {error.lineno}, column {error.colno}")
+
+    def value(self) -> Any:
+        self._next()
+        try:
+            value, self.at = _DECODE(self.text, self.at)
+        except json.JSONDecodeError as exc:
+            raise self.invalid(exc.msg, exc.pos) from None
+        return value
+
+    def _each(self, opening: str, closing: str, where: str, what: str) -> Iterator[None]:
+        """Once for each member or item of the object or list at `where`, the caller reading
+        it each time."""
+        if self._next() != opening:
+            self.value()  # if it is not JSON at all, that is what to say
+            raise FormatError(BAD_DOCUMENT, f"{where} must be {what}")
+        self.at += 1
+        if self._next() == closing:
+            self.at += 1
+            return
+        while True:
+            yield
+            found = self._next()
+            self.at += 1
+            if found == closing:
+                return
+            if found != ",":
+                raise self.invalid("Expecting ',' delimiter", self.at - 1)
+
+    def keys(self, where: str, what: str) -> Iterator[str]:
+        """The keys of the object at `where`, each followed by its value for the caller."""
+        for _ in self._each("{", "}", where, what):
+            if self._next() != '"':
+                raise self.invalid("Expecting property name enclosed in double quotes")
+            key = self.value()
+            if self._next() != ":":
+                raise self.invalid("Expecting ':' delimiter")
+            self.at += 1
+            yield key
+
+    def items(self, where: str, what: str) -> Iterator[int]:
+        """The index of each item of the list at `where`, each for the caller to read."""
+        return (index for index, _ in enumerate(self._each("[", "]", where, what)))
+
+    def end(self) -> None:
+        if self._next():
+            raise self.invalid("Extra data")
+
+
+def squad_records(text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, record) of each question of a document in SQuAD's nesting, in order: where it
+    is ("data[0].paragraphs[3].qas[1]") and the flat record a JSON line of it would be. Its
+    FormatErrors' problems begin with where they are (whole messages, not for a line's)."""
+    walk = _Walk(text)
+    articles = None
+    for key in walk.keys("the document", 'a JSON object holding "data" (SQuAD\'s layout), '
+                                         "or JSON lines (a record a line)"):
+        if key != "data":
+            walk.value()  # "version", and whatever else: not read
+            continue
+        articles = walk.items('"data"', 'a list of {"title", "paragraphs"}')
+        for i in articles:
+            paragraphs = None
+            for key in walk.keys(f"data[{i}]", 'a JSON object holding "paragraphs"'):
+                if key != "paragraphs":
+                    walk.value()  # "title"
+                    continue
+                paragraphs = walk.items(f"data[{i}].paragraphs",
+                                        'a list of {"context", "qas"}')
+                for j in paragraphs:
+                    yield from _paragraph_records(walk.value(), f"data[{i}].paragraphs[{j}]")
+            if paragraphs is None:
+                raise FormatError(BAD_DOCUMENT, f'data[{i}] has no "paragraphs"')
+    if articles is None:
+        raise FormatError(BAD_DOCUMENT, 'the document has no "data": SQuAD\'s layout is '
+                                        '{"data": [{"paragraphs": [{"context", "qas"}]}]}')
+    walk.end()
+
+
+def _paragraph_records(paragraph: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if not isinstance(paragraph, dict):
+        raise FormatError(BAD_DOCUMENT, f'{where} must be a JSON object with "context" and '
+                                        '"qas"')
+    context = paragraph.get("context")
+    if not isinstance(context, str) or not context.strip():
+        raise FormatError(BAD_QUESTION, f'{where} needs a non-blank string "context"')
+    questions = paragraph.get("qas")
+    if not isinstance(questions, list):
+        raise FormatError(BAD_DOCUMENT, f'{where}: "qas" must be a list of questions')
+    for k, question in enumerate(questions):
+        if not isinstance(question, dict):
+            raise FormatError(NOT_AN_OBJECT, f"{where}.qas[{k}] is not a JSON object")
+        yield f"{where}.qas[{k}]", {**question, "context": context}
+
+
+def squad_questions(text: str) -> Iterator[AnsweredQuestion]:
+    """The questions of a document in SQuAD's nesting, read as JSON lines' records are
+    (answered_question); a FormatError names where the broken one is."""
+    for where, record in squad_records(text):
+        try:
+            yield answered_question(record)
+        except FormatError as exc:
+            raise FormatError(exc.rule, f"{where}{exc.problem}",
+                              f"{where}{exc.upload_problem}") from None
 
 
 # -- Tables: CSV, TSV and Parquet. A record is a row, and each of its fields (a role:

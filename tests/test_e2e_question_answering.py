@@ -1,7 +1,8 @@
 """Extractive question answering through the API with a real worker: a tiny BERT pretrained
 here is fine-tuned on the Brown QA set the tests carry (tests/data/README.md), learns
 (validation F1 above its first evaluation's), and its endpoint answers in the Hugging Face
-Inference API format as the downloaded export does when read directly with transformers."""
+Inference API format as the downloaded export does when read directly with transformers; the
+same questions uploaded as SQuAD 2.0's train and dev files fine-tune too."""
 
 import gzip
 import json
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.stack import Stack, corpus_slice
+from tests.test_question_answering import brown_qa, squad_document
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +146,30 @@ def test_question_answering_learns_and_serves(pg_redis_stack, base_model, data_d
     # Another task's route names this one.
     r = stack.client.post(f"/v1/models/{model['id']}/classify", json={"inputs": "x"})
     assert r.status_code == 422 and "question-answering" in r.json()["error"]["message"]
+
+
+def test_squad_files_fine_tune(pg_redis_stack, base_model, data_dir):
+    """train-v2.0.json.gz and dev-v2.0.json as SQuAD ships them: a short run reads both (its
+    validation set is the dev file's questions) and evaluates with SQuAD's scores."""
+    stack = pg_redis_stack
+    files = {}
+    for name, split, n in (("train-v2.0.json.gz", "train", 400), ("dev-v2.0.json", "valid", 50)):
+        document = json.dumps(squad_document(brown_qa(data_dir, split, n))).encode()
+        ds = stack.upload(name, gzip.compress(document) if name.endswith(".gz") else document)
+        assert ds.status_code == 201, ds.text
+        assert (ds.json()["kind"], ds.json()["documents"]) == ("extractive_qa", n), ds.json()
+        files[split] = ds.json()["id"]
+    r = stack.client.post("/v1/jobs", json={
+        "type": "finetune", "task": "question_answering", "base_model_id": base_model,
+        "dataset_id": files["train"], "validation_dataset_id": files["valid"],
+        "eval_every": 15, "log_every": 5,
+        "hyperparameters": {"max_steps": 30, "batch_size": 16, "learning_rate": 1e-3,
+                            "sequence_length": 128}})
+    assert r.status_code == 202, r.text
+    job = stack.wait_job(r.json()["id"], timeout=600)
+    assert job["status"] == "succeeded", (job, stack.logs())
+    evals = [p for p in stack.client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"]
+             if "eval_loss" in p]
+    assert len(evals) >= 2 and all({"exact_match", "f1"} <= set(p) for p in evals), evals
+    model = stack.client.get(f"/v1/models/{job['model_id']}").json()
+    assert model["task"] == "question-answering"

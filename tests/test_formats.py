@@ -132,7 +132,10 @@ def test_file_formats():
         "txt", "txt.gz", "jsonl", "jsonl.gz", "csv", "csv.gz", "tsv", "tsv.gz", "parquet")
     assert formats.formats_holding(formats.LABELLED_TEXT) == (
         "jsonl", "jsonl.gz", "csv", "csv.gz", "tsv", "tsv.gz", "parquet")
-    assert formats.UPLOAD_SUFFIXES == ".txt, .jsonl, .conll, .csv, .tsv or .parquet"
+    assert formats.UPLOAD_SUFFIXES == ".txt, .jsonl, .json, .conll, .csv, .tsv or .parquet"
+    assert formats.formats_holding(formats.EXTRACTIVE_QA) == ("jsonl", "jsonl.gz", "json",
+                                                              "json.gz")
+    assert formats.FORMATS["json.gz"].lines_as == "jsonl.gz"
     assert formats.suffix_format("a.TSV.gz") == formats.FORMATS["tsv.gz"]
     assert formats.suffix_format("a.parquet.gz") is None  # Parquet compresses inside
     assert {f.name for f in formats.FORMATS.values() if f.table} == {
@@ -218,3 +221,111 @@ def test_both_sides_read_parquet_through_columns(tmp_path):
         read_examples("text_classification", str(path), "parquet", "the train data",
                       columns={"text": "y", "label": "s1"})
     assert list(iter_documents(str(path), "parquet", {"text": "s2"})) == ["c", "d", "e"]
+
+
+# -- SQuAD's and CMRC 2018's files: one JSON document, or JSON lines named .json
+
+
+@pytest.mark.parametrize(("fmt", "indent"), [("json", None), ("json.gz", 2)])
+def test_both_sides_read_a_squad_document_as_its_json_lines(tmp_path, data_dir, fmt, indent):
+    import gzip as gz
+
+    from tests.test_question_answering import brown_qa, squad_document
+
+    records = [{k: v for k, v in r.items() if k != "split"}
+               for r in brown_qa(data_dir, "train", 40)]
+    text = json.dumps(squad_document(records), indent=indent)
+    assert (indent is None) == ("\n" not in text)  # one line, as SQuAD ships it, or many
+    data = ("\ufeff" + text).encode()
+    stored = gz.compress(data) if fmt.endswith(".gz") else data
+    found = upload(stored, fmt)
+    assert (found.fmt, found.kind, found.documents, found.splits) == (
+        fmt, formats.EXTRACTIVE_QA, 40, {"train": 40})
+    (tmp_path / "train.json").write_bytes(stored)
+    (tmp_path / "train.jsonl").write_bytes(jsonl(*records))
+    read = read_examples("question_answering", str(tmp_path / "train.json"), fmt,
+                         "the train data")
+    flat = read_examples("question_answering", str(tmp_path / "train.jsonl"), "jsonl",
+                         "the train data")
+    assert read == flat and sum(not e.target for e in read) > 0  # unanswerable ones too
+
+
+def test_both_sides_read_a_cmrc_document(tmp_path):
+    from tests.test_question_answering import CMRC
+
+    data = json.dumps(CMRC, ensure_ascii=False, indent=1).encode()
+    found = upload(data, "json")  # 5-byte chunks: characters are cut across them
+    assert (found.fmt, found.kind, found.documents) == ("json", formats.EXTRACTIVE_QA, 5)
+    path = tmp_path / "cmrc2018_train.json"
+    path.write_bytes(data)
+    examples = read_examples("question_answering", str(path), "json", "the train data")
+    assert [(e.inputs, e.target, e.qa and e.qa.id) for e in examples][2:4] == [
+        ("中国最长的河流是什么？", ["长江"], "TRAIN_1_QUERY_0"),
+        ("长江全长约多少公里？", ["6300公里"], "TRAIN_1_QUERY_1")]
+
+
+def _cmrc(change) -> bytes:
+    from tests.test_question_answering import CMRC
+
+    document = json.loads(json.dumps(CMRC))
+    change(document)
+    # On several lines: a .json whose first line is a whole object holds JSON lines.
+    return json.dumps(document, ensure_ascii=False, indent=1).encode()
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (_cmrc(lambda d: d["data"][1]["paragraphs"][1]["qas"][0]["answers"][0].update(
+        answer_start=9)),
+     "data[1].paragraphs[1].qas[0]: answers[0].answer_start (9) does not point at "
+     "answers[0].text ('曹雪芹') in \"context\", which reads '家曹雪' there"),
+    (_cmrc(lambda d: d["data"][0]["paragraphs"][0]["qas"][1].pop("question")),
+     'data[0].paragraphs[0].qas[1] needs a non-blank string "question"'),
+    (_cmrc(lambda d: d["data"][1]["paragraphs"][0].update(context=" ")),
+     'data[1].paragraphs[0] needs a non-blank string "context"'),
+    (_cmrc(lambda d: d["data"][1]["paragraphs"][0].update(qas={})),
+     'data[1].paragraphs[0]: "qas" must be a list of questions'),
+    (_cmrc(lambda d: d["data"][1].pop("paragraphs")), 'data[1] has no "paragraphs"'),
+    (_cmrc(lambda d: d.pop("data")), 'the document has no "data"'),
+    (b'{"version": "v1.1",\n "data": [{"title": "x", "paragraphs": [}',
+     "the document is not valid JSON: Expecting value at line 2, column 41"),
+    (b'[{"context": "a", "question": "b", "answers": []}]',
+     'the document must be a JSON object holding "data"'),
+])
+def test_both_sides_refuse_a_broken_document_naming_where(tmp_path, data, says):
+    with pytest.raises(CorpusRejected) as refused:
+        upload(data, "json")
+    assert refused.value.message.startswith(says) and refused.value.param == "file"
+    path = tmp_path / "train.json"
+    path.write_bytes(data)
+    with pytest.raises(CorpusError) as failed:
+        read_examples("question_answering", str(path), "json", "the train data")
+    assert str(failed.value).startswith(f"the train data: {says}")
+
+
+def test_a_json_file_is_json_lines_if_its_first_line_is_a_record(tmp_path, monkeypatch):
+    """JSON lines named .json (Hugging Face datasets' to_json writes them) are JSON lines,
+    whatever they hold and however long; a .json document has a bound."""
+    qa = {"context": "The cat sat.", "question": "Who?",
+          "answers": [{"text": "cat", "answer_start": 4}]}
+    monkeypatch.setattr(formats, "MAX_DOCUMENT_BYTES", 1000)
+    lines = b"\n\n" + jsonl(*[qa] * 30)
+    assert len(lines) > 1000
+    found = upload(lines, "json")
+    assert (found.fmt, found.kind, found.documents) == ("jsonl", formats.EXTRACTIVE_QA, 30)
+    found = upload(__import__("gzip").compress(jsonl(LABELLED, LABELLED)), "json.gz")
+    assert (found.fmt, found.kind, found.documents) == ("jsonl.gz", formats.LABELLED_TEXT, 2)
+    with pytest.raises(CorpusRejected) as refused:  # its lines' rules, by line
+        upload(jsonl(qa, {**qa, "question": ""}), "json")
+    assert refused.value.message == 'line 2 needs a non-blank string "question"'
+    document = {"data": [{"paragraphs": [{"context": "The cat sat.", "qas": [qa] * 30}]}]}
+    with pytest.raises(CorpusRejected) as refused:
+        upload(json.dumps(document).encode(), "json")
+    assert refused.value.code == "document_too_large"
+    assert "larger than 0 MB: split it" in refused.value.message
+    with pytest.raises(CorpusRejected) as refused:
+        upload(b"", "json")
+    assert refused.value.code == "empty_file"
+    with pytest.raises(CorpusRejected) as refused:
+        CorpusInspector("json", max_bytes=10**9, max_uncompressed=10**9,
+                        max_line_bytes=10**6, tag_column=2)
+    assert refused.value.param == "tag_column"

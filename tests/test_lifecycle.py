@@ -180,8 +180,8 @@ def test_domain_refusals_keep_their_http_answers(tmp_path, monkeypatch):
                 "no dataset with id 'ds_nope'", None)
         refused(api.post("/v1/datasets", files={"file": ("a.xlsx", b"a,b\n")}), 415,
                 "unsupported_format", "unsupported file type 'a.xlsx': upload .txt, .jsonl, "
-                ".conll, .csv, .tsv or .parquet (or .txt.gz, .jsonl.gz, .conll.gz, .csv.gz, "
-                ".tsv.gz)", "file")
+                ".json, .conll, .csv, .tsv or .parquet (or .txt.gz, .jsonl.gz, .json.gz, "
+                ".conll.gz, .csv.gz, .tsv.gz)", "file")
         refused(api.post("/v1/datasets", files={"file": ("e.txt", b"")}), 422, "empty_file",
                 "the uploaded file is empty", "file")
         refused(api.post("/v1/models/import", files={"file": ("m.tar.gz", b"not an archive")}),

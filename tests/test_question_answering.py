@@ -1,10 +1,13 @@
 """Extractive question answering, in process and fast: SQuAD / CMRC records and their upload
-refusals, windows over long contexts (start/end tokens, [CLS] where the answer is not),
-the best span over windows, exact match and F1 as SQuAD's and CMRC 2018's scripts compute
-them, and the serving's span decoding."""
+refusals, SQuAD's and CMRC 2018's JSON documents uploaded and previewed, windows over long
+contexts (start/end tokens, [CLS] where the answer is not), the best span over windows, exact
+match and F1 as SQuAD's and CMRC 2018's scripts compute them, and the serving's span
+decoding."""
 
+import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +73,92 @@ def test_upload_refuses_an_answer_start_that_misses_its_text(api: Api):
     r = api.upload("qa.jsonl", "\n".join(json.dumps(r) for r in (good, good)).encode())
     assert r.status_code == 201, r.text
     assert r.json()["kind"] == formats.EXTRACTIVE_QA and not r.json()["labels"]
+
+
+# -- SQuAD's and CMRC 2018's files: one JSON document
+
+
+def squad_document(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The SQuAD 2.0 file holding these flat records (their "split" left out, as SQuAD's files
+    have none): consecutive questions about one context are one paragraph, ten paragraphs an
+    article; an unanswered question is_impossible, with a plausible answer as SQuAD 2.0's."""
+    paragraphs: list[dict[str, Any]] = []
+    for r in records:
+        qa = {"id": r["id"], "question": r["question"], "answers": r["answers"],
+              "is_impossible": not r["answers"]}
+        if not r["answers"]:
+            qa["plausible_answers"] = [{"text": r["context"][:3], "answer_start": 0}]
+        if paragraphs and paragraphs[-1]["context"] == r["context"]:
+            paragraphs[-1]["qas"].append(qa)
+        else:
+            paragraphs.append({"context": r["context"], "qas": [qa]})
+    return {"version": "v2.0", "data": [
+        {"title": f"Brown {i // 10}", "paragraphs": paragraphs[i:i + 10]}
+        for i in range(0, len(paragraphs), 10)]}
+
+
+def brown_qa(data_dir: Path, split: str, n: int) -> list[dict[str, Any]]:
+    """The first n records of a split of the Brown QA set (tests/data/brown-qa.jsonl.gz)."""
+    with gzip.open(data_dir / "brown-qa.jsonl.gz", "rt", encoding="utf-8") as f:
+        records = (json.loads(line) for line in f)
+        return [r for r in records if r["split"] == split][:n]
+
+
+# CMRC 2018's layout: Chinese contexts, an id on each paragraph and question, no is_impossible.
+CMRC = {"version": "v1.0", "data": [
+    {"id": "TRAIN_0", "title": "北京", "paragraphs": [
+        {"id": "TRAIN_0", "context": "北京是中华人民共和国的首都，位于华北平原的北部。", "qas": [
+            {"id": "TRAIN_0_QUERY_0", "question": "中华人民共和国的首都是哪里？",
+             "answers": [{"text": "北京", "answer_start": 0}]},
+            {"id": "TRAIN_0_QUERY_1", "question": "北京位于哪个平原？",
+             "answers": [{"text": "华北平原", "answer_start": 16}]}]}]},
+    {"id": "TRAIN_1", "title": "长江与红楼梦", "paragraphs": [
+        {"id": "TRAIN_1", "context": "长江是中国最长的河流，全长约6300公里，流经十一个省级行政区。",
+         "qas": [{"id": "TRAIN_1_QUERY_0", "question": "中国最长的河流是什么？",
+                  "answers": [{"text": "长江", "answer_start": 0}]},
+                 {"id": "TRAIN_1_QUERY_1", "question": "长江全长约多少公里？",
+                  "answers": [{"text": "6300公里", "answer_start": 14}]}]},
+        {"id": "TRAIN_2", "context": "《红楼梦》是清代作家曹雪芹创作的章回体长篇小说。", "qas": [
+            {"id": "TRAIN_2_QUERY_0", "question": "《红楼梦》的作者是谁？",
+             "answers": [{"text": "曹雪芹", "answer_start": 10}]}]}]}]}
+
+
+def test_a_squad_file_is_a_qa_dataset(api: Api, data_dir, monkeypatch):
+    records = brown_qa(data_dir, "train", 60)
+    document = json.dumps(squad_document(records)).encode()
+    r = api.upload("train-v2.0.json.gz", gzip.compress(document))
+    assert r.status_code == 201, r.text
+    found = r.json()
+    assert (found["format"], found["kind"], found["documents"], found["splits"]) == (
+        "json.gz", formats.EXTRACTIVE_QA, 60, {"train": 60})
+    assert not found["labels"]
+    # The preview shows the questions as the flat records they are read as.
+    preview = api.client.get(f"/v1/datasets/{found['id']}/preview", params={"limit": 2}).json()
+    assert [(p["id"], p["question"], p["context"], p["answers"]) for p in preview["records"]] \
+        == [(r["id"], r["question"], r["context"], r["answers"]) for r in records[:2]]
+    assert preview["rows"] == 60 and not preview["truncated"]
+    r = api.upload("cmrc2018_train.json", json.dumps(CMRC, ensure_ascii=False).encode())
+    assert r.status_code == 201, r.text
+    assert (r.json()["format"], r.json()["kind"], r.json()["documents"]) == (
+        "json", formats.EXTRACTIVE_QA, 5)
+    stored = api.stored()
+
+    # A broken question names where it is; nothing is stored.
+    bad = json.loads(json.dumps(CMRC))
+    bad["data"][1]["paragraphs"][0]["qas"][1]["answers"][0]["answer_start"] = 13
+    assert_error(api.upload("bad.json", json.dumps(bad, ensure_ascii=False).encode()), 422,
+                 "data[1].paragraphs[0].qas[1]: answers[0].answer_start (13) does not point "
+                 "at answers[0].text ('6300公里')", "file")
+    assert_error(api.upload("bad.json", b'{"version": "v2.0", "data": []}'), 422,
+                 "the document holds no questions", "file")
+    assert_error(api.upload("bad.json", b'{"version": "v2.0",\n "data": [{"title": "x",'), 422,
+                 "the document is not valid JSON: Expecting", "file")
+    # A document is read whole: past formats.MAX_DOCUMENT_BYTES, it is refused as it arrives.
+    monkeypatch.setattr(formats, "MAX_DOCUMENT_BYTES", len(document) // 2)
+    r = api.upload("train-v2.0.json", document)
+    assert_error(r, 413, "split it into several files, or into JSON lines", "file")
+    assert r.json()["error"]["code"] == "document_too_large"
+    assert api.stored() == stored
 
 
 # -- Windows

@@ -111,9 +111,10 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
                          store: StoreDep, caller: CallerDep,
                          idempotency_key: IdempotencyKey = None,
                          tag_column: TagColumn = None) -> DatasetPublic | JSONResponse:
-    """Upload a corpus, streamed to storage and checked on the way (never held in memory).
-    A .txt whose lines are CoNLL columns is stored as format "conll"; the answer shows its
-    columns, tag column and tag set."""
+    """Upload a corpus, streamed to storage and checked on the way (held in memory only as a
+    SQuAD / CMRC .json document, up to 256 MB). A .txt whose lines are CoNLL columns is stored
+    as format "conll", a .json of JSON lines as "jsonl"; the answer shows its columns, tag
+    column and tag set."""
     refuse_declared_oversize(request, settings.max_upload_bytes)
     # Bytes the quota leaves, enforced as the file streams in; with an Idempotency-Key only
     # once the file is in, so that a retry of an upload that filled the quota replays it.

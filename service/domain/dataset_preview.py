@@ -152,6 +152,9 @@ def _records(row: DatasetRow, raw: IO[bytes], limit: int, reading: _Reading
         return
     binary: IO[bytes] = gzip.GzipFile(fileobj=raw) if fmt.gzip else raw  # type: ignore[assignment]
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="replace", newline="")
+    if fmt.layout == "squad":
+        yield from _squad_records(text, limit, reading)
+        return
     lines = reading.lines(text)
     count = 0
     if fmt.layout == "delimited":
@@ -181,6 +184,20 @@ def _records(row: DatasetRow, raw: IO[bytes], limit: int, reading: _Reading
             count += 1
             if count >= limit:
                 return
+
+
+def _squad_records(text: IO[str], limit: int, reading: _Reading) -> Iterator[dict[str, Any]]:
+    """A SQuAD document's first questions, as flat records (formats.squad_records), from
+    its first PREVIEW_BYTES characters: the walk stops where they end."""
+    head = text.read(PREVIEW_BYTES + 1)
+    reading.chars = len(head)
+    reading.truncated = reading.truncated or len(head) > PREVIEW_BYTES
+    records = formats.squad_records(head[:PREVIEW_BYTES])
+    for _ in range(limit):
+        try:
+            yield next(records)[1]
+        except (StopIteration, formats.FormatError):  # the end, or where the head is cut
+            return
 
 
 def _conll_records(lines: Iterator[str], limit: int, tag_column: int

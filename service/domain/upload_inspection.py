@@ -1,12 +1,15 @@
 """Checks an uploaded dataset as its bytes stream past: size, sha256, gzip, UTF-8, and what
-it holds: plain documents, labelled texts (JSON lines with "label") or tagged tokens (JSON
-lines with "tokens" and "tags", or CoNLL columns).
+it holds: plain documents, labelled texts (JSON lines with "label"), tagged tokens (JSON
+lines with "tokens" and "tags", or CoNLL columns) or questions (JSON lines, or SQuAD's JSON
+document: a .json whose first line is not a whole record).
 
 Nothing is held whole in memory: bytes are hashed and decoded incrementally, and only the
 current line is buffered (up to a limit), plus, for a .txt upload, its first lines (at most
 SNIFF_LINES lines or SNIFF_CHARS characters) until they tell plain text from CoNLL columns:
 people keep CoNLL corpora in files named train.txt, and taking them for text would pretrain on
-"EU NNP B-NP B-ORG" lines.
+"EU NNP B-NP B-ORG" lines. A .json is JSON lines if its first non-blank line is a whole
+record; else one JSON document in SQuAD's nesting, whose text is kept (up to
+formats.MAX_DOCUMENT_BYTES) and read at the end, a paragraph at a time (formats.squad_records).
 
 Tables: a CSV or TSV is read a record at a time (a quoted field may hold newlines: its
 physical lines are kept until the record ends, up to the line limit); a Parquet file is
@@ -336,10 +339,14 @@ class CorpusInspector:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         # How lines are read: "sniff" (a .txt's first lines, kept until they decide between
         # "text" and "columns"), "text" (only counted), "json", "columns" or "table" (each
-        # checked); "parquet": bytes spooled to a scratch file, read at the end.
+        # checked); "parquet": bytes spooled to a scratch file, read at the end; "sniff_json"
+        # (a .json's first line, kept until it decides between "json" and "document"),
+        # "document": one JSON document, its text kept and read whole at the end.
         self._mode = "sniff" if file_format.columns_as else \
+            "sniff_json" if file_format.lines_as else \
             {"lines": "text", "json": "json", "columns": "columns", "delimited": "table",
-             "parquet": "parquet"}[file_format.layout]
+             "parquet": "parquet", "squad": "document"}[file_format.layout]
+        self._document: list[str] = []  # "document": the text so far
         # Tables: the header, each column's profile, the record being read (its physical
         # lines, while a quoted field holds newlines), rows read.
         self.header: list[str] | None = None
@@ -466,6 +473,12 @@ class CorpusInspector:
         if self.line_no == 1 and not self._line and not self._line_has_text:
             # A byte order mark (Windows editors write one) is not part of the first line.
             text = text.removeprefix("\ufeff")
+        if self._mode == "sniff_json":
+            self._sniff_json(text)
+            return
+        if self._mode == "document":
+            self._keep(text)
+            return
         lines = text.split("\n")
         if len(lines) > 1:  # the first ends a line begun in an earlier chunk
             self._piece(lines[0])
@@ -474,6 +487,67 @@ class CorpusInspector:
             self._whole_line(line)
         if len(lines) > 1 or lines[0]:
             self._piece(lines[-1])
+
+    def _sniff_json(self, text: str) -> None:
+        """A .json's text until its first non-blank line ends (kept in self._line): then
+        JSON lines if that line is a record, else one JSON document."""
+        start = 0
+        if not self._line_has_text:
+            start = len(text) - len(text.lstrip())
+            self._line_has_text = start < len(text)
+        end = text.find("\n", start) if self._line_has_text else -1
+        if end < 0:
+            self._line.append(text)
+            self._line_len += len(text)
+            if self._line_len > self.max_line_bytes:  # longer than a JSON line may be
+                self._decide_json(lines=False)
+            return
+        self._line.append(text[:end])
+        self._decide_json(formats.holds_json_lines("".join(self._line)), text[end:])
+
+    def _decide_json(self, lines: bool, rest: str = "") -> None:
+        """Read a .json as JSON lines (format lines_as) or as one document from here on,
+        starting with the text kept so far and `rest`."""
+        head, self._line, self._line_len, self._line_has_text = self._line, [], 0, False
+        if lines:
+            self._mode = "json"
+            self.fmt = self._format.lines_as or self.fmt
+        else:
+            self._mode = "document"
+        self._check_request()
+        for text in (*head, rest):
+            self._text(text)
+
+    def _keep(self, text: str) -> None:
+        """Text of a JSON document, kept to be read whole: up to formats.MAX_DOCUMENT_BYTES."""
+        if self.uncompressed > formats.MAX_DOCUMENT_BYTES:
+            raise CorpusTooLarge(
+                "document_too_large",
+                f"a .json document is read whole, and this one is larger than "
+                f"{formats.MAX_DOCUMENT_BYTES // 1024**2} MB: split it into several files, or "
+                'into JSON lines (.jsonl: one question a line, {"context", "question", '
+                '"answers"}), which are read a line at a time')
+        self._document.append(text)
+        self.line_no += text.count("\n")
+
+    def _finish_document(self) -> None:
+        """A .json read as one document: its questions, read as the engine reads them
+        (formats.squad_questions)."""
+        if self.bytes == 0:
+            raise CorpusInvalid("empty_file", "the uploaded file is empty")
+        text, self._document = "".join(self._document), []
+        self.kind = formats.EXTRACTIVE_QA
+        try:
+            for question in formats.squad_questions(text):
+                split = question.split or "train"
+                self.splits[split] = self.splits.get(split, 0) + 1
+                self.documents += 1
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_json" if exc.rule == formats.INVALID_JSON
+                                else "invalid_dataset", exc.upload_problem) from None
+        if self.documents == 0:
+            raise CorpusInvalid("no_documents", "the document holds no questions (every "
+                                'data[].paragraphs[].qas is empty)')
 
     def _whole_line(self, line: str) -> None:
         if self._mode == "text":
@@ -562,7 +636,7 @@ class CorpusInspector:
         wanted = self.requested_tag_column
         if wanted is None or self._mode == "sniff":
             return
-        if self._mode == "json":
+        if self._mode in ("json", "sniff_json", "document"):
             raise CorpusInvalid("invalid_tag_column",
                                 'tag_column is for CoNLL column files; JSON lines name their '
                                 'tags in "tags"', "tag_column")
@@ -826,6 +900,11 @@ class CorpusInspector:
                                 f"line {self.line_no} ends in the middle of a UTF-8 character"
                                 ) from None
         self._text(tail)
+        if self._mode == "sniff_json":  # the first line never ended
+            self._decide_json(formats.holds_json_lines("".join(self._line)))
+        if self._mode == "document":
+            self._finish_document()
+            return
         self._end_line()
         if self._mode == "sniff":
             self._decide()

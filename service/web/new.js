@@ -125,7 +125,8 @@
     Cloze.main().append(
       el("h2", {}, "Upload a dataset"),
       el("form", { class: "stack", id: "upload-form", onsubmit: upload },
-        el("label", {}, "File (.txt, .txt.gz, .jsonl, CoNLL) ", file),
+        el("label", {}, "File (.txt, .jsonl, SQuAD .json, CoNLL, .csv, .tsv, .parquet; .gz) ",
+           file),
         el("label", {}, "Name ", dsName),
         el("label", {}, "Tag column (counted from 0) ", tagColumn),
         el("div", {}, el("button", { type: "submit" }, "Upload"), " ", bar)),

@@ -1,4 +1,5 @@
-"""Read labelled texts (JSON lines) and tagged sentences (CoNLL or JSON lines) into splits.
+"""Read labelled texts (JSON lines, tables), tagged sentences (CoNLL, JSON lines, tables) and
+questions (JSON lines, SQuAD's JSON documents) into splits.
 
 What a record or a line must hold is jobspec/formats.py's, as the upload check reads it.
 Every problem is a CorpusError naming the split and the line, so the user can fix the file.
@@ -82,6 +83,30 @@ def _json_examples(path: str, fmt: str, where: str, kind: str) -> Iterator[Examp
         yield _example(record, lineno, where, kind)
 
 
+def _document_examples(path: str, fmt: str, where: str, kind: str) -> Iterator[Example]:
+    """The questions of one JSON document in SQuAD's nesting (formats.squad_questions), read
+    whole (the upload refused one past formats.MAX_DOCUMENT_BYTES); an example's line is
+    its question's number, counted from 1."""
+    try:
+        with (gzip.open(path, "rb") if formats.FORMATS[fmt].gzip else open(path, "rb")) as fh:
+            raw = fh.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise CorpusError(f"{where} is not a valid gzip file ({exc})") from None
+    except FileNotFoundError:
+        raise CorpusError(f"{where} file not found") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise CorpusError(f"{where} line {line} is not valid UTF-8") from None
+    del raw
+    try:
+        for number, question in enumerate(formats.squad_questions(text), start=1):
+            yield _example(question, number, where, kind)
+    except FormatError as exc:
+        raise CorpusError(f"{where}: {exc.problem}") from None
+
+
 def _table_examples(path: str, fmt: str, where: str, kind: str,
                     columns: dict[str, str] | None) -> Iterator[Example]:
     """The rows of a table (CSV, TSV, Parquet), each read through the job's columns map as
@@ -157,6 +182,8 @@ def read_examples(task: str, path: str, fmt: str, where: str,
         return list(_conll(path, fmt, where, 1 if tag_column is None else tag_column))
     if formats.FORMATS[fmt].table:
         return list(_table_examples(path, fmt, where, kind, columns))
+    if formats.FORMATS[fmt].layout == "squad":
+        return list(_document_examples(path, fmt, where, kind))
     return list(_json_examples(path, fmt, where, kind))
 
 
