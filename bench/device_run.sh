@@ -14,11 +14,15 @@ case "${1:-quality}" in
   gpu)
     python3 bench/gpu.py 2>&1 | tee "$OUT/gpu.txt" ;;
   quality)
-    # A call cut at its limit leaves /tmp/ftq on the (still warm) machine: the next call
-    # continues the pretraining from its last checkpoint.
-    reuse=(); [ -f /tmp/ftq/corpus.txt ] && reuse=(--reuse)
-    python3 bench/finetune_quality.py "${reuse[@]}" --workdir /tmp/ftq --pretrain-steps "${STEPS:-20000}" \
-      --checkpoint-every 2000 --json "$OUT/quality.json" 2> "$OUT/quality.log" \
-      | tee "$OUT/quality.txt" ;;
+    # finetune_quality.py is a client of the service since 2026-12-08: it starts `cloze up`,
+    # which needs the service's packages (fastapi, celery, sqlalchemy, ...), and whose one
+    # worker is a CPU worker (a GPU needs `cloze worker --device cuda` beside it, or --url
+    # to a service that has one). device_prepare.sh brings none of that yet: check first,
+    # and say so rather than fail halfway.
+    python3 -c "import fastapi, celery, sqlalchemy, alembic, typer, optuna" 2> "$OUT/quality.log" || {
+      echo "the service's packages are not on this machine: extend bench/device_prepare.sh" >&2
+      exit 3; }
+    python3 bench/finetune_quality.py --home /tmp/ftq --pretrain-steps "${STEPS:-20000}" \
+      --json "$OUT/quality.json" 2>> "$OUT/quality.log" | tee "$OUT/quality.txt" ;;
   *) echo "usage: device_run.sh gpu|quality" >&2; exit 2 ;;
 esac

@@ -90,7 +90,8 @@ def test_the_table_survives_a_killed_worker(stack, model, suite, data_dir, tmp_p
     assert [t["steps"] for t in dry.json()["tasks"]] == [30, 30]
     assert dry.json()["steps"] == 2 * 2 * 30  # the model and random init, on each task
 
-    job = evaluate(stack, model, suite)
+    # Two cells at once (threads of the worker), as resources.processes asks.
+    job = evaluate(stack, model, suite, resources={"processes": 2})
     assert job["type"] == "evaluate" and job["progress"]["total_steps"] == 6  # cells
     # Two cells done (the spam task's baseline and model), then the worker dies.
     stack.wait_until(job["id"], lambda j: (j.get("evaluation") or {}).get("cells_done", 0)
@@ -192,6 +193,12 @@ def test_bad_suites_are_refused_naming_the_field(stack, model, suite, data_dir):
     assert dry.status_code == 200, dry.text
     resolved = dry.json()["spec"]["suite"]
     assert {(t["name"], t["task"]) for t in resolved} == {("spam", "text_classification")}
+    # A sweep's trials are training jobs: an evaluate job is not one.
+    r = stack.client.post("/v1/sweeps", json={
+        "base": {"type": "evaluate", "model_id": model, "suite": suite},
+        "search_space": {"hyperparameters.learning_rate": {
+            "type": "loguniform", "low": 1e-4, "high": 1e-3}}, "trials": 2})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "base.type", r.text
     # A model an unfinished evaluate job reads cannot be deleted from under it.
     job = evaluate(stack, model, suite[:1], random_init=False)
     r = stack.client.delete(f"/v1/models/{model}")

@@ -224,23 +224,27 @@ def _evaluate(attempt: Attempt, spec: EvaluateSpec, store: ObjectStore, reporter
     if not run_suite(attempt.job_id, attempt.number, spec, store, reporter, work):
         _stopped(attempt, reporter)
         return
-    if not finish(attempt.job_id, JobStatus.SUCCEEDED):
-        return  # the reaper gave the job to another attempt meanwhile: that one ends it
+    # The card first: a client that sees the job succeeded finds the table on the card. (An
+    # attempt that loses the race to finish wrote the same table under the same heading.)
     with session_scope() as s:
         table = ev.table(spec, [t.name or t.dataset_id for t in spec.tasks],
                          attempts.cells(s, attempt.job_id))
-    reporter.event("info", f"evaluation done: {len(table.rows)} tasks")
+    carded = False
     try:
         with session_scope() as s:
             models.append_card_section(
                 session=s, store=store, model_id=spec.model_id,
                 section=f"## Evaluation ({attempt.job_id})\n\n"
                         + ev.markdown(table, compare=spec.compare_model_id is not None))
+        carded = True
     except Exception:  # the table is the job's; the card is a copy of it
         log.warning("%s: could not add the table to the model card", attempt.job_id,
                     exc_info=True)
         reporter.event("warning", f"the table could not be added to {spec.model_id}'s model "
                                   "card (see the worker log); it is in the job")
+    if finish(attempt.job_id, JobStatus.SUCCEEDED):
+        reporter.event("info", f"evaluation done: {len(table.rows)} tasks" + (
+            f", the table added to {spec.model_id}'s model card" if carded else ""))
 
 
 def _pretrain(attempt: Attempt, spec: PretrainSpec, store: ObjectStore, reporter: DbReporter,
