@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     # Requests per minute per key (or per client address without a key); 0 turns it off.
     rate_limit_per_minute: int = Field(default=600, ge=0)
     # Whether the budget applies to batched inference (fill-mask, classify, token
-    # classification, embeddings) too. By default those are admitted by load instead: each
-    # model's queue is bounded (CLOZE_INFERENCE_MAX_QUEUE; 503 + Retry-After when full).
+    # classification, embeddings) and generation too. By default those are admitted by load
+    # instead: each model's queue is bounded (CLOZE_INFERENCE_MAX_QUEUE,
+    # CLOZE_GENERATE_MAX_QUEUE; 503 + Retry-After when full).
     rate_limit_inference: bool = False
     # Jobs a key may have queued or running at once.
     max_active_jobs: int = Field(default=4, ge=1)
@@ -170,6 +171,16 @@ class Settings(BaseSettings):
     # "trace": serve the batched tasks' forward pass as a TorchScript graph, checked against
     # the eager pass at load (service/inference/graph.py); "eager": transformers' modules.
     inference_graph: Literal["trace", "eager"] = "trace"
+    # Generation (service/inference/generation.py: continuous batching on the decoder, one
+    # loop per model): sequences decoded together, sequences that may wait to join the batch
+    # (one more is refused with 503 + Retry-After), and the tokens (prompt + max new tokens)
+    # a model's running sequences may hold in their key/value cache together; one request
+    # needing more than that alone is a 422. Stop sequences per request: at most
+    # max_stop_sequences (TGI's default figure).
+    generate_max_batch: int = Field(default=32, ge=1, le=1024)
+    generate_max_queue: int = Field(default=256, ge=1)
+    generate_max_tokens: int = Field(default=32768, ge=1)
+    max_stop_sequences: int = Field(default=4, ge=0, le=64)
 
     # Database connections per process (API or worker). A request that finds the pool
     # exhausted for db_pool_timeout_s gets a 503 with Retry-After instead of waiting.

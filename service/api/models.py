@@ -26,15 +26,22 @@ from service.api.multipart import (
     refuse_declared_oversize,
     stream_parts,
 )
+from service.api.token_events import event_stream
 from service.db import session_scope
 from service.domain import idempotency, imports, keys, models, quotas
 from service.domain.models import ModelPublic
 from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.http_errors import ApiError
-from service.inference import classify_generate, embeddings, question_answering, registry
+from service.inference import (
+    classify_generate,
+    embeddings,
+    generate,
+    question_answering,
+    registry,
+)
 from service.inference.fill_mask import FillMaskRequest, fill_mask
-from service.inference.served import BATCHED_TASKS, FEATURE_EXTRACTION
+from service.inference.served import FEATURE_EXTRACTION, GENERATION, LOAD_ADMITTED
 from service.scratch import scratch_dir
 from service.settings import get_settings
 
@@ -176,10 +183,11 @@ async def resolve(request: Request, model_id: str, task: str) -> tuple[str, str]
     """The model's id and storage prefix for this caller (404, 422 as registry.lookup says);
     an anonymous caller's from the registry's short-lived cache when it has them."""
     settings = get_settings()
-    # Batched tasks are admitted by load (a bounded queue per model: 503 + Retry-After when
+    # Batched tasks and generation are admitted by load (a bounded queue per model: 503 +
+    # Retry-After when
     # it is full), not by the per-minute budget, unless a setting says so: an application
     # calling at the hardware's speed is not throttled to a tenth of it.
-    budgeted = settings.rate_limit_inference or task not in BATCHED_TASKS
+    budgeted = settings.rate_limit_inference or task not in LOAD_ADMITTED
     anonymous = anonymous_on_the_loop(request, settings, budgeted=budgeted)
     if anonymous is not None:
         hit = registry.cached(model_id, task)
@@ -263,12 +271,26 @@ async def question_answering_route(model_id: str,
                                                        request=body)
 
 
-@router.post("/{model_id}/generate", responses=_answer("[{generated_text}]"))
-async def generate_route(model_id: str, body: classify_generate.GenerateRequest,
-                         request: Request) -> Any:
-    """Text generation in the Hugging Face Inference API format."""
-    id_, prefix = await resolve(request, model_id, "text-generation")
-    return await classify_generate.generate(model_id=id_, prefix=prefix, request=body)
+GENERATE_ANSWER: dict[int | str, dict[str, Any]] = {200: {
+    "description": "[{generated_text, details?}] for one input, a list of those for several; "
+                   "with stream: text-generation-inference's server-sent token events",
+    "content": {"application/json": {"schema": {"type": "array", "items": {}}},
+                "text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@router.post("/{model_id}/generate", responses=GENERATE_ANSWER)
+async def generate_route(model_id: str, body: generate.GenerateRequest, request: Request) -> Any:
+    """Text generation as text-generation-inference and the Hugging Face Inference API
+    answer it (what huggingface_hub's InferenceClient.text_generation sends and parses):
+    `{"inputs", "parameters": {max_new_tokens, do_sample, temperature, top_k, top_p,
+    repetition_penalty, seed, stop, return_full_text, details, top_n_tokens}, "stream"}`.
+    Requests for one model are decoded together (continuous batching); with `stream`,
+    one server-sent event per token, the last with the whole text."""
+    id_, prefix = await resolve(request, model_id, GENERATION)
+    if body.stream:
+        return event_stream(await generate.generate_stream(model_id=id_, prefix=prefix,
+                                                           request=body))
+    return await generate.generate(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/feature-extraction", responses=_answer(

@@ -1,24 +1,20 @@
-"""Text classification, token classification and text generation in the Hugging Face
-Inference API formats (what huggingface_hub's InferenceClient parses)."""
+"""Text classification and token classification in the Hugging Face Inference API formats
+(what huggingface_hub's InferenceClient parses). Text generation is generate.py's."""
 
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.domain.refusals import Invalid, TooLarge
+from service.domain.refusals import TooLarge
 from service.inference.pipelines import (
-    call,
     check_outputs,
     check_text,
     check_top_k,
     in_thread,
     infer,
-    load,
     load_async,
-    run,
     texts_of,
-    token_ids,
 )
 from service.inference.served import Seq, Served
 from service.settings import get_settings
@@ -62,21 +58,6 @@ class TokenParameters(BaseModel):
 
 class TokenRequest(_Request):
     parameters: TokenParameters | None = None
-
-
-class GenerateParameters(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    max_new_tokens: int = Field(default=50, ge=1)
-    temperature: float = Field(default=1.0, ge=0, le=10, allow_inf_nan=False)
-    top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
-    top_k: int | None = Field(default=None, ge=1)
-    do_sample: bool | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    return_full_text: bool = True
-
-
-class GenerateRequest(_Request):
-    parameters: GenerateParameters | None = None
 
 
 def _plain(value: Any) -> Any:
@@ -208,34 +189,3 @@ def _token_inputs(served: Served, request: TokenRequest
     check_outputs(sum(int(c["attention_mask"].sum()) for chunks in per_text for c in chunks),
                   "tokens", "inputs")
     return per_text, post
-
-
-async def generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
-    """[{"generated_text"}] for one input; a list of those for several. Generation runs the
-    pipeline under the model's lock for its whole length, on the models' own threads."""
-    return await call(_generate, model_id=model_id, prefix=prefix, request=request)
-
-
-def _generate(*, model_id: str, prefix: str, request: GenerateRequest) -> Any:
-    settings = get_settings()
-    texts = texts_of(request.inputs)
-    params = request.parameters or GenerateParameters()
-    if params.max_new_tokens > settings.max_new_tokens:
-        raise Invalid("invalid_request", "parameters.max_new_tokens: at most "
-                      f"{settings.max_new_tokens}", "parameters.max_new_tokens")
-    top_k = check_top_k(params.top_k, 50)
-    check_outputs(len(texts) * params.max_new_tokens, "new tokens (inputs x max_new_tokens)",
-                  "parameters.max_new_tokens")
-    predictor = load(model_id, prefix, "text-generation")
-    longest = max(len(row) for row in token_ids(predictor, texts))
-    if longest + params.max_new_tokens > predictor.max_tokens:  # past its position table
-        raise Invalid("invalid_request", f"parameters.max_new_tokens: the input's "
-                      f"{longest} tokens and {params.max_new_tokens} new ones are more than "
-                      f"this model's {predictor.max_tokens} positions",
-                      "parameters.max_new_tokens")
-    sample = params.do_sample if params.do_sample is not None else params.temperature > 0
-    kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "do_sample": sample,
-                              "return_full_text": params.return_full_text}
-    if sample:
-        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=top_k)
-    return run(predictor, request.inputs, seed=params.seed, **kwargs)

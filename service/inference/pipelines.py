@@ -211,17 +211,3 @@ def check_outputs(count: int, what: str, param: str) -> None:
         raise TooLarge("too_many_outputs",
                        f"{param}: this request asks for {count} {what}; at most {limit} per "
                        "request (send fewer inputs or a smaller value)", param)
-
-
-def run(served: Served, inputs: Any, seed: int | None = None, **kwargs: Any) -> Any:
-    """Call the pipeline under its lock; a seed makes sampling repeatable (set under the same
-    lock, so no other request's call comes between the seed and this one)."""
-    with served.lock, served.tokenizing:
-        if seed is not None:
-            import torch
-
-            torch.manual_seed(seed)
-        try:
-            return served.pipe(inputs, **kwargs)
-        except ValueError as exc:  # e.g. targets that tokenize to nothing
-            raise Invalid("invalid_request", f"parameters: {exc}", "parameters") from None

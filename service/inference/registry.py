@@ -17,6 +17,7 @@ from service.domain.refusals import Invalid
 from service.inference import (
     classify_generate,
     embeddings,
+    generate,
     loader,
     pipelines,
     question_answering,
@@ -108,12 +109,17 @@ async def _warm_question_answering(served: Served, id_: str, prefix: str) -> Non
             inputs={"question": "Where is the warm-up?", "context": "The warm-up is here."}))
 
 
+async def _warm_generate(served: Served, id_: str, prefix: str) -> None:
+    await generate.generate(model_id=id_, prefix=prefix, request=generate.GenerateRequest(
+        inputs="Warm up.", parameters=generate.GenerateParameters(max_new_tokens=2)))
+
+
 # One request down the whole path of each task (threads, tokenizer, decoding), after the
 # forward passes that loading runs (Served.prepare).
 WARM_UP: dict[str, Callable[[Served, str, str], Awaitable[None]]] = {
     "fill-mask": _warm_fill_mask, "text-classification": _warm_classify,
     "token-classification": _warm_tokens, FEATURE_EXTRACTION: _warm_embeddings,
-    "question-answering": _warm_question_answering}
+    "question-answering": _warm_question_answering, "text-generation": _warm_generate}
 
 
 async def load_warm(model_id: str, prefix: str, task: str) -> tuple[Served, float]:

@@ -21,6 +21,7 @@ import torch
 from jobspec.pooling import Pooling
 from service.inference import graph
 from service.inference.batcher import Batcher
+from service.inference.generation import Generator
 from service.inference.graph import Pass
 from service.settings import Settings
 
@@ -31,6 +32,9 @@ log = logging.getLogger("cloze.inference")
 OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer"}
 FEATURE_EXTRACTION = "feature-extraction"
 BATCHED_TASKS = {"fill-mask", "text-classification", "token-classification", FEATURE_EXTRACTION}
+GENERATION = "text-generation"  # served by its own decoding loop (generation.py)
+# Tasks admitted by load (a bounded queue per model) rather than the per-minute budget.
+LOAD_ADMITTED = BATCHED_TASKS | {GENERATION}
 # Passes over at most this many tokens (padding included) run on one thread.
 SMALL_PASS_TOKENS = 128
 
@@ -128,7 +132,7 @@ class Served:
         # Tensor threads for large passes: as configured, not torch's current figure, which
         # another model's small pass may have just set to 1.
         self.threads = settings.inference_threads or len(os.sched_getaffinity(0))
-        self.lock = threading.Lock()  # generation goes through the pipeline, one at a time
+        self.lock = threading.Lock()  # question answering's reader: one call at a time
         # A fast tokenizer keeps its truncation and padding settings in one Rust object that
         # each call may reset ("Already borrowed" when two threads do): one call at a time.
         self.tokenizing = threading.Lock()
@@ -155,10 +159,19 @@ class Served:
                                    max_wait_s=settings.inference_max_wait_ms / 1000,
                                    max_queue=settings.inference_max_queue,
                                    name=str(getattr(config, "name_or_path", task)))
+        self.generator: Generator | None = None
+        if task == GENERATION:
+            self.generator = Generator(self.model, self.tokenizer, self.tokenizing,
+                                       max_batch=settings.generate_max_batch,
+                                       max_queue=settings.generate_max_queue,
+                                       max_tokens=settings.generate_max_tokens,
+                                       name=str(getattr(config, "name_or_path", task)))
 
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.generator is not None:
+            self.generator.close()
 
     # ------------------------------------------------------------------ the forward pass
 
