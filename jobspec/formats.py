@@ -71,6 +71,15 @@ class FileFormat:
     # A .json is judged by its first line: a whole JSON record on it makes it this format
     # instead (JSON lines named .json, as Hugging Face datasets' to_json writes them).
     lines_as: str | None = None
+    # "delimited" layouts: True, fields may be quoted as RFC 4180 and the csv module have it
+    # ("" inside quotes is a quote; a quoted field may hold the delimiter and newlines);
+    # False, linear (IANA text/tab-separated-values): a line is a record and a quote is a
+    # character (TSV_QUOTING below).
+    quoted: bool = True
+    # A .tsv is judged by its quotes: quoted fields (and no other quote) make it this format
+    # instead (TSV_QUOTING below).
+    quotes_as: str | None = None
+    uploaded: bool = True  # a suffix an upload may have (else only what one turns out to be)
 
     @property
     def table(self) -> bool:
@@ -87,11 +96,12 @@ class FileFormat:
 
 
 def _plain_and_gzip(name: str, layout: Layout, holds: tuple[DatasetKind, ...],
-                    columns_as: str | None = None, delimiter: str | None = None,
-                    lines_as: str | None = None) -> tuple[FileFormat, FileFormat]:
-    return (FileFormat(name, layout, holds, columns_as, delimiter, lines_as),
-            FileFormat(f"{name}.gz", layout, holds, columns_as and f"{columns_as}.gz",
-                       delimiter, lines_as and f"{lines_as}.gz"))
+                    **options: Any) -> tuple[FileFormat, FileFormat]:
+    """A format and its .gz; the format a .gz may turn out to be is that one's .gz."""
+    gzipped: dict[str, Any] = {key: value and f"{value}.gz" if key.endswith("_as") else value
+                               for key, value in options.items()}
+    return (FileFormat(name, layout, holds, **options),
+            FileFormat(f"{name}.gz", layout, holds, **gzipped))
 
 
 # In this order in messages ("use one of txt, txt.gz, jsonl, jsonl.gz").
@@ -104,21 +114,26 @@ FORMATS = {f.name: f for f in (
     *_plain_and_gzip("conll", "columns", (TAGGED_TOKENS,)),
     # Tables: delimited text holds strings (no lists: no tagged tokens), Parquet any type.
     *_plain_and_gzip("csv", "delimited", (TEXT, LABELLED_TEXT), delimiter=","),
-    *_plain_and_gzip("tsv", "delimited", (TEXT, LABELLED_TEXT), delimiter="\t"),
+    # TSV as GLUE and most corpora write it (linear), or as pandas' to_csv(sep="\t") does
+    # (quoted fields): TSV_QUOTING below.
+    *_plain_and_gzip("tsv", "delimited", (TEXT, LABELLED_TEXT), delimiter="\t", quoted=False,
+                     quotes_as="tsv-quoted"),
+    *_plain_and_gzip("tsv-quoted", "delimited", (TEXT, LABELLED_TEXT), delimiter="\t",
+                     uploaded=False),
     # Parquet compresses inside the file: no .gz of it.
     FileFormat("parquet", "parquet", (TEXT, LABELLED_TEXT, TAGGED_TOKENS)),
 )}
-_PLAIN = [f.suffix for f in FORMATS.values() if not f.gzip]
+_PLAIN = [f.suffix for f in FORMATS.values() if f.uploaded and not f.gzip]
 # The suffixes an upload may have, as messages list them: ".txt, .jsonl, ... or .parquet".
 UPLOAD_SUFFIXES = f"{', '.join(_PLAIN[:-1])} or {_PLAIN[-1]}"
-GZIP_SUFFIXES = ", ".join(f.suffix for f in FORMATS.values() if f.gzip)
+GZIP_SUFFIXES = ", ".join(f.suffix for f in FORMATS.values() if f.uploaded and f.gzip)
 
 
 def suffix_format(filename: str) -> FileFormat | None:
     """The format a file name declares (by its suffix, case aside), or None."""
     lower = filename.lower()
     # The longest suffix first: "a.txt.gz" is txt.gz, not a file ending in ".gz".
-    for fmt in sorted(FORMATS.values(), key=lambda f: -len(f.suffix)):
+    for fmt in sorted((f for f in FORMATS.values() if f.uploaded), key=lambda f: -len(f.suffix)):
         if lower.endswith(fmt.suffix):
             return fmt
     return None
@@ -655,7 +670,41 @@ MAX_COLUMN_NAME_CHARS = 200
 # The types a table's column is shown as (a dataset's "fields"): delimited text is read as
 # strings, and a column is "integer" or "number" when every non-empty cell reads as one.
 COLUMN_TYPES = ("string", "integer", "number", "boolean", "list", "other")
-QUOTE = '"'  # CSV and TSV alike: fields may be quoted, "" inside is one quote
+QUOTE = '"'  # a quoted field's quote (CSV, quoted TSV): "" inside is one quote
+
+# TSV_QUOTING: how a .tsv is read, decided once per file at upload and recorded as its format.
+# A TSV is linear (format "tsv"), as GLUE's (MNLI, QQP, SST-2, CoLA...) and most corpora are
+# written and as Hugging Face datasets reads them (csv.QUOTE_NONE): a line is a record, split
+# at tabs, and a quote is a character ('"Yes," he said' and a lone '"' are text). But pandas'
+# to_csv(sep="\t") and the csv module quote a field that holds a quote, tab or newline
+# ('"He said ""hi"""'), and read linearly their quotes would stay in the text. So a .tsv in
+# which every field holding a quote is a quoted field on its line (quoted_tsv_values: in
+# quotes, the quotes inside doubled; a tab inside allowed, a newline not) is read with its
+# quotes (format "tsv-quoted", read as a CSV is); one quote anywhere else (a quote inside a
+# field, a quote that does not close on its line) makes the whole file linear. A file with
+# no quote reads the same either way ("tsv"). The rule is deterministic per file; the upload
+# records the format, so that the engine and the preview read the file the same way.
+
+
+def quoted_tsv_values(line: str) -> list[str] | None:
+    """The values of a TSV line (without its line ending) read with quoting, if each of its
+    fields holding a quote is a quoted field (RFC 4180, on this line); else None."""
+    values: list[str] = []
+    at = 0
+    while True:
+        field = _TSV_FIELD.match(line, at)
+        if field is None:
+            return None
+        quoted, plain = field.groups()
+        values.append(plain if quoted is None else quoted.replace('""', QUOTE))
+        at = field.end()
+        if at == len(line):
+            return values
+        at += 1  # the tab
+
+
+# A TSV field: quoted (its quotes doubled) or holding no quote, up to a tab or the end.
+_TSV_FIELD = re.compile(r'"((?:[^"]|"")*)"(?=\t|\Z)|([^"\t]*)(?=\t|\Z)')
 
 
 class NoColumn(FormatError):
@@ -667,7 +716,7 @@ class NoColumn(FormatError):
 
 
 def csv_dialect(fmt: FileFormat) -> dict[str, Any]:
-    """The csv module's reading of a delimited format (both sides read with it)."""
+    """The csv module's reading of a quoted delimited format (both sides read with it)."""
     return {"delimiter": fmt.delimiter, "quotechar": QUOTE, "doublequote": True,
             "strict": False}
 
@@ -728,6 +777,9 @@ def ends_in_quotes(line: str, delimiter: str, in_quotes: bool = False) -> bool:
 def delimited_rows(lines: Iterable[str], fmt: FileFormat) -> Iterator[tuple[int, list[str]]]:
     """(line number where it ends, values) of each non-blank record of delimited text,
     header first; `lines` as a file opened with newline="" gives them."""
+    if not fmt.quoted:
+        yield from _linear_rows(lines, fmt.delimiter or "\t")
+        return
     reader = csv.reader(lines, **csv_dialect(fmt))
     try:
         for values in reader:
@@ -736,6 +788,24 @@ def delimited_rows(lines: Iterable[str], fmt: FileFormat) -> Iterator[tuple[int,
     except csv.Error as exc:
         raise FormatError(BAD_HEADER if reader.line_num <= 1 else RAGGED_ROW,
                           f": {exc}") from None
+
+
+def _linear_rows(lines: Iterable[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Linear delimited text: each non-empty line a record, its values split at the
+    delimiter. A line ends at "\n" (its "\r" before it dropped) and only there, as the
+    upload reads it: a file opened with newline="" also ends one at a lone "\r"."""
+    number, pending = 0, ""
+    for piece in lines:
+        if not piece.endswith("\n"):
+            pending += piece
+            continue
+        number += 1
+        line = (pending + piece).removesuffix("\n").removesuffix("\r")
+        pending = ""
+        if line:
+            yield number, line.split(delimiter)
+    if pending:
+        yield number + 1, pending.removesuffix("\r").split(delimiter)
 
 
 def role_columns(names: Iterable[str], given: Mapping[str, str] | None) -> dict[str, str]:

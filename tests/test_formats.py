@@ -128,18 +128,22 @@ def test_file_formats():
     assert formats.suffix_format("A.TXT.GZ") == formats.FORMATS["txt.gz"]
     assert formats.suffix_format("a.gz") is None and formats.suffix_format("a.xlsx") is None
     assert formats.FORMATS["txt.gz"].columns_as == "conll.gz"
-    assert formats.formats_holding(formats.TEXT) == (
-        "txt", "txt.gz", "jsonl", "jsonl.gz", "csv", "csv.gz", "tsv", "tsv.gz", "parquet")
-    assert formats.formats_holding(formats.LABELLED_TEXT) == (
-        "jsonl", "jsonl.gz", "csv", "csv.gz", "tsv", "tsv.gz", "parquet")
+    tables = ("csv", "csv.gz", "tsv", "tsv.gz", "tsv-quoted", "tsv-quoted.gz", "parquet")
+    assert formats.formats_holding(formats.TEXT) == ("txt", "txt.gz", "jsonl", "jsonl.gz",
+                                                     *tables)
+    assert formats.formats_holding(formats.LABELLED_TEXT) == ("jsonl", "jsonl.gz", *tables)
     assert formats.UPLOAD_SUFFIXES == ".txt, .jsonl, .json, .conll, .csv, .tsv or .parquet"
+    # What a .tsv turns out to be (TSV_QUOTING): no upload is named so.
+    assert formats.FORMATS["tsv.gz"].quotes_as == "tsv-quoted.gz"
+    assert not formats.FORMATS["tsv"].quoted and formats.FORMATS["tsv-quoted"].quoted
+    assert formats.suffix_format("a.tsv-quoted") is None
+    assert "quoted" not in formats.GZIP_SUFFIXES
     assert formats.formats_holding(formats.EXTRACTIVE_QA) == ("jsonl", "jsonl.gz", "json",
                                                               "json.gz")
     assert formats.FORMATS["json.gz"].lines_as == "jsonl.gz"
     assert formats.suffix_format("a.TSV.gz") == formats.FORMATS["tsv.gz"]
     assert formats.suffix_format("a.parquet.gz") is None  # Parquet compresses inside
-    assert {f.name for f in formats.FORMATS.values() if f.table} == {
-        "csv", "csv.gz", "tsv", "tsv.gz", "parquet"}
+    assert {f.name for f in formats.FORMATS.values() if f.table} == set(tables)
     # Every role a kind reads is a role, with a name it is found by.
     for roles in (*formats.KIND_ROLES.values(), *formats.OPTIONAL_ROLES.values()):
         assert set(roles) <= set(formats.ROLES) and all(formats.ROLE_NAMES[r] for r in roles)
@@ -156,9 +160,10 @@ def test_tag_scheme():
     assert formats.tag_parts("U-LOC") == ("S", "LOC") and formats.tag_parts("O") == ("O", "")
 
 
-# Delimited text the csv module reads in one way, and the upload's record-at-a-time reader
+# A CSV the csv module reads in one way, and the upload's record-at-a-time reader
 # (formats.ends_in_quotes) must read in the same: quotes, doubled quotes, newlines and
 # delimiters inside quotes, a stray quote inside an unquoted field, CRLF, a BOM, blank lines.
+# (A TSV is read a line a record: the tests below.)
 TRICKY_CSV = ('\ufefftext,label\r\n'
               '"a, ""quoted"" text",x\r\n'
               '5" tall and ""odd,y\n'
@@ -168,19 +173,18 @@ TRICKY_CSV = ('\ufefftext,label\r\n'
               'plain,"x"\n')
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "csv.gz"])
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz"])
 def test_both_sides_read_a_table_alike(tmp_path, fmt):
     import csv
     import gzip as gz
     import io
 
-    text = TRICKY_CSV if fmt != "tsv" else TRICKY_CSV.replace(",", "\t")
+    text = TRICKY_CSV
     data = text.encode()
     stored = gz.compress(data) if fmt.endswith(".gz") else data
     found = upload(stored, fmt)
-    delimiter = "\t" if fmt == "tsv" else ","
-    rows = [r for r in csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""),
-                                  delimiter=delimiter) if r][1:]
+    rows = [r for r in csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+            if r][1:]
     assert found.documents == len(rows) == 5
     assert found.labels == {r[1] for r in rows} == {"x", "y"}
     path = tmp_path / f"train.{fmt}"
@@ -192,16 +196,115 @@ def test_both_sides_read_a_table_alike(tmp_path, fmt):
     assert profile["label"]["values"] == {"x": 3, "y": 2}
 
 
-def test_both_sides_refuse_a_ragged_row(tmp_path):
-    data = b"text,label\na,x\nb,y,z\n"
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_both_sides_refuse_a_ragged_row(tmp_path, fmt):
+    data = b"text,label\na,x\nb,y,z\n".replace(b",", b"," if fmt == "csv" else b"\t")
     with pytest.raises(CorpusRejected) as refused:
-        upload(data, "csv")
+        upload(data, fmt)
     assert refused.value.message == "row 2 has 3 values where the header has 2 columns (line 3)"
-    path = tmp_path / "train.csv"
+    path = tmp_path / f"train.{fmt}"
     path.write_bytes(data)
     with pytest.raises(CorpusError, match=r"^the train data row 2 has 3 values where the header "
                                           r"has 2 columns \(line 3\)$"):
-        read_examples("text_classification", str(path), "csv", "the train data")
+        read_examples("text_classification", str(path), fmt, "the train data")
+
+
+# -- TSV (formats.py's TSV_QUOTING): linear, as GLUE writes it, unless its quotes are quoted
+# fields, as pandas writes them.
+
+# MNLI as GLUE ships it (dev_matched.tsv's columns, shortened): a line a record, a quote a
+# character. A sentence opens a quote it never closes (read with quoting, it would swallow
+# the lines after it into one field), another has quotes inside, another is all a quotation
+# (its quotes are text too: the file is linear); CRLF, a BOM, a lone CR inside a sentence.
+MNLI_TSV = ('\ufeffindex\tsentence1\tsentence2\tgold_label\r\n'
+            '0\t"The new rights are nice enough\tEveryone likes the benefits\tneutral\r\n'
+            '1\tIt lists "all" of the award winners.\tThe list is short.\tcontradiction\n'
+            '\n'
+            '2\t"Yes."\tHe said no.\tcontradiction\n'
+            '3\tuh i don\'t know "\ti\'m not sure\rat all\tentailment\n')
+MNLI_ROWS = [line.split("\t") for line in MNLI_TSV.removeprefix("\ufeff").replace(
+    "\r\n", "\n").split("\n") if line][1:]
+
+
+def tsv_as_pandas_writes(rows: list[list[str]]) -> str:
+    """Rows as pandas' to_csv(sep="\\t") writes them: the csv module, quoting the fields that
+    hold a quote, a tab or a newline."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    csv.writer(out, delimiter="\t", lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+PANDAS_ROWS = [["sentence1", "sentence2", "label"],
+               ['He said "hi"', "A greeting.", "entailment"],
+               ['"Yes."', "tab\tinside", "neutral"],
+               ['"', "", "contradiction"],
+               ["No quotes here", "None", "neutral"]]
+
+
+def test_the_tsv_quoting_rule():
+    values = formats.quoted_tsv_values
+    assert values('"He said ""hi"""\t"a\tb"\t""\tplain') == ['He said "hi"', "a\tb", "",
+                                                            "plain"]
+    assert values("a\t\tb\t") == ["a", "", "b", ""]
+    for line in ('"Yes, he said\tx', 'a "b"\tc', '"a"b\tc', '"a""\tc', 'x\t "b"'):
+        assert values(line) is None, line  # a quote that does not quote a whole field
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "tsv.gz"])
+def test_both_sides_read_glue_tsv_a_line_a_record(tmp_path, fmt):
+    import gzip as gz
+
+    data = MNLI_TSV.encode()
+    stored = gz.compress(data) if fmt.endswith(".gz") else data
+    found = upload(stored, fmt)
+    assert (found.fmt, found.kind, found.documents) == (fmt, formats.LABELLED_TEXT, 4)
+    assert found.labels == {"neutral", "contradiction", "entailment"}
+    assert found.profile["columns"]["sentence1"]["values"] == {r[1]: 1 for r in MNLI_ROWS}
+    path = tmp_path / f"train.{fmt}"
+    path.write_bytes(stored)
+    examples = read_examples("text_classification", str(path), found.fmt, "the train data")
+    assert [[e.inputs, e.pair, e.target] for e in examples] == [r[1:] for r in MNLI_ROWS]
+    assert examples[0].inputs == '"The new rights are nice enough'
+    assert list(iter_documents(str(path), found.fmt)) == [r[1] for r in MNLI_ROWS]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "tsv.gz"])
+def test_both_sides_read_a_pandas_tsv_with_its_quotes(tmp_path, fmt):
+    import gzip as gz
+
+    data = tsv_as_pandas_writes(PANDAS_ROWS).encode()
+    assert b'"He said ""hi"""\t' in data and b'"""Yes."""' in data and b'""""' in data
+    stored = gz.compress(data) if fmt.endswith(".gz") else data
+    found = upload(stored, fmt)
+    assert (found.fmt, found.documents) == (fmt.replace("tsv", "tsv-quoted"), 4)
+    assert found.profile["columns"]["sentence1"]["values"] == {r[0]: 1 for r in PANDAS_ROWS[1:]}
+    assert found.profile["columns"]["sentence2"]["empty"] == 1
+    path = tmp_path / f"train.{found.fmt}"
+    path.write_bytes(stored)
+    examples = read_examples("text_classification", str(path), found.fmt, "the train data")
+    assert [[e.inputs, e.pair or "", e.target] for e in examples] == PANDAS_ROWS[1:]
+
+
+def test_a_tsv_neither_reading_can_read_is_refused_saying_both():
+    # pandas quotes a cell holding a newline: a line a record, that cell is two lines.
+    data = tsv_as_pandas_writes([["text", "label"], ["a", "x"], ["two\nlines", "y"]]).encode()
+    with pytest.raises(CorpusRejected) as refused:
+        upload(data, "tsv")
+    assert refused.value.message == (
+        "row 2 has 1 values where the header has 2 columns (line 3) (the TSV read a line a "
+        "record, quotes as text; read with RFC 4180 quoted fields: line 3 has a quote that "
+        "does not quote a whole field on its line)")
+    # A tab inside quotes rules out the linear reading; a stray quote then the quoted one.
+    data = b'text\tlabel\n"a\tb"\tx\nsaid "no"\ty\n'
+    with pytest.raises(CorpusRejected) as refused:
+        upload(data, "tsv")
+    assert refused.value.message == (
+        "line 3 has a quote that does not quote a whole field on its line (the TSV read with "
+        "RFC 4180 quoted fields; read a line a record, quotes as text: row 1 has 3 values "
+        "where the header has 2 columns (line 2))")
 
 
 def test_both_sides_read_parquet_through_columns(tmp_path):

@@ -83,10 +83,39 @@ def test_csv_with_quotes_newlines_and_a_bom(api, filename):
 
 def test_tsv_typed_columns_and_no_known_names(api):
     found = upload(api, "scores.tsv", b"premise_text\tscore\tid\nA b\t0.5\t1\nC d\t4\t2\n")
+    assert found["format"] == "tsv"  # no quote: read alike either way
     assert found["fields"] == [{"name": "premise_text", "type": "string"},
                                {"name": "score", "type": "number"},
                                {"name": "id", "type": "integer"}]
     assert found["kind"] == "text"  # no column is named for the text: the job says which
+
+
+@pytest.mark.parametrize("filename", ["mnli.tsv", "mnli.tsv.gz"])
+def test_glue_tsv_is_read_a_line_a_record(api, filename):
+    """MNLI as GLUE ships it: a sentence opening a quote it never closes is one line's text,
+    not the start of a field running on to the next quote (formats.py's TSV_QUOTING)."""
+    from tests.test_formats import MNLI_ROWS, MNLI_TSV
+
+    data = MNLI_TSV.encode()
+    found = upload(api, filename, gzip.compress(data) if filename.endswith(".gz") else data)
+    assert found["format"] == filename.removeprefix("mnli.")
+    assert (found["kind"], found["documents"]) == ("labelled_text", 4)
+    assert found["labels"] == ["contradiction", "entailment", "neutral"]
+    preview = api.get(f"/v1/datasets/{found['id']}/preview").json()
+    assert preview["records"] == [dict(zip(["index", "sentence1", "sentence2", "gold_label"],
+                                           row, strict=True)) for row in MNLI_ROWS]
+    assert preview["records"][0]["sentence1"] == '"The new rights are nice enough'
+    assert preview["rows"] == 4
+
+
+def test_pandas_tsv_is_read_with_its_quotes(api):
+    from tests.test_formats import PANDAS_ROWS, tsv_as_pandas_writes
+
+    found = upload(api, "pairs.tsv", tsv_as_pandas_writes(PANDAS_ROWS).encode())
+    assert (found["format"], found["documents"]) == ("tsv-quoted", 4)
+    preview = api.get(f"/v1/datasets/{found['id']}/preview").json()
+    assert preview["records"] == [dict(zip(PANDAS_ROWS[0], row, strict=True))
+                                  for row in PANDAS_ROWS[1:]]
 
 
 @pytest.mark.parametrize("data, says", [
@@ -100,6 +129,12 @@ def test_tsv_typed_columns_and_no_known_names(api):
 def test_bad_tables_are_refused(api, data, says):
     refused(api, "bad.csv", data, "no_documents" if says.endswith("no rows") else
             "invalid_dataset", says)
+
+
+def test_a_ragged_tsv_line_is_refused_naming_it(api):
+    refused(api, "bad.tsv", b'text\tlabel\nShe said "hi\tx\na\tb\tc\n', "invalid_dataset",
+            "row 2 has 3 values where the header has 2 columns (line 3) (the TSV read a line "
+            "a record, quotes as text; read with RFC 4180 quoted fields: line 2 has a quote")
 
 
 def test_a_huge_cell_is_refused(tmp_path, monkeypatch):

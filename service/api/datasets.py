@@ -113,8 +113,9 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
                          tag_column: TagColumn = None) -> DatasetPublic | JSONResponse:
     """Upload a corpus, streamed to storage and checked on the way (held in memory only as a
     SQuAD / CMRC .json document, up to 256 MB). A .txt whose lines are CoNLL columns is stored
-    as format "conll", a .json of JSON lines as "jsonl"; the answer shows its columns, tag
-    column and tag set."""
+    as format "conll", a .json of JSON lines as "jsonl", a .tsv whose quotes all quote whole
+    fields (as pandas writes them) as "tsv-quoted" (else a TSV is linear: a line a record);
+    the answer shows its columns, tag column and tag set."""
     refuse_declared_oversize(request, settings.max_upload_bytes)
     # Bytes the quota leaves, enforced as the file streams in; with an Idempotency-Key only
     # once the file is in, so that a retry of an upload that filled the quota replays it.

@@ -11,8 +11,10 @@ people keep CoNLL corpora in files named train.txt, and taking them for text wou
 record; else one JSON document in SQuAD's nesting, whose text is kept (up to
 formats.MAX_DOCUMENT_BYTES) and read at the end, a paragraph at a time (formats.squad_records).
 
-Tables: a CSV or TSV is read a record at a time (a quoted field may hold newlines: its
-physical lines are kept until the record ends, up to the line limit); a Parquet file is
+Tables: a CSV is read a record at a time (a quoted field may hold newlines: its physical
+lines are kept until the record ends, up to the line limit); a TSV a line at a time, two ways
+while both are possible, linear and with quoted fields, until its quotes decide which it is
+(formats.py's TSV_QUOTING: the one kept becomes its format); a Parquet file is
 spooled to a scratch folder as it arrives and read after the last byte, a batch of rows at
 a time (its footer says how large it is uncompressed, checked before any row is read).
 Either way the dataset records its columns (names and types) and a profile: per column,
@@ -24,6 +26,7 @@ same rules); this module streams the bytes past them and words their errors for 
 
 import codecs
 import contextlib
+import copy
 import csv
 import hashlib
 import math
@@ -320,6 +323,60 @@ def parquet_type(arrow_type: Any) -> str:
     return "other"
 
 
+class TableReading:
+    """A table read one way: its header, each column's profile, its rows and the split each
+    names (a TSV is read two ways until its quotes decide: CorpusInspector._check_tsv)."""
+
+    def __init__(self) -> None:
+        self.header: list[str] | None = None
+        self.columns: list[TableColumn] = []
+        self.split_column: int | None = None
+        self.rows = 0
+        self.splits: dict[str, int] = {}
+
+    def start(self, header: list[str], line: int, types: list[str] | None = None) -> None:
+        try:
+            self.header = formats.table_header(header)
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_dataset", exc.at(line, upload=True)) from None
+        self.columns = [TableColumn(name, None if types is None else types[i])
+                        for i, name in enumerate(self.header)]
+        split = formats.role_columns(self.header, None).get("split")
+        self.split_column = None if split is None else self.header.index(split)
+
+    def text_row(self, values: list[str], line: int) -> None:
+        """A record of delimited text (ending on line `line`): the header, then the rows."""
+        if self.header is None:
+            self.start(values, line)
+            return
+        self.rows += 1
+        try:
+            formats.table_row(self.header, values)
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_dataset",
+                                f"{exc.at(self.rows, unit='row', upload=True)} "
+                                f"(line {line})") from None
+        for column, value in zip(self.columns, values, strict=True):
+            column.see_text(value, self.rows)
+        self.split(values)
+
+    def split(self, values: list[Any]) -> None:
+        """The split a row names (its "split" column's), counted."""
+        split = None if self.split_column is None else values[self.split_column]
+        try:
+            named = formats.record_split({"split": split}) if split not in (None, "") else None
+        except FormatError as exc:
+            raise CorpusInvalid("invalid_dataset", exc.at(self.rows, unit="row", upload=True)
+                                ) from None
+        named = named or "train"
+        self.splits[named] = self.splits.get(named, 0) + 1
+
+
+# How a TSV was read, as a message that cannot read it words it (formats.py's TSV_QUOTING).
+TSV_READINGS = {"linear": "a line a record, quotes as text",
+                "quoted": "with RFC 4180 quoted fields"}
+
+
 class CorpusInspector:
     def __init__(self, fmt: str, *, max_bytes: int, max_uncompressed: int,
                  max_line_bytes: int, tag_column: int | None = None,
@@ -347,15 +404,16 @@ class CorpusInspector:
             {"lines": "text", "json": "json", "columns": "columns", "delimited": "table",
              "parquet": "parquet", "squad": "document"}[file_format.layout]
         self._document: list[str] = []  # "document": the text so far
-        # Tables: the header, each column's profile, the record being read (its physical
-        # lines, while a quoted field holds newlines), rows read.
-        self.header: list[str] | None = None
-        self._table: list[TableColumn] = []
+        # Tables: the readings still possible, by name: one ("table"), or a TSV's two,
+        # "linear" and "quoted" (TSV_READINGS), one object under both names until a line
+        # holding a quote tells them apart; why a reading was ruled out; the record being
+        # read (a CSV's physical lines, while a quoted field holds newlines).
+        self._readings = dict.fromkeys(
+            ("linear", "quoted") if file_format.quotes_as else ("table",), TableReading())
+        self._ruled_out: dict[str, CorpusRejected] = {}
         self._record: list[str] = []
         self._record_len = self._record_line = 0
         self._in_quotes = False
-        self._split_column: int | None = None
-        self.rows = 0
         # JSON lines and text: lengths of the texts, counts of the labels.
         self._lengths = Lengths()
         self._label_counts: Counter[str] = Counter()
@@ -390,15 +448,17 @@ class CorpusInspector:
     @property
     def fields(self) -> list[dict[str, str]] | None:
         """A table's columns: name and type (formats.COLUMN_TYPES), in file order."""
-        return [{"name": c.name, "type": c.type} for c in self._table] if self._table else None
+        columns = self._reading.columns
+        return [{"name": c.name, "type": c.type} for c in columns] if columns else None
 
     @property
     def profile(self) -> dict[str, Any] | None:
         """What the data holds, for its preview: per column (a table's, or a record's fields)
         its type, empty cells, a histogram of text lengths and the count of each value of a
         column that could hold labels."""
-        if self._table:
-            return {"rows": self.rows, "columns": {c.name: c.profile() for c in self._table}}
+        table = self._reading
+        if table.columns:
+            return {"rows": table.rows, "columns": {c.name: c.profile() for c in table.columns}}
         if not self._lengths.n:
             return None
         fields = {"text": {"type": "string", "empty": 0, "lengths": self._lengths.summary(),
@@ -411,6 +471,15 @@ class CorpusInspector:
                             "lengths": None, "values": dict(self._label_counts),
                             "not_labels": None}
         return {"rows": self.documents, "columns": fields}
+
+    @property
+    def _reading(self) -> TableReading:
+        """How the table is read: a TSV with quotes, if that is still possible and a quote
+        was seen (the readings differ), else the first reading still possible."""
+        quoted = self._readings.get("quoted")
+        if quoted is not None and quoted is not self._readings.get("linear"):
+            return quoted
+        return next(iter(self._readings.values()))
 
     def close(self) -> None:
         """Remove what the inspection keeps on disk (a Parquet upload's spooled copy)."""
@@ -705,15 +774,19 @@ class CorpusInspector:
         self.documents += 1
 
     def _check_table(self, line: str) -> None:
-        """One physical line of a CSV or TSV: a record, or part of one whose quoted field
-        holds a newline (kept until the record ends, up to the line limit)."""
+        """One physical line of a CSV: a record, or part of one whose quoted field holds a
+        newline (kept until the record ends, up to the line limit). A TSV's: _check_tsv."""
+        if self._format.quotes_as:
+            self._check_tsv(line)
+            return
         delimiter = self._format.delimiter
         assert delimiter is not None
+        table = self._readings["table"]
         if not self._record:
             if formats.QUOTE not in line:  # most lines: no quoting to read
                 line = line.removesuffix("\r")
                 if line:
-                    self._table_values(line.split(delimiter), self.line_no)
+                    table.text_row(line.split(delimiter), self.line_no)
                 return
             self._record_line = self.line_no
         self._record.append(line)
@@ -729,44 +802,51 @@ class CorpusInspector:
         values = next(csv.reader([f"{physical}\n" for physical in lines],
                                  **formats.csv_dialect(self._format)), [])
         if values:
-            self._table_values(values, self._record_line)
+            table.text_row(values, self._record_line)
 
-    def _start_table(self, header: list[str], line: int,
-                     types: list[str] | None = None) -> None:
-        try:
-            self.header = formats.table_header(header)
-        except FormatError as exc:
-            raise CorpusInvalid("invalid_dataset", exc.at(line, upload=True)) from None
-        self._table = [TableColumn(name, None if types is None else types[i])
-                       for i, name in enumerate(self.header)]
-        split = formats.role_columns(self.header, None).get("split")
-        self._split_column = None if split is None else self.header.index(split)
-
-    def _table_values(self, values: list[str], line: int) -> None:
-        if self.header is None:
-            self._start_table(values, line)
+    def _check_tsv(self, line: str) -> None:
+        """One line of a TSV, a record, read each way still possible (formats.py's
+        TSV_QUOTING): linear (split at tabs) and with quoted fields, alike until a line holds
+        a quote. A line that one reading cannot read rules it out; one neither can, or the
+        last, is refused."""
+        line = line.removesuffix("\r")
+        if not line:
             return
-        self.rows += 1
-        try:
-            formats.table_row(self.header, values)
-        except FormatError as exc:
-            raise CorpusInvalid("invalid_dataset",
-                                f"{exc.at(self.rows, unit='row', upload=True)} "
-                                f"(line {line})") from None
-        for column, value in zip(self._table, values, strict=True):
-            column.see_text(value, self.rows)
-        self._table_split(values)
+        values = {"linear": line.split("\t")}
+        values["quoted"] = values["linear"]
+        if formats.QUOTE in line and "quoted" in self._readings:
+            quoted = formats.quoted_tsv_values(line)
+            if quoted is None:
+                self._rule_out(["quoted"], CorpusInvalid(
+                    "invalid_dataset", f"line {self.line_no} has a quote that does not quote "
+                                       "a whole field on its line"))
+            else:
+                values["quoted"] = quoted
+                if self._readings["quoted"] is self._readings.get("linear"):
+                    self._readings["quoted"] = copy.deepcopy(self._readings["quoted"])
+        read: list[TableReading] = []
+        for name, reading in list(self._readings.items()):
+            if any(reading is done for done in read):
+                continue  # one reading under both names: read once
+            read.append(reading)
+            try:
+                reading.text_row(values[name], self.line_no)
+            except CorpusRejected as exc:
+                self._rule_out([n for n, r in self._readings.items() if r is reading], exc)
 
-    def _table_split(self, values: list[Any]) -> None:
-        split = None if self._split_column is None else values[self._split_column]
-        try:
-            named = formats.record_split({"split": split}) if split not in (None, "") else None
-        except FormatError as exc:
-            raise CorpusInvalid("invalid_dataset", exc.at(self.rows, unit="row", upload=True)
-                                ) from None
-        named = named or "train"
-        self.splits[named] = self.splits.get(named, 0) + 1
-        self.documents += 1
+    def _rule_out(self, names: list[str], why: CorpusRejected) -> None:
+        """A TSV cannot be read these ways; refused if no way is left, saying why."""
+        for name in names:
+            del self._readings[name]
+            self._ruled_out[name] = why
+        if self._readings:
+            return
+        other = next((n for n, e in self._ruled_out.items() if e is not why), None)
+        if other is None:  # no quote seen: both ways read alike
+            raise why
+        raise CorpusInvalid(why.code, f"{why.message} (the TSV read {TSV_READINGS[names[0]]}; "
+                                      f"read {TSV_READINGS[other]}: "
+                                      f"{self._ruled_out[other].message})")
 
     def _read_parquet(self) -> None:
         """The spooled Parquet file, checked from its footer (columns, size uncompressed,
@@ -794,7 +874,8 @@ class CorpusInspector:
             raise CorpusTooLarge("payload_too_large",
                                  f"the Parquet file decompresses to more than "
                                  f"{self.max_ratio:g} times its size (a compression bomb?)")
-        self._start_table(list(schema.names), 1, [parquet_type(f.type) for f in schema])
+        reading = self._readings["table"]
+        reading.start(list(schema.names), 1, [parquet_type(f.type) for f in schema])
         # Rows decoded at once: fewer when rows are large, so a batch stays near 64 MB.
         widest = max((g.total_byte_size / max(g.num_rows, 1) for g in groups), default=1)
         batch = max(1, min(PARQUET_BATCH_ROWS, int(64 * 1024 * 1024 // max(widest, 1))))
@@ -802,22 +883,23 @@ class CorpusInspector:
             for table in parquet.iter_batches(batch_size=batch):
                 columns = [array.to_pylist() for array in table.columns]
                 for index in range(table.num_rows):
-                    self.rows += 1
+                    reading.rows += 1
                     row = [values[index] for values in columns]
-                    for column, value in zip(self._table, row, strict=True):
-                        column.see(value, self.rows, self.max_line_bytes)
-                    self._table_split(row)
+                    for column, value in zip(reading.columns, row, strict=True):
+                        column.see(value, reading.rows, self.max_line_bytes)
+                    reading.split(row)
         except (pa.ArrowException, OSError) as exc:
             raise CorpusInvalid("invalid_parquet",
-                                f"the Parquet file is damaged at row {self.rows + 1} ({exc})"
+                                f"the Parquet file is damaged at row {reading.rows + 1} ({exc})"
                                 ) from None
 
     def _table_kind(self) -> None:
         """What a table holds, by its columns' names (formats.ROLE_NAMES): a kind its format
         may hold, whose roles' columns fit (labels: MAX_LABELS distinct values at most)."""
-        assert self.header is not None
-        roles = formats.role_columns(self.header, None)
-        by_name = {c.name: c for c in self._table}
+        table = self._reading
+        assert table.header is not None
+        roles = formats.role_columns(table.header, None)
+        by_name = {c.name: c for c in table.columns}
         self.kind = formats.TEXT
         for kind, needed in formats.KIND_ROLES.items():
             if kind in self._format.holds and all(role in roles for role in needed):
@@ -928,9 +1010,13 @@ class CorpusInspector:
             self._choose_tag_column()
 
     def _finish_table(self) -> None:
-        if self.header is None:
+        table = self._reading
+        if table.header is None:
             raise CorpusInvalid("no_documents", "the table is empty: it needs a header row "
                                 "naming its columns, then a row for each record")
-        if self.rows == 0:
+        if table.rows == 0:
             raise CorpusInvalid("no_documents", "the table has a header but no rows")
+        if table is self._readings.get("quoted") and table is not self._readings.get("linear"):
+            self.fmt = self._format.quotes_as or self.fmt  # a TSV read with its quotes
+        self.documents, self.splits = table.rows, table.splits
         self._table_kind()

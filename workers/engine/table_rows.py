@@ -1,7 +1,8 @@
 """The rows of a table file (CSV, TSV, Parquet) as dicts by column name: the engine's one
 reader per table layout (jobspec/formats.py FORMATS), for fine-tuning records
 (finetune/records.py) and pretraining text (corpus_reader.py). The API's upload check reads
-the same layouts with the same rules (formats.delimited_rows, table_header, table_row).
+the same layouts with the same rules (formats.delimited_rows, table_header, table_row): a TSV
+as its upload found it, linear ("tsv") or with quoted fields ("tsv-quoted"), by its format.
 
 Streaming: delimited text a record at a time; Parquet a batch of rows at a time."""
 
