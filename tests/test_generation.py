@@ -358,3 +358,27 @@ def test_a_full_queue_is_a_503_with_retry_after_while_health_answers(world):
             assert r.headers["Retry-After"] == "1"
             assert r.json()["error"]["code"] == "overloaded"
     assert max(health) < 1.0
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_place(world):
+    from service.inference import pipelines
+
+    body = {"inputs": "paris", "parameters": {"max_new_tokens": 120}, "stream": True}
+    with world["client"].stream("POST", f"/v1/models/{world['llama']}/generate",
+                                json=body) as r:
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        generator = pipelines.loaded(world["llama"], "text-generation").generator
+        joined = time.monotonic() + 5  # its first token comes before it joins the batch
+        while generator.running == 0 and time.monotonic() < joined:
+            time.sleep(0.001)
+        assert generator.running == 1
+        started = generator.steps
+    deadline = time.monotonic() + 10
+    while generator.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert generator.running == 0
+    steps = generator.steps
+    assert steps - started < 100  # it left well before its 120 tokens
+    time.sleep(0.2)
+    assert generator.steps == steps  # nothing decodes for the client that left

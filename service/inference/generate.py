@@ -166,7 +166,7 @@ def _checked(served: Served, ask: Ask) -> list[list[int]]:
         check_text(stop, ask.stop_param)
     check_outputs(len(ask.texts) * ask.copies * ask.max_new_tokens,
                   "new tokens (inputs x max new tokens)", ask.max_new_tokens_param)
-    prompts = token_ids(served, ask.texts)
+    prompts = token_ids(served, ask.texts, ask.inputs_param)
     for ids in prompts:
         if not ids:
             raise Invalid("invalid_request", f"{ask.inputs_param}: a text of no tokens; give "

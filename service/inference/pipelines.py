@@ -163,22 +163,23 @@ def check_text(text: str, param: str) -> None:
                       "lone surrogate code point)", param) from None
 
 
-def texts_of(inputs: str | list[str]) -> list[str]:
-    """The request's texts, checked against the count and length limits."""
+def texts_of(inputs: str | list[str], param: str = "inputs") -> list[str]:
+    """The request's texts, checked against the count and length limits (`param`: where
+    the request holds them)."""
     settings = get_settings()
     texts = [inputs] if isinstance(inputs, str) else inputs
     if not texts:
-        raise Invalid("invalid_request", "inputs: give at least one text", "inputs")
+        raise Invalid("invalid_request", f"{param}: give at least one text", param)
     if len(texts) > settings.max_inference_inputs:
         raise TooLarge("too_many_inputs",
-                       f"inputs: at most {settings.max_inference_inputs} texts per request",
-                       "inputs")
+                       f"{param}: at most {settings.max_inference_inputs} texts per request",
+                       param)
     for text in texts:
         if len(text) > settings.max_inference_chars:
             raise TooLarge("input_too_long",
-                           f"inputs: each text may hold at most {settings.max_inference_chars} "
-                           "characters", "inputs")
-        check_text(text, "inputs")
+                           f"{param}: each text may hold at most {settings.max_inference_chars} "
+                           "characters", param)
+        check_text(text, param)
     return texts
 
 
@@ -190,7 +191,7 @@ def check_top_k(top_k: int | None, default: int) -> int:
     return top_k or default
 
 
-def token_ids(served: Served, texts: list[str]) -> list[list[int]]:
+def token_ids(served: Served, texts: list[str], param: str = "inputs") -> list[list[int]]:
     """Each text's token ids, each within the model's length."""
     ids = []
     for text in texts:
@@ -198,8 +199,8 @@ def token_ids(served: Served, texts: list[str]) -> list[list[int]]:
             row = served.tokenizer(text)["input_ids"]
         if len(row) > served.max_tokens:
             raise TooLarge("input_too_long",
-                           f"inputs: a text is longer than the model's {served.max_tokens} "
-                           "tokens", "inputs")
+                           f"{param}: a text is longer than the model's {served.max_tokens} "
+                           "tokens", param)
         ids.append(row)
     return ids
 
