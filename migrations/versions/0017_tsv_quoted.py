@@ -8,7 +8,7 @@ become "tsv-quoted" (a file without quotes reads the same either way). Data only
 
 Revision ID: 0017
 Revises: 0016
-Create Date: 2026-12-08 10:00:00.000000
+Create Date: 2026-12-08 00:35:00.000000
 """
 from collections.abc import Sequence
 
