@@ -34,7 +34,7 @@ from service.domain.schemas import ListOf
 from service.domain.tables import ModelRow
 from service.http_errors import ApiError
 from service.inference import (
-    classify_generate,
+    classify,
     embeddings,
     generate,
     question_answering,
@@ -222,7 +222,7 @@ async def fill_mask_route(model_id: str, body: FillMaskRequest, request: Request
 
 
 @router.post("/{model_id}/classify", responses=_answer("[[{label, score}]], one list per input"))
-async def classify_route(model_id: str, body: classify_generate.ClassifyRequest,
+async def classify_route(model_id: str, body: classify.ClassifyRequest,
                          request: Request) -> Any:
     """Text classification in the Hugging Face Inference API format.
 
@@ -234,16 +234,16 @@ async def classify_route(model_id: str, body: classify_generate.ClassifyRequest,
     decision threshold chosen on validation when the model was fine-tuned (its
     config.json's `cloze_threshold`)."""
     id_, prefix = await resolve(request, model_id, "text-classification")
-    return await classify_generate.classify(model_id=id_, prefix=prefix, request=body)
+    return await classify.classify(model_id=id_, prefix=prefix, request=body)
 
 
 @router.post("/{model_id}/token-classification", responses=_answer(
     "[{entity_group, score, word, start, end}] for one input; a list of those for several"))
-async def token_classification_route(model_id: str, body: classify_generate.TokenRequest,
+async def token_classification_route(model_id: str, body: classify.TokenRequest,
                                      request: Request) -> Any:
     """Token classification (NER, tagging) in the Hugging Face Inference API format."""
     id_, prefix = await resolve(request, model_id, "token-classification")
-    return await classify_generate.token_classification(model_id=id_, prefix=prefix, request=body)
+    return await classify.token_classification(model_id=id_, prefix=prefix, request=body)
 
 
 QA_ANSWER: dict[int | str, dict[str, Any]] = {200: {

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from service.domain import models
 from service.domain.refusals import Invalid
 from service.inference import (
-    classify_generate,
+    classify,
     embeddings,
     generate,
     loader,
@@ -87,14 +87,14 @@ async def _warm_fill_mask(served: Served, id_: str, prefix: str) -> None:
 
 
 async def _warm_classify(served: Served, id_: str, prefix: str) -> None:
-    await classify_generate.classify(
+    await classify.classify(
         model_id=id_, prefix=prefix,
-        request=classify_generate.ClassifyRequest(inputs=["Warm up.", "A warm-up text."]))
+        request=classify.ClassifyRequest(inputs=["Warm up.", "A warm-up text."]))
 
 
 async def _warm_tokens(served: Served, id_: str, prefix: str) -> None:
-    await classify_generate.token_classification(
-        model_id=id_, prefix=prefix, request=classify_generate.TokenRequest(
+    await classify.token_classification(
+        model_id=id_, prefix=prefix, request=classify.TokenRequest(
             inputs=["Warm up in Paris.", "A warm-up text from London."]))
 
 
