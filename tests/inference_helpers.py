@@ -134,13 +134,14 @@ def api_process(home: Path, env: dict[str, str]) -> Iterator[tuple[str, subproce
 
 
 def clear_caches() -> None:
-    """Forget the settings, store, database engine and model cache this process built."""
-    from service import db, storage
+    """Forget the settings, store, database engine, Celery app (its broker is the settings')
+    and model cache this process built."""
+    from service import db, queue, storage
     from service.inference import pipelines
     from service.settings import get_settings
 
     for cached in (get_settings, storage.get_store, db.get_engine, db._sessionmaker,
-                   pipelines._cache, pipelines._threads):
+                   queue.get_celery, pipelines._cache, pipelines._threads):
         cached.cache_clear()
 
 
