@@ -257,6 +257,10 @@ UPLOADED_TASKS = {LABELLED_TEXT: "text_classification", TAGGED_TOKENS: "token_cl
                   EXTRACTIVE_QA: "question_answering"}
 
 
+# The newest labelled datasets an "uploaded" suite looks through (a bound on the read).
+UPLOADED_READ = 1000
+
+
 def _check_evaluate(session: Session, owner: str, job_in: EvaluateJobCreate
                     ) -> EvaluateJobCreate:
     """The evaluate job checked as each of its fine-tunes would be (a refusal names the
@@ -308,7 +312,7 @@ def _uploaded_suite(session: Session, owner: str) -> list[ev.SuiteTask]:
     whose records carry a test split; tables are left out (their columns need a map)."""
     rows = session.scalars(select(DatasetRow).where(
         DatasetRow.owner == owner, DatasetRow.kind.in_(UPLOADED_TASKS))
-        .order_by(DatasetRow.created_at.desc()))
+        .order_by(DatasetRow.created_at.desc()).limit(UPLOADED_READ))
     # (fields: in Python, as a JSON column stores None as JSON null, not SQL NULL)
     suite = [ev.SuiteTask.model_validate({"task": UPLOADED_TASKS[row.kind],
                                           "dataset_id": row.id, "name": row.name})
