@@ -197,8 +197,15 @@ def _score(metrics: dict[str, float] | None, metric: str) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def table(spec: EvaluateSpec, names: list[str], cells: list[Cell]) -> Table:
-    """The table from the cells done so far; names: each task's name as shown."""
+def task_names(spec: EvaluateSpec) -> list[str]:
+    """Each task's name as the table and the events show it (admission fills in the
+    dataset's name; a spec written without one shows the dataset's id)."""
+    return [t.name or t.dataset_id for t in spec.tasks]
+
+
+def table(spec: EvaluateSpec, cells: list[Cell]) -> Table:
+    """The table from the cells done so far."""
+    names = task_names(spec)
     done = {(c.task_index, c.variant): c for c in cells}
     rows = []
     for i, task in enumerate(spec.tasks):

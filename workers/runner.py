@@ -227,8 +227,7 @@ def _evaluate(attempt: Attempt, spec: EvaluateSpec, store: ObjectStore, reporter
     # The card first: a client that sees the job succeeded finds the table on the card. (An
     # attempt that loses the race to finish wrote the same table under the same heading.)
     with session_scope() as s:
-        table = ev.table(spec, [t.name or t.dataset_id for t in spec.tasks],
-                         attempts.cells(s, attempt.job_id))
+        table = ev.table(spec, attempts.cells(s, attempt.job_id))
     carded = False
     try:
         with session_scope() as s:

@@ -116,7 +116,7 @@ def run_suite(job_id: str, number: int, spec: ev.EvaluateSpec, store: ObjectStor
     stop (cancel or pause) first. A cell's failure fails the attempt (its recorded cells
     stay: a retry does not redo them)."""
     inputs = _inputs(job_id, spec)
-    names = [t.name or t.dataset_id for t in spec.tasks]
+    names = ev.task_names(spec)
     done = {(c.task_index, c.variant) for c in inputs.cells}
     todo = [(i, v) for i in range(len(spec.tasks)) for v in spec.variants()
             if (i, v) not in done]

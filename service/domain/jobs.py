@@ -423,8 +423,7 @@ def evaluation(session: Session, row: JobRow) -> ev.Table | None:
     if row.type != "evaluate":
         return None
     spec = ev.EvaluateSpec.model_validate(row.spec)
-    return ev.table(spec, [t.name or t.dataset_id for t in spec.tasks],
-                    attempts.cells(session, row.id))
+    return ev.table(spec, attempts.cells(session, row.id))
 
 
 def list_(*, session: Session, scope: str | None, limit: int, after: str | None,
